@@ -1,0 +1,64 @@
+"""Checkpoints: plain dicts of tensors and numbers, written atomically.
+
+Everything needed to continue a run exactly is inside: run id, epoch, model, optimizer,
+scheduler, AMP scaler, RNG states, vocabulary, config and the history lists. Every
+checkpoint loads with ``torch.load(path, weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hlbd.errors import CheckpointError
+from hlbd.fileio import write_atomically
+
+FORMAT = "hlbd-checkpoint"
+FORMAT_VERSION = 1
+REQUIRED = ("epoch", "model", "optimizer", "scheduler", "vocab", "config", "history")
+
+
+def checkpoint_path(run_dir: Path, epoch: int) -> Path:
+    return Path(run_dir) / f"checkpoint_epoch_{epoch}.pt"
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> int:
+    """Write ``state`` to ``path`` atomically (temp file, fsync, rename); returns bytes."""
+    state = {"format": FORMAT, "format_version": FORMAT_VERSION, **state}
+    return write_atomically(Path(path), lambda f: torch.save(state, f))
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load and check a checkpoint; a missing, truncated or foreign file is refused.
+
+    A checkpoint of the older tool (no run id, no format marker) loads if it has the
+    training state; its ``run_id`` is None.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile,
+            ValueError, OSError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a loadable checkpoint (truncated or not a "
+                              f"torch file): {reason[:200]}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not an hlbd checkpoint (holds a "
+                              f"{type(state).__name__}, not a dict)")
+    missing = [k for k in REQUIRED if k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: not an hlbd checkpoint (missing "
+                              f"{', '.join(missing)})")
+    if state.get("format") not in (None, FORMAT):
+        raise CheckpointError(f"{path}: unknown checkpoint format {state.get('format')!r}")
+    if state.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format version "
+                              f"{state['format_version']} is newer than this hlbd knows")
+    state.setdefault("run_id", None)
+    return state

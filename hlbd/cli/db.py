@@ -1,0 +1,41 @@
+"""``hlbd db upgrade`` and ``hlbd db current``: the schema, through Alembic."""
+
+from __future__ import annotations
+
+import click
+
+from hlbd import database
+from hlbd.cli.options import db_option
+
+
+@click.group()
+def db() -> None:
+    """The run database's schema."""
+
+
+@db.command()
+@db_option
+def upgrade(db: str | None) -> None:
+    """Migrate the database to the newest schema (creating it if it does not exist).
+
+    Example: hlbd db upgrade --db runs.db
+    """
+    url = database.resolve_db_url(db)
+    revision = database.upgrade(database.write_engine(url), url)
+    click.echo(f"{url}: at revision {revision} (head)")
+
+
+@db.command()
+@db_option
+def current(db: str | None) -> None:
+    """Print the database's schema revision and the newest this hlbd knows.
+
+    Example: hlbd db current
+    """
+    url = database.resolve_db_url(db)
+    revision = database.current_revision(database.write_engine(url))
+    click.echo(f"{url}: revision {revision or 'none (empty database)'}; "
+               f"head {database.head_revision()}")
+
+
+COMMANDS = [db]

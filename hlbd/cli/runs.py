@@ -1,0 +1,63 @@
+"""``hlbd runs`` and ``hlbd show``: the terminal view of the store."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from hlbd.cli.options import db_option, table
+from hlbd.store import Store
+
+
+@click.command()
+@db_option
+def runs(db: str | None) -> None:
+    """List runs, newest first: status, epochs, last and best loss.
+
+    Example: hlbd runs --db hlbd.db
+    """
+    store = Store.open(db)
+    rows = store.list_runs()
+    if not rows:
+        click.echo(f"no runs in {store.url} yet; start one with `hlbd train`")
+        return
+    click.echo(table(
+        ["run_id", "name", "status", "created (UTC)", "epochs", "last_loss", "best_loss",
+         "datasets"],
+        [[r["run_id"], r["name"], r["display_status"], r["created_at"].strftime(
+            "%Y-%m-%d %H:%M:%S"), r["epochs"], r["last_loss"], r["best_loss"],
+          ", ".join(r["dataset_stats"])] for r in rows]))
+
+
+EPOCH_COLUMNS = ["epoch", "segment", "loss", "grad_norm", "grad_norm_max", "grad_norm_min",
+                 "nonfinite_steps", "clipped_steps", "lr", "token_accuracy", "wall_seconds",
+                 "tokens_per_second"]
+
+
+@click.command()
+@click.argument("run_id")
+@click.option("--all-segments", is_flag=True,
+              help="Also show superseded epochs (recorded before a resume replaced them).")
+@db_option
+def show(run_id: str, all_segments: bool, db: str | None) -> None:
+    """Show one run: its facts and the per-epoch table.
+
+    Example: hlbd show 3f2a
+    """
+    store = Store.open(db)
+    run = store.get_run(run_id)
+    click.echo(f"run {run['run_id']}  name {run['name']}  status {run['display_status']}")
+    click.echo(f"created {run['created_at']:%Y-%m-%d %H:%M:%S} UTC  folder {run['run_dir']}")
+    click.echo(f"datasets {json.dumps(run['dataset_stats'], ensure_ascii=False)}")
+    if run.get("error"):
+        click.echo(f"error {run['error']}")
+    epochs = store.epochs(run["run_id"], include_superseded=all_segments)
+    if not epochs:
+        click.echo("no epochs recorded")
+        return
+    columns = EPOCH_COLUMNS + (["superseded_by"] if all_segments else [])
+    click.echo(table(columns, [[e.get(c) for c in columns] for e in epochs]))
+
+
+COMMANDS = [runs, show]

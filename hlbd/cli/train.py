@@ -1,0 +1,147 @@
+"""``hlbd train`` and ``hlbd resume``."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from contextlib import contextmanager
+
+import click
+
+from hlbd import runner
+from hlbd.cli.options import db_option
+from hlbd.config import TrainConfig
+from hlbd.store import Store
+
+DEFAULTS = TrainConfig()
+
+# (flag, config field, type, help)
+TRAIN_FLAGS = [
+    ("--epochs", "epochs", int, "Number of epochs (with --resume: the new total)."),
+    ("--seed", "seed", int, "Seed for init, data mixing and order."),
+    ("--lr", "lr", float, "Peak learning rate (AdamW)."),
+    ("--batch-size", "batch_size", int, "Sequences per micro-batch."),
+    ("--grad-accum", "grad_accum", int, "Micro-batches per optimizer step."),
+    ("--max-grad-norm", "max_grad_norm", float, "Clip the total grad norm (0: never)."),
+    ("--weight-decay", "weight_decay", float, "AdamW weight decay."),
+    ("--t-0", "t_0", int, "CosineAnnealingWarmRestarts T_0, in epochs."),
+    ("--t-mult", "t_mult", int, "CosineAnnealingWarmRestarts T_mult."),
+    ("--eta-min", "eta_min", float, "CosineAnnealingWarmRestarts eta_min."),
+    ("--save-interval", "save_interval", int, "Checkpoint every N epochs (and at the end)."),
+    ("--d-model", "d_model", int, "Model width."),
+    ("--n-layers", "n_layers", int, "Transformer layers."),
+    ("--n-heads", "n_heads", int, "Attention heads."),
+    ("--d-ff", "d_ff", int, "Feed-forward width."),
+    ("--max-seq-len", "max_seq_len", int, "Longest sequence; longer ones are truncated."),
+    ("--dropout", "dropout", float, "Dropout rate."),
+    ("--device", "device", str, "auto, cpu, cuda, cuda:1, ..."),
+    ("--step-flush-interval", "step_flush_interval", int,
+     "Write per-step rows every N optimizer steps (and at each epoch end)."),
+]
+
+
+def train_options(func):
+    for flag, field, kind, help_text in reversed(TRAIN_FLAGS):
+        func = click.option(flag, field, type=kind, default=None,
+                            help=f"{help_text} [default: {getattr(DEFAULTS, field)}]")(func)
+    return func
+
+
+def runs_dir_option(func):
+    return click.option("--runs-dir", envvar="HLBD_RUNS_DIR", default=None,
+                        help="Where run folders go [default: ./hlbd_runs].")(func)
+
+
+@contextmanager
+def ctrl_c_stops_gracefully():
+    """First Ctrl-C: stop at the next batch, checkpoint, mark interrupted. Second: abort."""
+    requested = []
+
+    def handler(signum, frame):
+        if requested:
+            raise KeyboardInterrupt
+        requested.append(signum)
+        click.echo("\nstopping: saving a checkpoint (Ctrl-C again to abort)", err=True)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: bool(requested)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _print_run_id(run_id: str) -> None:
+    click.echo(f"run_id: {run_id}")
+    sys.stdout.flush()
+
+
+def _report(outcome: runner.RunOutcome) -> None:
+    click.echo(f"{outcome.status}: run {outcome.run_id} at epoch {outcome.last_epoch}; "
+               f"folder {outcome.run_dir}")
+    if outcome.status == "interrupted":
+        click.echo(f"continue with: hlbd resume --run-id {outcome.run_id}")
+        sys.exit(130)
+
+
+@click.command()
+@click.option("--dataset", "dataset", multiple=True,
+              help="An HLBD file (Hardcore or Full format); repeatable.")
+@click.option("--datasets", "datasets", multiple=True, type=str,
+              help="Several HLBD files, space-separated after one flag.")
+@click.option("--name", default=None, help="A name for the run.")
+@click.option("--resume", "resume", default=None, type=click.Path(dir_okay=False),
+              help="Continue from this checkpoint file (the run id comes from it).")
+@click.option("--force", is_flag=True, help="With --resume: even if the run looks live.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@train_options
+@runs_dir_option
+@db_option
+@click.argument("more_datasets", nargs=-1, type=str, required=False)
+def train(dataset, datasets, name, resume, force, quiet, runs_dir, db, more_datasets,
+          **flags) -> None:
+    """Train on HLBD data (the bundled dataset if none is given) and record the run.
+
+    Example: hlbd train --datasets data/HLBD_Hardcore_Full.json data/HLBD_Full_V2.json
+    --epochs 3 --name both
+    """
+    given = {k: v for k, v in flags.items() if v is not None}
+    paths = [*dataset, *datasets, *more_datasets]
+    store = Store.open(db)
+    with ctrl_c_stops_gracefully() as should_stop:
+        common = {"on_run_id": _print_run_id, "should_stop": should_stop,
+                  "progress": not quiet}
+        if resume:
+            if paths:
+                given["datasets"] = paths
+            outcome = runner.resume_checkpoint(store, resume, epochs=given.pop("epochs", None),
+                                               overrides=given, force=force, name=name,
+                                               **common)
+        else:
+            config = TrainConfig(**given, name=name)
+            if paths:
+                config.datasets = paths
+            outcome = runner.start_run(config, store, runs_root=runner.runs_dir(runs_dir),
+                                       **common)
+    _report(outcome)
+
+
+@click.command()
+@click.option("--run-id", required=True, help="The run's id, or a unique prefix of it.")
+@click.option("--epochs", type=int, default=None, help="The new total number of epochs.")
+@click.option("--force", is_flag=True, help="Resume even if the run looks live.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@db_option
+def resume(run_id, epochs, force, quiet, db) -> None:
+    """Continue a run from its newest checkpoint; epochs append to the same run.
+
+    Example: hlbd resume --run-id 3f2a --epochs 10
+    """
+    store = Store.open(db)
+    with ctrl_c_stops_gracefully() as should_stop:
+        outcome = runner.resume_run(store, run_id, epochs=epochs, force=force,
+                                    on_run_id=_print_run_id, should_stop=should_stop,
+                                    progress=not quiet)
+    _report(outcome)
+
+
+COMMANDS = [train, resume]

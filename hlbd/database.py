@@ -1,0 +1,155 @@
+"""Where the run database is, how to connect to it, and keeping its schema current.
+
+One setting names the database for every command and the explorer: ``--db``, else the
+``HLBD_DB`` environment variable, else ``hlbd.db`` in the working directory. It is a
+SQLAlchemy URL or a plain file path (SQLite).
+
+SQLite is opened in WAL mode with a busy timeout so several processes can write one
+file; writes take the lock up front (``BEGIN IMMEDIATE``) so a transaction never has to
+upgrade a read lock into a write lock, which a busy timeout cannot rescue.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+
+from hlbd.errors import SchemaTooNewError, StoreError
+
+DEFAULT_DB_FILE = "hlbd.db"
+BUSY_TIMEOUT_MS = 30_000
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+
+def resolve_db_url(db: str | None = None) -> str:
+    """The database URL from a flag value, else ``HLBD_DB``, else ``./hlbd.db``."""
+    value = db or os.environ.get("HLBD_DB") or DEFAULT_DB_FILE
+    if "://" in value:
+        return value
+    return f"sqlite:///{Path(value).expanduser().resolve()}"
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file behind a SQLite URL, or None for other databases and in-memory SQLite."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database:
+        return None
+    if parsed.database == ":memory:":
+        return None
+    return Path(parsed.database)
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    # Driver autocommit: SQLAlchemy's "begin" event below issues BEGIN itself.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA foreign_keys = ON")
+    cursor.execute("PRAGMA synchronous = NORMAL")
+    cursor.close()
+
+
+def _begin_immediate(conn) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def write_engine(url: str) -> Engine:
+    """An engine for writing: on SQLite every transaction takes the write lock up front."""
+    if sqlite_path(url) is None:
+        return create_engine(url, pool_pre_ping=True)
+    engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+    event.listen(engine, "connect", _sqlite_pragmas)
+    event.listen(engine, "begin", _begin_immediate)
+    return engine
+
+
+def _alembic_config(connection=None) -> Config:
+    if not (MIGRATIONS_DIR / "env.py").exists():
+        raise StoreError(f"migrations not found at {MIGRATIONS_DIR}; install hlbd with "
+                         "`pip install -e .` from its source tree")
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    return cfg
+
+
+def head_revision() -> str:
+    """The newest schema revision this hlbd knows."""
+    return ScriptDirectory.from_config(_alembic_config()).get_current_head()
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The revision the database is at, or None for a database without our schema."""
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def _check_known(revision: str | None, url: str) -> None:
+    if revision is None:
+        return
+    script = ScriptDirectory.from_config(_alembic_config())
+    try:
+        known = script.get_revision(revision) is not None
+    except CommandError:
+        known = False
+    if not known:
+        raise SchemaTooNewError(
+            f"database {url} is at schema revision {revision!r}, which this hlbd does not "
+            f"know (newest known: {head_revision()!r}); it was written by a newer hlbd: "
+            "upgrade hlbd to use it")
+
+
+@contextlib.contextmanager
+def _creation_lock(url: str) -> Iterator[None]:
+    """Serialise schema creation across processes (a file lock beside a SQLite file)."""
+    path = sqlite_path(url)
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{path}.lock", "a") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
+def upgrade(engine: Engine, url: str) -> str:
+    """Bring the database to the newest revision (creating it if empty); returns it."""
+    with _creation_lock(url):
+        revision = current_revision(engine)
+        _check_known(revision, url)
+        if sqlite_path(url) is not None:
+            with engine.connect() as conn:
+                conn.connection.dbapi_connection.execute("PRAGMA journal_mode = WAL")
+        if revision != head_revision():
+            with engine.begin() as conn:
+                command.upgrade(_alembic_config(conn), "head")
+        return head_revision()
+
+
+def ensure_schema(engine: Engine, url: str) -> None:
+    """Create a new database at the newest revision; refuse a newer or older one."""
+    revision = current_revision(engine)
+    head = head_revision()
+    if revision == head:
+        return
+    _check_known(revision, url)
+    if revision is None:
+        upgrade(engine, url)
+        return
+    raise StoreError(f"database {url} is at schema revision {revision!r}, older than "
+                     f"{head!r}; run `hlbd db upgrade --db {url}` first")

@@ -1,0 +1,33 @@
+"""Exceptions with messages meant for a human; the CLI prints them as one line."""
+
+
+class HlbdError(Exception):
+    """Base class: the message says what was wrong, where, and what to do."""
+
+
+class DatasetError(HlbdError):
+    """A dataset file is missing, unreadable, malformed or empty."""
+
+
+class StoreError(HlbdError):
+    """The run database cannot be used as asked (schema, unknown id, ...)."""
+
+
+class SchemaTooNewError(StoreError):
+    """The database was written by a newer hlbd than this one."""
+
+
+class UnknownRunError(StoreError):
+    """No run (or more than one run) matches the given id or prefix."""
+
+
+class CheckpointError(HlbdError):
+    """A checkpoint file is missing, truncated, foreign or contradicts the flags."""
+
+
+class QueryError(HlbdError):
+    """User SQL failed: a write was refused, the time limit was hit, or it is invalid."""
+
+
+class QueryInterrupted(QueryError):
+    """User SQL ran past its time limit and was stopped."""

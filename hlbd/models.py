@@ -1,0 +1,118 @@
+"""SQLAlchemy models of the run store.
+
+The schema itself changes only through Alembic (migrations/versions); these models
+mirror the newest revision so the store can build statements from them.
+NaN cannot be stored in a SQLite REAL (it becomes NULL), so every metric that may be
+NaN has a companion ``*_is_nan`` flag: NULL with the flag set means "measured: NaN",
+NULL without it means "not recorded".
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Boolean, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Run(Base):
+    __tablename__ = "runs"
+
+    run_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime)
+    config: Mapped[str] = mapped_column(Text)
+    dataset_stats: Mapped[str] = mapped_column(Text)
+    vocab: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    run_dir: Mapped[str | None] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(String(16))
+    source_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    extra: Mapped[str | None] = mapped_column(Text)
+
+
+class Segment(Base):
+    __tablename__ = "segments"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.run_id"), primary_key=True)
+    segment: Mapped[int] = mapped_column(Integer, primary_key=True)
+    start_epoch: Mapped[int] = mapped_column(Integer)
+    resumed_from: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(DateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime)
+    status: Mapped[str] = mapped_column(String(16))
+    pid: Mapped[int | None] = mapped_column(Integer)
+    hostname: Mapped[str | None] = mapped_column(String(255))
+
+
+class Epoch(Base):
+    __tablename__ = "epochs"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.run_id"), primary_key=True)
+    segment: Mapped[int] = mapped_column(Integer, primary_key=True)
+    epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
+    loss: Mapped[float | None] = mapped_column(Float)
+    loss_is_nan: Mapped[bool] = mapped_column(Boolean)
+    grad_norm: Mapped[float | None] = mapped_column(Float)
+    grad_norm_max: Mapped[float | None] = mapped_column(Float)
+    grad_norm_min: Mapped[float | None] = mapped_column(Float)
+    steps: Mapped[int | None] = mapped_column(Integer)
+    nonfinite_steps: Mapped[int | None] = mapped_column(Integer)
+    clipped_steps: Mapped[int | None] = mapped_column(Integer)
+    skipped_steps: Mapped[int | None] = mapped_column(Integer)
+    lr: Mapped[float | None] = mapped_column(Float)
+    token_accuracy: Mapped[float | None] = mapped_column(Float)
+    wall_seconds: Mapped[float | None] = mapped_column(Float)
+    tokens: Mapped[int | None] = mapped_column(Integer)
+    tokens_per_second: Mapped[float | None] = mapped_column(Float)
+    recorded_at: Mapped[datetime] = mapped_column(DateTime)
+    superseded_by: Mapped[int | None] = mapped_column(Integer)
+
+
+class Step(Base):
+    __tablename__ = "steps"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.run_id"), primary_key=True)
+    segment: Mapped[int] = mapped_column(Integer, primary_key=True)
+    step: Mapped[int] = mapped_column(Integer, primary_key=True)
+    epoch: Mapped[int] = mapped_column(Integer)
+    loss: Mapped[float | None] = mapped_column(Float)
+    loss_is_nan: Mapped[bool] = mapped_column(Boolean)
+    grad_norm: Mapped[float | None] = mapped_column(Float)
+    grad_norm_is_nan: Mapped[bool] = mapped_column(Boolean)
+    lr: Mapped[float | None] = mapped_column(Float)
+    superseded_by: Mapped[int | None] = mapped_column(Integer)
+
+
+class Checkpoint(Base):
+    __tablename__ = "checkpoints"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.run_id"), index=True)
+    segment: Mapped[int] = mapped_column(Integer)
+    epoch: Mapped[int] = mapped_column(Integer)
+    path: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    size_bytes: Mapped[int | None] = mapped_column(Integer)
+
+
+class Anomaly(Base):
+    __tablename__ = "anomalies"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.run_id"), index=True)
+    segment: Mapped[int] = mapped_column(Integer)
+    epoch: Mapped[int | None] = mapped_column(Integer)
+    step: Mapped[int | None] = mapped_column(Integer)
+    rule: Mapped[str] = mapped_column(String(40))
+    value: Mapped[float | None] = mapped_column(Float)
+    threshold: Mapped[float | None] = mapped_column(Float)
+    message: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime)

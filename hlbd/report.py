@@ -1,0 +1,38 @@
+"""The JSON report ``experiment_report.json`` that older HLBD tools read."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+from hlbd.fileio import write_atomically
+
+REPORT_NAME = "experiment_report.json"
+
+
+def build_report(run_id: str, history: dict, dataset_stats: dict) -> dict:
+    """The report dict: the older tool's keys plus ``run_id``.
+
+    Lists are the effective history, one entry per epoch (``batch_losses``: per
+    optimizer step). NaN/Infinity are written as the JSON literals Python's json module
+    reads and writes, as the older tool did; a value never measured is null.
+    """
+    return {
+        "run_id": run_id,
+        "control_losses": list(history["control_losses"]),
+        "batch_losses": list(history["batch_losses"]),
+        "grad_norms": list(history["grad_norms"]),
+        "learning_rates": list(history["learning_rates"]),
+        "current_epoch": len(history["control_losses"]),
+        "total_batches": len(history["batch_losses"]),
+        "dataset_stats": dataset_stats,
+        "timestamp": datetime.now(timezone.utc).isoformat(),
+    }
+
+
+def write_report(run_dir: Path, report: dict) -> Path:
+    path = Path(run_dir) / REPORT_NAME
+    data = json.dumps(report, ensure_ascii=False, indent=2).encode("utf-8")
+    write_atomically(path, lambda f: f.write(data))
+    return path

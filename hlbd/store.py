@@ -1,0 +1,325 @@
+"""The run store: the only code that writes the run database.
+
+Writers (the trainer's recorder, import) call the ``record_*`` methods; each is one
+short transaction. Readers (CLI, explorer) get plain dicts, never ORM objects.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import Engine, and_, func, insert, select, update
+from sqlalchemy.orm import aliased
+
+from hlbd import database
+from hlbd.errors import UnknownRunError
+from hlbd.models import Anomaly, Checkpoint, Epoch, Run, Segment, Step
+
+# A live trainer refreshes its heartbeat at least this often ...
+HEARTBEAT_SECONDS = 30.0
+# ... so a "running" run whose heartbeat is older than this has stopped without saying so.
+STALE_AFTER = timedelta(seconds=120)
+
+STEP_FIELDS = ("step", "epoch", "loss", "grad_norm", "lr")
+
+
+def utcnow() -> datetime:
+    """Naive UTC time, the form every timestamp in the store takes."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def split_nan(value: float | None) -> tuple[float | None, bool]:
+    """(stored value, is_nan): SQLite turns NaN into NULL, so NaN travels as a flag."""
+    if value is not None and math.isnan(value):
+        return None, True
+    return value, False
+
+
+def join_nan(value: float | None, is_nan: bool) -> float | None:
+    """The measured value back from its stored form (NaN, a number, or None = missing)."""
+    return math.nan if is_nan else value
+
+
+class Store:
+    """Reads and writes runs, segments, epochs, steps, checkpoints and anomalies."""
+
+    def __init__(self, url: str, engine: Engine):
+        self.url = url
+        self.engine = engine
+
+    @classmethod
+    def open(cls, db: str | None = None) -> Store:
+        """Open (and on first use create) the database that ``db``/``HLBD_DB`` names."""
+        url = database.resolve_db_url(db)
+        engine = database.write_engine(url)
+        database.ensure_schema(engine, url)
+        return cls(url, engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- writes ---------------------------------------------------------------------
+
+    def create_run(self, name: str, config: dict, dataset_stats: dict, *,
+                   vocab: Sequence[str] | None = None, run_dir: str | None = None,
+                   source: str = "hlbd", source_hash: str | None = None,
+                   extra: dict | None = None, status: str = "running",
+                   run_id: str | None = None) -> str:
+        """Insert a run and its first segment; returns the new run id."""
+        run_id = run_id or uuid.uuid4().hex
+        now = utcnow()
+        with self.engine.begin() as conn:
+            conn.execute(insert(Run).values(
+                run_id=run_id, name=name, status=status, created_at=now,
+                heartbeat_at=now, config=json.dumps(config, sort_keys=True),
+                dataset_stats=json.dumps(dataset_stats, sort_keys=True),
+                vocab=json.dumps(list(vocab), ensure_ascii=False) if vocab else None,
+                run_dir=run_dir, source=source, source_hash=source_hash,
+                extra=json.dumps(extra, sort_keys=True) if extra else None,
+                finished_at=None if status == "running" else now))
+            conn.execute(insert(Segment).values(
+                run_id=run_id, segment=1, start_epoch=0, started_at=now, status=status,
+                pid=os.getpid(), hostname=socket.gethostname()))
+        return run_id
+
+    def begin_segment(self, run_id: str, start_epoch: int,
+                      resumed_from: str | None = None) -> int:
+        """Open a new attempt of ``run_id`` that continues after ``start_epoch``.
+
+        Epochs and steps recorded after ``start_epoch`` by earlier segments stay in the
+        store, marked as superseded by the new segment.
+        """
+        now = utcnow()
+        with self.engine.begin() as conn:
+            segment = conn.scalar(select(func.max(Segment.segment))
+                                  .where(Segment.run_id == run_id)) or 0
+            segment += 1
+            conn.execute(update(Segment).where(Segment.run_id == run_id,
+                                               Segment.status == "running")
+                         .values(status="crashed", ended_at=now))
+            conn.execute(insert(Segment).values(
+                run_id=run_id, segment=segment, start_epoch=start_epoch,
+                resumed_from=resumed_from, started_at=now, status="running",
+                pid=os.getpid(), hostname=socket.gethostname()))
+            for table in (Epoch, Step):
+                conn.execute(update(table).where(
+                    table.run_id == run_id, table.epoch > start_epoch,
+                    table.superseded_by.is_(None)).values(superseded_by=segment))
+            conn.execute(update(Run).where(Run.run_id == run_id).values(
+                status="running", heartbeat_at=now, finished_at=None, error=None))
+        return segment
+
+    def record_epoch(self, run_id: str, segment: int, epoch: dict[str, Any],
+                     steps: Sequence[dict[str, Any]] = ()) -> None:
+        """Write one epoch's row, its not yet written steps and a heartbeat, atomically."""
+        now = utcnow()
+        loss, loss_is_nan = split_nan(epoch.get("loss"))
+        row = {**epoch, "run_id": run_id, "segment": segment, "loss": loss,
+               "loss_is_nan": loss_is_nan, "recorded_at": now}
+        with self.engine.begin() as conn:
+            self._insert_steps(conn, run_id, segment, steps)
+            conn.execute(insert(Epoch), [row])
+            conn.execute(update(Run).where(Run.run_id == run_id).values(heartbeat_at=now))
+
+    def record_steps(self, run_id: str, segment: int,
+                     steps: Sequence[dict[str, Any]]) -> None:
+        """Write a batch of optimizer steps (and refresh the heartbeat) in one transaction."""
+        with self.engine.begin() as conn:
+            self._insert_steps(conn, run_id, segment, steps)
+            conn.execute(update(Run).where(Run.run_id == run_id)
+                         .values(heartbeat_at=utcnow()))
+
+    @staticmethod
+    def _insert_steps(conn, run_id: str, segment: int,
+                      steps: Iterable[dict[str, Any]]) -> None:
+        rows = []
+        for s in steps:
+            loss, loss_is_nan = split_nan(s["loss"])
+            grad_norm, grad_norm_is_nan = split_nan(s["grad_norm"])
+            rows.append((run_id, segment, s["step"], s["epoch"], loss, loss_is_nan,
+                         grad_norm, grad_norm_is_nan, s["lr"]))
+        if rows:
+            # Positional executemany: the per-step path must stay close to raw sqlite3.
+            conn.exec_driver_sql(
+                "INSERT INTO steps (run_id, segment, step, epoch, loss, loss_is_nan, "
+                "grad_norm, grad_norm_is_nan, lr) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                if conn.dialect.paramstyle == "qmark" else
+                "INSERT INTO steps (run_id, segment, step, epoch, loss, loss_is_nan, "
+                "grad_norm, grad_norm_is_nan, lr) VALUES "
+                "(%s, %s, %s, %s, %s, %s, %s, %s, %s)", rows)
+
+    def heartbeat(self, run_id: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(Run).where(Run.run_id == run_id)
+                         .values(heartbeat_at=utcnow()))
+
+    def record_checkpoint(self, run_id: str, segment: int, epoch: int, path: str,
+                          size_bytes: int | None) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(insert(Checkpoint).values(
+                run_id=run_id, segment=segment, epoch=epoch, path=path,
+                created_at=utcnow(), size_bytes=size_bytes))
+
+    def record_anomalies(self, run_id: str, segment: int, flags: Sequence[dict]) -> None:
+        if not flags:
+            return
+        now = utcnow()
+        rows = []
+        for f in flags:
+            value, _ = split_nan(f.get("value"))
+            rows.append({"run_id": run_id, "segment": segment, "epoch": f.get("epoch"),
+                         "step": f.get("step"), "rule": f["rule"], "value": value,
+                         "threshold": f.get("threshold"), "message": f["message"],
+                         "created_at": now})
+        with self.engine.begin() as conn:
+            conn.execute(insert(Anomaly), rows)
+
+    def finish_run(self, run_id: str, segment: int, status: str,
+                   error: str | None = None) -> None:
+        """Close the segment and set the run's status (finished/failed/interrupted)."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            conn.execute(update(Segment).where(Segment.run_id == run_id,
+                                               Segment.segment == segment)
+                         .values(status=status, ended_at=now))
+            conn.execute(update(Run).where(Run.run_id == run_id).values(
+                status=status, finished_at=now, heartbeat_at=now, error=error))
+
+    # -- reads ----------------------------------------------------------------------
+
+    def resolve_run_id(self, run_id: str) -> str:
+        """The full id for an id or unique prefix; an ambiguous one lists candidates."""
+        with self.engine.connect() as conn:
+            matches = conn.scalars(select(Run.run_id).where(
+                Run.run_id.startswith(run_id, autoescape=True)).limit(11)).all()
+        if not run_id or not matches:
+            raise UnknownRunError(f"no run with id {run_id!r} in {self.url}; "
+                                  "`hlbd runs` lists the runs")
+        if run_id in matches:
+            return run_id
+        if len(matches) > 1:
+            shown = ", ".join(matches[:10]) + (", ..." if len(matches) > 10 else "")
+            raise UnknownRunError(f"run id prefix {run_id!r} is ambiguous: {shown}")
+        return matches[0]
+
+    def get_run(self, run_id: str) -> dict[str, Any]:
+        """One run as a dict (config, dataset_stats, vocab and extra decoded)."""
+        run_id = self.resolve_run_id(run_id)
+        with self.engine.connect() as conn:
+            row = conn.execute(select(Run, *_latest_segment_columns())
+                               .where(Run.run_id == run_id)).mappings().one()
+        return _decode_run(dict(row))
+
+    def list_runs(self) -> list[dict[str, Any]]:
+        """All runs, newest first, with epoch count, last and best loss, live status."""
+        effective = Epoch.superseded_by.is_(None)
+        agg = (select(Epoch.run_id, func.count().label("epochs"),
+                      func.min(Epoch.loss).label("best_loss"),
+                      func.max(Epoch.epoch).label("last_epoch"))
+               .where(effective).group_by(Epoch.run_id).subquery())
+        last = aliased(Epoch)
+        query = (select(Run, func.coalesce(agg.c.epochs, 0).label("epochs"),
+                        agg.c.best_loss, last.loss.label("last_loss"),
+                        *_latest_segment_columns())
+                 .outerjoin(agg, agg.c.run_id == Run.run_id)
+                 .outerjoin(last, and_(last.run_id == Run.run_id,
+                                       last.epoch == agg.c.last_epoch,
+                                       last.superseded_by.is_(None)))
+                 .order_by(Run.created_at.desc()))
+        with self.engine.connect() as conn:
+            rows = [dict(r) for r in conn.execute(query).mappings()]
+        return [_decode_run(r) for r in rows]
+
+    def epochs(self, run_id: str, *, include_superseded: bool = False) -> list[dict]:
+        """Per-epoch rows of a run in epoch order (effective history unless asked)."""
+        query = select(Epoch).where(Epoch.run_id == run_id)
+        if not include_superseded:
+            query = query.where(Epoch.superseded_by.is_(None))
+        query = query.order_by(Epoch.epoch, Epoch.segment)
+        with self.engine.connect() as conn:
+            rows = [dict(r) for r in conn.execute(query).mappings()]
+        for r in rows:
+            r["loss"] = join_nan(r["loss"], r.pop("loss_is_nan"))
+        return rows
+
+    def steps(self, run_id: str, *, include_superseded: bool = False) -> list[dict]:
+        """Per-step rows of a run in step order."""
+        query = select(Step).where(Step.run_id == run_id)
+        if not include_superseded:
+            query = query.where(Step.superseded_by.is_(None))
+        query = query.order_by(Step.step, Step.segment)
+        with self.engine.connect() as conn:
+            rows = [dict(r) for r in conn.execute(query).mappings()]
+        for r in rows:
+            r["loss"] = join_nan(r["loss"], r.pop("loss_is_nan"))
+            r["grad_norm"] = join_nan(r["grad_norm"], r.pop("grad_norm_is_nan"))
+        return rows
+
+    def segments(self, run_id: str) -> list[dict]:
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(
+                select(Segment).where(Segment.run_id == run_id)
+                .order_by(Segment.segment)).mappings()]
+
+    def checkpoints(self, run_id: str) -> list[dict]:
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(
+                select(Checkpoint).where(Checkpoint.run_id == run_id)
+                .order_by(Checkpoint.epoch, Checkpoint.id)).mappings()]
+
+    def anomalies(self, run_id: str | None = None) -> list[dict]:
+        query = select(Anomaly).order_by(Anomaly.run_id, Anomaly.id)
+        if run_id is not None:
+            query = query.where(Anomaly.run_id == run_id)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
+
+
+def _latest_segment_columns():
+    latest = (select(Segment).where(Segment.run_id == Run.run_id)
+              .order_by(Segment.segment.desc()).limit(1))
+    return (latest.with_only_columns(Segment.segment).scalar_subquery().label("segment"),
+            latest.with_only_columns(Segment.pid).scalar_subquery().label("pid"),
+            latest.with_only_columns(Segment.hostname).scalar_subquery().label("hostname"))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def live_status(run: dict[str, Any], now: datetime | None = None) -> str:
+    """The status to show for a run whose stored status is 'running'.
+
+    'crashed': its process was on this host and is gone (kill -9, OOM killer);
+    'stale': its heartbeat stopped (another host, or a hung process); else 'running'.
+    """
+    if run["status"] != "running":
+        return run["status"]
+    if run.get("hostname") == socket.gethostname() and run.get("pid"):
+        if not _pid_alive(run["pid"]):
+            return "crashed"
+    heartbeat = run.get("heartbeat_at") or run["created_at"]
+    if (now or utcnow()) - heartbeat > STALE_AFTER:
+        return "stale"
+    return "running"
+
+
+def _decode_run(row: dict[str, Any]) -> dict[str, Any]:
+    for key in ("config", "dataset_stats", "vocab", "extra"):
+        if row.get(key) is not None:
+            row[key] = json.loads(row[key])
+    row["display_status"] = live_status(row)
+    return row

@@ -1,0 +1,320 @@
+"""The training loop: read it top to bottom.
+
+Per optimizer step the loop keeps loss and the gradient norm that ``clip_grad_norm_``
+returns (before clipping) as device tensors; they move to the host once per flush, so
+on a GPU there is no per-step sync. Per epoch it hands the recorder the mean loss, the
+grad-norm mean/max/min over finite steps with non-finite and clipped counts, the LR
+the scheduler set for the epoch, token accuracy and throughput.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.optim import AdamW
+from torch.optim.lr_scheduler import CosineAnnealingWarmRestarts
+from tqdm import tqdm
+
+from hlbd.checkpoint import checkpoint_path, save_checkpoint
+from hlbd.config import TrainConfig
+from hlbd.data import Pair
+from hlbd.model import build_model
+from hlbd.recorder import Recorder
+from hlbd.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+IGNORE = -100
+
+
+class TrainingInterrupted(Exception):
+    """The caller asked the loop to stop (Ctrl-C); a checkpoint was saved."""
+
+    def __init__(self, epoch: int, checkpoint: Path | None):
+        super().__init__(f"interrupted after epoch {epoch}")
+        self.epoch = epoch
+        self.checkpoint = checkpoint
+
+
+@dataclass
+class Examples:
+    """All training sequences, encoded once: ``[BOS] input [SEP] output [EOS]``.
+
+    Targets are the next tokens of the answer (output and EOS); the prompt is ignored.
+    """
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    lengths: list[int]
+    answer_tokens: list[int]
+
+    @classmethod
+    def encode(cls, pairs: list[Pair], tokenizer: Tokenizer, max_seq_len: int) -> Examples:
+        sequences, starts = [], []
+        for pair in pairs:
+            prompt = [tokenizer.bos_id, *tokenizer.encode(pair.input), tokenizer.sep_id]
+            answer = [*tokenizer.encode(pair.output), tokenizer.eos_id]
+            seq = (prompt + answer)[: max_seq_len + 1]
+            sequences.append(seq)
+            starts.append(min(len(prompt), len(seq) - 1))
+        width = max(len(s) for s in sequences) - 1
+        inputs = torch.full((len(pairs), width), tokenizer.pad_id, dtype=torch.long)
+        targets = torch.full((len(pairs), width), IGNORE, dtype=torch.long)
+        lengths, answer_tokens = [], []
+        for i, (seq, start) in enumerate(zip(sequences, starts)):
+            n = len(seq) - 1
+            inputs[i, :n] = torch.tensor(seq[:-1])
+            targets[i, start - 1:n] = torch.tensor(seq[start:])
+            lengths.append(n)
+            answer_tokens.append(n - start + 1)
+        return cls(inputs, targets, lengths, answer_tokens)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def batch(self, indices: list[int], device: torch.device):
+        width = max(self.lengths[i] for i in indices)
+        index = torch.tensor(indices)
+        x = self.inputs[index, :width].to(device, non_blocking=True)
+        y = self.targets[index, :width].to(device, non_blocking=True)
+        return x, y
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """The epoch's batch order: a function of (seed, epoch) only, so a resume replays it."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(n, generator=generator).tolist()
+    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer,
+                   config: TrainConfig) -> CosineAnnealingWarmRestarts:
+    return CosineAnnealingWarmRestarts(optimizer, T_0=config.t_0, T_mult=config.t_mult,
+                                       eta_min=config.eta_min)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def empty_history() -> dict[str, list[float]]:
+    return {"control_losses": [], "batch_losses": [], "grad_norms": [],
+            "learning_rates": []}
+
+
+@dataclass
+class TrainResult:
+    last_epoch: int
+    history: dict = field(default_factory=empty_history)
+
+
+def train(config: TrainConfig, examples: Examples, tokenizer: Tokenizer,
+          recorder: Recorder, run_dir: Path, run_id: str, *,
+          resume: dict | None = None, segment: int = 1,
+          should_stop: Callable[[], bool] = lambda: False,
+          progress: bool = True) -> TrainResult:
+    """Train to ``config.epochs``, from scratch or from a loaded checkpoint ``resume``."""
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    model = build_model(len(tokenizer), config).to(device)
+    optimizer = AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = make_scheduler(optimizer, config)
+    use_amp = config.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
+    max_norm = config.max_grad_norm if config.max_grad_norm > 0 else math.inf
+    history = empty_history()
+    start_epoch, global_step = 0, 0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        if resume.get("scaler"):
+            scaler.load_state_dict(resume["scaler"])
+        _set_rng_state(resume.get("rng") or {})
+        history = copy.deepcopy(resume["history"])
+        start_epoch = resume["epoch"]
+        global_step = resume.get("global_step", len(history["batch_losses"]))
+
+    def state(epoch: int) -> dict:
+        return {"run_id": run_id, "epoch": epoch, "global_step": global_step,
+                "segment": segment, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(), "rng": _rng_state(),
+                "vocab": tokenizer.vocab, "config": config.to_dict(), "history": history}
+
+    def save(epoch: int, snapshot: dict | None = None) -> Path:
+        path = checkpoint_path(run_dir, epoch)
+        size = save_checkpoint(path, snapshot or state(epoch))
+        recorder.on_checkpoint(epoch, path, size)
+        return path
+
+    # State at the end of the last epoch with no checkpoint on disk, kept so that a
+    # Ctrl-C mid-epoch can still save a checkpoint at an epoch boundary.
+    unsaved = copy.deepcopy(state(start_epoch)) if resume is None else None
+    last_done = start_epoch
+    bar = tqdm(total=config.epochs * math.ceil(len(examples) / config.batch_size),
+               initial=start_epoch * math.ceil(len(examples) / config.batch_size),
+               disable=not progress, unit="batch", dynamic_ncols=True, leave=False)
+    try:
+        for epoch in range(start_epoch + 1, config.epochs + 1):
+            started = time.perf_counter()
+            model.train()
+            lr = optimizer.param_groups[0]["lr"]
+            batches = epoch_batches(len(examples), config.batch_size, config.seed, epoch)
+            groups = [batches[i:i + config.grad_accum]
+                      for i in range(0, len(batches), config.grad_accum)]
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), device=device, dtype=torch.long)
+            answer_total = 0
+            token_total = 0
+            # Device tensors of steps not yet moved to the host, and host rows not yet sent.
+            pending_loss: list[torch.Tensor] = []
+            pending_norm: list[torch.Tensor] = []
+            pending_meta: list[int] = []
+            epoch_steps: list[dict] = []
+            unsent: list[dict] = []
+
+            def drain() -> None:
+                if not pending_meta:
+                    return
+                values = torch.stack([torch.stack(pending_loss),
+                                      torch.stack(pending_norm).float()]).cpu().tolist()
+                for step, loss, norm in zip(pending_meta, values[0], values[1]):
+                    row = {"step": step, "epoch": epoch, "loss": loss, "grad_norm": norm,
+                           "lr": lr}
+                    epoch_steps.append(row)
+                    unsent.append(row)
+                pending_loss.clear()
+                pending_norm.clear()
+                pending_meta.clear()
+
+            for group in groups:
+                group_tokens = sum(examples.answer_tokens[i] for b in group for i in b)
+                step_loss = torch.zeros((), device=device)
+                for indices in group:
+                    if should_stop():
+                        raise _Stop
+                    x, y = examples.batch(indices, device)
+                    with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                        logits = model(x)
+                    summed = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(),
+                                             ignore_index=IGNORE, reduction="sum")
+                    scaler.scale(summed / group_tokens).backward()
+                    step_loss += summed.detach()
+                    correct += ((logits.detach().argmax(-1) == y) & (y != IGNORE)).sum()
+                    token_total += sum(examples.lengths[i] for i in indices)
+                    bar.update(1)
+                scaler.unscale_(optimizer)
+                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                global_step += 1
+                loss_sum += step_loss
+                answer_total += group_tokens
+                pending_loss.append(step_loss / group_tokens)
+                pending_norm.append(norm.detach())
+                pending_meta.append(global_step)
+                if device.type == "cpu":  # no device to sync with: show every step
+                    bar.set_postfix_str(f"loss {float(step_loss) / group_tokens:.4f} "
+                                        f"gn {float(norm):.3g} lr {lr:.3g}", refresh=False)
+                if len(pending_meta) >= config.step_flush_interval:
+                    drain()
+                    recorder.on_steps(unsent)
+                    unsent = []
+                recorder.on_alive()
+
+            drain()
+            totals = torch.stack([loss_sum, correct.to(loss_sum.dtype)]).cpu().tolist()
+            scheduler.step()
+            wall = time.perf_counter() - started
+            row = _epoch_row(epoch, epoch_steps, totals[0] / answer_total,
+                             totals[1] / answer_total, lr, max_norm, use_amp, wall,
+                             token_total)
+            history["control_losses"].append(row["loss"])
+            history["batch_losses"].extend(s["loss"] for s in epoch_steps)
+            history["grad_norms"].append(row["grad_norm"])
+            history["learning_rates"].append(lr)
+            recorder.on_epoch(row, unsent, history)
+            last_done = epoch
+            log.info(_summary(row, config.epochs))
+            bar.set_postfix_str(f"loss {row['loss']:.4f} gn {_fmt(row['grad_norm'])} "
+                                f"lr {lr:.3g}")
+            if epoch == config.epochs or (config.save_interval
+                                          and epoch % config.save_interval == 0):
+                save(epoch)
+                unsaved = None
+            else:
+                unsaved = copy.deepcopy(state(epoch))
+    except _Stop:
+        path = save(last_done, unsaved) if unsaved is not None else None
+        raise TrainingInterrupted(last_done, path) from None
+    finally:
+        bar.close()
+    return TrainResult(last_done, history)
+
+
+class _Stop(Exception):
+    pass
+
+
+def _epoch_row(epoch: int, steps: list[dict], loss: float, accuracy: float, lr: float,
+               max_norm: float, use_amp: bool, wall: float, tokens: int) -> dict:
+    norms = [s["grad_norm"] for s in steps]
+    finite = [n for n in norms if math.isfinite(n)]
+    nonfinite = len(norms) - len(finite)
+    return {
+        "epoch": epoch, "loss": loss,
+        "grad_norm": sum(finite) / len(finite) if finite else None,
+        "grad_norm_max": max(finite) if finite else None,
+        "grad_norm_min": min(finite) if finite else None,
+        "steps": len(norms), "nonfinite_steps": nonfinite,
+        "clipped_steps": sum(n > max_norm for n in finite),
+        # GradScaler skips exactly the steps whose unscaled gradients are not finite.
+        "skipped_steps": nonfinite if use_amp else 0,
+        "lr": lr, "token_accuracy": accuracy, "wall_seconds": wall, "tokens": tokens,
+        "tokens_per_second": tokens / wall if wall > 0 else None,
+    }
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
+
+
+def _summary(row: dict, epochs: int) -> str:
+    extra = f" nonfinite {row['nonfinite_steps']}" if row["nonfinite_steps"] else ""
+    return (f"epoch {row['epoch']}/{epochs}  loss {row['loss']:.4f}  "
+            f"grad_norm {_fmt(row['grad_norm'])} (max {_fmt(row['grad_norm_max'])})  "
+            f"lr {row['lr']:.4g}  acc {row['token_accuracy']:.3f}  "
+            f"{row['wall_seconds']:.1f}s{extra}")
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    if "torch" in state:
+        torch.set_rng_state(state["torch"])
+    if "python" in state:
+        random.setstate(_as_tuple(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(value):
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, list | tuple) else value
