@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -71,6 +72,54 @@ def write_engine(url: str) -> Engine:
     engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
     event.listen(engine, "connect", _sqlite_pragmas)
     event.listen(engine, "begin", _begin_immediate)
+    return engine
+
+
+# Pragmas that take an argument yet only read (table_info(runs), ...).
+READ_PRAGMAS = {"table_info", "table_xinfo", "index_list", "index_info", "index_xinfo",
+                "foreign_key_list", "foreign_key_check", "integrity_check", "quick_check"}
+
+
+def _read_only_authorizer(action, arg1, arg2, _db, _trigger):
+    """SQLite's authorizer: the engine asks it before every operation it compiles."""
+    if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH):
+        return sqlite3.SQLITE_DENY  # mode=ro does not stop ATTACH creating a new file
+    if action == sqlite3.SQLITE_PRAGMA and arg2 is not None and arg1 not in READ_PRAGMAS:
+        return sqlite3.SQLITE_DENY  # setting a pragma (journal_mode=..., query_only=0)
+    if action == sqlite3.SQLITE_FUNCTION and arg2 == "load_extension":
+        return sqlite3.SQLITE_DENY
+    return sqlite3.SQLITE_OK
+
+
+def _sqlite_read_only(dbapi_connection, _record) -> None:
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA query_only = ON")
+    cursor.close()
+    dbapi_connection.set_authorizer(_read_only_authorizer)
+
+
+def read_engine(url: str) -> Engine:
+    """An engine whose connections cannot write.
+
+    SQLite: the file is opened ``mode=ro`` (so ATTACH cannot create files either) with
+    ``PRAGMA query_only``; other databases: every transaction is READ ONLY.
+    """
+    path = sqlite_path(url)
+    if path is None:
+        engine = create_engine(url, pool_pre_ping=True)
+
+        @event.listens_for(engine, "begin")
+        def _read_only(conn) -> None:
+            conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+
+        return engine
+    if not path.exists():
+        raise StoreError(f"no database at {path}; start a run with `hlbd train` first")
+    engine = create_engine(f"sqlite:///file:{path}?mode=ro&uri=true",
+                           connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+    event.listen(engine, "connect", _sqlite_read_only)
     return engine
 
 
