@@ -6,12 +6,16 @@ database and the JSON report; ``NullRecorder`` records nothing (benchmarks).
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Protocol
 
+from hlbd.anomalies import Thresholds, detect
 from hlbd.report import build_report, write_report
 from hlbd.store import HEARTBEAT_SECONDS, Store
+
+log = logging.getLogger(__name__)
 
 
 class Recorder(Protocol):
@@ -45,25 +49,42 @@ class NullRecorder:
 
 
 class StoreRecorder:
-    """Writes steps, epochs, checkpoints and heartbeats to the store, and the report."""
+    """Writes steps, epochs, checkpoints and heartbeats to the store, and the report.
+
+    After each epoch it applies the anomaly rules to the run so far: each flag is a
+    warning line and a row in ``anomalies``.
+    """
 
     def __init__(self, store: Store, run_id: str, segment: int, run_dir: Path,
-                 dataset_stats: dict):
+                 dataset_stats: dict, config: dict,
+                 thresholds: Thresholds | None = None):
         self.store = store
         self.run_id = run_id
         self.segment = segment
         self.run_dir = Path(run_dir)
         self.dataset_stats = dataset_stats
+        self.thresholds = thresholds or Thresholds()
+        self._run = {"run_id": run_id, "config": config}
+        self._epochs = store.epochs(run_id)  # the effective history this segment extends
+        self._epoch_steps: list[dict] = []
         self._last_beat = time.monotonic()
 
     def on_steps(self, steps: list[dict]) -> None:
         self.store.record_steps(self.run_id, self.segment, steps)
+        self._epoch_steps.extend(steps)
         self._last_beat = time.monotonic()
 
     def on_epoch(self, epoch: dict, steps: list[dict], history: dict) -> None:
         self.store.record_epoch(self.run_id, self.segment, epoch, steps)
         self._last_beat = time.monotonic()
         write_report(self.run_dir, build_report(self.run_id, history, self.dataset_stats))
+        self._epochs.append({**epoch, "segment": self.segment})
+        flags = detect(self._run, self._epochs, [*self._epoch_steps, *steps],
+                       self.thresholds, only_epoch=epoch["epoch"])
+        self._epoch_steps = []
+        for flag in flags:
+            log.warning("anomaly [%s] %s", flag["rule"], flag["message"])
+        self.store.record_anomalies(self.run_id, self.segment, flags)
 
     def on_checkpoint(self, epoch: int, path: Path, size_bytes: int) -> None:
         self.store.record_checkpoint(self.run_id, self.segment, epoch, str(path), size_bytes)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from hlbd.fileio import write_atomically
@@ -27,7 +27,7 @@ def build_report(run_id: str, history: dict, dataset_stats: dict) -> dict:
         "current_epoch": len(history["control_losses"]),
         "total_batches": len(history["batch_losses"]),
         "dataset_stats": dataset_stats,
-        "timestamp": datetime.now(timezone.utc).isoformat(),
+        "timestamp": datetime.now(UTC).isoformat(),
     }
 
 

@@ -12,7 +12,7 @@ import os
 import socket
 import uuid
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, and_, func, insert, select, update
@@ -32,7 +32,7 @@ STEP_FIELDS = ("step", "epoch", "loss", "grad_norm", "lr")
 
 def utcnow() -> datetime:
     """Naive UTC time, the form every timestamp in the store takes."""
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def split_nan(value: float | None) -> tuple[float | None, bool]:
@@ -308,9 +308,9 @@ def live_status(run: dict[str, Any], now: datetime | None = None) -> str:
     """
     if run["status"] != "running":
         return run["status"]
-    if run.get("hostname") == socket.gethostname() and run.get("pid"):
-        if not _pid_alive(run["pid"]):
-            return "crashed"
+    same_host = run.get("hostname") == socket.gethostname()
+    if same_host and run.get("pid") and not _pid_alive(run["pid"]):
+        return "crashed"
     heartbeat = run.get("heartbeat_at") or run["created_at"]
     if (now or utcnow()) - heartbeat > STALE_AFTER:
         return "stale"

@@ -174,31 +174,12 @@ def train(config: TrainConfig, examples: Examples, tokenizer: Tokenizer,
             batches = epoch_batches(len(examples), config.batch_size, config.seed, epoch)
             groups = [batches[i:i + config.grad_accum]
                       for i in range(0, len(batches), config.grad_accum)]
-            loss_sum = torch.zeros((), device=device)
+            loss_sum = torch.zeros((), device=device, dtype=torch.float64)
             correct = torch.zeros((), device=device, dtype=torch.long)
             answer_total = 0
             token_total = 0
-            # Device tensors of steps not yet moved to the host, and host rows not yet sent.
-            pending_loss: list[torch.Tensor] = []
-            pending_norm: list[torch.Tensor] = []
-            pending_meta: list[int] = []
-            epoch_steps: list[dict] = []
-            unsent: list[dict] = []
-
-            def drain() -> None:
-                if not pending_meta:
-                    return
-                values = torch.stack([torch.stack(pending_loss),
-                                      torch.stack(pending_norm).float()]).cpu().tolist()
-                for step, loss, norm in zip(pending_meta, values[0], values[1]):
-                    row = {"step": step, "epoch": epoch, "loss": loss, "grad_norm": norm,
-                           "lr": lr}
-                    epoch_steps.append(row)
-                    unsent.append(row)
-                pending_loss.clear()
-                pending_norm.clear()
-                pending_meta.clear()
-
+            buffer = StepBuffer()
+            epoch_steps: list[dict] = []  # host rows of this epoch's steps
             for group in groups:
                 group_tokens = sum(examples.answer_tokens[i] for b in group for i in b)
                 step_loss = torch.zeros((), device=device)
@@ -223,19 +204,18 @@ def train(config: TrainConfig, examples: Examples, tokenizer: Tokenizer,
                 global_step += 1
                 loss_sum += step_loss
                 answer_total += group_tokens
-                pending_loss.append(step_loss / group_tokens)
-                pending_norm.append(norm.detach())
-                pending_meta.append(global_step)
+                buffer.add(global_step, step_loss / group_tokens, norm)
                 if device.type == "cpu":  # no device to sync with: show every step
                     bar.set_postfix_str(f"loss {float(step_loss) / group_tokens:.4f} "
                                         f"gn {float(norm):.3g} lr {lr:.3g}", refresh=False)
-                if len(pending_meta) >= config.step_flush_interval:
-                    drain()
-                    recorder.on_steps(unsent)
-                    unsent = []
+                if len(buffer) >= config.step_flush_interval:
+                    flushed = buffer.drain(epoch, lr)
+                    epoch_steps += flushed
+                    recorder.on_steps(flushed)
                 recorder.on_alive()
 
-            drain()
+            unsent = buffer.drain(epoch, lr)
+            epoch_steps += unsent
             totals = torch.stack([loss_sum, correct.to(loss_sum.dtype)]).cpu().tolist()
             scheduler.step()
             wall = time.perf_counter() - started
@@ -267,6 +247,34 @@ def train(config: TrainConfig, examples: Examples, tokenizer: Tokenizer,
 
 class _Stop(Exception):
     pass
+
+
+class StepBuffer:
+    """Per-step loss and grad norm kept on the device until one transfer at a flush."""
+
+    def __init__(self) -> None:
+        self._steps: list[int] = []
+        self._losses: list[torch.Tensor] = []
+        self._norms: list[torch.Tensor] = []
+
+    def __len__(self) -> int:
+        return len(self._steps)
+
+    def add(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        self._steps.append(step)
+        self._losses.append(loss.detach())
+        self._norms.append(grad_norm.detach())
+
+    def drain(self, epoch: int, lr: float) -> list[dict]:
+        """Host rows of the buffered steps (one device-to-host copy); empties the buffer."""
+        if not self._steps:
+            return []
+        losses, norms = torch.stack([torch.stack(self._losses).float(),
+                                     torch.stack(self._norms).float()]).cpu().tolist()
+        rows = [{"step": step, "epoch": epoch, "loss": loss, "grad_norm": norm, "lr": lr}
+                for step, loss, norm in zip(self._steps, losses, norms)]
+        self._steps, self._losses, self._norms = [], [], []
+        return rows
 
 
 def _epoch_row(epoch: int, steps: list[dict], loss: float, accuracy: float, lr: float,

@@ -40,9 +40,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from hlbd.cli import db, runs, train
+    from hlbd.cli import anomalies, db, runs, train
 
-    for module in (train, runs, db):
+    for module in (train, runs, db, anomalies):
         for command in module.COMMANDS:
             main.add_command(command)
 

@@ -1,0 +1,136 @@
+"""Anomaly rules: the one place that decides what is suspicious in a run's record.
+
+Used by the trainer (a warning line and a row in ``anomalies`` when it happens), by
+``hlbd anomalies`` and by the explorer. Rules read only recorded values; a value that
+was not recorded (None) raises no flag, and NaN/Inf are flagged as what they are.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import statistics
+from dataclasses import dataclass
+
+RULES = ("grad_explosion", "grad_vanishing", "nonfinite_loss", "nonfinite_grad_norm",
+         "amp_skipped_step", "loss_spike", "loss_rising", "lr_unexplained", "lr_zero")
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    grad_explode: float = 10.0     # grad norm above this: explosion
+    grad_vanish: float = 0.01      # epoch mean grad norm below this: vanishing
+    spike_window: int = 5          # recent epochs a loss is compared with
+    spike_z: float = 6.0           # robust z-score (median/MAD) that makes a spike
+    spike_min_rise: float = 0.1    # ... and at least this relative rise over the median
+    rising_epochs: int = 3         # consecutive epochs of rising loss
+    lr_rtol: float = 1e-6          # relative gap between recorded and expected LR
+
+
+def _flag(run_id, epoch, rule, value, threshold, message, *, segment=None, step=None):
+    return {"run_id": run_id, "segment": segment, "epoch": epoch, "step": step,
+            "rule": rule, "value": value, "threshold": threshold, "message": message}
+
+
+def expected_lrs(config: dict, epochs: int) -> list[float] | None:
+    """The LR CosineAnnealingWarmRestarts gives each epoch 1..epochs under ``config``.
+
+    None when the config does not describe that schedule (e.g. an imported report).
+    """
+    try:
+        base, t_0, t_mult, eta_min = (config["lr"], config["t_0"], config["t_mult"],
+                                      config["eta_min"])
+    except (KeyError, TypeError):
+        return None
+    import torch
+
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=base)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+        optimizer, T_0=t_0, T_mult=t_mult, eta_min=eta_min)
+    lrs = []
+    for _ in range(epochs):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        scheduler.step()
+    return lrs
+
+
+def detect(run: dict, epochs: list[dict], steps: list[dict] = (),
+           thresholds: Thresholds = Thresholds(), *, only_epoch: int | None = None,
+           ) -> list[dict]:
+    """Flags for one run's effective history.
+
+    ``run`` as Store.get_run returns it (``run_id``, decoded ``config``); ``epochs`` and
+    ``steps`` as Store.epochs / Store.steps return them (NaN for measured NaN, None for
+    not recorded). ``only_epoch`` limits the result to one epoch (the trainer's use).
+    Each flag: run_id, segment, epoch, step, rule, value, threshold, message.
+    """
+    t = thresholds
+    run_id = run["run_id"]
+    flags: list[dict] = []
+    by_epoch_steps: dict[int, list[dict]] = {}
+    for s in steps:
+        by_epoch_steps.setdefault(s["epoch"], []).append(s)
+    expected = expected_lrs(run.get("config") or {}, max((e["epoch"] for e in epochs),
+                                                         default=0))
+    losses: list[tuple[int, float]] = []
+    zero_lr_run = 0
+    for e in epochs:
+        n, seg = e["epoch"], e.get("segment")
+        loss, lr = e.get("loss"), e.get("lr")
+
+        def add(rule, value, threshold, message, step=None, _n=n, _seg=seg):
+            flags.append(_flag(run_id, _n, rule, value, threshold, message,
+                               segment=_seg, step=step))
+
+        if loss is not None and not math.isfinite(loss):
+            add("nonfinite_loss", loss, None, f"epoch {n}: loss is {loss}")
+        if e.get("nonfinite_steps"):
+            bad = [s for s in by_epoch_steps.get(n, []) if s["grad_norm"] is not None
+                   and not math.isfinite(s["grad_norm"])]
+            where = f" (first at step {bad[0]['step']})" if bad else ""
+            add("nonfinite_grad_norm", float(e["nonfinite_steps"]), 0.0,
+                f"epoch {n}: {e['nonfinite_steps']} step(s) with a NaN/Inf grad norm{where}",
+                step=bad[0]["step"] if bad else None)
+        if e.get("skipped_steps"):
+            add("amp_skipped_step", float(e["skipped_steps"]), 0.0,
+                f"epoch {n}: AMP skipped {e['skipped_steps']} optimizer step(s)")
+        peak = e.get("grad_norm_max", e.get("grad_norm"))
+        if peak is not None and math.isfinite(peak) and peak > t.grad_explode:
+            at = [s for s in by_epoch_steps.get(n, []) if s["grad_norm"] == peak]
+            step = at[0]["step"] if at else None
+            add("grad_explosion", peak, t.grad_explode,
+                f"epoch {n}: grad norm {peak:.4g} > {t.grad_explode:g}"
+                + (f" at step {step}" if step else ""), step=step)
+        mean = e.get("grad_norm")
+        if mean is not None and math.isfinite(mean) and mean < t.grad_vanish:
+            add("grad_vanishing", mean, t.grad_vanish,
+                f"epoch {n}: mean grad norm {mean:.3g} < {t.grad_vanish:g}")
+        if loss is not None and math.isfinite(loss):
+            recent = [v for _, v in losses[-t.spike_window:]]
+            if len(recent) >= 3:
+                median = statistics.median(recent)
+                mad = statistics.median(abs(v - median) for v in recent) * 1.4826
+                limit = max(median + t.spike_z * mad, median * (1 + t.spike_min_rise))
+                if loss > limit:
+                    add("loss_spike", loss, limit,
+                        f"epoch {n}: loss {loss:.4g} spiked above {limit:.4g} (median of "
+                        f"last {len(recent)} epochs {median:.4g})")
+            window = [v for _, v in losses[-t.rising_epochs:]] + [loss]
+            if len(window) == t.rising_epochs + 1 and all(
+                    b > a for a, b in itertools.pairwise(window)):
+                add("loss_rising", loss, float(t.rising_epochs),
+                    f"epoch {n}: loss rose {t.rising_epochs} epochs in a row")
+            losses.append((n, loss))
+        if lr is not None:
+            if expected is not None and n <= len(expected):
+                want = expected[n - 1]
+                if not math.isclose(lr, want, rel_tol=t.lr_rtol, abs_tol=1e-12):
+                    add("lr_unexplained", lr, want,
+                        f"epoch {n}: LR {lr:.6g} is not what the configured schedule "
+                        f"gives ({want:.6g}); was scheduler state lost on a resume?")
+            zero_lr_run = zero_lr_run + 1 if lr == 0 else 0
+            if zero_lr_run >= 2:
+                add("lr_zero", lr, 0.0, f"epoch {n}: LR stuck at zero")
+    if only_epoch is not None:
+        flags = [f for f in flags if f["epoch"] == only_epoch]
+    return flags

@@ -1,0 +1,52 @@
+"""``hlbd anomalies``: the anomaly rules applied to the recorded history."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import click
+
+from hlbd.anomalies import Thresholds, detect
+from hlbd.cli.options import db_option, table
+from hlbd.store import Store
+
+DEFAULTS = Thresholds()
+
+
+def threshold_options(func):
+    for field in reversed(dataclasses.fields(Thresholds)):
+        flag = "--" + field.name.replace("_", "-")
+        default = getattr(DEFAULTS, field.name)
+        func = click.option(flag, field.name, type=type(default), default=default,
+                            show_default=True)(func)
+    return func
+
+
+@click.command()
+@click.argument("run_id", required=False)
+@threshold_options
+@db_option
+def anomalies(run_id: str | None, db: str | None, **thresholds) -> None:
+    """Flag explosions, vanishing or non-finite gradients, loss spikes and LR surprises.
+
+    Checks one run, or every run without RUN_ID. Each flag names run, epoch (and step
+    where known), rule, value and threshold.
+
+    Example: hlbd anomalies 3f2a --grad-explode 5
+    """
+    store = Store.open(db)
+    limits = Thresholds(**thresholds)
+    run_ids = [store.resolve_run_id(run_id)] if run_id else [r["run_id"]
+                                                              for r in store.list_runs()]
+    flags = []
+    for rid in run_ids:
+        flags += detect(store.get_run(rid), store.epochs(rid), store.steps(rid), limits)
+    if not flags:
+        click.echo(f"no anomalies in {len(run_ids)} run(s)")
+        return
+    click.echo(table(["run_id", "epoch", "step", "rule", "value", "threshold", "message"],
+                     [[f["run_id"][:12], f["epoch"], f["step"], f["rule"], f["value"],
+                       f["threshold"], f["message"]] for f in flags]))
+
+
+COMMANDS = [anomalies]
