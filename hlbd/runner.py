@@ -42,6 +42,10 @@ def prepare_data(config: TrainConfig) -> PreparedData:
     return PreparedData(mix([pair for _, pair in tagged], config.seed), stats)
 
 
+class RunFailed(HlbdError):
+    """Training raised; the run is marked failed with the error."""
+
+
 @dataclass
 class RunOutcome:
     run_id: str
@@ -80,9 +84,14 @@ def _run(config, store, run_id, segment, run_dir, examples, tokenizer, dataset_s
     except TrainingInterrupted as stop:
         store.finish_run(run_id, segment, "interrupted")
         return RunOutcome(run_id, "interrupted", stop.epoch, run_dir)
-    except BaseException as exc:
-        store.finish_run(run_id, segment, "failed", f"{type(exc).__name__}: {exc}")
+    except KeyboardInterrupt:
+        store.finish_run(run_id, segment, "interrupted",
+                         "aborted by a second Ctrl-C before a checkpoint was saved")
         raise
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}".strip()
+        store.finish_run(run_id, segment, "failed", error)
+        raise RunFailed(f"run {run_id} failed: {error.splitlines()[0]}") from exc
     store.finish_run(run_id, segment, "finished")
     return RunOutcome(run_id, "finished", result.last_epoch, run_dir)
 

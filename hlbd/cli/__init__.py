@@ -6,6 +6,7 @@ Library errors (HlbdError) become one line on stderr and exit status 1.
 from __future__ import annotations
 
 import logging
+import sys
 
 import click
 from tqdm import tqdm
@@ -25,7 +26,7 @@ class _TqdmHandler(logging.Handler):
     """Log lines printed above the progress bar instead of through it."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        tqdm.write(self.format(record), file=click.get_text_stream("stderr"))
+        tqdm.write(self.format(record), file=sys.stderr)
 
 
 @click.group(cls=HlbdGroup)

@@ -1,0 +1,91 @@
+"""The run store: schema through Alembic, WAL, concurrent creators and writers."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from click.testing import CliRunner
+
+from hlbd import database
+from hlbd.cli import main
+from hlbd.errors import UnknownRunError
+from hlbd.store import Store
+
+OPEN_AND_WRITE = textwrap.dedent("""
+    import sys, time
+    from hlbd.store import Store
+    start = float(sys.argv[2])
+    while time.time() < start:
+        pass
+    store = Store.open(sys.argv[1])
+    run_id = store.create_run("p" + sys.argv[3], {"k": 1}, {"d": 1})
+    for epoch in range(1, 21):
+        store.record_epoch(run_id, 1, {"epoch": epoch, "loss": 1.0 / epoch, "grad_norm": 0.5,
+                                       "lr": 1e-3},
+                           [{"step": epoch, "epoch": epoch, "loss": 1.0, "grad_norm": 0.5,
+                             "lr": 1e-3}])
+    store.finish_run(run_id, 1, "finished")
+""")
+
+
+def test_processes_opening_a_brand_new_database_at_once_all_succeed(tmp_path):
+    import time
+
+    db = tmp_path / "new.db"
+    start = time.time() + 3.0  # every process is imported and waiting by then
+    procs = [subprocess.Popen([sys.executable, "-c", OPEN_AND_WRITE, str(db), str(start),
+                               str(i)], stderr=subprocess.PIPE, text=True)
+             for i in range(6)]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 6, errors
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT count(*) FROM runs WHERE status = 'finished'").fetchone() == (6,)
+    assert conn.execute("SELECT count(*) FROM epoch_metrics").fetchone() == (120,)
+    assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == (
+        database.head_revision(),)
+
+
+def test_new_database_is_created_at_the_newest_revision_with_the_public_views(tmp_path):
+    db = tmp_path / "fresh.db"
+    Store.open(str(db)).close()
+    conn = sqlite3.connect(db)
+    names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+    assert {"runs", "segments", "epochs", "steps", "checkpoints", "anomalies",
+            "epoch_metrics", "step_metrics", "alembic_version"} <= names
+    columns = {r[1] for r in conn.execute("PRAGMA table_info(epoch_metrics)")}
+    assert {"run_id", "epoch", "loss", "grad_norm", "grad_norm_max", "lr"} <= columns
+    run_columns = {r[1] for r in conn.execute("PRAGMA table_info(runs)")}
+    assert {"run_id", "name", "status", "created_at", "finished_at", "config",
+            "dataset_stats"} <= run_columns
+
+
+def test_db_commands_report_and_apply_the_revision(tmp_path):
+    db = str(tmp_path / "cli.db")
+    result = CliRunner().invoke(main, ["db", "upgrade", "--db", db])
+    assert result.exit_code == 0 and "(head)" in result.output
+    result = CliRunner().invoke(main, ["db", "current", "--db", db])
+    head = database.head_revision()
+    assert result.exit_code == 0 and f"revision {head}; head {head}" in result.output
+
+
+def test_db_setting_comes_from_flag_then_environment_then_working_directory(
+        tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HLBD_DB", raising=False)
+    assert database.resolve_db_url() == f"sqlite:///{tmp_path / 'hlbd.db'}"
+    monkeypatch.setenv("HLBD_DB", str(tmp_path / "env.db"))
+    assert database.resolve_db_url() == f"sqlite:///{tmp_path / 'env.db'}"
+    assert database.resolve_db_url("postgresql://h/db") == "postgresql://h/db"
+
+
+def test_unique_prefix_finds_a_run_and_ambiguous_prefix_lists_candidates(store):
+    a = store.create_run("a", {}, {}, run_id="abc111")
+    store.create_run("b", {}, {}, run_id="abc222")
+    assert store.resolve_run_id("abc1") == a
+    with pytest.raises(UnknownRunError, match="ambiguous: abc111, abc222"):
+        store.resolve_run_id("abc")
