@@ -41,9 +41,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from hlbd.cli import anomalies, db, runs, train
+    from hlbd.cli import anomalies, db, runs, train, ui
 
-    for module in (train, runs, db, anomalies):
+    for module in (train, runs, db, anomalies, ui):
         for command in module.COMMANDS:
             main.add_command(command)
 
