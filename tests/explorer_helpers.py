@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import time
+import urllib.request
 from pathlib import Path
 
 import pandas as pd
@@ -86,3 +90,31 @@ class Chart:
 
 def charts(at: AppTest) -> dict[str, Chart]:
     return {c.title: c for c in map(Chart, at.get("vega_lite_chart"))}
+
+
+def free_port() -> int:
+    """A TCP port on the loopback interface that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_serving(port: int, server: subprocess.Popen, timeout: float = 120) -> None:
+    """Wait for a Streamlit server's health endpoint (or fail with its output)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise AssertionError(f"the server exited ({server.returncode}): "
+                                 f"{server.communicate()[0]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health") as r:
+                if r.read() == b"ok":
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError(f"nothing served on port {port} after {timeout} s")
+
+
+def streamlit_flags(port: int) -> list[str]:
+    return ["--server.headless", "true", "--server.port", str(port),
+            "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"]

@@ -262,6 +262,14 @@ def test_missing_or_empty_database_explains_how_to_start_a_first_run(tmp_path, m
     assert "hlbd train" in at.info[0].value
 
 
+def test_a_file_that_is_not_a_database_gets_a_message_not_a_traceback(tmp_path, monkeypatch):
+    db = tmp_path / "notes.db"
+    db.write_text("these are notes, not a database\n" * 100)
+    at = open_app(monkeypatch, db)
+    assert not at.exception
+    assert "cannot be read as a run database" in at.info[0].value
+
+
 def test_sidebar_field_opens_another_database(explored, tmp_path, monkeypatch):
     db, ids, _ = explored
     at = open_app(monkeypatch, tmp_path / "elsewhere.db")

@@ -1,0 +1,60 @@
+"""The explorer reads while a trainer writes: read-only connections, no lock errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hlbd import database
+from hlbd.store import Store
+
+APP_DIR = Path(__file__).resolve().parents[1] / "app"
+TINY_FLAGS = ["--d-model", "32", "--n-layers", "1", "--n-heads", "2", "--d-ff", "64",
+              "--dropout", "0", "--device", "cpu"]
+
+
+@pytest.fixture
+def app_reads(monkeypatch):
+    """The explorer's read path (app/reads.py), imported as Streamlit imports it."""
+    monkeypatch.syspath_prepend(str(APP_DIR))
+    import reads
+
+    return reads
+
+
+def test_explorer_reads_while_a_trainer_writes_and_the_run_finishes(tmp_path, app_reads):
+    db = tmp_path / "live.db"
+    Store.open(str(db)).close()
+    url = database.resolve_db_url(str(db))
+    # Every step is its own write transaction: as many chances to collide as there can be.
+    trainer = subprocess.Popen(
+        [sys.executable, "-m", "hlbd", "train", "--db", str(db), "--name", "live",
+         "--runs-dir", str(tmp_path / "runs"), "--epochs", "8", "--save-interval", "4",
+         "--step-flush-interval", "1", *TINY_FLAGS],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen, rounds = set(), 0
+    try:
+        while trainer.poll() is None:
+            # The uncached functions under the app's caches: every call reads the file.
+            for run in app_reads.runs.__wrapped__(url):
+                seen.add(run["display_status"])
+                app_reads.epochs.__wrapped__(url, run["run_id"], run["version"])
+                app_reads.step_buckets.__wrapped__(url, ((run["run_id"], run["version"]),))
+                app_reads.flags.__wrapped__(url, run["run_id"], run["version"])
+            app_reads.sql(url, "SELECT count(*) FROM step_metrics")
+            rounds += 1
+            time.sleep(0.01)  # on a 2-core machine, leave the trainer a core
+    finally:
+        out, err = trainer.communicate(timeout=300)
+    assert trainer.returncode == 0, err
+    assert "locked" not in err
+    assert "running" in seen and rounds > 1  # the reads overlapped the writes
+    store = Store.open(str(db))
+    [run] = store.list_runs()
+    assert run["status"] == "finished" and run["epochs"] == 8
+    assert run["run_id"] in out
+    store.close()
