@@ -214,8 +214,10 @@ def metric_chart(data: ChartData, metric: str, labels: list[str], *, smoothing: 
                  log_scale: bool = False) -> alt.LayerChart:
     """The layered chart: band, raw line, smoothed line, hover points, edge markers."""
     title = METRICS[metric]
+    legend = (alt.Legend(title=None, labelLimit=300, symbolOpacity=1) if len(labels) > 1
+              else None)  # one run: the page already names it
     color = alt.Color("run:N", scale=alt.Scale(domain=labels, scheme="tableau10"),
-                      legend=alt.Legend(title=None, labelLimit=300, symbolOpacity=1))
+                      legend=legend)
     counted = data.x_axis in ("epoch", "step")  # whole numbers on the axis
     x = alt.X("x:Q", title=data.x_title, scale=alt.Scale(zero=False, nice=False),
               axis=alt.Axis(format="d", tickMinStep=1) if counted else alt.Axis())

@@ -32,9 +32,11 @@ def detail(run_id: str) -> None:
         summary = {r["run_id"]: r for r in reads.runs(url, thresholds)}[run_id]
         version = summary["version"]
         run = reads.run(url, run_id, version)
+        beat = run.get("heartbeat_at")
+        heartbeat = f"{beat:%Y-%m-%d %H:%M:%S} UTC" if beat else "not recorded"
         st.markdown(f"**{run['name']}** `{run_id}` · status **{run['display_status']}** · "
                     f"source {run['source']} · created {run['created_at']:%Y-%m-%d %H:%M:%S}"
-                    f" UTC · last heartbeat {run.get('heartbeat_at') or 'not recorded'}")
+                    f" UTC · last heartbeat {heartbeat}")
         if run.get("run_dir"):
             st.caption(f"Run folder: `{run['run_dir']}`")
         if run.get("error"):

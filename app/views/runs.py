@@ -7,25 +7,28 @@ import formats
 import reads
 import sidebar
 
-LIVE_SECONDS = 5
+LIVE_SECONDS = 5    # while a run is running
+IDLE_SECONDS = 30   # otherwise (a run started elsewhere shows up)
+STATUSES = ["running", "stale", "crashed", "finished", "interrupted", "failed"]
 
 st.title("Runs")
 url = sidebar.database_url()
-all_runs = reads.runs(url, sidebar.thresholds())
-if not all_runs:
+thresholds = sidebar.thresholds()
+if not reads.runs(url, thresholds):
     st.info(f"No runs in `{url}` yet. {reads.FIRST_RUN_HELP}")
     st.stop()
 
 left, right = st.columns([1, 2])
-statuses = sorted({r["display_status"] for r in all_runs})
-shown_statuses = left.multiselect("Status", statuses, default=statuses, key="status_filter")
+shown_statuses = left.multiselect("Status", STATUSES, default=STATUSES, key="status_filter")
 text = right.text_input("Name, id or dataset contains", placeholder="e.g. basics",
                         key="text_filter")
 
 
 def matches(run: dict) -> bool:
     haystack = " ".join([run["name"], run["run_id"], *run["dataset_stats"]]).lower()
-    return run["display_status"] in shown_statuses and text.lower().strip() in haystack
+    status = run["display_status"]
+    return ((status in shown_statuses or status not in STATUSES)
+            and text.lower().strip() in haystack)
 
 
 def table(runs: list[dict]) -> pd.DataFrame:
@@ -50,12 +53,18 @@ def pick_selected_rows() -> None:
     rows = st.session_state["runs_table"]["selection"]["rows"]
     shown = st.session_state["runs_table_ids"]
     st.session_state["picked"] = [shown[i] for i in rows if i < len(shown)]
+    # The selection reruns only this fragment; the sidebar must redraw to show the pick.
+    st.session_state["rerun_app"] = True
 
 
 @st.fragment(run_every=LIVE_SECONDS if any(r["display_status"] == "running"
-                                           for r in all_runs) else None)
+                                           for r in reads.runs(url, thresholds))
+             else IDLE_SECONDS)
 def runs_table() -> None:
-    runs = [r for r in reads.runs(url, sidebar.thresholds()) if matches(r)]
+    if st.session_state.pop("rerun_app", False):
+        st.rerun(scope="app")
+    all_runs = reads.runs(url, thresholds)
+    runs = [r for r in all_runs if matches(r)]
     st.session_state["runs_table_ids"] = [r["run_id"] for r in runs]
     st.dataframe(
         table(runs), key="runs_table", on_select=pick_selected_rows,
