@@ -8,7 +8,6 @@ checkpoint loads with ``torch.load(path, weights_only=True)``.
 from __future__ import annotations
 
 import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,8 @@ from hlbd.fileio import write_atomically
 FORMAT = "hlbd-checkpoint"
 FORMAT_VERSION = 1
 REQUIRED = ("epoch", "model", "optimizer", "scheduler", "vocab", "config", "history")
+SHAPES = {"epoch": int, "model": dict, "optimizer": dict, "scheduler": dict, "vocab": list,
+          "config": dict, "history": dict}
 
 
 def checkpoint_path(run_dir: Path, epoch: int) -> Path:
@@ -43,11 +44,16 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: checkpoint file not found")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile,
-            ValueError, OSError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except pickle.UnpicklingError as exc:
+        if "Weights only load failed" not in str(exc):
+            raise CheckpointError(f"{path}: not a loadable checkpoint (truncated or not a "
+                                  f"torch file): {_first_line(exc)}") from None
+        raise CheckpointError(f"{path}: not a loadable checkpoint: it holds objects other "
+                              "than tensors and plain data, which torch.load(weights_only="
+                              "True) refuses to unpickle") from None
+    except Exception as exc:  # torch.load fails on a foreign file in many ways
         raise CheckpointError(f"{path}: not a loadable checkpoint (truncated or not a "
-                              f"torch file): {reason[:200]}") from None
+                              f"torch file): {_first_line(exc)}") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: not an hlbd checkpoint (holds a "
                               f"{type(state).__name__}, not a dict)")
@@ -55,6 +61,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if missing:
         raise CheckpointError(f"{path}: not an hlbd checkpoint (missing "
                               f"{', '.join(missing)})")
+    wrong = [key for key, kind in SHAPES.items() if not isinstance(state[key], kind)]
+    if wrong or isinstance(state["epoch"], bool) or state["epoch"] < 0:
+        raise CheckpointError(f"{path}: not an hlbd checkpoint (malformed "
+                              f"{', '.join(wrong) or 'epoch'})")
     if state.get("format") not in (None, FORMAT):
         raise CheckpointError(f"{path}: unknown checkpoint format {state.get('format')!r}")
     if state.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
@@ -62,3 +72,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
                               f"{state['format_version']} is newer than this hlbd knows")
     state.setdefault("run_id", None)
     return state
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:200]

@@ -71,8 +71,13 @@ class Store:
                    vocab: Sequence[str] | None = None, run_dir: str | None = None,
                    source: str = "hlbd", source_hash: str | None = None,
                    extra: dict | None = None, status: str = "running",
-                   run_id: str | None = None) -> str:
-        """Insert a run and its first segment; returns the new run id."""
+                   run_id: str | None = None,
+                   epochs: Sequence[dict[str, Any]] = ()) -> str:
+        """Insert a run and its first segment; returns the new run id.
+
+        ``epochs`` are rows the run already has (an import): written as segment 1 in the
+        same transaction, so an import is all there or not there at all.
+        """
         run_id = run_id or uuid.uuid4().hex
         now = utcnow()
         with self.engine.begin() as conn:
@@ -87,14 +92,17 @@ class Store:
             conn.execute(insert(Segment).values(
                 run_id=run_id, segment=1, start_epoch=0, started_at=now, status=status,
                 pid=os.getpid(), hostname=socket.gethostname()))
+            if epochs:
+                conn.execute(insert(Epoch), [_epoch_values(run_id, 1, e, now) for e in epochs])
         return run_id
 
     def begin_segment(self, run_id: str, start_epoch: int,
-                      resumed_from: str | None = None) -> int:
+                      resumed_from: str | None = None, config: dict | None = None) -> int:
         """Open a new attempt of ``run_id`` that continues after ``start_epoch``.
 
         Epochs and steps recorded after ``start_epoch`` by earlier segments stay in the
-        store, marked as superseded by the new segment.
+        store, marked as superseded by the new segment. ``config``, when given, becomes
+        the run's config (a resume may change the epoch total, device, save interval).
         """
         now = utcnow()
         with self.engine.begin() as conn:
@@ -112,20 +120,20 @@ class Store:
                 conn.execute(update(table).where(
                     table.run_id == run_id, table.epoch > start_epoch,
                     table.superseded_by.is_(None)).values(superseded_by=segment))
-            conn.execute(update(Run).where(Run.run_id == run_id).values(
-                status="running", heartbeat_at=now, finished_at=None, error=None))
+            run_values = {"status": "running", "heartbeat_at": now, "finished_at": None,
+                          "error": None}
+            if config is not None:
+                run_values["config"] = json.dumps(config, sort_keys=True)
+            conn.execute(update(Run).where(Run.run_id == run_id).values(**run_values))
         return segment
 
     def record_epoch(self, run_id: str, segment: int, epoch: dict[str, Any],
                      steps: Sequence[dict[str, Any]] = ()) -> None:
         """Write one epoch's row, its not yet written steps and a heartbeat, atomically."""
         now = utcnow()
-        loss, loss_is_nan = split_nan(epoch.get("loss"))
-        row = {**epoch, "run_id": run_id, "segment": segment, "loss": loss,
-               "loss_is_nan": loss_is_nan, "recorded_at": now}
         with self.engine.begin() as conn:
             self._insert_steps(conn, run_id, segment, steps)
-            conn.execute(insert(Epoch), [row])
+            conn.execute(insert(Epoch), [_epoch_values(run_id, segment, epoch, now)])
             conn.execute(update(Run).where(Run.run_id == run_id).values(heartbeat_at=now))
 
     def record_steps(self, run_id: str, segment: int,
@@ -274,12 +282,37 @@ class Store:
                 select(Checkpoint).where(Checkpoint.run_id == run_id)
                 .order_by(Checkpoint.epoch, Checkpoint.id)).mappings()]
 
+    def newest_checkpoint(self, run_id: str) -> dict | None:
+        """The checkpoint to resume ``run_id`` from: the newest on its effective history.
+
+        Candidates are the run's checkpoints and the files its segments resumed from.
+        One made by segment s at epoch e is off the effective history when a later
+        segment started before e (its epochs after that start were superseded).
+        Returns ``{"segment", "epoch", "path"}`` or None.
+        """
+        segments = self.segments(run_id)
+        candidates = [{"segment": c["segment"], "epoch": c["epoch"], "path": c["path"]}
+                      for c in self.checkpoints(run_id)]
+        candidates += [{"segment": s["segment"], "epoch": s["start_epoch"],
+                        "path": s["resumed_from"]} for s in segments if s["resumed_from"]]
+        effective = [c for c in candidates
+                     if not any(s["segment"] > c["segment"] and s["start_epoch"] < c["epoch"]
+                                for s in segments)]
+        return max(effective, key=lambda c: (c["epoch"], c["segment"]), default=None)
+
     def anomalies(self, run_id: str | None = None) -> list[dict]:
         query = select(Anomaly).order_by(Anomaly.run_id, Anomaly.id)
         if run_id is not None:
             query = query.where(Anomaly.run_id == run_id)
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(query).mappings()]
+
+
+def _epoch_values(run_id: str, segment: int, epoch: dict[str, Any],
+                  recorded_at: datetime) -> dict[str, Any]:
+    loss, loss_is_nan = split_nan(epoch.get("loss"))
+    return {**epoch, "run_id": run_id, "segment": segment, "loss": loss,
+            "loss_is_nan": loss_is_nan, "recorded_at": recorded_at}
 
 
 def _latest_segment_columns():

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from hlbd.checkpoint import checkpoint_path, save_checkpoint
 from hlbd.config import TrainConfig
 from hlbd.data import Pair
+from hlbd.errors import CheckpointError
 from hlbd.model import build_model
 from hlbd.recorder import Recorder
 from hlbd.tokenizer import Tokenizer
@@ -127,22 +128,15 @@ def train(config: TrainConfig, examples: Examples, tokenizer: Tokenizer,
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     random.seed(config.seed)
-    model = build_model(len(tokenizer), config).to(device)
-    optimizer = AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = make_scheduler(optimizer, config)
-    use_amp = config.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
+    model, optimizer, scheduler, scaler = _components(config, len(tokenizer), device)
+    use_amp = scaler.is_enabled()
     max_norm = config.max_grad_norm if config.max_grad_norm > 0 else math.inf
     history = empty_history()
     start_epoch, global_step = 0, 0
     if resume is not None:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        if resume.get("scaler"):
-            scaler.load_state_dict(resume["scaler"])
+        _restore(resume, model, optimizer, scheduler, scaler)
         _set_rng_state(resume.get("rng") or {})
-        history = copy.deepcopy(resume["history"])
+        history.update(copy.deepcopy(resume["history"]))
         start_epoch = resume["epoch"]
         global_step = resume.get("global_step", len(history["batch_losses"]))
 
@@ -247,6 +241,38 @@ def train(config: TrainConfig, examples: Examples, tokenizer: Tokenizer,
 
 class _Stop(Exception):
     pass
+
+
+def _components(config: TrainConfig, vocab_size: int, device: torch.device):
+    """Model, optimizer, LR scheduler and AMP scaler, freshly built for ``config``."""
+    model = build_model(vocab_size, config).to(device)
+    optimizer = AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = make_scheduler(optimizer, config)
+    scaler = torch.amp.GradScaler(device.type, enabled=config.amp and device.type == "cuda")
+    return model, optimizer, scheduler, scaler
+
+
+def _restore(state: dict, model, optimizer, scheduler, scaler) -> None:
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+
+
+def check_resumable(config: TrainConfig, tokenizer: Tokenizer, state: dict,
+                    path: str | Path) -> None:
+    """Raise CheckpointError unless ``state`` restores into what ``config`` builds.
+
+    Run before a resume touches the store, so that a checkpoint whose tensors do not fit
+    (another model, a hand-edited file) is refused instead of failing mid-start.
+    """
+    try:
+        _restore(state, *_components(config, len(tokenizer), torch.device("cpu")))
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: checkpoint does not fit its own model config: "
+                              f"{reason[:200]}") from None
 
 
 class StepBuffer:

@@ -40,11 +40,17 @@ TRAIN_FLAGS = [
 ]
 
 
-def train_options(func):
+def train_options(func, fields: tuple[str, ...] | None = None):
     for flag, field, kind, help_text in reversed(TRAIN_FLAGS):
-        func = click.option(flag, field, type=kind, default=None,
-                            help=f"{help_text} [default: {getattr(DEFAULTS, field)}]")(func)
+        if fields is None or field in fields:
+            func = click.option(flag, field, type=kind, default=None,
+                                help=f"{help_text} [default: {getattr(DEFAULTS, field)}]")(func)
     return func
+
+
+def resume_options(func):
+    """The training flags a resume may change (the rest are the checkpoint's)."""
+    return train_options(func, tuple(f for f in runner.RESUME_SETTABLE if f != "epochs"))
 
 
 def runs_dir_option(func):
@@ -88,7 +94,8 @@ def _report(outcome: runner.RunOutcome) -> None:
               help="An HLBD file (Hardcore or Full format); repeatable.")
 @click.option("--datasets", "datasets", multiple=True, type=str,
               help="Several HLBD files, space-separated after one flag.")
-@click.option("--name", default=None, help="A name for the run.")
+@click.option("--name", default=None,
+              help="A name for the run (with --resume: for an older tool's checkpoint).")
 @click.option("--resume", "resume", default=None, type=click.Path(dir_okay=False),
               help="Continue from this checkpoint file (the run id comes from it).")
 @click.option("--force", is_flag=True, help="With --resume: even if the run looks live.")
@@ -115,7 +122,7 @@ def train(dataset, datasets, name, resume, force, quiet, runs_dir, db, more_data
                 given["datasets"] = paths
             outcome = runner.resume_checkpoint(store, resume, epochs=given.pop("epochs", None),
                                                overrides=given, force=force, name=name,
-                                               **common)
+                                               runs_root=runner.runs_dir(runs_dir), **common)
         else:
             config = TrainConfig(**given, name=name)
             if paths:
@@ -130,15 +137,20 @@ def train(dataset, datasets, name, resume, force, quiet, runs_dir, db, more_data
 @click.option("--epochs", type=int, default=None, help="The new total number of epochs.")
 @click.option("--force", is_flag=True, help="Resume even if the run looks live.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@resume_options
 @db_option
-def resume(run_id, epochs, force, quiet, db) -> None:
+def resume(run_id, epochs, force, quiet, db, **flags) -> None:
     """Continue a run from its newest checkpoint; epochs append to the same run.
+
+    Model, optimizer, LR schedule, AMP scaler, random state and data order continue
+    exactly; epochs recorded after that checkpoint are kept, marked superseded.
 
     Example: hlbd resume --run-id 3f2a --epochs 10
     """
     store = Store.open(db)
     with ctrl_c_stops_gracefully() as should_stop:
         outcome = runner.resume_run(store, run_id, epochs=epochs, force=force,
+                                    overrides={k: v for k, v in flags.items() if v is not None},
                                     on_run_id=_print_run_id, should_stop=should_stop,
                                     progress=not quiet)
     _report(outcome)
