@@ -147,12 +147,11 @@ class Store:
     @staticmethod
     def _insert_steps(conn, run_id: str, segment: int,
                       steps: Iterable[dict[str, Any]]) -> None:
-        rows = []
-        for s in steps:
-            loss, loss_is_nan = split_nan(s["loss"])
-            grad_norm, grad_norm_is_nan = split_nan(s["grad_norm"])
-            rows.append((run_id, segment, s["step"], s["epoch"], loss, loss_is_nan,
-                         grad_norm, grad_norm_is_nan, s["lr"]))
+        # NaN != NaN: the flag is set and NULL stored (inlined: this is the hot path).
+        rows = [(run_id, segment, s["step"], s["epoch"],
+                 None if s["loss"] != s["loss"] else s["loss"], s["loss"] != s["loss"],
+                 None if s["grad_norm"] != s["grad_norm"] else s["grad_norm"],
+                 s["grad_norm"] != s["grad_norm"], s["lr"]) for s in steps]
         if rows:
             # Positional executemany: the per-step path must stay close to raw sqlite3.
             conn.exec_driver_sql(
