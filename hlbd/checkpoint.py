@@ -8,6 +8,7 @@ checkpoint loads with ``torch.load(path, weights_only=True)``.
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,10 @@ from hlbd.fileio import write_atomically
 FORMAT = "hlbd-checkpoint"
 FORMAT_VERSION = 1
 REQUIRED = ("epoch", "model", "optimizer", "scheduler", "vocab", "config", "history")
+# What torch.load raises on a truncated or foreign file (the legacy, non-zip reader
+# fails inside pickle with whatever the garbage leads to).
+LOAD_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError,
+               IndexError, KeyError, TypeError, AttributeError)
 SHAPES = {"epoch": int, "model": dict, "optimizer": dict, "scheduler": dict, "vocab": list,
           "config": dict, "history": dict}
 
@@ -44,16 +49,14 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: checkpoint file not found")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "Weights only load failed" not in str(exc):
-            raise CheckpointError(f"{path}: not a loadable checkpoint (truncated or not a "
-                                  f"torch file): {_first_line(exc)}") from None
-        raise CheckpointError(f"{path}: not a loadable checkpoint: it holds objects other "
-                              "than tensors and plain data, which torch.load(weights_only="
-                              "True) refuses to unpickle") from None
-    except Exception as exc:  # torch.load fails on a foreign file in many ways
+    except LOAD_ERRORS as exc:
+        reason = _load_failure(exc)
+        if reason.startswith("Unsupported global"):
+            raise CheckpointError(f"{path}: not a loadable checkpoint: it holds objects "
+                                  "torch.load(weights_only=True) refuses to unpickle "
+                                  f"({reason})") from None
         raise CheckpointError(f"{path}: not a loadable checkpoint (truncated or not a "
-                              f"torch file): {_first_line(exc)}") from None
+                              f"torch file): {reason}") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: not an hlbd checkpoint (holds a "
                               f"{type(state).__name__}, not a dict)")
@@ -74,6 +77,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
-def _first_line(exc: Exception) -> str:
+def _load_failure(exc: Exception) -> str:
+    """The informative part of a torch.load error, on one line."""
     text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
+    # The weights-only unpickler wraps its reason in paragraphs of advice.
+    found = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    line = found.group(1) if found else (text.splitlines()[0] if text else "")
+    return (line.split(". ")[0].strip() or type(exc).__name__)[:200]

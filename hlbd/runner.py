@@ -18,7 +18,7 @@ from hlbd.config import TrainConfig
 from hlbd.data import Pair, load_datasets, mix
 from hlbd.errors import CheckpointError, HlbdError, UnknownRunError
 from hlbd.recorder import StoreRecorder
-from hlbd.store import Store
+from hlbd.store import Store, superseded
 from hlbd.tokenizer import Tokenizer
 from hlbd.trainer import Examples, TrainingInterrupted, check_resumable, train
 
@@ -142,6 +142,11 @@ def resume_checkpoint(store: Store, path: str | Path, *, epochs: int | None = No
             raise UnknownRunError(f"{path}: belongs to run {state['run_id']}, which is not "
                                   f"in {store.url}; pass the --db it was recorded in") from None
         _refuse_if_live(run, force)
+        if superseded(store.segments(run["run_id"]), state.get("segment", 1), state["epoch"]):
+            raise CheckpointError(
+                f"{path}: epoch {state['epoch']} of segment {state.get('segment', 1)} of run "
+                f"{run['run_id']} was superseded by a later resume; continuing it would mix "
+                "two attempts in one history (`hlbd resume` picks the newest current one)")
     plan = _plan_resume(run, state, str(path), epochs, overrides or {})
     if run is None:
         run = _import_checkpoint_run(store, plan, name, runs_root or runs_dir())
@@ -194,8 +199,7 @@ def _plan_resume(run: dict | None, state: dict, path: str, epochs: int | None,
         raise HlbdError(f"the datasets of run {run['run_id']} changed since it started "
                         f"(now {data.dataset_stats}, then {run['dataset_stats']}); resuming "
                         "would not continue the same run")
-    tokenizer = Tokenizer(state["vocab"])
-    check_resumable(config, tokenizer, state, path)
+    tokenizer = check_resumable(config, state, path)
     examples = Examples.encode(data.pairs, tokenizer, config.max_seq_len)
     return _ResumePlan(state, path, config, data, tokenizer, examples)
 

@@ -284,10 +284,9 @@ class Store:
     def newest_checkpoint(self, run_id: str) -> dict | None:
         """The checkpoint to resume ``run_id`` from: the newest on its effective history.
 
-        Candidates are the run's checkpoints and the files its segments resumed from.
-        One made by segment s at epoch e is off the effective history when a later
-        segment started before e (its epochs after that start were superseded).
-        Returns ``{"segment", "epoch", "path"}`` or None.
+        Candidates are the run's checkpoints and the files its segments resumed from,
+        less those a later segment superseded. Returns ``{"segment", "epoch", "path"}``
+        or None.
         """
         segments = self.segments(run_id)
         candidates = [{"segment": c["segment"], "epoch": c["epoch"], "path": c["path"]}
@@ -295,8 +294,7 @@ class Store:
         candidates += [{"segment": s["segment"], "epoch": s["start_epoch"],
                         "path": s["resumed_from"]} for s in segments if s["resumed_from"]]
         effective = [c for c in candidates
-                     if not any(s["segment"] > c["segment"] and s["start_epoch"] < c["epoch"]
-                                for s in segments)]
+                     if not superseded(segments, c["segment"], c["epoch"])]
         return max(effective, key=lambda c: (c["epoch"], c["segment"]), default=None)
 
     def anomalies(self, run_id: str | None = None) -> list[dict]:
@@ -305,6 +303,12 @@ class Store:
             query = query.where(Anomaly.run_id == run_id)
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(query).mappings()]
+
+
+def superseded(segments: Sequence[dict], segment: int, epoch: int) -> bool:
+    """Whether the state segment ``segment`` reached at ``epoch`` is off the effective
+    history: a later segment started from an earlier epoch and superseded it."""
+    return any(s["segment"] > segment and s["start_epoch"] < epoch for s in segments)
 
 
 def _epoch_values(run_id: str, segment: int, epoch: dict[str, Any],

@@ -259,19 +259,35 @@ def _restore(state: dict, model, optimizer, scheduler, scaler) -> None:
         scaler.load_state_dict(state["scaler"])
 
 
-def check_resumable(config: TrainConfig, tokenizer: Tokenizer, state: dict,
-                    path: str | Path) -> None:
-    """Raise CheckpointError unless ``state`` restores into what ``config`` builds.
+# The scheduler state that fixes where in the cosine cycle a resume goes on (names stable
+# across torch versions, unlike private fields such as ``_is_initial``).
+SCHEDULE_KEYS = {"T_0", "T_i", "T_cur", "T_mult", "eta_min", "base_lrs", "last_epoch"}
+
+
+def check_resumable(config: TrainConfig, state: dict, path: str | Path) -> Tokenizer:
+    """The checkpoint's tokenizer, once ``state`` is known to restore into what ``config``
+    builds; else CheckpointError.
 
     Run before a resume touches the store, so that a checkpoint whose tensors do not fit
     (another model, a hand-edited file) is refused instead of failing mid-start.
     """
     try:
-        _restore(state, *_components(config, len(tokenizer), torch.device("cpu")))
+        tokenizer = Tokenizer(state["vocab"])
+    except KeyError as exc:
+        raise CheckpointError(f"{path}: its vocabulary lacks the special token {exc}") from None
+    model, optimizer, scheduler, scaler = _components(config, len(tokenizer),
+                                                      torch.device("cpu"))
+    missing = SCHEDULE_KEYS - set(state["scheduler"])
+    if missing:
+        raise CheckpointError(f"{path}: its scheduler state lacks "
+                              f"{', '.join(sorted(missing))}")
+    try:
+        _restore(state, model, optimizer, scheduler, scaler)
     except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: checkpoint does not fit its own model config: "
-                              f"{reason[:200]}") from None
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise CheckpointError(f"{path}: checkpoint does not restore into the model its "
+                              f"config describes: {reason[:300]}") from None
+    return tokenizer
 
 
 class StepBuffer:

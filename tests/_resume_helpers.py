@@ -24,11 +24,10 @@ TINY_FLAGS = ["--d-model", "32", "--n-layers", "1", "--n-heads", "2", "--d-ff", 
 
 def tiny(**overrides) -> TrainConfig:
     """The config TINY_FLAGS give, with a cosine cycle short enough to restart in a test."""
-    values = dict(d_model=32, n_layers=1, n_heads=2, d_ff=64, batch_size=16, dropout=0.2,
-                  device="cpu", seed=7, t_0=2, t_mult=2, save_interval=0,
-                  step_flush_interval=1000)
-    values.update(overrides)
-    return TrainConfig(**values)
+    values = {"d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64, "batch_size": 16,
+              "dropout": 0.2, "device": "cpu", "seed": 7, "t_0": 2, "t_mult": 2,
+              "save_interval": 0, "step_flush_interval": 1000}
+    return TrainConfig(**{**values, **overrides})
 
 
 def exact_metrics(epochs: list[dict]) -> list[tuple]:
@@ -51,16 +50,6 @@ def query(db: Path, sql: str, *params) -> list[tuple]:
         return conn.execute(sql, params).fetchall()
     finally:
         conn.close()
-
-
-def hlbd(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run ``python -m hlbd ARGS`` to completion."""
-    result = subprocess.run([sys.executable, "-m", "hlbd", *args], capture_output=True,
-                            text=True, timeout=timeout, env=_env())
-    if check and result.returncode != 0:
-        raise AssertionError(f"hlbd {' '.join(args)} exited {result.returncode}:\n"
-                             f"{result.stdout}\n{result.stderr}")
-    return result
 
 
 def spawn_hlbd(*args: str) -> subprocess.Popen:

@@ -19,7 +19,6 @@ from _resume_helpers import (
     TINY_FLAGS,
     dump,
     exact_metrics,
-    hlbd,
     kill_hard,
     query,
     spawn_hlbd,
@@ -86,9 +85,30 @@ def test_resumed_run_has_the_straight_runs_numbers(store, runs_root, stop_at):
     assert store.get_run(split.run_id)["config"]["epochs"] == 6  # the new total
 
 
-def test_report_after_resume_holds_the_whole_history(store, runs_root):
+def test_random_state_restore_is_what_makes_a_dropout_resume_exact(store, runs_root,
+                                                                   tmp_path):
+    straight = run(store, runs_root, epochs=4)
     split = run(store, runs_root, epochs=3)
-    resume_run(store, split.run_id, epochs=5, progress=False)
+    state = load_checkpoint(checkpoint_path(runs_root / split.run_id, 3))
+    del state["rng"]
+    torch.save(state, tmp_path / "no_rng.pt")
+
+    resume_checkpoint(store, tmp_path / "no_rng.pt", epochs=4, progress=False)
+
+    without_rng, expected = store.epochs(split.run_id)[3], store.epochs(straight.run_id)[3]
+    assert without_rng["lr"] == expected["lr"]
+    assert without_rng["loss"] != expected["loss"]
+
+
+def test_report_after_resume_holds_the_whole_history(store, runs_root, db):
+    split = run(store, runs_root, epochs=3)
+
+    result = cli("resume", "--db", str(db), "--run-id", split.run_id, "--epochs", "5",
+                 "--save-interval", "1", "--quiet")
+
+    assert result.exit_code == 0, result.output
+    assert [(c["epoch"], c["segment"]) for c in store.checkpoints(split.run_id)] == [
+        (3, 1), (4, 2), (5, 2)]
 
     report = json.loads((runs_root / split.run_id / REPORT_NAME).read_text())
     epochs = store.epochs(split.run_id)
@@ -106,7 +126,7 @@ def test_resume_from_an_earlier_checkpoint_file_supersedes_later_epochs(
     straight = run(store, runs_root, epochs=6)
     first = run(store, runs_root, epochs=5, save_interval=2)
     old_rows = {e["epoch"]: e for e in store.epochs(first.run_id)}
-    old_steps = len(store.steps(first.run_id))
+    old_steps = store.steps(first.run_id)
 
     result = cli("train", "--db", str(db), "--resume",
                  str(runs_root / first.run_id / "checkpoint_epoch_2.pt"), "--epochs", "6",
@@ -125,12 +145,14 @@ def test_resume_from_an_earlier_checkpoint_file_supersedes_later_epochs(
     for e in kept:  # kept as recorded, not rewritten
         assert e["loss"] == old_rows[e["epoch"]]["loss"]
         assert e["recorded_at"] == old_rows[e["epoch"]]["recorded_at"]
-    all_steps = store.steps(first.run_id, include_superseded=True)
-    assert len(all_steps) == old_steps + len(store.steps(straight.run_id)) - len(
-        [s for s in store.steps(first.run_id) if s["epoch"] <= 2])
-    (view_epochs,) = query(db, "SELECT group_concat(epoch) FROM epoch_metrics "
-                               "WHERE run_id = ? ORDER BY epoch", first.run_id)
-    assert sorted(map(int, view_epochs[0].split(","))) == [1, 2, 3, 4, 5, 6]
+    kept_steps = [s for s in store.steps(first.run_id, include_superseded=True)
+                  if s["superseded_by"] is not None]
+    assert [(s["step"], s["epoch"], s["segment"]) for s in kept_steps] == [
+        (s["step"], s["epoch"], 1) for s in old_steps if s["epoch"] > 2]
+    assert {s["superseded_by"] for s in kept_steps} == {2}
+    view = query(db, "SELECT epoch, segment FROM epoch_metrics WHERE run_id = ? "
+                     "ORDER BY epoch", first.run_id)
+    assert view == [(1, 1), (2, 1), (3, 2), (4, 2), (5, 2), (6, 2)]
 
 
 def test_resume_after_a_resume_that_stopped_before_its_first_checkpoint(store, runs_root):
@@ -241,15 +263,22 @@ def test_ctrl_c_saves_a_checkpoint_marks_interrupted_and_resume_is_exact(
                       "--save-interval", "0", "--name", "ctrl-c")
     wait_until(lambda: query(db, "SELECT 1 FROM epochs WHERE epoch >= 2"), proc)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
+    out, _ = proc.communicate(timeout=120)
 
-    assert proc.returncode != 0
+    assert proc.returncode == 130
     (run_id,) = [r[0] for r in query(db, "SELECT run_id FROM runs")]
     run_ = store.get_run(run_id)
     assert run_["status"] == run_["display_status"] == "interrupted"
-    last = max(e["epoch"] for e in store.epochs(run_id))
-    # --save-interval 0 saves only at the end: this checkpoint is the Ctrl-C one.
+    epochs = store.epochs(run_id)
+    last = epochs[-1]["epoch"]
+    # --save-interval 0 saves only at the end: this checkpoint is the Ctrl-C one, and it
+    # holds the state right after the last finished epoch.
     assert [(c["epoch"], c["segment"]) for c in store.checkpoints(run_id)] == [(last, 1)]
+    state = load_checkpoint(checkpoint_path(runs_root / run_id, last))
+    assert state["epoch"] == last and state["run_id"] == run_id
+    assert state["history"]["control_losses"] == [e["loss"] for e in epochs]
+    assert state["history"]["learning_rates"] == [e["lr"] for e in epochs]
+    assert state["global_step"] == sum(e["steps"] for e in epochs)
     assert f"hlbd resume --run-id {run_id}" in out
 
     resume_run(store, run_id, epochs=last + 2, progress=False)
@@ -382,14 +411,26 @@ def _foreign_tensors(path: Path, target: Path) -> None:
     torch.save({**state, "config": {**state["config"], "d_model": 64, "n_heads": 2}}, target)
 
 
+def _no_specials(path: Path, target: Path) -> None:
+    torch.save({**load_checkpoint(path), "vocab": ["a", "b"]}, target)
+
+
+def _no_schedule(path: Path, target: Path) -> None:
+    torch.save({**load_checkpoint(path), "scheduler": {}}, target)
+
+
 @pytest.mark.parametrize("make, message", [
     (None, "checkpoint file not found"),
     (_truncated, "not a loadable checkpoint"),
     (_plain_tensor, "not an hlbd checkpoint (holds a Tensor, not a dict)"),
     (_text, "not a loadable checkpoint"),
     (_wrong_types, "not an hlbd checkpoint (malformed history)"),
-    (_foreign_tensors, "checkpoint does not fit its own model config"),
-], ids=["missing", "truncated", "plain-tensor", "text", "malformed", "foreign-tensors"])
+    (_foreign_tensors, "checkpoint does not restore into the model its config describes: "
+                       + "Error(s) in loading state_dict for CausalTransformer: size mismatch"),
+    (_no_specials, "its vocabulary lacks the special token '[PAD]'"),
+    (_no_schedule, "its scheduler state lacks T_0, T_cur, T_i"),
+], ids=["missing", "truncated", "plain-tensor", "text", "malformed", "foreign-tensors",
+        "no-specials", "no-schedule"])
 def test_bad_checkpoint_file_is_refused(db, runs_root, tmp_path, finished, make, message):
     target = tmp_path / "bad.pt"
     if make is not None:
@@ -426,6 +467,15 @@ def test_epochs_not_beyond_the_checkpoint_are_refused(db, finished):
     assert "the run's total is 3" in line
 
 
+def test_checkpoint_on_a_superseded_attempt_is_refused(db, store, runs_root, finished):
+    first_attempt = runs_root / "first_attempt_epoch_3.pt"
+    first_attempt.write_bytes(checkpoint_path(runs_root / finished.run_id, 3).read_bytes())
+    resume_checkpoint(store, checkpoint_path(runs_root / finished.run_id, 2), epochs=4,
+                      progress=False)  # epoch 3 of the first attempt is superseded now
+    line = refused(db, "train", "--resume", str(first_attempt), "--epochs", "6")
+    assert "was superseded by a later resume" in line
+
+
 def test_checkpoint_of_a_run_in_another_store_is_refused(tmp_path, runs_root, finished):
     other = tmp_path / "other.db"
     cli("runs", "--db", str(other))
@@ -435,8 +485,10 @@ def test_checkpoint_of_a_run_in_another_store_is_refused(tmp_path, runs_root, fi
 
 
 def test_run_still_written_by_a_live_process_is_refused_unless_forced(db, runs_root, store):
+    # Small batches: a longer epoch between its writes (the last --batch-size wins).
     proc = spawn_hlbd("train", "--db", str(db), "--runs-dir", str(runs_root), *TINY_FLAGS,
-                      "--epochs", "500", "--save-interval", "1", "--name", "live")
+                      "--batch-size", "4", "--epochs", "500", "--save-interval", "1",
+                      "--name", "live")
     try:
         # Pause it right after a checkpoint row: its next write is an epoch away.
         wait_until(lambda: query(db, "SELECT 1 FROM checkpoints WHERE epoch = "
