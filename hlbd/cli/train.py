@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import sys
+from collections.abc import Sequence
 from contextlib import contextmanager
 
 import click
@@ -40,17 +41,20 @@ TRAIN_FLAGS = [
 ]
 
 
-def train_options(func, fields: tuple[str, ...] | None = None):
+def train_options(func, fields: Sequence[str] | None = None, default: str | None = None):
+    """TRAIN_FLAGS (or those of ``fields``) as options; unset ones are None."""
     for flag, field, kind, help_text in reversed(TRAIN_FLAGS):
         if fields is None or field in fields:
+            shown = default or getattr(DEFAULTS, field)
             func = click.option(flag, field, type=kind, default=None,
-                                help=f"{help_text} [default: {getattr(DEFAULTS, field)}]")(func)
+                                help=f"{help_text} [default: {shown}]")(func)
     return func
 
 
 def resume_options(func):
-    """The training flags a resume may change (the rest are the checkpoint's)."""
-    return train_options(func, tuple(f for f in runner.RESUME_SETTABLE if f != "epochs"))
+    """The training flags a resume may change; the others are the checkpoint's."""
+    return train_options(func, [f for f in runner.RESUME_SETTABLE if f != "epochs"],
+                         default="as in the checkpoint")
 
 
 def runs_dir_option(func):
