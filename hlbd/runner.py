@@ -115,7 +115,10 @@ def resume_run(store: Store, run_id: str, *, epochs: int | None = None,
         raise CheckpointError(f"run {run['run_id']} has no checkpoint to resume from; "
                               "start a new run with `hlbd train`")
     state = load_checkpoint(newest["path"])
-    if state["run_id"] != run["run_id"] or state["epoch"] != newest["epoch"]:
+    # An imported run's first resume point is the older tool's file, which has no run id.
+    owner = run["run_id"] if state["run_id"] is None and run["source"] == "imported" else (
+        state["run_id"])
+    if owner != run["run_id"] or state["epoch"] != newest["epoch"]:
         raise CheckpointError(
             f"{newest['path']}: holds epoch {state['epoch']} of run {state['run_id']}, "
             f"but the store lists it as epoch {newest['epoch']} of run {run['run_id']}; "
@@ -176,6 +179,8 @@ def _plan_resume(run: dict | None, state: dict, path: str, epochs: int | None,
                  overrides: dict) -> _ResumePlan:
     """Check everything a resume needs, reading only; raises on the first problem."""
     config = TrainConfig.from_dict(state["config"])
+    if epochs is None and run is not None:
+        epochs = run["config"].get("epochs")  # the total as last set, by a resume too
     if epochs is not None:
         overrides = {**overrides, "epochs": epochs}
     contradictions = [f"--{k.replace('_', '-')} {v} (checkpoint: {getattr(config, k)})"

@@ -203,6 +203,26 @@ def test_older_tools_checkpoint_starts_an_imported_run_in_one_history(
     assert exact_metrics(epochs[3:]) == exact_metrics(store.epochs(straight.run_id)[3:])
 
 
+def test_imported_run_stopped_before_its_first_checkpoint_resumes_from_the_old_file(
+        store, runs_root, tmp_path):
+    straight = run(store, runs_root, epochs=5)
+    source = run(store, runs_root, epochs=3)
+    state = load_checkpoint(checkpoint_path(runs_root / source.run_id, 3))
+    del state["run_id"]
+    old = tmp_path / "old_tool.pt"
+    torch.save(state, old)
+    stopped = resume_checkpoint(store, old, epochs=5, runs_root=runs_root,
+                                should_stop=lambda: True, progress=False)
+    assert stopped.status == "interrupted" and not store.checkpoints(stopped.run_id)
+
+    resume_run(store, stopped.run_id, progress=False)
+
+    assert [s["resumed_from"] for s in store.segments(stopped.run_id)] == [
+        None, str(old), str(old)]
+    epochs = store.epochs(stopped.run_id)
+    assert exact_metrics(epochs[3:]) == exact_metrics(store.epochs(straight.run_id)[3:])
+
+
 # -- crash, kill, Ctrl-C ---------------------------------------------------------------
 
 def test_killed_run_shows_crashed_and_resumes_with_each_epoch_once(db, runs_root, store):
