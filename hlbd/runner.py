@@ -116,9 +116,9 @@ def resume_run(store: Store, run_id: str, *, epochs: int | None = None,
                               "start a new run with `hlbd train`")
     state = load_checkpoint(newest["path"])
     # An imported run's first resume point is the older tool's file, which has no run id.
-    owner = run["run_id"] if state["run_id"] is None and run["source"] == "imported" else (
-        state["run_id"])
-    if owner != run["run_id"] or state["epoch"] != newest["epoch"]:
+    belongs = state["run_id"] == run["run_id"] or (
+        state["run_id"] is None and run["source"] == "imported")
+    if not belongs or state["epoch"] != newest["epoch"]:
         raise CheckpointError(
             f"{newest['path']}: holds epoch {state['epoch']} of run {state['run_id']}, "
             f"but the store lists it as epoch {newest['epoch']} of run {run['run_id']}; "
