@@ -12,7 +12,8 @@ from hlbd.store import Store
 @click.command("import")
 @click.argument("path", type=click.Path(exists=True))
 @click.option("--name", default=None,
-              help="Name of the imported run [default: the report's folder name].")
+              help="Name of the imported run; for a folder, runs are named NAME/SUBFOLDER "
+                   "[default: the report's folder name].")
 @db_option
 def import_(path: str, name: str | None, db: str | None) -> None:
     """Import runs recorded by older tools from experiment_report.json files.
