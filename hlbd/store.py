@@ -162,6 +162,53 @@ class Store:
                 "grad_norm, grad_norm_is_nan, lr) VALUES "
                 "(%s, %s, %s, %s, %s, %s, %s, %s, %s)", rows)
 
+    def import_runs(self, runs: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
+        """Insert runs recorded elsewhere, with their epochs and steps, in ONE transaction.
+
+        Each run: ``name``, ``dataset_stats``, ``extra``, ``source_hash`` (of the file it
+        came from), ``epochs`` (dicts of epoch, loss, grad_norm, lr), ``steps`` (dicts of
+        step, epoch, loss, grad_norm, lr) and ``same_as`` (an id the run had where it was
+        recorded, or None). Returns ``(run_id, outcome)`` per run: ``imported``;
+        ``already imported`` (a run from the same file content is here) or
+        ``recorded here`` (``same_as`` is a run of this store), for which nothing is
+        written. Imported runs have source ``imported`` and status ``imported``.
+        """
+        now = utcnow()
+        outcomes = []
+        with self.engine.begin() as conn:
+            for run in runs:
+                existing = conn.scalar(select(Run.run_id).where(
+                    Run.source_hash == run["source_hash"]))
+                if existing is not None:
+                    outcomes.append((existing, "already imported"))
+                    continue
+                if run.get("same_as") and conn.scalar(select(Run.run_id).where(
+                        Run.run_id == run["same_as"])):
+                    outcomes.append((run["same_as"], "recorded here"))
+                    continue
+                run_id = uuid.uuid4().hex
+                conn.execute(insert(Run).values(
+                    run_id=run_id, name=run["name"], status="imported", created_at=now,
+                    finished_at=now, heartbeat_at=now, config=json.dumps({}),
+                    dataset_stats=json.dumps(run["dataset_stats"], sort_keys=True),
+                    source="imported", source_hash=run["source_hash"],
+                    extra=json.dumps(run["extra"], sort_keys=True) if run["extra"] else None))
+                conn.execute(insert(Segment).values(
+                    run_id=run_id, segment=1, start_epoch=0, started_at=now, ended_at=now,
+                    status="imported"))
+                rows = []
+                for e in run["epochs"]:
+                    loss, loss_is_nan = split_nan(e["loss"])
+                    rows.append({"run_id": run_id, "segment": 1, "epoch": e["epoch"],
+                                 "loss": loss, "loss_is_nan": loss_is_nan,
+                                 "grad_norm": e["grad_norm"], "lr": e["lr"],
+                                 "recorded_at": now})
+                if rows:
+                    conn.execute(insert(Epoch), rows)
+                self._insert_steps(conn, run_id, 1, run["steps"])
+                outcomes.append((run_id, "imported"))
+        return outcomes
+
     def heartbeat(self, run_id: str) -> None:
         with self.engine.begin() as conn:
             conn.execute(update(Run).where(Run.run_id == run_id)

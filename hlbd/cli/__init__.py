@@ -41,9 +41,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from hlbd.cli import anomalies, db, runs, train
+    from hlbd.cli import anomalies, db, reports, runs, sql, train
 
-    for module in (train, runs, db, anomalies):
+    for module in (train, runs, db, anomalies, sql, reports):
         for command in module.COMMANDS:
             main.add_command(command)
 
