@@ -103,7 +103,10 @@ def detect(run: dict, epochs: list[dict], steps: list[dict] = (),
         if e.get("skipped_steps"):
             add("amp_skipped_step", float(e["skipped_steps"]), 0.0,
                 f"epoch {n}: AMP skipped {e['skipped_steps']} optimizer step(s)")
-        peak = e.get("grad_norm_max", e.get("grad_norm"))
+        # Imported reports carry only the epoch mean: then the mean is the peak we know.
+        peak = e.get("grad_norm_max")
+        if peak is None:
+            peak = e.get("grad_norm")
         if peak is not None and math.isfinite(peak) and peak > t.grad_explode:
             at = [s for s in by_epoch_steps.get(n, []) if s["grad_norm"] == peak]
             step = at[0]["step"] if at else None

@@ -104,3 +104,11 @@ def test_values_not_recorded_raise_no_flags():
     epochs = [{"epoch": i, "loss": 1.0 / i, "grad_norm": None, "lr": None}
               for i in range(1, 6)]
     assert detect(run, epochs) == []
+
+
+def test_an_epoch_with_only_a_mean_grad_norm_is_still_checked_for_explosion():
+    run = {"run_id": "r", "config": {}}
+    epochs = [{"epoch": 1, "loss": 1.0, "grad_norm": 12.5, "grad_norm_max": None,
+               "lr": None}]
+    (flag,) = detect(run, epochs)
+    assert (flag["rule"], flag["value"], flag["step"]) == ("grad_explosion", 12.5, None)
