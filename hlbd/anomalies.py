@@ -7,6 +7,7 @@ was not recorded (None) raises no flag, and NaN/Inf are flagged as what they are
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import statistics
@@ -38,11 +39,19 @@ def expected_lrs(config: dict, epochs: int) -> list[float] | None:
     None when the config does not describe that schedule (e.g. an imported report).
     """
     try:
-        base, t_0, t_mult, eta_min = (config["lr"], config["t_0"], config["t_mult"],
-                                      config["eta_min"])
-    except (KeyError, TypeError):
+        key = (float(config["lr"]), int(config["t_0"]), int(config["t_mult"]),
+               float(config["eta_min"]))
+    except (KeyError, TypeError, ValueError):
         return None
-    import torch
+    # Planned length too, so the trainer's epoch-by-epoch calls share one computation.
+    planned = max(epochs, int(config.get("epochs") or 0))
+    return list(_scheduler_lrs(*key, planned)[:epochs])
+
+
+@functools.lru_cache(maxsize=32)
+def _scheduler_lrs(base: float, t_0: int, t_mult: int, eta_min: float,
+                   epochs: int) -> tuple[float, ...]:
+    import torch  # the real scheduler class, not a re-derived formula
 
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=base)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
@@ -51,7 +60,7 @@ def expected_lrs(config: dict, epochs: int) -> list[float] | None:
     for _ in range(epochs):
         lrs.append(optimizer.param_groups[0]["lr"])
         scheduler.step()
-    return lrs
+    return tuple(lrs)
 
 
 def detect(run: dict, epochs: list[dict], steps: list[dict] = (),
@@ -94,7 +103,10 @@ def detect(run: dict, epochs: list[dict], steps: list[dict] = (),
         if e.get("skipped_steps"):
             add("amp_skipped_step", float(e["skipped_steps"]), 0.0,
                 f"epoch {n}: AMP skipped {e['skipped_steps']} optimizer step(s)")
-        peak = e.get("grad_norm_max", e.get("grad_norm"))
+        # Imported reports carry only the epoch mean: then the mean is the peak we know.
+        peak = e.get("grad_norm_max")
+        if peak is None:
+            peak = e.get("grad_norm")
         if peak is not None and math.isfinite(peak) and peak > t.grad_explode:
             at = [s for s in by_epoch_steps.get(n, []) if s["grad_norm"] == peak]
             step = at[0]["step"] if at else None

@@ -8,7 +8,7 @@ checkpoint loads with ``torch.load(path, weights_only=True)``.
 from __future__ import annotations
 
 import pickle
-import zipfile
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,12 @@ from hlbd.fileio import write_atomically
 FORMAT = "hlbd-checkpoint"
 FORMAT_VERSION = 1
 REQUIRED = ("epoch", "model", "optimizer", "scheduler", "vocab", "config", "history")
+# What torch.load raises on a truncated or foreign file (the legacy, non-zip reader
+# fails inside pickle with whatever the garbage leads to).
+LOAD_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError,
+               IndexError, KeyError, TypeError, AttributeError)
+SHAPES = {"epoch": int, "model": dict, "optimizer": dict, "scheduler": dict, "vocab": list,
+          "config": dict, "history": dict}
 
 
 def checkpoint_path(run_dir: Path, epoch: int) -> Path:
@@ -43,11 +49,14 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: checkpoint file not found")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile,
-            ValueError, OSError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except LOAD_ERRORS as exc:
+        reason = _load_failure(exc)
+        if reason.startswith("Unsupported global"):
+            raise CheckpointError(f"{path}: not a loadable checkpoint: it holds objects "
+                                  "torch.load(weights_only=True) refuses to unpickle "
+                                  f"({reason})") from None
         raise CheckpointError(f"{path}: not a loadable checkpoint (truncated or not a "
-                              f"torch file): {reason[:200]}") from None
+                              f"torch file): {reason}") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: not an hlbd checkpoint (holds a "
                               f"{type(state).__name__}, not a dict)")
@@ -55,6 +64,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if missing:
         raise CheckpointError(f"{path}: not an hlbd checkpoint (missing "
                               f"{', '.join(missing)})")
+    wrong = [key for key, kind in SHAPES.items() if not isinstance(state[key], kind)]
+    if wrong or isinstance(state["epoch"], bool) or state["epoch"] < 0:
+        raise CheckpointError(f"{path}: not an hlbd checkpoint (malformed "
+                              f"{', '.join(wrong) or 'epoch'})")
     if state.get("format") not in (None, FORMAT):
         raise CheckpointError(f"{path}: unknown checkpoint format {state.get('format')!r}")
     if state.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
@@ -62,3 +75,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
                               f"{state['format_version']} is newer than this hlbd knows")
     state.setdefault("run_id", None)
     return state
+
+
+def _load_failure(exc: Exception) -> str:
+    """The informative part of a torch.load error, on one line."""
+    text = str(exc).strip()
+    # The weights-only unpickler wraps its reason in paragraphs of advice.
+    found = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    line = found.group(1) if found else (text.splitlines()[0] if text else "")
+    return (line.split(". ")[0].strip() or type(exc).__name__)[:200]

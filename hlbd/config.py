@@ -7,9 +7,6 @@ from dataclasses import dataclass, field
 
 from hlbd.data import BUNDLED
 
-# Fields that fix the shape of the model: a checkpoint cannot be resumed with others.
-MODEL_FIELDS = ("d_model", "n_layers", "n_heads", "d_ff", "max_seq_len")
-
 
 @dataclass
 class TrainConfig:

@@ -15,6 +15,7 @@ import contextlib
 import fcntl
 import os
 import sqlite3
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.pool import QueuePool
 
 from hlbd.errors import SchemaTooNewError, StoreError
 
@@ -78,26 +80,36 @@ def write_engine(url: str) -> Engine:
 # Pragmas that take an argument yet only read (table_info(runs), ...).
 READ_PRAGMAS = {"table_info", "table_xinfo", "index_list", "index_info", "index_xinfo",
                 "foreign_key_list", "foreign_key_check", "integrity_check", "quick_check"}
+# Pragmas that act even without an argument (they would fail on a read-only file
+# anyway, but with "disk I/O error" rather than a refusal).
+ACTING_PRAGMAS = {"wal_checkpoint", "optimize", "incremental_vacuum"}
+# load_extension runs native code; fts3_tokenizer hands out (and takes) raw pointers.
+DENIED_FUNCTIONS = {"load_extension", "fts3_tokenizer"}
 
 
 def _read_only_authorizer(action, arg1, arg2, _db, _trigger):
     """SQLite's authorizer: the engine asks it before every operation it compiles."""
     if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH):
         return sqlite3.SQLITE_DENY  # mode=ro does not stop ATTACH creating a new file
-    if action == sqlite3.SQLITE_PRAGMA and arg2 is not None and arg1 not in READ_PRAGMAS:
+    if action == sqlite3.SQLITE_PRAGMA and (
+            (arg2 is not None and arg1 not in READ_PRAGMAS) or arg1 in ACTING_PRAGMAS):
         return sqlite3.SQLITE_DENY  # setting a pragma (journal_mode=..., query_only=0)
-    if action == sqlite3.SQLITE_FUNCTION and arg2 == "load_extension":
+    if action == sqlite3.SQLITE_FUNCTION and arg2 in DENIED_FUNCTIONS:
         return sqlite3.SQLITE_DENY
     return sqlite3.SQLITE_OK
 
 
-def _sqlite_read_only(dbapi_connection, _record) -> None:
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    cursor.execute("PRAGMA query_only = ON")
-    cursor.close()
-    dbapi_connection.set_authorizer(_read_only_authorizer)
+def _connect_read_only(path: Path) -> sqlite3.Connection:
+    # Percent-encoded: in a URI a '#' or '?' in the path would otherwise end the file
+    # name and drop mode=ro, opening (or creating) some other file read-write.
+    uri = f"file:{urllib.parse.quote(str(path))}?mode=ro"
+    conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000,
+                           check_same_thread=False)
+    conn.isolation_level = None
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA query_only = ON")
+    conn.set_authorizer(_read_only_authorizer)
+    return conn
 
 
 def read_engine(url: str) -> Engine:
@@ -115,12 +127,10 @@ def read_engine(url: str) -> Engine:
             conn.exec_driver_sql("SET TRANSACTION READ ONLY")
 
         return engine
-    if not path.exists():
+    if not path.is_file():
         raise StoreError(f"no database at {path}; start a run with `hlbd train` first")
-    engine = create_engine(f"sqlite:///file:{path}?mode=ro&uri=true",
-                           connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
-    event.listen(engine, "connect", _sqlite_read_only)
-    return engine
+    return create_engine("sqlite://", creator=lambda: _connect_read_only(path),
+                         poolclass=QueuePool)
 
 
 def _alembic_config(connection=None) -> Config:

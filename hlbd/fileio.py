@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import IO
 
 
-def write_atomically(path: Path, write: Callable[[IO[bytes]], None]) -> int:
-    """Write through ``write(file)`` into a temp file beside ``path``, fsync, rename.
+def write_atomically(path: Path, write: Callable[[IO[bytes]], None], *,
+                     durable: bool = True) -> int:
+    """Write through ``write(file)`` into a temp file beside ``path``, then rename.
 
-    Returns the size of the written file.
+    The rename makes the new file appear whole or not at all, whatever kills the
+    process; ``durable`` adds the fsyncs that also survive power loss. Returns the size.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -21,12 +23,15 @@ def write_atomically(path: Path, write: Callable[[IO[bytes]], None]) -> int:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         size = os.path.getsize(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    if not durable:
+        return size
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)

@@ -34,5 +34,6 @@ def build_report(run_id: str, history: dict, dataset_stats: dict) -> dict:
 def write_report(run_dir: Path, report: dict) -> Path:
     path = Path(run_dir) / REPORT_NAME
     data = json.dumps(report, ensure_ascii=False, indent=2).encode("utf-8")
-    write_atomically(path, lambda f: f.write(data))
+    # Atomic but not fsynced: rewritten every epoch and rebuildable from the store.
+    write_atomically(path, lambda f: f.write(data), durable=False)
     return path

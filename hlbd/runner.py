@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hlbd.checkpoint import load_checkpoint
-from hlbd.config import MODEL_FIELDS, TrainConfig
+from hlbd.config import TrainConfig
 from hlbd.data import Pair, load_datasets, mix
-from hlbd.errors import CheckpointError, HlbdError
+from hlbd.errors import CheckpointError, HlbdError, UnknownRunError
 from hlbd.recorder import StoreRecorder
-from hlbd.store import Store
+from hlbd.store import Store, superseded
 from hlbd.tokenizer import Tokenizer
-from hlbd.trainer import Examples, TrainingInterrupted, train
+from hlbd.trainer import Examples, TrainingInterrupted, check_resumable, train
 
 DEFAULT_RUNS_DIR = "hlbd_runs"
 
@@ -96,37 +96,64 @@ def _run(config, store, run_id, segment, run_dir, examples, tokenizer, dataset_s
     return RunOutcome(run_id, "finished", result.last_epoch, run_dir)
 
 
+# What a resume may change; every other flag must match the checkpoint's config, since
+# the restored model, optimizer and scheduler states were made under it.
+RESUME_SETTABLE = ("epochs", "save_interval", "device", "step_flush_interval")
+
+
 def resume_run(store: Store, run_id: str, *, epochs: int | None = None,
-               force: bool = False, **kwargs) -> RunOutcome:
-    """Continue run ``run_id`` (an id or unique prefix) from its newest checkpoint."""
+               overrides: dict | None = None, force: bool = False,
+               **kwargs) -> RunOutcome:
+    """Continue run ``run_id`` (an id or unique prefix) from its newest checkpoint.
+
+    ``epochs`` is the new total; ``overrides`` may set the fields in RESUME_SETTABLE.
+    """
     run = store.get_run(run_id)
     _refuse_if_live(run, force)
-    checkpoints = store.checkpoints(run["run_id"])
-    if not checkpoints:
-        raise CheckpointError(f"run {run['run_id']} has no checkpoint to resume from")
-    newest = max(checkpoints, key=lambda c: (c["epoch"], c["id"]))
+    newest = store.newest_checkpoint(run["run_id"])
+    if newest is None:
+        raise CheckpointError(f"run {run['run_id']} has no checkpoint to resume from; "
+                              "start a new run with `hlbd train`")
     state = load_checkpoint(newest["path"])
-    if state["run_id"] != run["run_id"]:
-        raise CheckpointError(f"{newest['path']}: belongs to run {state['run_id']}, "
-                              f"not {run['run_id']}")
-    return _resume(store, run, state, newest["path"], epochs, {}, **kwargs)
+    # An imported run's first resume point is the older tool's file, which has no run id.
+    belongs = state["run_id"] == run["run_id"] or (
+        state["run_id"] is None and run["source"] == "imported")
+    if not belongs or state["epoch"] != newest["epoch"]:
+        raise CheckpointError(
+            f"{newest['path']}: holds epoch {state['epoch']} of run {state['run_id']}, "
+            f"but the store lists it as epoch {newest['epoch']} of run {run['run_id']}; "
+            "resume from a checkpoint file with `hlbd train --resume PATH`")
+    plan = _plan_resume(run, state, newest["path"], epochs, overrides or {})
+    return _resume(store, run, plan, **kwargs)
 
 
 def resume_checkpoint(store: Store, path: str | Path, *, epochs: int | None = None,
                       overrides: dict | None = None, force: bool = False,
-                      name: str | None = None, **kwargs) -> RunOutcome:
+                      name: str | None = None, runs_root: Path | None = None,
+                      **kwargs) -> RunOutcome:
     """Continue from a checkpoint file; the run id comes from the checkpoint.
 
     A checkpoint of the older tool (no run id) starts a new run, marked imported, whose
-    history up to the checkpoint is the lists inside it.
+    history up to the checkpoint is the lists inside it; ``name`` names that run.
     """
     state = load_checkpoint(path)
-    if state["run_id"] is None:
-        run = _import_checkpoint_run(store, state, str(path), name)
-    else:
-        run = store.get_run(state["run_id"])
+    run = None
+    if state["run_id"] is not None:
+        try:
+            run = store.get_run(state["run_id"])
+        except UnknownRunError:
+            raise UnknownRunError(f"{path}: belongs to run {state['run_id']}, which is not "
+                                  f"in {store.url}; pass the --db it was recorded in") from None
         _refuse_if_live(run, force)
-    return _resume(store, run, state, str(path), epochs, overrides or {}, **kwargs)
+        if superseded(store.segments(run["run_id"]), state.get("segment", 1), state["epoch"]):
+            raise CheckpointError(
+                f"{path}: epoch {state['epoch']} of segment {state.get('segment', 1)} of run "
+                f"{run['run_id']} was superseded by a later resume; continuing it would mix "
+                "two attempts in one history (`hlbd resume` picks the newest current one)")
+    plan = _plan_resume(run, state, str(path), epochs, overrides or {})
+    if run is None:
+        run = _import_checkpoint_run(store, plan, name, runs_root or runs_dir())
+    return _resume(store, run, plan, **kwargs)
 
 
 def _refuse_if_live(run: dict, force: bool) -> None:
@@ -136,55 +163,78 @@ def _refuse_if_live(run: dict, force: bool) -> None:
                         "--force if that process is gone")
 
 
-def _resume(store: Store, run: dict, state: dict, path: str, epochs: int | None,
-            overrides: dict, *, on_run_id: Callable[[str], None] = lambda _id: None,
-            should_stop: Callable[[], bool] = lambda: False,
-            progress: bool = True) -> RunOutcome:
+@dataclass
+class _ResumePlan:
+    """A checked resume: nothing has been written yet."""
+
+    state: dict
+    path: str
+    config: TrainConfig
+    data: PreparedData
+    tokenizer: Tokenizer
+    examples: Examples
+
+
+def _plan_resume(run: dict | None, state: dict, path: str, epochs: int | None,
+                 overrides: dict) -> _ResumePlan:
+    """Check everything a resume needs, reading only; raises on the first problem."""
     config = TrainConfig.from_dict(state["config"])
+    if epochs is None and run is not None:
+        epochs = run["config"].get("epochs")  # the total as last set, by a resume too
+    if epochs is not None:
+        overrides = {**overrides, "epochs": epochs}
     contradictions = [f"--{k.replace('_', '-')} {v} (checkpoint: {getattr(config, k)})"
                       for k, v in overrides.items()
-                      if k in MODEL_FIELDS + ("datasets", "seed") and v != getattr(config, k)]
+                      if k not in RESUME_SETTABLE and v != getattr(config, k)]
     if contradictions:
         raise CheckpointError(f"{path}: flags contradict the checkpoint's config: "
-                              f"{'; '.join(contradictions)}")
-    for key, value in overrides.items():
-        if key not in MODEL_FIELDS + ("datasets", "seed"):
-            setattr(config, key, value)
-    if epochs is not None:
-        config.epochs = epochs
+                              f"{'; '.join(contradictions)}; a resume continues the same "
+                              "run, start a new one to change them")
+    for key in RESUME_SETTABLE:
+        if key in overrides:
+            setattr(config, key, overrides[key])
     config.validate()
     if config.epochs <= state["epoch"]:
-        raise HlbdError(f"run {run['run_id']} is already at epoch {state['epoch']}; pass "
-                        f"--epochs N with N > {state['epoch']} as the new total")
+        raise HlbdError(f"{path} is at epoch {state['epoch']} and the run's total is "
+                        f"{config.epochs}; pass --epochs N with N > {state['epoch']} as the "
+                        "new total")
     data = prepare_data(config)
-    tokenizer = Tokenizer(state["vocab"])
-    if run.get("source") == "hlbd" and data.dataset_stats != run["dataset_stats"]:
+    if run is not None and run.get("source") == "hlbd" and (
+            data.dataset_stats != run["dataset_stats"]):
         raise HlbdError(f"the datasets of run {run['run_id']} changed since it started "
                         f"(now {data.dataset_stats}, then {run['dataset_stats']}); resuming "
                         "would not continue the same run")
+    tokenizer = check_resumable(config, state, path)
     examples = Examples.encode(data.pairs, tokenizer, config.max_seq_len)
-    segment = store.begin_segment(run["run_id"], state["epoch"], resumed_from=path)
-    on_run_id(run["run_id"])
-    run_dir = Path(run["run_dir"]) if run.get("run_dir") else runs_dir() / run["run_id"]
-    return _run(config, store, run["run_id"], segment, run_dir, examples, tokenizer,
-                data.dataset_stats, state, should_stop, progress)
+    return _ResumePlan(state, path, config, data, tokenizer, examples)
 
 
-def _import_checkpoint_run(store: Store, state: dict, path: str, name: str | None) -> dict:
-    config = TrainConfig.from_dict(state["config"])
-    history = state["history"]
-    data = prepare_data(config)
+def _resume(store: Store, run: dict, plan: _ResumePlan, *,
+            on_run_id: Callable[[str], None] = lambda _id: None,
+            should_stop: Callable[[], bool] = lambda: False,
+            progress: bool = True) -> RunOutcome:
+    run_id = run["run_id"]
+    segment = store.begin_segment(run_id, plan.state["epoch"], resumed_from=plan.path,
+                                  config=plan.config.to_dict())
+    on_run_id(run_id)
+    run_dir = Path(run["run_dir"]) if run.get("run_dir") else runs_dir() / run_id
+    return _run(plan.config, store, run_id, segment, run_dir, plan.examples, plan.tokenizer,
+                plan.data.dataset_stats, plan.state, should_stop, progress)
+
+
+def _import_checkpoint_run(store: Store, plan: _ResumePlan, name: str | None,
+                           runs_root: Path) -> dict:
+    """A new run, marked imported, holding an older tool's checkpoint history (one write)."""
+    history, epoch = plan.state["history"], plan.state["epoch"]
+    columns = {"loss": "control_losses", "grad_norm": "grad_norms", "lr": "learning_rates"}
+    lists = {field: list(history.get(key) or [])[:epoch] for field, key in columns.items()}
+    rows = [{"epoch": i + 1, **{f: values[i] if i < len(values) else None
+                                for f, values in lists.items()}}
+            for i in range(max(map(len, lists.values())))]
     run_id = uuid.uuid4().hex
-    store.create_run(name or config.name or "imported", config.to_dict(), data.dataset_stats,
-                     vocab=state["vocab"], run_dir=str(runs_dir() / run_id),
-                     source="imported", extra={"imported_from": path}, run_id=run_id,
-                     status="interrupted")
-    losses = history.get("control_losses", [])[: state["epoch"]]
-    norms = history.get("grad_norms") or []
-    lrs = history.get("learning_rates") or []
-    for i, loss in enumerate(losses):
-        store.record_epoch(run_id, 1, {
-            "epoch": i + 1, "loss": loss,
-            "grad_norm": norms[i] if i < len(norms) else None,
-            "lr": lrs[i] if i < len(lrs) else None})
+    store.create_run(name or plan.config.name or "imported", plan.config.to_dict(),
+                     plan.data.dataset_stats, vocab=plan.tokenizer.vocab,
+                     run_dir=str(runs_root / run_id), source="imported",
+                     extra={"imported_from": plan.path}, run_id=run_id,
+                     status="interrupted", epochs=rows)
     return store.get_run(run_id)

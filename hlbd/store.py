@@ -71,8 +71,13 @@ class Store:
                    vocab: Sequence[str] | None = None, run_dir: str | None = None,
                    source: str = "hlbd", source_hash: str | None = None,
                    extra: dict | None = None, status: str = "running",
-                   run_id: str | None = None) -> str:
-        """Insert a run and its first segment; returns the new run id."""
+                   run_id: str | None = None,
+                   epochs: Sequence[dict[str, Any]] = ()) -> str:
+        """Insert a run and its first segment; returns the new run id.
+
+        ``epochs`` are rows the run already has (an import): written as segment 1 in the
+        same transaction, so an import is all there or not there at all.
+        """
         run_id = run_id or uuid.uuid4().hex
         now = utcnow()
         with self.engine.begin() as conn:
@@ -87,14 +92,17 @@ class Store:
             conn.execute(insert(Segment).values(
                 run_id=run_id, segment=1, start_epoch=0, started_at=now, status=status,
                 pid=os.getpid(), hostname=socket.gethostname()))
+            if epochs:
+                conn.execute(insert(Epoch), [_epoch_values(run_id, 1, e, now) for e in epochs])
         return run_id
 
     def begin_segment(self, run_id: str, start_epoch: int,
-                      resumed_from: str | None = None) -> int:
+                      resumed_from: str | None = None, config: dict | None = None) -> int:
         """Open a new attempt of ``run_id`` that continues after ``start_epoch``.
 
         Epochs and steps recorded after ``start_epoch`` by earlier segments stay in the
-        store, marked as superseded by the new segment.
+        store, marked as superseded by the new segment. ``config``, when given, becomes
+        the run's config (a resume may change the epoch total, device, save interval).
         """
         now = utcnow()
         with self.engine.begin() as conn:
@@ -112,20 +120,20 @@ class Store:
                 conn.execute(update(table).where(
                     table.run_id == run_id, table.epoch > start_epoch,
                     table.superseded_by.is_(None)).values(superseded_by=segment))
-            conn.execute(update(Run).where(Run.run_id == run_id).values(
-                status="running", heartbeat_at=now, finished_at=None, error=None))
+            run_values = {"status": "running", "heartbeat_at": now, "finished_at": None,
+                          "error": None}
+            if config is not None:
+                run_values["config"] = json.dumps(config, sort_keys=True)
+            conn.execute(update(Run).where(Run.run_id == run_id).values(**run_values))
         return segment
 
     def record_epoch(self, run_id: str, segment: int, epoch: dict[str, Any],
                      steps: Sequence[dict[str, Any]] = ()) -> None:
         """Write one epoch's row, its not yet written steps and a heartbeat, atomically."""
         now = utcnow()
-        loss, loss_is_nan = split_nan(epoch.get("loss"))
-        row = {**epoch, "run_id": run_id, "segment": segment, "loss": loss,
-               "loss_is_nan": loss_is_nan, "recorded_at": now}
         with self.engine.begin() as conn:
             self._insert_steps(conn, run_id, segment, steps)
-            conn.execute(insert(Epoch), [row])
+            conn.execute(insert(Epoch), [_epoch_values(run_id, segment, epoch, now)])
             conn.execute(update(Run).where(Run.run_id == run_id).values(heartbeat_at=now))
 
     def record_steps(self, run_id: str, segment: int,
@@ -139,12 +147,11 @@ class Store:
     @staticmethod
     def _insert_steps(conn, run_id: str, segment: int,
                       steps: Iterable[dict[str, Any]]) -> None:
-        rows = []
-        for s in steps:
-            loss, loss_is_nan = split_nan(s["loss"])
-            grad_norm, grad_norm_is_nan = split_nan(s["grad_norm"])
-            rows.append((run_id, segment, s["step"], s["epoch"], loss, loss_is_nan,
-                         grad_norm, grad_norm_is_nan, s["lr"]))
+        # NaN != NaN: the flag is set and NULL stored (inlined: this is the hot path).
+        rows = [(run_id, segment, s["step"], s["epoch"],
+                 None if s["loss"] != s["loss"] else s["loss"], s["loss"] != s["loss"],
+                 None if s["grad_norm"] != s["grad_norm"] else s["grad_norm"],
+                 s["grad_norm"] != s["grad_norm"], s["lr"]) for s in steps]
         if rows:
             # Positional executemany: the per-step path must stay close to raw sqlite3.
             conn.exec_driver_sql(
@@ -154,6 +161,53 @@ class Store:
                 "INSERT INTO steps (run_id, segment, step, epoch, loss, loss_is_nan, "
                 "grad_norm, grad_norm_is_nan, lr) VALUES "
                 "(%s, %s, %s, %s, %s, %s, %s, %s, %s)", rows)
+
+    def import_runs(self, runs: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
+        """Insert runs recorded elsewhere, with their epochs and steps, in ONE transaction.
+
+        Each run: ``name``, ``dataset_stats``, ``extra``, ``source_hash`` (of the file it
+        came from), ``epochs`` (dicts of epoch, loss, grad_norm, lr), ``steps`` (dicts of
+        step, epoch, loss, grad_norm, lr) and ``same_as`` (an id the run had where it was
+        recorded, or None). Returns ``(run_id, outcome)`` per run: ``imported``;
+        ``already imported`` (a run from the same file content is here) or
+        ``recorded here`` (``same_as`` is a run of this store), for which nothing is
+        written. Imported runs have source ``imported`` and status ``imported``.
+        """
+        now = utcnow()
+        outcomes = []
+        with self.engine.begin() as conn:
+            for run in runs:
+                existing = conn.scalar(select(Run.run_id).where(
+                    Run.source_hash == run["source_hash"]))
+                if existing is not None:
+                    outcomes.append((existing, "already imported"))
+                    continue
+                if run.get("same_as") and conn.scalar(select(Run.run_id).where(
+                        Run.run_id == run["same_as"])):
+                    outcomes.append((run["same_as"], "recorded here"))
+                    continue
+                run_id = uuid.uuid4().hex
+                conn.execute(insert(Run).values(
+                    run_id=run_id, name=run["name"], status="imported", created_at=now,
+                    finished_at=now, heartbeat_at=now, config=json.dumps({}),
+                    dataset_stats=json.dumps(run["dataset_stats"], sort_keys=True),
+                    source="imported", source_hash=run["source_hash"],
+                    extra=json.dumps(run["extra"], sort_keys=True) if run["extra"] else None))
+                conn.execute(insert(Segment).values(
+                    run_id=run_id, segment=1, start_epoch=0, started_at=now, ended_at=now,
+                    status="imported"))
+                rows = []
+                for e in run["epochs"]:
+                    loss, loss_is_nan = split_nan(e["loss"])
+                    rows.append({"run_id": run_id, "segment": 1, "epoch": e["epoch"],
+                                 "loss": loss, "loss_is_nan": loss_is_nan,
+                                 "grad_norm": e["grad_norm"], "lr": e["lr"],
+                                 "recorded_at": now})
+                if rows:
+                    conn.execute(insert(Epoch), rows)
+                self._insert_steps(conn, run_id, 1, run["steps"])
+                outcomes.append((run_id, "imported"))
+        return outcomes
 
     def heartbeat(self, run_id: str) -> None:
         with self.engine.begin() as conn:
@@ -274,12 +328,41 @@ class Store:
                 select(Checkpoint).where(Checkpoint.run_id == run_id)
                 .order_by(Checkpoint.epoch, Checkpoint.id)).mappings()]
 
+    def newest_checkpoint(self, run_id: str) -> dict | None:
+        """The checkpoint to resume ``run_id`` from: the newest on its effective history.
+
+        Candidates are the run's checkpoints and the files its segments resumed from,
+        less those a later segment superseded. Returns ``{"segment", "epoch", "path"}``
+        or None.
+        """
+        segments = self.segments(run_id)
+        candidates = [{"segment": c["segment"], "epoch": c["epoch"], "path": c["path"]}
+                      for c in self.checkpoints(run_id)]
+        candidates += [{"segment": s["segment"], "epoch": s["start_epoch"],
+                        "path": s["resumed_from"]} for s in segments if s["resumed_from"]]
+        effective = [c for c in candidates
+                     if not superseded(segments, c["segment"], c["epoch"])]
+        return max(effective, key=lambda c: (c["epoch"], c["segment"]), default=None)
+
     def anomalies(self, run_id: str | None = None) -> list[dict]:
         query = select(Anomaly).order_by(Anomaly.run_id, Anomaly.id)
         if run_id is not None:
             query = query.where(Anomaly.run_id == run_id)
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(query).mappings()]
+
+
+def superseded(segments: Sequence[dict], segment: int, epoch: int) -> bool:
+    """Whether the state segment ``segment`` reached at ``epoch`` is off the effective
+    history: a later segment started from an earlier epoch and superseded it."""
+    return any(s["segment"] > segment and s["start_epoch"] < epoch for s in segments)
+
+
+def _epoch_values(run_id: str, segment: int, epoch: dict[str, Any],
+                  recorded_at: datetime) -> dict[str, Any]:
+    loss, loss_is_nan = split_nan(epoch.get("loss"))
+    return {**epoch, "run_id": run_id, "segment": segment, "loss": loss,
+            "loss_is_nan": loss_is_nan, "recorded_at": recorded_at}
 
 
 def _latest_segment_columns():

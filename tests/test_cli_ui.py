@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 from click.testing import CliRunner
-
 from explorer_helpers import APP, free_port, streamlit_flags, wait_until_serving
+
 from hlbd import database
 from hlbd.cli import main
 from hlbd.store import Store

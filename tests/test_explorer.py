@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 
 import pytest
-
 from conftest import tiny_config
 from explorer_helpers import charts, compare, open_app
+
 from hlbd import database
 from hlbd.anomalies import detect
 from hlbd.runner import resume_run, start_run

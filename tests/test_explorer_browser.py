@@ -7,9 +7,9 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import tiny_config
 from explorer_helpers import APP, free_port, streamlit_flags, wait_until_serving
+
 from hlbd.runner import start_run
 from hlbd.store import Store
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import sys
+from collections.abc import Sequence
 from contextlib import contextmanager
 
 import click
@@ -40,11 +41,20 @@ TRAIN_FLAGS = [
 ]
 
 
-def train_options(func):
+def train_options(func, fields: Sequence[str] | None = None, default: str | None = None):
+    """TRAIN_FLAGS (or those of ``fields``) as options; unset ones are None."""
     for flag, field, kind, help_text in reversed(TRAIN_FLAGS):
-        func = click.option(flag, field, type=kind, default=None,
-                            help=f"{help_text} [default: {getattr(DEFAULTS, field)}]")(func)
+        if fields is None or field in fields:
+            shown = default or getattr(DEFAULTS, field)
+            func = click.option(flag, field, type=kind, default=None,
+                                help=f"{help_text} [default: {shown}]")(func)
     return func
+
+
+def resume_options(func):
+    """The training flags a resume may change; the others are the checkpoint's."""
+    return train_options(func, [f for f in runner.RESUME_SETTABLE if f != "epochs"],
+                         default="as in the checkpoint")
 
 
 def runs_dir_option(func):
@@ -88,7 +98,8 @@ def _report(outcome: runner.RunOutcome) -> None:
               help="An HLBD file (Hardcore or Full format); repeatable.")
 @click.option("--datasets", "datasets", multiple=True, type=str,
               help="Several HLBD files, space-separated after one flag.")
-@click.option("--name", default=None, help="A name for the run.")
+@click.option("--name", default=None,
+              help="A name for the run (with --resume: for an older tool's checkpoint).")
 @click.option("--resume", "resume", default=None, type=click.Path(dir_okay=False),
               help="Continue from this checkpoint file (the run id comes from it).")
 @click.option("--force", is_flag=True, help="With --resume: even if the run looks live.")
@@ -115,7 +126,7 @@ def train(dataset, datasets, name, resume, force, quiet, runs_dir, db, more_data
                 given["datasets"] = paths
             outcome = runner.resume_checkpoint(store, resume, epochs=given.pop("epochs", None),
                                                overrides=given, force=force, name=name,
-                                               **common)
+                                               runs_root=runner.runs_dir(runs_dir), **common)
         else:
             config = TrainConfig(**given, name=name)
             if paths:
@@ -130,15 +141,20 @@ def train(dataset, datasets, name, resume, force, quiet, runs_dir, db, more_data
 @click.option("--epochs", type=int, default=None, help="The new total number of epochs.")
 @click.option("--force", is_flag=True, help="Resume even if the run looks live.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@resume_options
 @db_option
-def resume(run_id, epochs, force, quiet, db) -> None:
+def resume(run_id, epochs, force, quiet, db, **flags) -> None:
     """Continue a run from its newest checkpoint; epochs append to the same run.
+
+    Model, optimizer, LR schedule, AMP scaler, random state and data order continue
+    exactly; epochs recorded after that checkpoint are kept, marked superseded.
 
     Example: hlbd resume --run-id 3f2a --epochs 10
     """
     store = Store.open(db)
     with ctrl_c_stops_gracefully() as should_stop:
         outcome = runner.resume_run(store, run_id, epochs=epochs, force=force,
+                                    overrides={k: v for k, v in flags.items() if v is not None},
                                     on_run_id=_print_run_id, should_stop=should_stop,
                                     progress=not quiet)
     _report(outcome)

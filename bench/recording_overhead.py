@@ -1,0 +1,62 @@
+"""What recording costs: the same training with the store + report and with nothing.
+
+Trains the default model on the bundled data, alternating untracked (NullRecorder) and
+tracked (StoreRecorder: epoch rows, step rows, anomaly rules, JSON report) runs, and
+prints the ratio of median wall times. Goal: <= 1.02.
+
+    python bench/recording_overhead.py [--epochs 10] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from hlbd.config import TrainConfig
+from hlbd.recorder import NullRecorder, StoreRecorder
+from hlbd.runner import prepare_data
+from hlbd.store import Store
+from hlbd.tokenizer import Tokenizer
+from hlbd.trainer import Examples, train
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    config = TrainConfig(epochs=args.epochs, save_interval=0, device="cpu")
+    data = prepare_data(config)
+    tokenizer = Tokenizer.build(t for p in data.pairs for t in (p.input, p.output))
+    examples = Examples.encode(data.pairs, tokenizer, config.max_seq_len)
+    times: dict[str, list[float]] = {"untracked": [], "tracked": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Store.open(str(Path(tmp) / "bench.db"))
+        # Warm-up (first-call costs of torch and the allocator), not timed.
+        train(config, examples, tokenizer, NullRecorder(), Path(tmp) / "warm", "warm",
+              progress=False)
+        for i in range(args.repeats):
+            for mode in ("untracked", "tracked"):
+                run_dir = Path(tmp) / f"{mode}{i}"
+                if mode == "tracked":
+                    run_id = store.create_run("bench", config.to_dict(), data.dataset_stats)
+                    recorder = StoreRecorder(store, run_id, 1, run_dir, data.dataset_stats,
+                                             config.to_dict())
+                else:
+                    run_id, recorder = "untracked", NullRecorder()
+                started = time.perf_counter()
+                train(config, examples, tokenizer, recorder, run_dir, run_id, progress=False)
+                times[mode].append(time.perf_counter() - started)
+        store.close()
+    untracked, tracked = (statistics.median(times[m]) for m in ("untracked", "tracked"))
+    print(f"epochs {args.epochs}, {len(examples)} sequences, {args.repeats} repeats each")
+    print(f"untracked median {untracked:.3f} s  runs {[round(t, 3) for t in times['untracked']]}")
+    print(f"tracked   median {tracked:.3f} s  runs {[round(t, 3) for t in times['tracked']]}")
+    print(f"ratio tracked/untracked: {tracked / untracked:.3f}  (goal <= 1.02)")
+
+
+if __name__ == "__main__":
+    main()

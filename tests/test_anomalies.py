@@ -1,0 +1,114 @@
+"""Anomaly rules: flagged live by the trainer, by `hlbd anomalies`, from real runs."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from click.testing import CliRunner
+
+from hlbd.anomalies import Thresholds, detect
+from hlbd.checkpoint import load_checkpoint, save_checkpoint
+from hlbd.cli import main
+from hlbd.config import TrainConfig
+from hlbd.runner import resume_checkpoint
+from hlbd.trainer import make_scheduler
+
+
+def test_exploding_run_is_flagged_by_the_trainer_and_the_cli(store, train_run, tmp_path,
+                                                              caplog):
+    calm_id, _ = train_run(epochs=2)
+    with caplog.at_level("WARNING", logger="hlbd"):
+        wild_id, _ = train_run(epochs=2, lr=50.0, max_grad_norm=0)
+    stored = store.anomalies(wild_id)
+    assert stored and {a["rule"] for a in stored} & {"grad_explosion", "nonfinite_grad_norm"}
+    assert store.anomalies(calm_id) == []
+    assert any("anomaly [grad_explosion]" in r.message for r in caplog.records)
+    explosion = next(a for a in stored if a["rule"] == "grad_explosion")
+    epoch = next(e for e in store.epochs(wild_id) if e["epoch"] == explosion["epoch"])
+    assert explosion["value"] == epoch["grad_norm_max"] > 10 and explosion["threshold"] == 10
+    step = next(s for s in store.steps(wild_id) if s["step"] == explosion["step"])
+    assert step["grad_norm"] == explosion["value"]
+
+    result = CliRunner().invoke(main, ["anomalies", "--db", str(tmp_path / "runs.db")])
+    assert result.exit_code == 0
+    assert "grad_explosion" in result.output and wild_id[:12] in result.output
+    assert calm_id[:12] not in result.output
+    # Thresholds are the user's: above the run's own peak, no explosion is flagged.
+    peak = max(e["grad_norm_max"] for e in store.epochs(wild_id)
+               if e["grad_norm_max"] is not None)
+    quiet = CliRunner().invoke(main, ["anomalies", wild_id, "--grad-explode", str(peak * 2),
+                                      "--db", str(tmp_path / "runs.db")])
+    assert "grad_explosion" not in quiet.output
+
+
+def test_a_resume_that_lost_scheduler_state_shows_as_unexplained_lr(store, train_run,
+                                                                    tmp_path):
+    run_id, outcome = train_run(epochs=4, save_interval=2, t_0=10)
+    path = outcome.run_dir / "checkpoint_epoch_2.pt"
+    state = load_checkpoint(path)
+    fresh = make_scheduler(torch.optim.SGD([torch.zeros(1, requires_grad=True)],
+                                           lr=state["config"]["lr"]),
+                           TrainConfig.from_dict(state["config"]))
+    state["scheduler"] = fresh.state_dict()  # what a trainer that forgot it would restore
+    lost = tmp_path / "lost_scheduler.pt"
+    save_checkpoint(lost, {k: v for k, v in state.items() if k not in ("format",
+                                                                        "format_version")})
+    resume_checkpoint(store, lost, epochs=6, progress=False)
+
+    flags = detect(store.get_run(run_id), store.epochs(run_id), store.steps(run_id))
+    unexplained = [f for f in flags if f["rule"] == "lr_unexplained"]
+    assert unexplained and unexplained[0]["epoch"] == 4
+    assert all(f["epoch"] > 3 for f in unexplained)
+
+
+def test_straight_run_lr_is_explained_by_its_config(store, train_run):
+    run_id, _ = train_run(epochs=7, t_0=2, t_mult=2)
+    flags = detect(store.get_run(run_id), store.epochs(run_id), store.steps(run_id))
+    assert [f for f in flags if f["rule"].startswith("lr_")] == []
+
+
+def _epochs(losses, **fields):
+    return [{"epoch": i + 1, "segment": 1, "loss": loss, **fields}
+            for i, loss in enumerate(losses)]
+
+
+def test_loss_spike_uses_the_runs_own_recent_epochs():
+    run = {"run_id": "r", "config": {}}
+    steady = [2.0, 1.9, 1.85, 1.8, 1.78, 1.76]
+    assert [f["rule"] for f in detect(run, _epochs(steady))] == []
+    flags = detect(run, _epochs([*steady, 3.5, 1.7]))
+    assert [(f["rule"], f["epoch"]) for f in flags] == [("loss_spike", 7)]
+
+
+def test_loss_rising_for_several_epochs_is_flagged_once_the_run_is_long_enough():
+    run = {"run_id": "r", "config": {}}
+    flags = detect(run, _epochs([1.0, 1.01, 1.02, 1.03]), thresholds=Thresholds(spike_z=99))
+    assert [(f["rule"], f["epoch"]) for f in flags] == [("loss_rising", 4)]
+
+
+def test_nonfinite_and_vanishing_and_zero_lr_rules():
+    run = {"run_id": "r", "config": {}}
+    epochs = [
+        {"epoch": 1, "loss": math.nan, "grad_norm": 0.001, "nonfinite_steps": 2,
+         "lr": 0.0},
+        {"epoch": 2, "loss": 1.0, "grad_norm": None, "lr": 0.0},
+    ]
+    flags = {(f["rule"], f["epoch"]) for f in detect(run, epochs)}
+    assert flags == {("nonfinite_loss", 1), ("nonfinite_grad_norm", 1),
+                     ("grad_vanishing", 1), ("lr_zero", 2)}
+
+
+def test_values_not_recorded_raise_no_flags():
+    run = {"run_id": "r", "config": {}}
+    epochs = [{"epoch": i, "loss": 1.0 / i, "grad_norm": None, "lr": None}
+              for i in range(1, 6)]
+    assert detect(run, epochs) == []
+
+
+def test_an_epoch_with_only_a_mean_grad_norm_is_still_checked_for_explosion():
+    run = {"run_id": "r", "config": {}}
+    epochs = [{"epoch": 1, "loss": 1.0, "grad_norm": 12.5, "grad_norm_max": None,
+               "lr": None}]
+    (flag,) = detect(run, epochs)
+    assert (flag["rule"], flag["value"], flag["step"]) == ("grad_explosion", 12.5, None)
