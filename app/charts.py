@@ -40,7 +40,7 @@ class RunSeries:
 @dataclass
 class ChartData:
     points: pd.DataFrame      # run, x, value, lo, hi, piece, smoothed, tooltip texts
-    nonfinite: pd.DataFrame   # run, x, what
+    nonfinite: pd.DataFrame   # run, x, where, what
     resumes: pd.DataFrame     # run, x, what
     flags: pd.DataFrame       # run, x, rule, message
     missing: list[str]        # labels of runs that did not record this metric
@@ -74,6 +74,7 @@ def rule_metric(rule: str) -> str:
 
 
 def wall_unit(seconds: float) -> tuple[str, float]:
+    """A readable unit for a wall-time axis that spans ``seconds``, and its size."""
     if seconds < 120:
         return "s", 1.0
     if seconds < 7200:
