@@ -18,7 +18,7 @@ if not reads.runs(url, thresholds):
     st.info(f"No runs in `{url}` yet. {reads.FIRST_RUN_HELP}")
     st.stop()
 
-left, right = st.columns([1, 2])
+left, right = st.columns([3, 2])
 shown_statuses = left.multiselect("Status", STATUSES, default=STATUSES, key="status_filter")
 text = right.text_input("Name, id or dataset contains", placeholder="e.g. basics",
                         key="text_filter")
