@@ -281,6 +281,7 @@ class Store:
         last = aliased(Epoch)
         query = (select(Run, func.coalesce(agg.c.epochs, 0).label("epochs"),
                         agg.c.best_loss, last.loss.label("last_loss"),
+                        last.loss_is_nan.label("last_loss_is_nan"),
                         *_latest_segment_columns())
                  .outerjoin(agg, agg.c.run_id == Run.run_id)
                  .outerjoin(last, and_(last.run_id == Run.run_id,
@@ -289,6 +290,8 @@ class Store:
                  .order_by(Run.created_at.desc()))
         with self.engine.connect() as conn:
             rows = [dict(r) for r in conn.execute(query).mappings()]
+        for r in rows:
+            r["last_loss"] = join_nan(r["last_loss"], bool(r.pop("last_loss_is_nan")))
         return [_decode_run(r) for r in rows]
 
     def epochs(self, run_id: str, *, include_superseded: bool = False) -> list[dict]:

@@ -152,3 +152,11 @@ def test_finished_run_has_status_and_epochs(store, train_run):
     assert run["status"] == run["display_status"] == "finished"
     assert run["finished_at"] is not None and run["epochs"] == 2
     assert run["last_loss"] == store.epochs(run_id)[-1]["loss"]
+
+
+def test_runs_listing_shows_a_nan_last_loss_as_nan_not_missing(store):
+    run_id = store.create_run("nan", {}, {})
+    store.record_epoch(run_id, 1, {"epoch": 1, "loss": 2.0, "lr": 1e-3})
+    store.record_epoch(run_id, 1, {"epoch": 2, "loss": math.nan, "lr": 1e-3})
+    (run,) = store.list_runs()
+    assert math.isnan(run["last_loss"]) and run["best_loss"] == 2.0 and run["epochs"] == 2
