@@ -8,12 +8,12 @@ tagged with the HLBD language tags.
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 from hlbd.errors import DatasetError
+from hlbd.fileio import read_json_file
 
 BUNDLED = "bundled:hlbd-basics"
 FULL_LEVELS = tuple(f"level_{i}" for i in range(1, 9))
@@ -34,23 +34,7 @@ def load_dataset(path: str | Path) -> list[Pair]:
     name = str(path)
     if name == BUNDLED:
         return parse_dataset(bundled_dataset(), name)
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DatasetError(f"{name}: dataset file not found") from None
-    except OSError as exc:
-        raise DatasetError(f"{name}: cannot read dataset file: {exc.strerror}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise DatasetError(f"{name}: not UTF-8 (byte {exc.start}); HLBD files are UTF-8 "
-                           "JSON") from None
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DatasetError(f"{name}: malformed JSON at line {exc.lineno} column "
-                           f"{exc.colno}: {exc.msg}") from None
+    _, doc = read_json_file(Path(path), DatasetError, "dataset")
     return parse_dataset(doc, name)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable
@@ -38,3 +39,28 @@ def write_atomically(path: Path, write: Callable[[IO[bytes]], None], *,
     finally:
         os.close(dir_fd)
     return size
+
+
+def read_json_file(path: Path, error: type[Exception], what: str) -> tuple[bytes, object]:
+    """The raw bytes and decoded JSON of a UTF-8 file (a BOM is allowed).
+
+    Every failure raises ``error`` with one line naming the file: missing, unreadable,
+    not UTF-8, malformed JSON. ``what`` names the kind of file for the message.
+    """
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise error(f"{path}: {what} file not found") from None
+    except OSError as exc:
+        raise error(f"{path}: cannot read {what} file: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not UTF-8 (byte {exc.start}); {what} files are UTF-8 "
+                    "JSON") from None
+    try:
+        # NaN, Infinity, -Infinity are accepted: the literals Python's json writes.
+        return raw, json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise error(f"{path}: not JSON: {exc.msg} at line {exc.lineno} column "
+                    f"{exc.colno}") from None

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from hlbd.errors import HlbdError
+from hlbd.fileio import read_json_file
 from hlbd.report import REPORT_NAME
 from hlbd.store import Store
 
@@ -99,20 +100,7 @@ def report_files(path: str | Path) -> list[Path]:
 
 def read_report(path: Path, name: str | None = None) -> ParsedReport:
     """Read and check one report file; raises ReportError naming the file and field."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ReportError(f"{path}: cannot read: {exc.strerror}") from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ReportError(f"{path}: not UTF-8 (byte {exc.start}); a report is UTF-8 "
-                          "JSON") from None
-    try:
-        doc = json.loads(text)  # NaN, Infinity, -Infinity: the literals the old tool wrote
-    except json.JSONDecodeError as exc:
-        raise ReportError(f"{path}: not JSON: {exc.msg} at line {exc.lineno} column "
-                          f"{exc.colno}") from None
+    raw, doc = read_json_file(path, ReportError, "report")
     default_name = path.parent.name or path.stem
     return parse_report(doc, path, name or default_name,
                         hashlib.sha256(raw).hexdigest())

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import sqlite3
+from pathlib import Path
+
 import pytest
 
 from hlbd.config import TrainConfig
@@ -34,3 +38,22 @@ def train_run(store, tmp_path):
         return outcome.run_id, outcome
 
     return run
+
+
+def db_snapshot(path: str | Path) -> dict:
+    """What a refused write must not change: database and WAL bytes, every table's row
+    count, and the files beside the database."""
+    path = Path(path)
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        tables = [r[0] for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+        counts = {t: conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0]
+                  for t in tables}
+    finally:
+        conn.close()
+    wal = path.with_name(path.name + "-wal")
+    return {"db_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+            "wal_sha256": hashlib.sha256(wal.read_bytes()).hexdigest() if wal.exists()
+            else None,
+            "counts": counts, "files": sorted(p.name for p in path.parent.iterdir())}

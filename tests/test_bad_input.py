@@ -7,6 +7,7 @@ import sqlite3
 
 import pytest
 from click.testing import CliRunner
+from conftest import db_snapshot
 
 from hlbd.cli import main
 from hlbd.errors import SchemaTooNewError
@@ -16,7 +17,7 @@ FULL_SAMPLE = {"concept": "学习", **{f"level_{i}": {"k": f"v{i}"} for i in ran
 
 BAD_FILES = {
     "missing.json": (None, "dataset file not found"),
-    "malformed.json": (b'{"data": {"m": [', "malformed JSON at line 1"),
+    "malformed.json": (b'{"data": {"m": [', "not JSON: Expecting value at line 1"),
     "latin1.json": ('{"data": {"m": [{"input": "caf\u00e9", "output": "x"}]}}'.encode("latin-1"),
                     "not UTF-8"),
     "unknown.json": (json.dumps({"rows": []}).encode(), "unknown dataset format"),
@@ -32,15 +33,6 @@ BAD_FILES = {
 }
 
 
-def _row_counts(db_path) -> dict:
-    conn = sqlite3.connect(db_path)
-    try:
-        return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
-                for t in ("runs", "segments", "epochs", "steps", "checkpoints")}
-    finally:
-        conn.close()
-
-
 @pytest.mark.parametrize("name", sorted(BAD_FILES))
 def test_bad_dataset_is_refused_with_one_line_naming_the_file(tmp_path, name, store):
     content, message = BAD_FILES[name]
@@ -49,7 +41,7 @@ def test_bad_dataset_is_refused_with_one_line_naming_the_file(tmp_path, name, st
         path.write_bytes(content)
     good = tmp_path / "good.json"
     good.write_text(json.dumps({"data": {"m": [{"input": "1+1", "output": "2"}]}}))
-    before = _row_counts(tmp_path / "runs.db")
+    before = db_snapshot(tmp_path / "runs.db")["counts"]
 
     result = CliRunner().invoke(main, ["train", "--db", str(tmp_path / "runs.db"),
                                        "--datasets", str(good), str(path), "--quiet",
@@ -59,7 +51,7 @@ def test_bad_dataset_is_refused_with_one_line_naming_the_file(tmp_path, name, st
     lines = result.output.strip().splitlines()
     assert len(lines) == 1, result.output
     assert str(path) in lines[0] and message in lines[0]
-    assert _row_counts(tmp_path / "runs.db") == before
+    assert db_snapshot(tmp_path / "runs.db")["counts"] == before
     assert not (tmp_path / "r").exists()
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import tiny_config
+from conftest import db_snapshot, tiny_config
 from sqlalchemy.exc import IntegrityError
 
 from hlbd import exporter, importer
@@ -65,23 +65,6 @@ def old_report(report: dict, **changes) -> dict:
         else:
             doc[key] = value
     return doc
-
-
-def snapshot(db: str) -> dict:
-    """The database and WAL bytes and every table's row count."""
-    path = Path(db)
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        tables = [r[0] for r in conn.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
-        counts = {t: conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0]
-                  for t in tables}
-    finally:
-        conn.close()
-    wal = path.with_name(path.name + "-wal")
-    wal_bytes = wal.read_bytes() if wal.exists() else b""
-    return {"db": hashlib.sha256(path.read_bytes()).hexdigest(),
-            "wal": hashlib.sha256(wal_bytes).hexdigest(), "counts": counts}
 
 
 def same_numbers(a: list, b: list) -> bool:
@@ -174,24 +157,24 @@ def test_importing_the_same_report_again_does_nothing_and_says_so(trained, tmp_p
                  old_report(trained["report"]))
     first = cli("import", path, "--name", "old-baseline", "--db", trained["db"])
     assert first.exit_code == 0 and "imported as run" in first.output
-    before = snapshot(trained["db"])
+    before = db_snapshot(trained["db"])
     again = subprocess.run([sys.executable, "-m", "hlbd", "import", str(path), "--db",
                             trained["db"]], check=False, capture_output=True, text=True,
                            timeout=120)
     assert again.returncode == 0
     assert "already imported as run" in again.stdout and "nothing done" in again.stdout
-    assert snapshot(trained["db"])["counts"] == before["counts"]
+    assert db_snapshot(trained["db"])["counts"] == before["counts"]
     names = [r["name"] for r in trained["store"].list_runs() if r["source"] == "imported"]
     assert names == ["old-baseline"]
 
 
 def test_the_report_of_a_run_this_store_recorded_is_not_imported_twice(trained, tmp_path):
     path = write(tmp_path / "mine" / "experiment_report.json", trained["report"])
-    before = snapshot(trained["db"])
+    before = db_snapshot(trained["db"])
     result = cli("import", path, "--db", trained["db"])
     assert result.exit_code == 0
     assert f"the report of run {trained['run_id']}, which this store" in result.output
-    assert snapshot(trained["db"])["counts"] == before["counts"]
+    assert db_snapshot(trained["db"])["counts"] == before["counts"]
 
 
 def test_a_folder_imports_every_report_under_it_in_one_go(trained, tmp_path):
@@ -269,22 +252,22 @@ def test_a_bad_report_is_refused_naming_the_problem_and_the_store_is_unchanged(
         path.write_bytes(content)
     else:
         write(path, content)
-    before = snapshot(trained["db"])
+    before = db_snapshot(trained["db"])
     result = cli("import", path, "--db", trained["db"])
     assert result.exit_code == 1
     assert result.output.startswith(f"Error: {path}: ") and message in result.output
     assert len(result.output.strip().splitlines()) == 1
-    assert snapshot(trained["db"]) == before
+    assert db_snapshot(trained["db"]) == before
 
 
 def test_one_bad_report_in_a_folder_refuses_the_whole_import(trained, tmp_path):
     write(tmp_path / "old" / "a" / "experiment_report.json", old_report(trained["report"]))
     write(tmp_path / "old" / "b" / "experiment_report.json",
           old_report(trained["report"], grad_norms=[1.0]))
-    before = snapshot(trained["db"])
+    before = db_snapshot(trained["db"])
     result = cli("import", tmp_path / "old", "--db", trained["db"])
     assert result.exit_code == 1 and "b/experiment_report.json: grad_norms has 1" in result.output
-    assert snapshot(trained["db"]) == before
+    assert db_snapshot(trained["db"]) == before
 
 
 def test_a_folder_without_reports_is_refused(trained, tmp_path):
@@ -337,7 +320,7 @@ def test_the_store_writes_an_import_in_one_transaction(trained, tmp_path):
     clash = importer.read_report(write(tmp_path / "b" / "experiment_report.json",
                                        old_report(trained["report"], model="b")))
     clash.epochs.append(dict(clash.epochs[0]))  # epoch 1 twice: the database says no
-    before = snapshot(trained["db"])
+    before = db_snapshot(trained["db"])
     with pytest.raises(IntegrityError):
         trained["store"].import_runs([good.as_store_run(), clash.as_store_run()])
-    assert snapshot(trained["db"]) == before  # the good run did not go in either
+    assert db_snapshot(trained["db"]) == before  # the good run did not go in either

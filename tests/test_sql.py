@@ -7,7 +7,6 @@ Every test here reads one real database: a tiny run resumed from an earlier chec
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import re
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import tiny_config
+from conftest import db_snapshot, tiny_config
 
 from hlbd import database, importer
 from hlbd.cli import main
@@ -60,23 +59,6 @@ def db(tmp_path_factory):
     return {"path": path, "resumed": resumed.run_id, "wild": wild.run_id}
 
 
-def snapshot(path: Path) -> dict:
-    """What must not change: the database and WAL bytes, every table's row count, files."""
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        tables = [r[0] for r in conn.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
-        counts = {t: conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0]
-                  for t in tables}
-    finally:
-        conn.close()
-    wal = path.with_name(path.name + "-wal")
-    return {"db_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-            "wal_sha256": hashlib.sha256(wal.read_bytes()).hexdigest() if wal.exists()
-            else None,
-            "counts": counts, "files": sorted(p.name for p in path.parent.iterdir())}
-
-
 WRITES = {
     "insert": "INSERT INTO runs (run_id, name, status, created_at, config, dataset_stats, "
               "source) VALUES ('x', 'x', 'finished', '2020-01-01', '{}', '{}', 'hlbd')",
@@ -112,15 +94,15 @@ WRITES = {
 @pytest.mark.parametrize("form", sorted(WRITES))
 def test_every_write_form_is_refused_and_the_store_is_unchanged(db, form):
     sql = WRITES[form].replace("{dir}", str(db["path"].parent))
-    before = snapshot(db["path"])
+    before = db_snapshot(db["path"])
     with pytest.raises(QueryError, match="^refused: the database is open read-only") as err:
         run_query(str(db["path"]), sql)
     assert not isinstance(err.value, QueryInterrupted)
-    assert snapshot(db["path"]) == before  # no file created by ATTACH / VACUUM INTO either
+    assert db_snapshot(db["path"]) == before  # no file created by ATTACH / VACUUM INTO either
 
 
 def test_the_cli_refuses_a_write_with_one_line_and_exit_status_1(db):
-    before = snapshot(db["path"])
+    before = db_snapshot(db["path"])
     for sql in ("DROP TABLE runs", f"ATTACH '{db['path'].parent}/cli.db' AS x"):
         result = subprocess.run([sys.executable, "-m", "hlbd", "sql", sql, "--db",
                                  str(db["path"])], check=False, capture_output=True,
@@ -128,7 +110,7 @@ def test_the_cli_refuses_a_write_with_one_line_and_exit_status_1(db):
         assert result.returncode == 1
         assert result.stderr.startswith("Error: refused: the database is open read-only")
         assert len(result.stderr.strip().splitlines()) == 1 and result.stdout == ""
-    assert snapshot(db["path"]) == before
+    assert db_snapshot(db["path"]) == before
 
 
 def test_a_runaway_recursive_query_is_stopped_by_the_time_limit(db):
