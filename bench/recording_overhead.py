@@ -4,7 +4,10 @@ Trains the default model on the bundled data, alternating untracked (NullRecorde
 tracked (StoreRecorder: epoch rows, step rows, anomaly rules, JSON report) runs, and
 prints the ratio of median wall times. Goal: <= 1.02.
 
-    python bench/recording_overhead.py [--epochs 10] [--repeats 5]
+    python bench/recording_overhead.py [--epochs 10] [--repeats 5] [--dataset FILE]
+
+Recording costs a fixed ~2-3 ms per epoch (one transaction, the report, the rules), so
+the ratio is worst for the bundled data's very short epochs (~75 ms on 2 cores).
 """
 
 from __future__ import annotations
@@ -27,8 +30,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--dataset", action="append", default=None,
+                        help="HLBD file(s) instead of the bundled data (longer epochs)")
     args = parser.parse_args()
     config = TrainConfig(epochs=args.epochs, save_interval=0, device="cpu")
+    if args.dataset:
+        config.datasets = args.dataset
     data = prepare_data(config)
     tokenizer = Tokenizer.build(t for p in data.pairs for t in (p.input, p.output))
     examples = Examples.encode(data.pairs, tokenizer, config.max_seq_len)
@@ -39,7 +46,8 @@ def main() -> None:
         train(config, examples, tokenizer, NullRecorder(), Path(tmp) / "warm", "warm",
               progress=False)
         for i in range(args.repeats):
-            for mode in ("untracked", "tracked"):
+            # Alternate which goes first, so drift on a shared machine hits both alike.
+            for mode in ("untracked", "tracked")[::1 if i % 2 == 0 else -1]:
                 run_dir = Path(tmp) / f"{mode}{i}"
                 if mode == "tracked":
                     run_id = store.create_run("bench", config.to_dict(), data.dataset_stats)
@@ -52,10 +60,11 @@ def main() -> None:
                 times[mode].append(time.perf_counter() - started)
         store.close()
     untracked, tracked = (statistics.median(times[m]) for m in ("untracked", "tracked"))
-    print(f"epochs {args.epochs}, {len(examples)} sequences, {args.repeats} repeats each")
+    print(f"datasets {config.datasets}: epochs {args.epochs}, {len(examples)} sequences, {args.repeats} repeats each")
     print(f"untracked median {untracked:.3f} s  runs {[round(t, 3) for t in times['untracked']]}")
     print(f"tracked   median {tracked:.3f} s  runs {[round(t, 3) for t in times['tracked']]}")
-    print(f"ratio tracked/untracked: {tracked / untracked:.3f}  (goal <= 1.02)")
+    print(f"ratio tracked/untracked: median {tracked / untracked:.3f}, best "
+          f"{min(times['tracked']) / min(times['untracked']):.3f}  (goal <= 1.02)")
 
 
 if __name__ == "__main__":
