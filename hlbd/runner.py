@@ -74,10 +74,10 @@ def start_run(config: TrainConfig, store: Store, *, runs_root: Path | None = Non
 
 def _run(config, store, run_id, segment, run_dir, examples, tokenizer, dataset_stats,
          resume, should_stop, progress) -> RunOutcome:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    recorder = StoreRecorder(store, run_id, segment, run_dir, dataset_stats,
-                             config.to_dict())
     try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        recorder = StoreRecorder(store, run_id, segment, run_dir, dataset_stats,
+                                 config.to_dict())
         result = train(config, examples, tokenizer, recorder, run_dir, run_id,
                        resume=resume, segment=segment, should_stop=should_stop,
                        progress=progress)

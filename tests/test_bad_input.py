@@ -89,3 +89,16 @@ def test_a_run_that_raises_is_marked_failed_with_the_error(tmp_path, store):
     (run,) = store.list_runs()
     assert run["status"] == "failed" and run["error"]
     assert f"run {run['run_id']} failed" in result.output
+
+
+def test_a_run_folder_that_cannot_be_made_fails_the_run_not_leaves_it_running(tmp_path,
+                                                                              store):
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("a file where the runs folder should go")
+    result = CliRunner().invoke(main, ["train", "--db", str(tmp_path / "runs.db"),
+                                       "--epochs", "1", "--quiet",
+                                       "--runs-dir", str(blocker)])
+    assert result.exit_code == 1
+    (run,) = store.list_runs()
+    assert run["status"] == "failed" and "not_a_dir" in run["error"]
+    assert len(result.output.strip().splitlines()) == 2  # the run id, then the error
