@@ -27,8 +27,6 @@ HEARTBEAT_SECONDS = 30.0
 # ... so a "running" run whose heartbeat is older than this has stopped without saying so.
 STALE_AFTER = timedelta(seconds=120)
 
-STEP_FIELDS = ("step", "epoch", "loss", "grad_norm", "lr")
-
 
 def utcnow() -> datetime:
     """Naive UTC time, the form every timestamp in the store takes."""
@@ -79,21 +77,11 @@ class Store:
         same transaction, so an import is all there or not there at all.
         """
         run_id = run_id or uuid.uuid4().hex
-        now = utcnow()
         with self.engine.begin() as conn:
-            conn.execute(insert(Run).values(
-                run_id=run_id, name=name, status=status, created_at=now,
-                heartbeat_at=now, config=json.dumps(config, sort_keys=True),
-                dataset_stats=json.dumps(dataset_stats, sort_keys=True),
-                vocab=json.dumps(list(vocab), ensure_ascii=False) if vocab else None,
-                run_dir=run_dir, source=source, source_hash=source_hash,
-                extra=json.dumps(extra, sort_keys=True) if extra else None,
-                finished_at=None if status == "running" else now))
-            conn.execute(insert(Segment).values(
-                run_id=run_id, segment=1, start_epoch=0, started_at=now, status=status,
-                pid=os.getpid(), hostname=socket.gethostname()))
-            if epochs:
-                conn.execute(insert(Epoch), [_epoch_values(run_id, 1, e, now) for e in epochs])
+            _insert_run(conn, run_id, utcnow(), name=name, status=status, config=config,
+                        dataset_stats=dataset_stats, vocab=vocab, run_dir=run_dir,
+                        source=source, source_hash=source_hash, extra=extra,
+                        epochs=epochs)
         return run_id
 
     def begin_segment(self, run_id: str, start_epoch: int,
@@ -187,24 +175,10 @@ class Store:
                     outcomes.append((run["same_as"], "recorded here"))
                     continue
                 run_id = uuid.uuid4().hex
-                conn.execute(insert(Run).values(
-                    run_id=run_id, name=run["name"], status="imported", created_at=now,
-                    finished_at=now, heartbeat_at=now, config=json.dumps({}),
-                    dataset_stats=json.dumps(run["dataset_stats"], sort_keys=True),
-                    source="imported", source_hash=run["source_hash"],
-                    extra=json.dumps(run["extra"], sort_keys=True) if run["extra"] else None))
-                conn.execute(insert(Segment).values(
-                    run_id=run_id, segment=1, start_epoch=0, started_at=now, ended_at=now,
-                    status="imported"))
-                rows = []
-                for e in run["epochs"]:
-                    loss, loss_is_nan = split_nan(e["loss"])
-                    rows.append({"run_id": run_id, "segment": 1, "epoch": e["epoch"],
-                                 "loss": loss, "loss_is_nan": loss_is_nan,
-                                 "grad_norm": e["grad_norm"], "lr": e["lr"],
-                                 "recorded_at": now})
-                if rows:
-                    conn.execute(insert(Epoch), rows)
+                _insert_run(conn, run_id, now, name=run["name"], status="imported",
+                            config={}, dataset_stats=run["dataset_stats"],
+                            source="imported", source_hash=run["source_hash"],
+                            extra=run["extra"], epochs=run["epochs"])
                 self._insert_steps(conn, run_id, 1, run["steps"])
                 outcomes.append((run_id, "imported"))
         return outcomes
@@ -359,6 +333,28 @@ def superseded(segments: Sequence[dict], segment: int, epoch: int) -> bool:
     """Whether the state segment ``segment`` reached at ``epoch`` is off the effective
     history: a later segment started from an earlier epoch and superseded it."""
     return any(s["segment"] > segment and s["start_epoch"] < epoch for s in segments)
+
+
+def _insert_run(conn, run_id: str, now: datetime, *, name: str, status: str, config: dict,
+                dataset_stats: dict, vocab: Sequence[str] | None = None,
+                run_dir: str | None = None, source: str = "hlbd",
+                source_hash: str | None = None, extra: dict | None = None,
+                epochs: Sequence[dict[str, Any]] = ()) -> None:
+    """A run, its first segment and any epochs it already has, inside ``conn``'s
+    transaction."""
+    ended = None if status == "running" else now
+    conn.execute(insert(Run).values(
+        run_id=run_id, name=name, status=status, created_at=now, finished_at=ended,
+        heartbeat_at=now, config=json.dumps(config, sort_keys=True),
+        dataset_stats=json.dumps(dataset_stats, sort_keys=True),
+        vocab=json.dumps(list(vocab), ensure_ascii=False) if vocab else None,
+        run_dir=run_dir, source=source, source_hash=source_hash,
+        extra=json.dumps(extra, sort_keys=True) if extra else None))
+    conn.execute(insert(Segment).values(
+        run_id=run_id, segment=1, start_epoch=0, started_at=now, ended_at=ended,
+        status=status, pid=os.getpid(), hostname=socket.gethostname()))
+    if epochs:
+        conn.execute(insert(Epoch), [_epoch_values(run_id, 1, e, now) for e in epochs])
 
 
 def _epoch_values(run_id: str, segment: int, epoch: dict[str, Any],
