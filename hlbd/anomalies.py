@@ -14,7 +14,8 @@ import statistics
 from dataclasses import dataclass
 
 RULES = ("grad_explosion", "grad_vanishing", "nonfinite_loss", "nonfinite_grad_norm",
-         "amp_skipped_step", "loss_spike", "loss_rising", "lr_unexplained", "lr_zero")
+         "amp_skipped_step", "loss_spike", "loss_rising", "lr_unexplained", "lr_zero",
+         "nonfinite_lr")
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,9 @@ def detect(run: dict, epochs: list[dict], steps: list[dict] = (),
                 add("loss_rising", loss, float(t.rising_epochs),
                     f"epoch {n}: loss rose {t.rising_epochs} epochs in a row")
             losses.append((n, loss))
-        if lr is not None:
+        if lr is not None and not math.isfinite(lr):
+            add("nonfinite_lr", lr, None, f"epoch {n}: LR is {lr}")
+        elif lr is not None:
             if expected is not None and n <= len(expected):
                 want = expected[n - 1]
                 if not math.isclose(lr, want, rel_tol=t.lr_rtol, abs_tol=1e-12):

@@ -31,3 +31,19 @@ class QueryError(HlbdError):
 
 class QueryInterrupted(QueryError):
     """User SQL ran past its time limit and was stopped."""
+
+
+class QueryTooLarge(QueryError):
+    """User SQL needed more memory than its limit and was stopped."""
+
+
+class NoDatabaseError(StoreError):
+    """The database a read command was pointed at does not exist (nothing was created)."""
+
+
+class RunClaimedError(StoreError):
+    """Another live attempt holds the run, or won the race to claim it; nothing written."""
+
+
+class ClaimLostError(StoreError):
+    """This attempt's claim on the run was taken over; it stops without writing more."""

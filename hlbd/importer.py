@@ -6,8 +6,7 @@ What a report becomes:
   as NaN (``loss_is_nan``); null is an epoch whose loss was not recorded.
 - ``grad_norms`` / ``learning_rates``, when present, are the epochs' grad norm and LR,
   one per epoch; when absent, null or ``[]`` the columns stay NULL (never filled in).
-  The epochs table can flag NaN only for the loss, so a NaN grad norm or LR is stored
-  as NULL and its epoch listed in the run's ``extra`` under ``nan_not_stored``.
+  A NaN is kept as NaN (``grad_norm_is_nan`` / ``lr_is_nan``), as for the loss.
 - ``batch_losses`` become step losses (grad norm and LR NULL), the same number per
   epoch in order, as the older tool trained every epoch on the same batches; a count
   that does not split evenly over the epochs cannot be placed and is kept verbatim in
@@ -26,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,7 +118,7 @@ def parse_report(doc: object, path: Path, name: str, source_hash: str) -> Parsed
                           "import")
     n = len(losses)
     columns: dict[str, list[float | None]] = {}
-    not_recorded, notes, nan_not_stored = [], [], {}
+    not_recorded, notes = [], []
     for key in EPOCH_LISTS:
         values = _numbers(doc, key, path) if doc.get(key) is not None else []
         if not values:
@@ -130,12 +128,7 @@ def parse_report(doc: object, path: Path, name: str, source_hash: str) -> Parsed
         if len(values) != n:
             raise ReportError(f"{path}: {key} has {len(values)} values but control_losses "
                               f"has {n}: cannot tell which epochs they belong to")
-        nan_epochs = [i + 1 for i, v in enumerate(values) if v is not None and math.isnan(v)]
-        if nan_epochs:
-            nan_not_stored[key] = nan_epochs
-            notes.append(f"{key} is NaN at epochs {nan_epochs}: stored as NULL, the epochs "
-                         "listed in the run's extra JSON under nan_not_stored")
-        columns[key] = [None if v is not None and math.isnan(v) else v for v in values]
+        columns[key] = values
     epochs = [{"epoch": i + 1, "loss": losses[i], "grad_norm": columns["grad_norms"][i],
                "lr": columns["learning_rates"][i]} for i in range(n)]
 
@@ -159,8 +152,6 @@ def parse_report(doc: object, path: Path, name: str, source_hash: str) -> Parsed
     elif not isinstance(stats, dict):
         raise ReportError(f"{path}: dataset_stats must be an object, found {_kind(stats)}")
     extra: dict[str, Any] = {"imported_from": str(path.resolve()), "report": kept}
-    if nan_not_stored:
-        extra["nan_not_stored"] = nan_not_stored
     same_as = doc.get("run_id") if isinstance(doc.get("run_id"), str) else None
     return ParsedReport(path, name, source_hash, same_as, stats, epochs, steps, extra,
                         not_recorded, notes)

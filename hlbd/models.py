@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -51,6 +51,11 @@ class Segment(Base):
     pid: Mapped[int | None] = mapped_column(Integer)
     hostname: Mapped[str | None] = mapped_column(String(255))
 
+    # The claim: at most one attempt of a run is running, enforced by the database.
+    __table_args__ = (Index("ux_segments_one_running", "run_id", unique=True,
+                            sqlite_where=text("status = 'running'"),
+                            postgresql_where=text("status = 'running'")),)
+
 
 class Epoch(Base):
     __tablename__ = "epochs"
@@ -61,6 +66,7 @@ class Epoch(Base):
     loss: Mapped[float | None] = mapped_column(Float)
     loss_is_nan: Mapped[bool] = mapped_column(Boolean)
     grad_norm: Mapped[float | None] = mapped_column(Float)
+    grad_norm_is_nan: Mapped[bool] = mapped_column(Boolean, default=False)
     grad_norm_max: Mapped[float | None] = mapped_column(Float)
     grad_norm_min: Mapped[float | None] = mapped_column(Float)
     steps: Mapped[int | None] = mapped_column(Integer)
@@ -68,6 +74,7 @@ class Epoch(Base):
     clipped_steps: Mapped[int | None] = mapped_column(Integer)
     skipped_steps: Mapped[int | None] = mapped_column(Integer)
     lr: Mapped[float | None] = mapped_column(Float)
+    lr_is_nan: Mapped[bool] = mapped_column(Boolean, default=False)
     token_accuracy: Mapped[float | None] = mapped_column(Float)
     wall_seconds: Mapped[float | None] = mapped_column(Float)
     tokens: Mapped[int | None] = mapped_column(Integer)
@@ -88,6 +95,7 @@ class Step(Base):
     grad_norm: Mapped[float | None] = mapped_column(Float)
     grad_norm_is_nan: Mapped[bool] = mapped_column(Boolean)
     lr: Mapped[float | None] = mapped_column(Float)
+    lr_is_nan: Mapped[bool] = mapped_column(Boolean, default=False)
     superseded_by: Mapped[int | None] = mapped_column(Integer)
 
 
@@ -113,6 +121,8 @@ class Anomaly(Base):
     step: Mapped[int | None] = mapped_column(Integer)
     rule: Mapped[str] = mapped_column(String(40))
     value: Mapped[float | None] = mapped_column(Float)
+    value_is_nan: Mapped[bool] = mapped_column(Boolean, default=False)
     threshold: Mapped[float | None] = mapped_column(Float)
     message: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime)
+    superseded_by: Mapped[int | None] = mapped_column(Integer)

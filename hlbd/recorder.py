@@ -91,5 +91,5 @@ class StoreRecorder:
 
     def on_alive(self) -> None:
         if time.monotonic() - self._last_beat >= HEARTBEAT_SECONDS:
-            self.store.heartbeat(self.run_id)
+            self.store.heartbeat(self.run_id, self.segment)
             self._last_beat = time.monotonic()

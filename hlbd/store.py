@@ -15,11 +15,11 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, func, insert, select, update
+from sqlalchemy import Engine, and_, exc, exists, func, insert, select, update
 from sqlalchemy.orm import aliased
 
 from hlbd import database
-from hlbd.errors import UnknownRunError
+from hlbd.errors import ClaimLostError, RunClaimedError, UnknownRunError
 from hlbd.models import Anomaly, Checkpoint, Epoch, Run, Segment, Step
 
 # A live trainer refreshes its heartbeat at least this often ...
@@ -45,6 +45,17 @@ def join_nan(value: float | None, is_nan: bool) -> float | None:
     return math.nan if is_nan else value
 
 
+# Columns stored with an ``*_is_nan`` flag beside them, per table.
+NAN_FLAGGED = {"epochs": ("loss", "grad_norm", "lr"), "steps": ("loss", "grad_norm", "lr"),
+               "anomalies": ("value",)}
+
+
+def _join_nans(row: dict, table: str) -> dict:
+    for column in NAN_FLAGGED[table]:
+        row[column] = join_nan(row[column], bool(row.pop(f"{column}_is_nan")))
+    return row
+
+
 class Store:
     """Reads and writes runs, segments, epochs, steps, checkpoints and anomalies."""
 
@@ -56,8 +67,21 @@ class Store:
     def open(cls, db: str | None = None) -> Store:
         """Open (and on first use create) the database that ``db``/``HLBD_DB`` names."""
         url = database.resolve_db_url(db)
+        database.check_database_file(url, must_exist=False)
         engine = database.write_engine(url)
         database.ensure_schema(engine, url)
+        return cls(url, engine)
+
+    @classmethod
+    def open_read_only(cls, db: str | None = None) -> Store:
+        """Open an existing database for reading; creates nothing (no file, no lock).
+
+        Raises NoDatabaseError where there is none, StoreError for a file that is not
+        an hlbd database; only the read methods work on the store returned.
+        """
+        url = database.resolve_db_url(db)
+        engine = database.read_engine(url)
+        database.check_schema(engine, url)
         return cls(url, engine)
 
     def close(self) -> None:
@@ -85,52 +109,110 @@ class Store:
         return run_id
 
     def begin_segment(self, run_id: str, start_epoch: int,
-                      resumed_from: str | None = None, config: dict | None = None) -> int:
-        """Open a new attempt of ``run_id`` that continues after ``start_epoch``.
+                      resumed_from: str | None = None, config: dict | None = None, *,
+                      force: bool = False) -> int:
+        """Claim ``run_id`` and open a new attempt that continues after ``start_epoch``.
 
-        Epochs and steps recorded after ``start_epoch`` by earlier segments stay in the
-        store, marked as superseded by the new segment. ``config``, when given, becomes
-        the run's config (a resume may change the epoch total, device, save interval).
+        The claim is one transaction: an attempt still marked running must be dead (its
+        process gone from this host, or no heartbeat for STALE_AFTER; ``force`` skips
+        that check) and is taken over by a compare-and-set that only one claimant can
+        win; the new attempt is inserted as running, which the unique index
+        ``ux_segments_one_running`` allows once per run. A claimant that loses raises
+        RunClaimedError having written nothing.
+
+        Epochs, steps and anomaly rows recorded after ``start_epoch`` by earlier
+        segments stay in the store, marked as superseded by the new segment. ``config``,
+        when given, becomes the run's config (a resume may change the epoch total,
+        device, save interval).
         """
         now = utcnow()
-        with self.engine.begin() as conn:
-            segment = conn.scalar(select(func.max(Segment.segment))
-                                  .where(Segment.run_id == run_id)) or 0
-            segment += 1
-            conn.execute(update(Segment).where(Segment.run_id == run_id,
-                                               Segment.status == "running")
-                         .values(status="crashed", ended_at=now))
-            conn.execute(insert(Segment).values(
-                run_id=run_id, segment=segment, start_epoch=start_epoch,
-                resumed_from=resumed_from, started_at=now, status="running",
-                pid=os.getpid(), hostname=socket.gethostname()))
-            for table in (Epoch, Step):
-                conn.execute(update(table).where(
-                    table.run_id == run_id, table.epoch > start_epoch,
-                    table.superseded_by.is_(None)).values(superseded_by=segment))
-            run_values = {"status": "running", "heartbeat_at": now, "finished_at": None,
-                          "error": None}
-            if config is not None:
-                run_values["config"] = json.dumps(config, sort_keys=True)
-            conn.execute(update(Run).where(Run.run_id == run_id).values(**run_values))
+        try:
+            with self.engine.begin() as conn:
+                segment = self._claim(conn, run_id, now, force, start_epoch, resumed_from)
+                for table in (Epoch, Step, Anomaly):
+                    conn.execute(update(table).where(
+                        table.run_id == run_id, table.epoch > start_epoch,
+                        table.superseded_by.is_(None)).values(superseded_by=segment))
+                run_values = {"status": "running", "heartbeat_at": now,
+                              "finished_at": None, "error": None}
+                if config is not None:
+                    run_values["config"] = json.dumps(config, sort_keys=True)
+                conn.execute(update(Run).where(Run.run_id == run_id).values(**run_values))
+        except exc.IntegrityError:
+            # Another claimant inserted its running segment (or took the same number) first.
+            raise RunClaimedError(f"run {run_id} was claimed by another process at the same "
+                                  "moment; this one stopped without writing anything "
+                                  "(`hlbd runs` shows who holds it)") from None
         return segment
+
+    def _claim(self, conn, run_id: str, now: datetime, force: bool, start_epoch: int,
+               resumed_from: str | None) -> int:
+        """Inside ``conn``'s transaction: take over a dead holder, insert our segment."""
+        holder = conn.execute(
+            select(Segment.segment, Segment.pid, Segment.hostname, Run.heartbeat_at,
+                   Run.created_at)
+            .join(Run, Run.run_id == Segment.run_id)
+            .where(Segment.run_id == run_id, Segment.status == "running")).first()
+        if holder is not None:
+            state = holder_state(holder.pid, holder.hostname,
+                                 holder.heartbeat_at or holder.created_at, now)
+            if state == "running" and not force:
+                raise RunClaimedError(
+                    f"run {run_id} is still being written by process {holder.pid} on "
+                    f"{holder.hostname}; stop it first, or pass --force if that process "
+                    "is gone")
+            beat = (Run.heartbeat_at.is_(None) if holder.heartbeat_at is None
+                    else Run.heartbeat_at == holder.heartbeat_at)
+            # Compare-and-set: only if the holder is still the one we judged dead (same
+            # segment, still running, no heartbeat since). One claimant can win this.
+            taken = conn.execute(update(Segment).where(
+                Segment.run_id == run_id, Segment.segment == holder.segment,
+                Segment.status == "running",
+                exists(select(Run.run_id).where(Run.run_id == run_id, beat)))
+                .values(status="crashed", ended_at=now)).rowcount
+            if taken != 1:
+                raise RunClaimedError(
+                    f"run {run_id} was taken over by another process, or its holder "
+                    "wrote again, while this one was claiming it; nothing was written")
+        segment = (conn.scalar(select(func.max(Segment.segment))
+                               .where(Segment.run_id == run_id)) or 0) + 1
+        conn.execute(insert(Segment).values(
+            run_id=run_id, segment=segment, start_epoch=start_epoch,
+            resumed_from=resumed_from, started_at=now, status="running", pid=os.getpid(),
+            hostname=socket.gethostname()))
+        return segment
+
+    def _hold(self, conn, run_id: str, segment: int, now: datetime) -> None:
+        """Refresh the heartbeat, or raise ClaimLostError if a later attempt took over.
+
+        Every write of a training attempt runs this in its transaction, so an attempt
+        that was taken over (``--force``, or judged dead while it was only paused)
+        cannot add a row after the new attempt started.
+        """
+        later = select(Segment.segment).where(Segment.run_id == run_id,
+                                              Segment.segment > segment)
+        held = conn.execute(update(Run).where(Run.run_id == run_id, ~exists(later))
+                            .values(heartbeat_at=now)).rowcount
+        if held != 1:
+            raise ClaimLostError(f"run {run_id} was taken over by a later attempt while "
+                                 f"attempt {segment} (process {os.getpid()}) was running; "
+                                 "this process stopped without recording more")
 
     def record_epoch(self, run_id: str, segment: int, epoch: dict[str, Any],
                      steps: Sequence[dict[str, Any]] = ()) -> None:
         """Write one epoch's row, its not yet written steps and a heartbeat, atomically."""
         now = utcnow()
         with self.engine.begin() as conn:
+            self._hold(conn, run_id, segment, now)
             self._insert_steps(conn, run_id, segment, steps)
             conn.execute(insert(Epoch), [_epoch_values(run_id, segment, epoch, now)])
-            conn.execute(update(Run).where(Run.run_id == run_id).values(heartbeat_at=now))
 
     def record_steps(self, run_id: str, segment: int,
                      steps: Sequence[dict[str, Any]]) -> None:
         """Write a batch of optimizer steps (and refresh the heartbeat) in one transaction."""
         with self.engine.begin() as conn:
+            self._hold(conn, run_id, segment, utcnow())
             self._insert_steps(conn, run_id, segment, steps)
-            conn.execute(update(Run).where(Run.run_id == run_id)
-                         .values(heartbeat_at=utcnow()))
 
     @staticmethod
     def _insert_steps(conn, run_id: str, segment: int,
@@ -139,16 +221,19 @@ class Store:
         rows = [(run_id, segment, s["step"], s["epoch"],
                  None if s["loss"] != s["loss"] else s["loss"], s["loss"] != s["loss"],
                  None if s["grad_norm"] != s["grad_norm"] else s["grad_norm"],
-                 s["grad_norm"] != s["grad_norm"], s["lr"]) for s in steps]
+                 s["grad_norm"] != s["grad_norm"],
+                 None if s["lr"] != s["lr"] else s["lr"], s["lr"] != s["lr"])
+                for s in steps]
         if rows:
             # Positional executemany: the per-step path must stay close to raw sqlite3.
             conn.exec_driver_sql(
                 "INSERT INTO steps (run_id, segment, step, epoch, loss, loss_is_nan, "
-                "grad_norm, grad_norm_is_nan, lr) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                "grad_norm, grad_norm_is_nan, lr, lr_is_nan) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 if conn.dialect.paramstyle == "qmark" else
                 "INSERT INTO steps (run_id, segment, step, epoch, loss, loss_is_nan, "
-                "grad_norm, grad_norm_is_nan, lr) VALUES "
-                "(%s, %s, %s, %s, %s, %s, %s, %s, %s)", rows)
+                "grad_norm, grad_norm_is_nan, lr, lr_is_nan) VALUES "
+                "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", rows)
 
     def import_runs(self, runs: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
         """Insert runs recorded elsewhere, with their epochs and steps, in ONE transaction.
@@ -183,14 +268,15 @@ class Store:
                 outcomes.append((run_id, "imported"))
         return outcomes
 
-    def heartbeat(self, run_id: str) -> None:
+    def heartbeat(self, run_id: str, segment: int) -> None:
+        """Say attempt ``segment`` of ``run_id`` is alive (ClaimLostError if taken over)."""
         with self.engine.begin() as conn:
-            conn.execute(update(Run).where(Run.run_id == run_id)
-                         .values(heartbeat_at=utcnow()))
+            self._hold(conn, run_id, segment, utcnow())
 
     def record_checkpoint(self, run_id: str, segment: int, epoch: int, path: str,
                           size_bytes: int | None) -> None:
         with self.engine.begin() as conn:
+            self._hold(conn, run_id, segment, utcnow())
             conn.execute(insert(Checkpoint).values(
                 run_id=run_id, segment=segment, epoch=epoch, path=path,
                 created_at=utcnow(), size_bytes=size_bytes))
@@ -201,24 +287,34 @@ class Store:
         now = utcnow()
         rows = []
         for f in flags:
-            value, _ = split_nan(f.get("value"))
+            value, value_is_nan = split_nan(f.get("value"))
             rows.append({"run_id": run_id, "segment": segment, "epoch": f.get("epoch"),
                          "step": f.get("step"), "rule": f["rule"], "value": value,
-                         "threshold": f.get("threshold"), "message": f["message"],
-                         "created_at": now})
+                         "value_is_nan": value_is_nan, "threshold": f.get("threshold"),
+                         "message": f["message"], "created_at": now})
         with self.engine.begin() as conn:
+            self._hold(conn, run_id, segment, now)
             conn.execute(insert(Anomaly), rows)
 
     def finish_run(self, run_id: str, segment: int, status: str,
-                   error: str | None = None) -> None:
-        """Close the segment and set the run's status (finished/failed/interrupted)."""
+                   error: str | None = None) -> bool:
+        """Close the segment and set the run's status (finished/failed/interrupted).
+
+        Returns False, writing nothing, when a later attempt has taken the run over:
+        the run's status is then that attempt's to set.
+        """
         now = utcnow()
-        with self.engine.begin() as conn:
-            conn.execute(update(Segment).where(Segment.run_id == run_id,
-                                               Segment.segment == segment)
-                         .values(status=status, ended_at=now))
-            conn.execute(update(Run).where(Run.run_id == run_id).values(
-                status=status, finished_at=now, heartbeat_at=now, error=error))
+        try:
+            with self.engine.begin() as conn:
+                self._hold(conn, run_id, segment, now)
+                conn.execute(update(Segment).where(Segment.run_id == run_id,
+                                                   Segment.segment == segment)
+                             .values(status=status, ended_at=now))
+                conn.execute(update(Run).where(Run.run_id == run_id).values(
+                    status=status, finished_at=now, error=error))
+        except ClaimLostError:
+            return False
+        return True
 
     # -- reads ----------------------------------------------------------------------
 
@@ -276,9 +372,7 @@ class Store:
         query = query.order_by(Epoch.epoch, Epoch.segment)
         with self.engine.connect() as conn:
             rows = [dict(r) for r in conn.execute(query).mappings()]
-        for r in rows:
-            r["loss"] = join_nan(r["loss"], r.pop("loss_is_nan"))
-        return rows
+        return [_join_nans(r, "epochs") for r in rows]
 
     def steps(self, run_id: str, *, include_superseded: bool = False) -> list[dict]:
         """Per-step rows of a run in step order."""
@@ -288,10 +382,7 @@ class Store:
         query = query.order_by(Step.step, Step.segment)
         with self.engine.connect() as conn:
             rows = [dict(r) for r in conn.execute(query).mappings()]
-        for r in rows:
-            r["loss"] = join_nan(r["loss"], r.pop("loss_is_nan"))
-            r["grad_norm"] = join_nan(r["grad_norm"], r.pop("grad_norm_is_nan"))
-        return rows
+        return [_join_nans(r, "steps") for r in rows]
 
     def segments(self, run_id: str) -> list[dict]:
         with self.engine.connect() as conn:
@@ -308,9 +399,15 @@ class Store:
     def newest_checkpoint(self, run_id: str) -> dict | None:
         """The checkpoint to resume ``run_id`` from: the newest on its effective history.
 
+        Returns ``{"segment", "epoch", "path"}`` or None (see checkpoint_candidates).
+        """
+        return next(iter(self.checkpoint_candidates(run_id)), None)
+
+    def checkpoint_candidates(self, run_id: str) -> list[dict]:
+        """The checkpoints ``run_id`` could resume from, newest first.
+
         Candidates are the run's checkpoints and the files its segments resumed from,
-        less those a later segment superseded. Returns ``{"segment", "epoch", "path"}``
-        or None.
+        less those a later segment superseded. Each is ``{"segment", "epoch", "path"}``.
         """
         segments = self.segments(run_id)
         candidates = [{"segment": c["segment"], "epoch": c["epoch"], "path": c["path"]}
@@ -319,14 +416,23 @@ class Store:
                         "path": s["resumed_from"]} for s in segments if s["resumed_from"]]
         effective = [c for c in candidates
                      if not superseded(segments, c["segment"], c["epoch"])]
-        return max(effective, key=lambda c: (c["epoch"], c["segment"]), default=None)
+        newest_first, seen = [], set()
+        for c in sorted(effective, key=lambda c: (c["epoch"], c["segment"]), reverse=True):
+            if c["path"] not in seen:
+                seen.add(c["path"])
+                newest_first.append(c)
+        return newest_first
 
-    def anomalies(self, run_id: str | None = None) -> list[dict]:
+    def anomalies(self, run_id: str | None = None, *,
+                  include_superseded: bool = False) -> list[dict]:
+        """Flags raised while training (the effective history's, unless asked)."""
         query = select(Anomaly).order_by(Anomaly.run_id, Anomaly.id)
         if run_id is not None:
             query = query.where(Anomaly.run_id == run_id)
+        if not include_superseded:
+            query = query.where(Anomaly.superseded_by.is_(None))
         with self.engine.connect() as conn:
-            return [dict(r) for r in conn.execute(query).mappings()]
+            return [_join_nans(dict(r), "anomalies") for r in conn.execute(query).mappings()]
 
 
 def superseded(segments: Sequence[dict], segment: int, epoch: int) -> bool:
@@ -359,9 +465,10 @@ def _insert_run(conn, run_id: str, now: datetime, *, name: str, status: str, con
 
 def _epoch_values(run_id: str, segment: int, epoch: dict[str, Any],
                   recorded_at: datetime) -> dict[str, Any]:
-    loss, loss_is_nan = split_nan(epoch.get("loss"))
-    return {**epoch, "run_id": run_id, "segment": segment, "loss": loss,
-            "loss_is_nan": loss_is_nan, "recorded_at": recorded_at}
+    values = {**epoch, "run_id": run_id, "segment": segment, "recorded_at": recorded_at}
+    for column in NAN_FLAGGED["epochs"]:
+        values[column], values[f"{column}_is_nan"] = split_nan(epoch.get(column))
+    return values
 
 
 def _latest_segment_columns():
@@ -382,21 +489,27 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def live_status(run: dict[str, Any], now: datetime | None = None) -> str:
-    """The status to show for a run whose stored status is 'running'.
+def holder_state(pid: int | None, hostname: str | None, heartbeat: datetime,
+                 now: datetime | None = None) -> str:
+    """Whether the process of a running attempt is 'running', 'crashed' or 'stale'.
 
     'crashed': its process was on this host and is gone (kill -9, OOM killer);
     'stale': its heartbeat stopped (another host, or a hung process); else 'running'.
     """
-    if run["status"] != "running":
-        return run["status"]
-    same_host = run.get("hostname") == socket.gethostname()
-    if same_host and run.get("pid") and not _pid_alive(run["pid"]):
+    if hostname == socket.gethostname() and pid and not _pid_alive(pid):
         return "crashed"
-    heartbeat = run.get("heartbeat_at") or run["created_at"]
     if (now or utcnow()) - heartbeat > STALE_AFTER:
         return "stale"
     return "running"
+
+
+def live_status(run: dict[str, Any], now: datetime | None = None) -> str:
+    """The status to show for a run: its stored status, or for 'running' whether its
+    process is still there (see holder_state)."""
+    if run["status"] != "running":
+        return run["status"]
+    return holder_state(run.get("pid"), run.get("hostname"),
+                        run.get("heartbeat_at") or run["created_at"], now)
 
 
 def _decode_run(row: dict[str, Any]) -> dict[str, Any]:
