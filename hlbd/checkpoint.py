@@ -33,9 +33,44 @@ def checkpoint_path(run_dir: Path, epoch: int) -> Path:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> int:
-    """Write ``state`` to ``path`` atomically (temp file, fsync, rename); returns bytes."""
+    """Write ``state`` to ``path`` atomically (temp file, fsync, rename); returns bytes.
+
+    A write that fails (disk full, file size limit) raises CheckpointError; the
+    checkpoints already on disk are untouched.
+    """
     state = {"format": FORMAT, "format_version": FORMAT_VERSION, **state}
-    return write_atomically(Path(path), lambda f: torch.save(state, f))
+    failed: list[OSError] = []
+
+    def write(f) -> None:
+        torch.save(state, _WriteErrors(f, failed))
+
+    try:
+        return write_atomically(Path(path), write)
+    except (OSError, RuntimeError) as error:
+        # torch.save turns the file's OSError into a RuntimeError about zip positions;
+        # the OSError kept on the way says what happened (disk full, file too large).
+        cause = failed[0] if failed else error
+        reason = getattr(cause, "strerror", None) or " ".join(str(cause).split())[:200]
+        raise CheckpointError(f"{path}: could not write the checkpoint ({reason}); the "
+                              "checkpoints written before it are intact") from None
+
+
+class _WriteErrors:
+    """A binary file whose write errors are also kept in ``failed``."""
+
+    def __init__(self, file, failed: list[OSError]):
+        self._file = file
+        self._failed = failed
+
+    def write(self, data) -> int:
+        try:
+            return self._file.write(data)
+        except OSError as error:
+            self._failed.append(error)
+            raise
+
+    def flush(self) -> None:
+        self._file.flush()
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from dataclasses import dataclass, field
 
 from hlbd.data import BUNDLED
@@ -44,18 +46,60 @@ class TrainConfig:
         return cls(**{k: v for k, v in values.items() if k in known})
 
     def validate(self) -> None:
+        """Refuse, before any run exists, a config that cannot train what it says; the
+        message names the flag."""
         from hlbd.errors import HlbdError
 
+        for message in self.problems():
+            raise HlbdError(message)
+
+    def problems(self) -> list[str]:
+        """One line per flag whose value cannot train (empty: the config is sound)."""
+        def finite(x) -> bool:
+            return isinstance(x, int | float) and math.isfinite(x)
+
         checks = [
+            (name_problem(self.name) is None, name_problem(self.name)),
+            (0 <= self.seed < 2**32, "--seed must be between 0 and 4294967295"),
             (self.epochs >= 1, "--epochs must be at least 1"),
             (self.batch_size >= 1, "--batch-size must be at least 1"),
             (self.grad_accum >= 1, "--grad-accum must be at least 1"),
-            (self.lr > 0, "--lr must be positive"),
-            (self.max_grad_norm >= 0, "--max-grad-norm must be >= 0 (0: no clipping)"),
+            (finite(self.lr) and self.lr > 0, f"--lr must be a positive number, not {self.lr}"),
+            (finite(self.weight_decay) and self.weight_decay >= 0,
+             f"--weight-decay must be a number >= 0, not {self.weight_decay}"),
+            (not math.isnan(self.max_grad_norm) and self.max_grad_norm >= 0,
+             f"--max-grad-norm must be >= 0 (0: no clipping), not {self.max_grad_norm}"),
             (self.t_0 >= 1 and self.t_mult >= 1, "--t-0 and --t-mult must be >= 1"),
+            (finite(self.eta_min) and self.eta_min >= 0,
+             f"--eta-min must be a number >= 0, not {self.eta_min}"),
             (self.save_interval >= 0, "--save-interval must be >= 0"),
-            (self.d_model % self.n_heads == 0, "--d-model must be divisible by --n-heads"),
+            (self.d_model >= 1, "--d-model must be at least 1"),
+            (self.n_layers >= 1, "--n-layers must be at least 1"),
+            (self.n_heads >= 1, "--n-heads must be at least 1"),
+            (self.n_heads < 1 or self.d_model % self.n_heads == 0,
+             f"--d-model ({self.d_model}) must be divisible by --n-heads ({self.n_heads})"),
+            (self.d_ff >= 1, "--d-ff must be at least 1"),
+            (self.max_seq_len >= 1, "--max-seq-len must be at least 1"),
+            (finite(self.dropout) and 0 <= self.dropout < 1,
+             f"--dropout must be in [0, 1), not {self.dropout}"),
+            (self.step_flush_interval >= 1, "--step-flush-interval must be at least 1"),
+            (DEVICE.fullmatch(str(self.device)) is not None,
+             f"--device must be auto, cpu, cuda, cuda:N or mps, not {self.device!r}"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise HlbdError(message)
+        return [message for ok, message in checks if not ok]
+
+
+# The column runs.name is VARCHAR(200): a longer name would fail on PostgreSQL.
+NAME_MAX = 200
+
+
+def name_problem(name: str | None) -> str | None:
+    """What is wrong with ``--name name`` (None: nothing, or no name given)."""
+    if name is None:
+        return None
+    if not name.strip():
+        return "--name must not be empty (leave it out for the default name)"
+    if len(name) > NAME_MAX:
+        return f"--name is {len(name)} characters long; at most {NAME_MAX}"
+    return None
+DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")

@@ -6,6 +6,7 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
+from hlbd.errors import HlbdError
 from hlbd.fileio import write_atomically
 
 REPORT_NAME = "experiment_report.json"
@@ -35,5 +36,9 @@ def write_report(run_dir: Path, report: dict) -> Path:
     path = Path(run_dir) / REPORT_NAME
     data = json.dumps(report, ensure_ascii=False, indent=2).encode("utf-8")
     # Atomic but not fsynced: rewritten every epoch and rebuildable from the store.
-    write_atomically(path, lambda f: f.write(data), durable=False)
+    try:
+        write_atomically(path, lambda f: f.write(data), durable=False)
+    except OSError as error:
+        raise HlbdError(f"{path}: could not write the report ({error.strerror or error}); "
+                        "the previous one is intact") from None
     return path

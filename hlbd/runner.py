@@ -7,6 +7,7 @@ whatever happens: ``finished``, ``interrupted`` (Ctrl-C, after a checkpoint) or
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Callable
@@ -16,12 +17,13 @@ from pathlib import Path
 from hlbd.checkpoint import load_checkpoint
 from hlbd.config import TrainConfig
 from hlbd.data import Pair, load_datasets, mix
-from hlbd.errors import CheckpointError, HlbdError, UnknownRunError
+from hlbd.errors import CheckpointError, ClaimLostError, HlbdError, UnknownRunError
 from hlbd.recorder import StoreRecorder
 from hlbd.store import Store, superseded
 from hlbd.tokenizer import Tokenizer
-from hlbd.trainer import Examples, TrainingInterrupted, check_resumable, train
+from hlbd.trainer import Examples, TrainingInterrupted, check_device, check_resumable, train
 
+log = logging.getLogger(__name__)
 DEFAULT_RUNS_DIR = "hlbd_runs"
 
 
@@ -46,6 +48,16 @@ class RunFailed(HlbdError):
     """Training raised; the run is marked failed with the error."""
 
 
+class StoppedBeforeStart(HlbdError):
+    """A stop was asked for (Ctrl-C, SIGTERM) before the run or resume began: nothing
+    was written."""
+
+
+def _stop_if_asked(should_stop: Callable[[], bool], what: str) -> None:
+    if should_stop():
+        raise StoppedBeforeStart(f"stopped before the {what} started: nothing was recorded")
+
+
 @dataclass
 class RunOutcome:
     run_id: str
@@ -54,27 +66,41 @@ class RunOutcome:
     run_dir: Path
 
 
+def check_config(config: TrainConfig) -> None:
+    """Every flag checked, the device too: HlbdError naming the first bad one."""
+    config.validate()
+    check_device(config.device)
+
+
 def start_run(config: TrainConfig, store: Store, *, runs_root: Path | None = None,
               on_run_id: Callable[[str], None] = lambda _id: None,
               should_stop: Callable[[], bool] = lambda: False,
               progress: bool = True) -> RunOutcome:
-    """Train a new run recorded in ``store``; returns how it ended."""
-    config.validate()
+    """Train a new run recorded in ``store``; returns how it ended.
+
+    Everything is checked and loaded before the run exists: a bad flag or dataset, or a
+    stop asked for meanwhile (``should_stop``), leaves no trace. From the moment the
+    run exists, every way out sets its status.
+    """
+    check_config(config)
     data = prepare_data(config)
+    _stop_if_asked(should_stop, "run")
     tokenizer = Tokenizer.build(t for p in data.pairs for t in (p.input, p.output))
     examples = Examples.encode(data.pairs, tokenizer, config.max_seq_len)
+    _stop_if_asked(should_stop, "run")
     run_id = uuid.uuid4().hex
     run_dir = (runs_root or runs_dir()) / run_id
     store.create_run(config.name or "run", config.to_dict(), data.dataset_stats,
                      vocab=tokenizer.vocab, run_dir=str(run_dir), run_id=run_id)
-    on_run_id(run_id)
     return _run(config, store, run_id, 1, run_dir, examples, tokenizer,
-                data.dataset_stats, None, should_stop, progress)
+                data.dataset_stats, None, should_stop, progress, on_run_id)
 
 
 def _run(config, store, run_id, segment, run_dir, examples, tokenizer, dataset_stats,
-         resume, should_stop, progress) -> RunOutcome:
+         resume, should_stop, progress, on_run_id) -> RunOutcome:
+    """Train attempt ``segment`` (already claimed) and set how it ended."""
     try:
+        on_run_id(run_id)
         run_dir.mkdir(parents=True, exist_ok=True)
         recorder = StoreRecorder(store, run_id, segment, run_dir, dataset_stats,
                                  config.to_dict())
@@ -82,18 +108,30 @@ def _run(config, store, run_id, segment, run_dir, examples, tokenizer, dataset_s
                        resume=resume, segment=segment, should_stop=should_stop,
                        progress=progress)
     except TrainingInterrupted as stop:
-        store.finish_run(run_id, segment, "interrupted")
+        _close(store, run_id, segment, "interrupted")
         return RunOutcome(run_id, "interrupted", stop.epoch, run_dir)
+    except ClaimLostError as lost:
+        raise RunFailed(str(lost)) from None  # the run is the later attempt's now
     except KeyboardInterrupt:
-        store.finish_run(run_id, segment, "interrupted",
-                         "aborted by a second Ctrl-C before a checkpoint was saved")
+        _close(store, run_id, segment, "interrupted",
+               "aborted by a second Ctrl-C before a checkpoint was saved")
         raise
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}".strip()
-        store.finish_run(run_id, segment, "failed", error)
+        if isinstance(exc, HlbdError):
+            error = str(exc)
+        _close(store, run_id, segment, "failed", error)
         raise RunFailed(f"run {run_id} failed: {error.splitlines()[0]}") from exc
-    store.finish_run(run_id, segment, "finished")
+    _close(store, run_id, segment, "finished")
     return RunOutcome(run_id, "finished", result.last_epoch, run_dir)
+
+
+def _close(store: Store, run_id: str, segment: int, status: str,
+           error: str | None = None) -> None:
+    if not store.finish_run(run_id, segment, status, error):
+        raise RunFailed(f"run {run_id} was taken over by a later attempt while attempt "
+                        f"{segment} ran; this process stopped ({status}) without changing "
+                        "the run's status")
 
 
 # What a resume may change; every other flag must match the checkpoint's config, since
@@ -106,25 +144,63 @@ def resume_run(store: Store, run_id: str, *, epochs: int | None = None,
                **kwargs) -> RunOutcome:
     """Continue run ``run_id`` (an id or unique prefix) from its newest checkpoint.
 
-    ``epochs`` is the new total; ``overrides`` may set the fields in RESUME_SETTABLE.
+    ``epochs`` is the new total; ``overrides`` may set the fields in RESUME_SETTABLE. A
+    checkpoint that does not load (missing, truncated, foreign) is named in a warning
+    and the next newest one is used; with none left the run starts again from epoch 0
+    in the same history (the config and seed determine that state exactly).
     """
     run = store.get_run(run_id)
     _refuse_if_live(run, force)
-    newest = store.newest_checkpoint(run["run_id"])
-    if newest is None:
-        raise CheckpointError(f"run {run['run_id']} has no checkpoint to resume from; "
-                              "start a new run with `hlbd train`")
-    state = load_checkpoint(newest["path"])
+    plan = None
+    for candidate in store.checkpoint_candidates(run["run_id"]):
+        try:
+            plan = _plan_resume(run, _load_own_checkpoint(run, candidate),
+                                candidate["path"], epochs, overrides or {})
+            break
+        except CheckpointError as unusable:
+            log.warning("cannot resume from it: %s", unusable)
+    if plan is None:
+        plan = _plan_restart(run, epochs, overrides or {})
+    return _resume(store, run, plan, force=force, **kwargs)
+
+
+def _load_own_checkpoint(run: dict, candidate: dict) -> dict:
+    """The checkpoint file the store lists for ``run``, if it is that run's, at that epoch."""
+    state = load_checkpoint(candidate["path"])
     # An imported run's first resume point is the older tool's file, which has no run id.
     belongs = state["run_id"] == run["run_id"] or (
         state["run_id"] is None and run["source"] == "imported")
-    if not belongs or state["epoch"] != newest["epoch"]:
+    if not belongs or state["epoch"] != candidate["epoch"]:
         raise CheckpointError(
-            f"{newest['path']}: holds epoch {state['epoch']} of run {state['run_id']}, "
-            f"but the store lists it as epoch {newest['epoch']} of run {run['run_id']}; "
-            "resume from a checkpoint file with `hlbd train --resume PATH`")
-    plan = _plan_resume(run, state, newest["path"], epochs, overrides or {})
-    return _resume(store, run, plan, **kwargs)
+            f"{candidate['path']}: holds epoch {state['epoch']} of run {state['run_id']}, "
+            f"but the store lists it as epoch {candidate['epoch']} of run {run['run_id']}")
+    return state
+
+
+def _plan_restart(run: dict, epochs: int | None, overrides: dict) -> _ResumePlan:
+    """A resume from epoch 0, for a run none of whose checkpoints loads (or that died
+    before its first): its recorded config, datasets and vocabulary, checked."""
+    config_values = run.get("config") or {}
+    if run.get("source") != "hlbd" or not config_values.get("datasets"):
+        raise CheckpointError(f"run {run['run_id']} has no checkpoint to resume from, and "
+                              "no hlbd training config to start it again from; start a "
+                              "new run with `hlbd train`")
+    config = TrainConfig.from_dict(config_values)
+    for key, value in {**overrides, **({"epochs": epochs} if epochs else {})}.items():
+        if key in RESUME_SETTABLE:
+            setattr(config, key, value)
+    config.validate()
+    check_device(config.device)
+    data = prepare_data(config)
+    _check_same_datasets(run, data)
+    tokenizer = Tokenizer.build(t for p in data.pairs for t in (p.input, p.output))
+    if run.get("vocab") and tokenizer.vocab != run["vocab"]:
+        raise HlbdError(f"the vocabulary of run {run['run_id']}'s datasets changed since it "
+                        "started; starting it again would not continue the same run")
+    examples = Examples.encode(data.pairs, tokenizer, config.max_seq_len)
+    log.warning("run %s has no checkpoint that loads: starting it again from epoch 0 in the "
+                "same history (its recorded epochs become superseded)", run["run_id"])
+    return _ResumePlan(None, None, config, data, tokenizer, examples)
 
 
 def resume_checkpoint(store: Store, path: str | Path, *, epochs: int | None = None,
@@ -152,8 +228,9 @@ def resume_checkpoint(store: Store, path: str | Path, *, epochs: int | None = No
                 "two attempts in one history (`hlbd resume` picks the newest current one)")
     plan = _plan_resume(run, state, str(path), epochs, overrides or {})
     if run is None:
+        _stop_if_asked(kwargs.get("should_stop", lambda: False), "run")
         run = _import_checkpoint_run(store, plan, name, runs_root or runs_dir())
-    return _resume(store, run, plan, **kwargs)
+    return _resume(store, run, plan, force=force, **kwargs)
 
 
 def _refuse_if_live(run: dict, force: bool) -> None:
@@ -167,12 +244,16 @@ def _refuse_if_live(run: dict, force: bool) -> None:
 class _ResumePlan:
     """A checked resume: nothing has been written yet."""
 
-    state: dict
-    path: str
+    state: dict | None  # None: from epoch 0
+    path: str | None
     config: TrainConfig
     data: PreparedData
     tokenizer: Tokenizer
     examples: Examples
+
+    @property
+    def start_epoch(self) -> int:
+        return self.state["epoch"] if self.state is not None else 0
 
 
 def _plan_resume(run: dict | None, state: dict, path: str, epochs: int | None,
@@ -198,28 +279,35 @@ def _plan_resume(run: dict | None, state: dict, path: str, epochs: int | None,
         raise HlbdError(f"{path} is at epoch {state['epoch']} and the run's total is "
                         f"{config.epochs}; pass --epochs N with N > {state['epoch']} as the "
                         "new total")
-    data = prepare_data(config)
-    if run is not None and run.get("source") == "hlbd" and (
-            data.dataset_stats != run["dataset_stats"]):
-        raise HlbdError(f"the datasets of run {run['run_id']} changed since it started "
-                        f"(now {data.dataset_stats}, then {run['dataset_stats']}); resuming "
-                        "would not continue the same run")
+    check_device(config.device)
     tokenizer = check_resumable(config, state, path)
+    data = prepare_data(config)
+    if run is not None:
+        _check_same_datasets(run, data)
     examples = Examples.encode(data.pairs, tokenizer, config.max_seq_len)
     return _ResumePlan(state, path, config, data, tokenizer, examples)
 
 
-def _resume(store: Store, run: dict, plan: _ResumePlan, *,
+def _check_same_datasets(run: dict, data: PreparedData) -> None:
+    if run.get("source") == "hlbd" and data.dataset_stats != run["dataset_stats"]:
+        raise HlbdError(f"the datasets of run {run['run_id']} changed since it started "
+                        f"(now {data.dataset_stats}, then {run['dataset_stats']}); resuming "
+                        "would not continue the same run")
+
+
+def _resume(store: Store, run: dict, plan: _ResumePlan, *, force: bool = False,
             on_run_id: Callable[[str], None] = lambda _id: None,
             should_stop: Callable[[], bool] = lambda: False,
             progress: bool = True) -> RunOutcome:
     run_id = run["run_id"]
-    segment = store.begin_segment(run_id, plan.state["epoch"], resumed_from=plan.path,
-                                  config=plan.config.to_dict())
-    on_run_id(run_id)
+    _stop_if_asked(should_stop, "resume")
+    # The claim: atomic in the database, so of several resumes started at once exactly
+    # one gets here; the others raise RunClaimedError having written nothing.
+    segment = store.begin_segment(run_id, plan.start_epoch, resumed_from=plan.path,
+                                  config=plan.config.to_dict(), force=force)
     run_dir = Path(run["run_dir"]) if run.get("run_dir") else runs_dir() / run_id
     return _run(plan.config, store, run_id, segment, run_dir, plan.examples, plan.tokenizer,
-                plan.data.dataset_stats, plan.state, should_stop, progress)
+                plan.data.dataset_stats, plan.state, should_stop, progress, on_run_id)
 
 
 def _import_checkpoint_run(store: Store, plan: _ResumePlan, name: str | None,

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from hlbd.checkpoint import checkpoint_path, save_checkpoint
 from hlbd.config import TrainConfig
 from hlbd.data import Pair
-from hlbd.errors import CheckpointError
+from hlbd.errors import CheckpointError, HlbdError
 from hlbd.model import build_model
 from hlbd.recorder import Recorder
 from hlbd.tokenizer import Tokenizer
@@ -58,9 +58,18 @@ class Examples:
 
     @classmethod
     def encode(cls, pairs: list[Pair], tokenizer: Tokenizer, max_seq_len: int) -> Examples:
+        """Encode ``pairs``; HlbdError if ``max_seq_len`` cuts a prompt so short that its
+        pair keeps no answer token to learn (it would train on prompt tokens)."""
         sequences, starts = [], []
-        for pair in pairs:
-            prompt = [tokenizer.bos_id, *tokenizer.encode(pair.input), tokenizer.sep_id]
+        prompts = [[tokenizer.bos_id, *tokenizer.encode(p.input), tokenizer.sep_id]
+                   for p in pairs]
+        too_long = [len(p) for p in prompts if len(p) > max_seq_len]
+        if too_long:
+            raise HlbdError(f"--max-seq-len {max_seq_len} leaves no answer token in "
+                            f"{len(too_long)} of {len(pairs)} pairs (their prompts are up "
+                            f"to {max(too_long)} tokens); use --max-seq-len "
+                            f"{max(too_long)} or more")
+        for pair, prompt in zip(pairs, prompts):
             answer = [*tokenizer.encode(pair.output), tokenizer.eos_id]
             seq = (prompt + answer)[: max_seq_len + 1]
             sequences.append(seq)
@@ -105,6 +114,29 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def check_device(name: str) -> torch.device:
+    """The device ``--device name`` means, if this machine has it (checked before a run
+    exists); else HlbdError naming the flag."""
+    try:
+        device = resolve_device(name)
+    except RuntimeError:
+        raise HlbdError(f"--device must be auto, cpu, cuda, cuda:N or mps, not "
+                        f"{name!r}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise HlbdError(f"--device {name}: CUDA is not available on this machine "
+                            f"(torch {torch.__version__}); use --device cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise HlbdError(f"--device {name}: this machine has "
+                            f"{torch.cuda.device_count()} CUDA device(s)")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise HlbdError(f"--device {name}: MPS is not available on this machine; use "
+                        "--device cpu or auto")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise HlbdError(f"--device must be auto, cpu, cuda, cuda:N or mps, not {name!r}")
+    return device
 
 
 def empty_history() -> dict[str, list[float]]:

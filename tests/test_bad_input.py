@@ -80,15 +80,15 @@ def test_unknown_run_id_is_a_one_line_error(tmp_path, train_run):
         "`hlbd runs` lists the runs")
 
 
-def test_a_run_that_raises_is_marked_failed_with_the_error(tmp_path, store):
-    # Asking for a CUDA device on a machine without one fails once the run exists.
+def test_a_device_this_machine_lacks_is_refused_before_the_run_exists(tmp_path, store):
+    # (It used to fail once the run existed, leaving a failed run behind.)
     result = CliRunner().invoke(main, ["train", "--db", str(tmp_path / "runs.db"),
                                        "--device", "cuda:7", "--epochs", "1", "--quiet",
                                        "--runs-dir", str(tmp_path / "r")])
     assert result.exit_code == 1
-    (run,) = store.list_runs()
-    assert run["status"] == "failed" and run["error"]
-    assert f"run {run['run_id']} failed" in result.output
+    assert result.output.startswith("Error: --device cuda:7: ")
+    assert len(result.output.strip().splitlines()) == 1
+    assert store.list_runs() == [] and not (tmp_path / "r").exists()
 
 
 def test_a_run_folder_that_cannot_be_made_fails_the_run_not_leaves_it_running(tmp_path,

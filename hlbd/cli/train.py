@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -62,35 +64,147 @@ def runs_dir_option(func):
                         help="Where run folders go [default: ./hlbd_runs].")(func)
 
 
+class StopRequest:
+    """The "please stop" request the training code polls (a plain callable).
+
+    Until the code first polls it, nothing has been recorded, so a stop signal stops at
+    once (a KeyboardInterrupt from wherever it is, e.g. loading a dataset); from the
+    first poll on, the first Ctrl-C or any SIGTERM only asks for a stop, which the code
+    acts on where it is safe. ``signal`` is the first stop signal received.
+    """
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self.polled = False
+
+    def __call__(self) -> bool:
+        self.polled = True
+        return self.signal is not None
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + (self.signal or signal.SIGINT)  # 130 for Ctrl-C, 143 for SIGTERM
+
+
 @contextmanager
-def ctrl_c_stops_gracefully():
-    """First Ctrl-C: stop at the next batch, checkpoint, mark interrupted. Second: abort."""
-    requested = []
+def stop_on_signals():
+    """First Ctrl-C or SIGTERM (what job schedulers, `docker stop` and `kill` send): stop at
+    the next batch, checkpoint the last finished epoch, mark interrupted. A Ctrl-C after
+    that aborts at once; a repeated SIGTERM changes nothing (the checkpoint goes on)."""
+    request = StopRequest()
 
     def handler(signum, frame):
-        if requested:
+        if not request.polled:  # nothing recorded yet: stop right here
+            request.signal = request.signal or signum
             raise KeyboardInterrupt
-        requested.append(signum)
-        click.echo("\nstopping: saving a checkpoint (Ctrl-C again to abort)", err=True)
+        if request.signal is not None:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
+        request.signal = signum
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        sys.stderr.write(f"\nstopping ({name}): saving a checkpoint of the last finished "
+                         "epoch (Ctrl-C again to abort)\n")
+        sys.stderr.flush()
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield lambda: bool(requested)
+        yield request
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+class TolerantStream:
+    """A text stream whose write errors (a closed pipe, a full disk) are remembered, not
+    raised: the run's record must not depend on whether its output can be written."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+        self.error: OSError | None = None
+
+    def write(self, text: str) -> int:
+        if self.error is None:
+            try:
+                self._stream.write(text)
+            except OSError as error:
+                self._lost(error)
+        return len(text)
+
+    def flush(self) -> None:
+        if self.error is None:
+            try:
+                self._stream.flush()
+            except OSError as error:
+                self._lost(error)
+
+    def _lost(self, error: OSError) -> None:
+        self.error = error
+        # What is still buffered would fail again when Python flushes at exit.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):
+            pass
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+@contextmanager
+def tolerant_output():
+    """stdout and stderr as TolerantStreams for the length of a run."""
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = TolerantStream(sys.stdout), TolerantStream(sys.stderr)
+    try:
+        yield sys.stdout, sys.stderr
+    finally:
+        sys.stdout, sys.stderr = streams
 
 
 def _print_run_id(run_id: str) -> None:
-    click.echo(f"run_id: {run_id}")
+    sys.stdout.write(f"run_id: {run_id}\n")
     sys.stdout.flush()
 
 
-def _report(outcome: runner.RunOutcome) -> None:
-    click.echo(f"{outcome.status}: run {outcome.run_id} at epoch {outcome.last_epoch}; "
-               f"folder {outcome.run_dir}")
-    if outcome.status == "interrupted":
-        click.echo(f"continue with: hlbd resume --run-id {outcome.run_id}")
-        sys.exit(130)
+@contextmanager
+def recorded_run():
+    """Stop signals handled and output that cannot be written dropped, for one train or
+    resume; exits with the status that says how it went:
+
+    0 finished; 130 / 143 stopped by Ctrl-C / SIGTERM (interrupted, or stopped before the
+    run existed); 1 failed or refused; a finished run whose stdout could not be written
+    exits 141 (a closed pipe, as SIGPIPE would) or 1 (another write error).
+    """
+    with tolerant_output() as (out, err), stop_on_signals() as should_stop:
+        outcome: list[runner.RunOutcome] = []
+        try:
+            yield should_stop, outcome.append
+        except runner.StoppedBeforeStart as stopped:
+            err.write(f"{stopped}\n")
+            sys.exit(should_stop.exit_code)
+        except KeyboardInterrupt:
+            if not should_stop.polled:
+                err.write("stopped before the run started: nothing was recorded\n")
+                sys.exit(should_stop.exit_code)
+            err.write("aborted by a second Ctrl-C\n")
+            sys.exit(130)
+        (result,) = outcome
+        out.write(f"{result.status}: run {result.run_id} at epoch {result.last_epoch}; "
+                  f"folder {result.run_dir}\n")
+        if result.status == "interrupted":
+            out.write(f"continue with: hlbd resume --run-id {result.run_id}\n")
+        out.flush()
+        if out.error is not None:
+            err.write(f"note: stdout could not be written ({out.error.strerror or out.error}); "
+                      f"the run is recorded: {result.status}: run {result.run_id} at epoch "
+                      f"{result.last_epoch}\n")
+        err.flush()
+    if result.status == "interrupted":
+        sys.exit(should_stop.exit_code)
+    if out.error is not None:
+        sys.exit(141 if out.error.errno == errno.EPIPE else 1)
 
 
 @click.command()
@@ -117,23 +231,25 @@ def train(dataset, datasets, name, resume, force, quiet, runs_dir, db, more_data
     """
     given = {k: v for k, v in flags.items() if v is not None}
     paths = [*dataset, *datasets, *more_datasets]
+    config = None
+    if not resume:
+        config = TrainConfig(**given, name=name)
+        if paths:
+            config.datasets = paths
+        runner.check_config(config)  # before the database is even opened
     store = Store.open(db)
-    with ctrl_c_stops_gracefully() as should_stop:
+    with recorded_run() as (should_stop, report):
         common = {"on_run_id": _print_run_id, "should_stop": should_stop,
                   "progress": not quiet}
         if resume:
             if paths:
                 given["datasets"] = paths
-            outcome = runner.resume_checkpoint(store, resume, epochs=given.pop("epochs", None),
-                                               overrides=given, force=force, name=name,
-                                               runs_root=runner.runs_dir(runs_dir), **common)
+            report(runner.resume_checkpoint(store, resume, epochs=given.pop("epochs", None),
+                                            overrides=given, force=force, name=name,
+                                            runs_root=runner.runs_dir(runs_dir), **common))
         else:
-            config = TrainConfig(**given, name=name)
-            if paths:
-                config.datasets = paths
-            outcome = runner.start_run(config, store, runs_root=runner.runs_dir(runs_dir),
-                                       **common)
-    _report(outcome)
+            report(runner.start_run(config, store, runs_root=runner.runs_dir(runs_dir),
+                                    **common))
 
 
 @click.command()
@@ -152,12 +268,11 @@ def resume(run_id, epochs, force, quiet, db, **flags) -> None:
     Example: hlbd resume --run-id 3f2a --epochs 10
     """
     store = Store.open(db)
-    with ctrl_c_stops_gracefully() as should_stop:
-        outcome = runner.resume_run(store, run_id, epochs=epochs, force=force,
-                                    overrides={k: v for k, v in flags.items() if v is not None},
-                                    on_run_id=_print_run_id, should_stop=should_stop,
-                                    progress=not quiet)
-    _report(outcome)
+    with recorded_run() as (should_stop, report):
+        report(runner.resume_run(store, run_id, epochs=epochs, force=force,
+                                 overrides={k: v for k, v in flags.items() if v is not None},
+                                 on_run_id=_print_run_id, should_stop=should_stop,
+                                 progress=not quiet))
 
 
 COMMANDS = [train, resume]

@@ -1,0 +1,198 @@
+"""Fault injection: kill -9 at seeded random moments of a real training process, and a
+disk that fills up. After every fault the database is intact, the status true, and the
+run resumes; at the end its effective history is each epoch once, steps 1..N, with the
+numbers of a run that never stopped."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import resource
+import signal
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from _edges import TINY, Procs, finish, rows, wait_for
+from _resume_helpers import exact_metrics
+from click.testing import CliRunner
+
+from hlbd.checkpoint import checkpoint_path, load_checkpoint
+from hlbd.cli import main
+from hlbd.config import TrainConfig
+from hlbd.runner import start_run
+from hlbd.store import Store
+
+SEED = 20261127
+KILLS = 20
+PHASES = ("resume start", "steps", "epoch commit", "checkpoint write")
+# Small batches and frequent step flushes: many steps, step commits and checkpoints.
+FLAGS = [*TINY, "--batch-size", "4", "--save-interval", "2", "--step-flush-interval", "5",
+         "--seed", "3", "--dropout", "0.1"]
+
+
+@pytest.fixture
+def procs():
+    started = Procs()
+    yield started
+    started.kill_all()
+
+
+def _segments(db: Path) -> int:
+    if not db.exists():
+        return 0
+    try:
+        return rows(db, "SELECT count(*) FROM segments")[0][0]
+    except Exception:  # noqa: BLE001 - the schema is being created
+        return 0
+
+
+def _temp_checkpoints(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return [p for p in folder.iterdir()
+            if p.name.startswith(".checkpoint_epoch_") and p.name.endswith(".tmp")]
+
+
+def _kill_at(phase: str, proc, db: Path, runs: Path, rng: random.Random) -> str:
+    """Wait for the moment ``phase`` names in attempt ``proc``, SIGKILL it there; says
+    where the kill landed."""
+    segment = _segments(db) + 1
+    wait_for(lambda: _segments(db) >= segment, proc, every=0.005)  # claimed (or created)
+    if phase == "resume start":
+        time.sleep(rng.uniform(0, 0.15))  # model build, state restore, first batches
+    elif phase == "steps":
+        wait_for(lambda: rows(db, "SELECT 1 FROM steps WHERE segment = ?", segment), proc,
+                 every=0.005)
+        time.sleep(rng.uniform(0, 0.3))
+    elif phase == "epoch commit":
+        wait_for(lambda: rows(db, "SELECT 1 FROM epochs WHERE segment = ?", segment), proc,
+                 every=0.002)
+        time.sleep(rng.uniform(0, 0.01))  # report, anomaly rows, checkpoint decision
+    else:  # mid checkpoint write: its temp file is there, not yet renamed
+        folders = list(runs.iterdir()) if runs.is_dir() else []
+        deadline = time.monotonic() + 20
+        while not any(_temp_checkpoints(f) for f in folders):
+            if time.monotonic() > deadline:
+                phase = "checkpoint write (missed: killed after 20 s)"
+                break
+            folders = folders or (list(runs.iterdir()) if runs.is_dir() else [])
+            time.sleep(0.0005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    if phase == "checkpoint write" and not any(
+            _temp_checkpoints(f) for f in runs.iterdir()):
+        phase = "checkpoint write (just renamed)"
+    return phase
+
+
+def _check_after_kill(db: Path) -> str | None:
+    """The database is intact and the run (if it exists yet) shows as crashed."""
+    assert rows(db, "PRAGMA integrity_check") == [("ok",)]
+    ids = rows(db, "SELECT run_id FROM runs")
+    if not ids:
+        return None
+    store = Store.open_read_only(str(db))
+    try:
+        run = store.get_run(ids[0][0])
+        assert run["display_status"] == "crashed", run["display_status"]
+        # No checkpoint row points at a file that is missing or half written.
+        for candidate in store.checkpoint_candidates(run["run_id"]):
+            assert load_checkpoint(candidate["path"])["epoch"] == candidate["epoch"]
+    finally:
+        store.close()
+    listing = CliRunner().invoke(main, ["runs", "--db", str(db)]).output
+    assert "crashed" in next(line for line in listing.splitlines() if ids[0][0] in line)
+    return ids[0][0]
+
+
+def test_kill_9_at_seeded_moments_never_breaks_the_record(tmp_path, procs):
+    rng = random.Random(SEED)
+    plan = [PHASES[i % len(PHASES)] for i in range(KILLS)]
+    rng.shuffle(plan)
+    db, runs = tmp_path / "runs.db", tmp_path / "runs"
+    landed, run_id = [], None
+
+    for phase in plan:
+        if run_id is None:
+            proc = procs.hlbd("train", "--db", db, "--runs-dir", runs, *FLAGS,
+                              "--epochs", "1000", "--name", "faults")
+        else:
+            proc = procs.hlbd("resume", "--db", db, "--run-id", run_id, "--epochs", "1000",
+                              "--quiet")
+        landed.append(_kill_at(phase, proc, db, runs, rng))
+        run_id = _check_after_kill(db)
+
+    print("kills landed:", dict(Counter(landed)))  # shown with pytest -s
+    assert len(landed) == KILLS
+    store = Store.open(str(db))
+    checkpointed = store.newest_checkpoint(run_id)
+    recorded = max((e["epoch"] for e in store.epochs(run_id)), default=0)
+    total = max(recorded, checkpointed["epoch"] if checkpointed else 0) + 1
+    final = procs.hlbd("resume", "--db", db, "--run-id", run_id, "--epochs", total, "--quiet")
+    code, _, err = finish(final)
+    assert code == 0, err
+
+    assert rows(db, "PRAGMA integrity_check") == [("ok",)]
+    effective = store.epochs(run_id)
+    assert [e["epoch"] for e in effective] == list(range(1, total + 1))
+    steps = [s["step"] for s in store.steps(run_id)]
+    assert steps == list(range(1, len(steps) + 1))
+    assert len(steps) == sum(e["steps"] for e in effective)
+    segments = store.segments(run_id)
+    assert len(segments) == KILLS + 1  # every kill came after its attempt's claim
+    assert [s["status"] for s in segments] == ["crashed"] * (len(segments) - 1) + [
+        "finished"]
+    assert store.get_run(run_id)["status"] == "finished"
+    # The numbers of a run that never stopped.
+    config = TrainConfig(d_model=32, n_layers=1, n_heads=2, d_ff=64, dropout=0.1,
+                         device="cpu", batch_size=4, save_interval=0, seed=3,
+                         epochs=total)
+    straight = start_run(config, store, runs_root=tmp_path / "straight", progress=False)
+    assert exact_metrics(effective) == exact_metrics(store.epochs(straight.run_id))
+    store.close()
+
+
+# A checkpoint (about 2 MB) larger than anything the database writes in two epochs.
+BIG = ["--d-model", "128", "--n-layers", "1", "--n-heads", "2", "--d-ff", "256",
+       "--device", "cpu", "--quiet"]
+
+
+def test_a_full_disk_fails_the_run_clearly_and_keeps_the_previous_checkpoint(tmp_path,
+                                                                              procs):
+    db, runs = tmp_path / "runs.db", tmp_path / "runs"
+    first = procs.hlbd("train", "--db", db, "--runs-dir", runs, *BIG, "--epochs", "1",
+                       "--save-interval", "1")
+    code, out, err = finish(first)
+    assert code == 0, err
+    run_id = out.splitlines()[0].removeprefix("run_id: ")
+    kept = checkpoint_path(runs / run_id, 1)
+    size, digest = kept.stat().st_size, hashlib.sha256(kept.read_bytes()).hexdigest()
+    limit = size // 2  # no file of this process may grow past it: the next checkpoint
+    assert max(p.stat().st_size for p in tmp_path.iterdir() if p.is_file()) < limit
+
+    def file_size_limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    full = procs.start([sys.executable, "-m", "hlbd", "resume", "--db", str(db), "--run-id",
+                        run_id, "--epochs", "2", "--quiet"], preexec_fn=file_size_limit)
+    code, out, err = finish(full)
+
+    target = checkpoint_path(runs / run_id, 2)
+    assert code == 1
+    assert err.strip().splitlines()[-1] == (
+        f"Error: run {run_id} failed: {target}: could not write the checkpoint (File too "
+        "large); the checkpoints written before it are intact")
+    ((status, error),) = rows(db, "SELECT status, error FROM runs")
+    assert status == "failed" and f"{target}: could not write the checkpoint" in error
+    assert rows(db, "SELECT epoch FROM checkpoints") == [(1,)]
+    assert hashlib.sha256(kept.read_bytes()).hexdigest() == digest
+    assert load_checkpoint(kept)["epoch"] == 1
+    assert not target.exists() and not _temp_checkpoints(runs / run_id)
+
+    again = procs.hlbd("resume", "--db", db, "--run-id", run_id, "--epochs", "2", "--quiet")
+    assert finish(again)[0] == 0
+    assert rows(db, "SELECT epoch, segment FROM epoch_metrics ORDER BY epoch") == [
+        (1, 1), (2, 3)]
