@@ -24,11 +24,11 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
-from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy import Engine, create_engine, event, exc, inspect
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import QueuePool
 
-from hlbd.errors import SchemaTooNewError, StoreError
+from hlbd.errors import NoDatabaseError, SchemaTooNewError, StoreError
 
 DEFAULT_DB_FILE = "hlbd.db"
 BUSY_TIMEOUT_MS = 30_000
@@ -40,7 +40,10 @@ def resolve_db_url(db: str | None = None) -> str:
     value = db or os.environ.get("HLBD_DB") or DEFAULT_DB_FILE
     if "://" in value:
         return value
-    return f"sqlite:///{Path(value).expanduser().resolve()}"
+    # URL.create quotes what a URL would read as syntax ('?', '#', '%'), so the URL names
+    # exactly this file: 'we#ird?x=1 .db' is not 'we' with a query string.
+    path = str(Path(value).expanduser().resolve())
+    return URL.create("sqlite", database=path).render_as_string(hide_password=False)
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -51,6 +54,38 @@ def sqlite_path(url: str) -> Path | None:
     if parsed.database == ":memory:":
         return None
     return Path(parsed.database)
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def check_database_file(url: str, *, must_exist: bool) -> None:
+    """Refuse, touching nothing, a ``--db`` path that is not a SQLite database file.
+
+    A folder, or a file with content but no SQLite header (a JSON file, zeros, random
+    bytes) is refused; a missing file is refused when ``must_exist`` (read commands
+    never create one). An empty file is an empty database.
+    """
+    path = sqlite_path(url)
+    if path is None:
+        return
+    if path.is_dir():
+        raise StoreError(f"{path}: is a folder, not a database file; pass a file path "
+                         "with --db")
+    if not path.exists():
+        if must_exist:
+            raise NoDatabaseError(f"no database at {path}; `hlbd train` creates it (or "
+                                  "pass --db, or set HLBD_DB, to read another)")
+        return
+    try:
+        with open(path, "rb") as f:
+            header = f.read(len(SQLITE_HEADER))
+    except OSError as error:
+        raise StoreError(f"{path}: cannot read the database file: "
+                         f"{error.strerror or error}") from None
+    if header and header != SQLITE_HEADER:
+        raise StoreError(f"{path}: not a SQLite database (no SQLite header; it was left "
+                         "untouched); pass the run database with --db")
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
@@ -127,8 +162,7 @@ def read_engine(url: str) -> Engine:
             conn.exec_driver_sql("SET TRANSACTION READ ONLY")
 
         return engine
-    if not path.is_file():
-        raise StoreError(f"no database at {path}; start a run with `hlbd train` first")
+    check_database_file(url, must_exist=True)
     return create_engine("sqlite://", creator=lambda: _connect_read_only(path),
                          poolclass=QueuePool)
 
@@ -149,10 +183,27 @@ def head_revision() -> str:
     return ScriptDirectory.from_config(_alembic_config()).get_current_head()
 
 
-def current_revision(engine: Engine) -> str | None:
-    """The revision the database is at, or None for a database without our schema."""
-    with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+def current_revision(engine: Engine, url: str | None = None) -> str | None:
+    """The revision the database is at, or None for a database without our schema.
+
+    A SQLite file with tables but no revision is someone else's database and is refused
+    (never migrated into); ``url`` names the database in errors.
+    """
+    where = (sqlite_path(url) or url) if url else engine.url.render_as_string()
+    try:
+        with engine.connect() as conn:
+            revision = MigrationContext.configure(conn).get_current_revision()
+            if revision is None and conn.dialect.name == "sqlite":
+                tables = sorted(inspect(conn).get_table_names())
+                if tables:
+                    shown = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
+                    raise StoreError(f"{where}: not an hlbd run database (it has tables "
+                                     f"{shown} and no hlbd schema revision); pass another "
+                                     "--db")
+            return revision
+    except exc.DatabaseError as error:
+        reason = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
+        raise StoreError(f"{where}: cannot be read as a database ({reason})") from None
 
 
 def _check_known(revision: str | None, url: str) -> None:
@@ -188,8 +239,12 @@ def _creation_lock(url: str) -> Iterator[None]:
 
 def upgrade(engine: Engine, url: str) -> str:
     """Bring the database to the newest revision (creating it if empty); returns it."""
+    check_database_file(url, must_exist=False)
+    path = sqlite_path(url)
+    if path is not None and path.exists():
+        current_revision(engine, url)  # refuses another application's database, lock-free
     with _creation_lock(url):
-        revision = current_revision(engine)
+        revision = current_revision(engine, url)
         _check_known(revision, url)
         if sqlite_path(url) is not None:
             with engine.connect() as conn:
@@ -200,9 +255,21 @@ def upgrade(engine: Engine, url: str) -> str:
         return head_revision()
 
 
+def check_schema(engine: Engine, url: str) -> None:
+    """For a reader: the database is hlbd's, at the newest revision (creates nothing)."""
+    revision = current_revision(engine, url)
+    if revision is None:
+        raise NoDatabaseError(f"{sqlite_path(url) or url} is an empty database: no runs "
+                              "yet; `hlbd train` or `hlbd db upgrade` sets it up")
+    if revision != head_revision():
+        _check_known(revision, url)
+        raise StoreError(f"database {url} is at schema revision {revision!r}, older than "
+                         f"{head_revision()!r}; run `hlbd db upgrade --db {url}` first")
+
+
 def ensure_schema(engine: Engine, url: str) -> None:
     """Create a new database at the newest revision; refuse a newer or older one."""
-    revision = current_revision(engine)
+    revision = current_revision(engine, url)
     head = head_revision()
     if revision == head:
         return

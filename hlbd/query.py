@@ -4,19 +4,29 @@ Nothing here parses the SQL to decide what is allowed: the connection is opened
 read-only (SQLite ``mode=ro`` + ``PRAGMA query_only``; a READ ONLY transaction on a
 server), so any write fails in the database itself. A SQLite progress handler stops
 a query that runs past its time limit (as datasette's ``sqlite_timelimit`` does).
+
+Memory is bounded too, so one query cannot take the machine (or the explorer) down.
+On SQLite, within ``memory_limit`` bytes: no single value may be larger than a quarter
+of it (``SQLITE_LIMIT_LENGTH`` on the connection, for the statement), SQLite's heap
+stays under it (``PRAGMA hard_heap_limit``: process-wide, and only ever lowered, so it
+also bounds the other SQLite connections of the process running the query: the
+explorer's reads use a few MB), and the rows fetched stay under it.
 """
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from dataclasses import dataclass
 
 from sqlalchemy import Engine, exc
 
 from hlbd import database
-from hlbd.errors import QueryError, QueryInterrupted
+from hlbd.errors import QueryError, QueryInterrupted, QueryTooLarge
 
 DEFAULT_TIME_LIMIT = 5.0
+DEFAULT_MEMORY_LIMIT = 512 * 2**20
+FETCH_BATCH = 1000
 
 
 @dataclass
@@ -27,34 +37,42 @@ class QueryResult:
 
 
 def run_query(db: str | Engine, sql: str, *, time_limit: float = DEFAULT_TIME_LIMIT,
-              max_rows: int | None = None) -> QueryResult:
+              max_rows: int | None = None,
+              memory_limit: int = DEFAULT_MEMORY_LIMIT) -> QueryResult:
     """Run ``sql`` read-only against the database ``db`` (URL/path or read engine).
 
     Raises QueryError for a refused write or invalid SQL, QueryInterrupted when the
-    statement runs past ``time_limit`` seconds (fetching the rows included).
+    statement runs past ``time_limit`` seconds (fetching the rows included),
+    QueryTooLarge when it needs more than ``memory_limit`` bytes (see the module).
     """
     if not sql or not sql.strip():
         raise QueryError("no SQL given: pass one statement, e.g. SELECT * FROM runs")
     if not time_limit > 0:
         raise QueryError(f"the time limit must be a positive number of seconds, "
                          f"not {time_limit}")
+    if not memory_limit >= 2**20:
+        raise QueryError(f"the memory limit must be at least 1 MB, not {memory_limit} bytes")
     if isinstance(db, Engine):
-        return _run(db, sql, time_limit, max_rows)
+        return _run(db, sql, time_limit, max_rows, memory_limit)
     engine = database.read_engine(database.resolve_db_url(db))
     try:
-        return _run(engine, sql, time_limit, max_rows)
+        return _run(engine, sql, time_limit, max_rows, memory_limit)
     finally:
         engine.dispose()  # ours alone: do not leave its file handle to the collector
 
 
-def _run(engine: Engine, sql: str, time_limit: float, max_rows: int | None) -> QueryResult:
+def _run(engine: Engine, sql: str, time_limit: float, max_rows: int | None,
+         memory_limit: int) -> QueryResult:
     deadline = time.monotonic() + time_limit
+    value_limit = memory_limit // 4
     with engine.connect() as conn:
         dbapi = conn.connection.dbapi_connection
         is_sqlite = conn.dialect.name == "sqlite"
         if is_sqlite:
+            limit_sqlite_heap(memory_limit)
             # Called every N VM instructions; a non-zero return aborts the statement.
             dbapi.set_progress_handler(lambda: int(time.monotonic() > deadline), 1000)
+            usual_length = dbapi.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, value_limit)
         else:
             conn.exec_driver_sql(f"SET LOCAL statement_timeout = {int(time_limit * 1000)}")
         try:
@@ -62,28 +80,71 @@ def _run(engine: Engine, sql: str, time_limit: float, max_rows: int | None) -> Q
             if not result.returns_rows:
                 return QueryResult([], [])
             columns = list(result.keys())
-            rows = result.fetchmany(max_rows + 1) if max_rows else result.fetchall()
+            rows = _fetch(result, max_rows, memory_limit)
         except exc.DBAPIError as error:
-            raise _query_error(error, time_limit) from None
+            raise _query_error(error, time_limit, value_limit) from None
+        except MemoryError:  # SQLite's heap limit (SQLITE_NOMEM) or Python's own
+            raise QueryTooLarge(f"query stopped: it needed more than the "
+                                f"{_mb(memory_limit)} memory limit; add a LIMIT, select "
+                                "fewer or smaller values") from None
         finally:
             if is_sqlite:
                 dbapi.set_progress_handler(None, 0)
+                dbapi.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, usual_length)
             conn.rollback()
     truncated = bool(max_rows) and len(rows) > max_rows
     return QueryResult(columns, [tuple(r) for r in rows[:max_rows or None]], truncated)
 
 
-# SQLite result codes: the statement was stopped, wrote to a read-only database, or
-# was denied by the authorizer (ATTACH, a pragma that sets, VACUUM).
-SQLITE_INTERRUPT, SQLITE_READONLY, SQLITE_AUTH = 9, 8, 23
+def _fetch(result, max_rows: int | None, memory_limit: int) -> list:
+    """The rows (``max_rows`` + 1 at most), stopped once they would pass the limit."""
+    rows, size = [], 0
+    wanted = max_rows + 1 if max_rows else None
+    while wanted is None or len(rows) < wanted:
+        batch = result.fetchmany(FETCH_BATCH if wanted is None
+                                 else min(FETCH_BATCH, wanted - len(rows)))
+        if not batch:
+            break
+        # Text and blobs by their length; any other value as a pointer and a number.
+        size += sum(sum(len(v) if isinstance(v, str | bytes) else 16 for v in row) + 64
+                    for row in batch)
+        if size > memory_limit:
+            raise QueryTooLarge(f"query stopped: its rows passed the {_mb(memory_limit)} "
+                                f"memory limit after {len(rows) + len(batch):,} rows; add a "
+                                "LIMIT, select fewer columns, or use --max-rows")
+        rows += batch
+    return rows
 
 
-def _query_error(error: exc.DBAPIError, time_limit: float) -> QueryError:
+def limit_sqlite_heap(limit: int) -> None:
+    """Lower SQLite's hard heap limit for this process to ``limit`` bytes (never raises
+    it: a limit set lower before stays)."""
+    conn = sqlite3.connect(":memory:")
+    try:
+        conn.execute(f"PRAGMA hard_heap_limit = {int(limit)}")
+    finally:
+        conn.close()
+
+
+def _mb(size: int) -> str:
+    return f"{size / 2**20:g} MB"
+
+
+# SQLite result codes: the statement was stopped, wrote to a read-only database, was
+# denied by the authorizer (ATTACH, a pragma that sets, VACUUM), or made a value
+# larger than SQLITE_LIMIT_LENGTH.
+SQLITE_INTERRUPT, SQLITE_READONLY, SQLITE_AUTH, SQLITE_TOOBIG = 9, 8, 23, 18
+
+
+def _query_error(error: exc.DBAPIError, time_limit: float, value_limit: int) -> QueryError:
     message = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
     code = getattr(error.orig, "sqlite_errorcode", None)
     lowered = message.lower()
     if code == SQLITE_INTERRUPT or "statement timeout" in lowered:
         return QueryInterrupted(f"query stopped: it ran past the {time_limit:g} s time limit")
+    if code == SQLITE_TOOBIG:
+        return QueryTooLarge(f"query stopped: a value would be larger than "
+                             f"{_mb(value_limit)} (a quarter of the memory limit) ({message})")
     if code in (SQLITE_READONLY, SQLITE_AUTH) or lowered.startswith("not authorized") or (
             "read-only transaction" in lowered):
         return QueryError(f"refused: the database is open read-only here; only statements "

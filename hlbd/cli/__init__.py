@@ -9,6 +9,7 @@ import logging
 import sys
 
 import click
+from sqlalchemy import exc as sa_exc
 from tqdm import tqdm
 
 from hlbd.errors import HlbdError
@@ -20,6 +21,11 @@ class HlbdGroup(click.Group):
             return super().invoke(ctx)
         except HlbdError as exc:
             raise click.ClickException(str(exc)) from None
+        except sa_exc.DBAPIError as exc:
+            # A database that fails mid-command (corrupt pages, disk full, locked past
+            # the busy timeout): one line, not a driver traceback.
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            raise click.ClickException(f"database error: {reason}") from None
 
 
 class _TqdmHandler(logging.Handler):

@@ -34,7 +34,7 @@ def anomalies(run_id: str | None, db: str | None, **thresholds) -> None:
 
     Example: hlbd anomalies 3f2a --grad-explode 5
     """
-    store = Store.open(db)
+    store = Store.open_read_only(db)
     limits = Thresholds(**thresholds)
     run_ids = [store.resolve_run_id(run_id)] if run_id else [r["run_id"]
                                                               for r in store.list_runs()]

@@ -33,11 +33,11 @@ def current(db: str | None) -> None:
     Example: hlbd db current
     """
     url = database.resolve_db_url(db)
-    path = database.sqlite_path(url)
-    if path is not None and not path.exists():
-        raise click.ClickException(f"no database at {path}; `hlbd train` or "
-                                   "`hlbd db upgrade` creates it")
-    revision = database.current_revision(database.write_engine(url))
+    engine = database.read_engine(url)  # creates nothing; refuses a missing file
+    try:
+        revision = database.current_revision(engine, url)
+    finally:
+        engine.dispose()
     click.echo(f"{url}: revision {revision or 'none (empty database)'}; "
                f"head {database.head_revision()}")
 

@@ -6,6 +6,8 @@ import click
 
 from hlbd import exporter, importer
 from hlbd.cli.options import db_option
+from hlbd.config import name_problem
+from hlbd.errors import HlbdError
 from hlbd.store import Store
 
 
@@ -25,6 +27,8 @@ def import_(path: str, name: str | None, db: str | None) -> None:
 
     Example: hlbd import old_run/experiment_report.json --name old-baseline
     """
+    if name_problem(name):
+        raise HlbdError(name_problem(name))
     store = Store.open(db)
     for outcome in importer.import_reports(store, path, name):
         click.echo(outcome.describe())
@@ -43,7 +47,7 @@ def export(run_id: str, fmt: str, db: str | None) -> None:
 
     Example: hlbd export 3f2a --format json > report.json
     """
-    store = Store.open(db)
+    store = Store.open_read_only(db)
     if fmt == "csv":
         click.echo(exporter.export_csv(store, run_id), nl=False)
     else:

@@ -6,8 +6,13 @@ import json
 
 import click
 
-from hlbd.cli.options import db_option, table
+from hlbd.cli.options import db_option, printable, table
+from hlbd.errors import NoDatabaseError
 from hlbd.store import Store
+
+# Cells cut with an ellipsis past these widths (terminal columns); `hlbd show` and
+# `hlbd sql` give the whole value.
+RUNS_WIDTHS = {"name": 40, "datasets": 60}
 
 
 @click.command()
@@ -17,7 +22,11 @@ def runs(db: str | None) -> None:
 
     Example: hlbd runs --db hlbd.db
     """
-    store = Store.open(db)
+    try:
+        store = Store.open_read_only(db)
+    except NoDatabaseError as missing:
+        click.echo(f"no runs: {missing}")
+        return
     rows = store.list_runs()
     if not rows:
         click.echo(f"no runs in {store.url} yet; start one with `hlbd train`")
@@ -27,7 +36,7 @@ def runs(db: str | None) -> None:
          "datasets"],
         [[r["run_id"], r["name"], r["display_status"], r["created_at"].strftime(
             "%Y-%m-%d %H:%M:%S"), r["epochs"], r["last_loss"], r["best_loss"],
-          ", ".join(r["dataset_stats"])] for r in rows]))
+          ", ".join(r["dataset_stats"])] for r in rows], max_width=RUNS_WIDTHS))
 
 
 EPOCH_COLUMNS = ["epoch", "segment", "loss", "grad_norm", "grad_norm_max", "grad_norm_min",
@@ -45,13 +54,16 @@ def show(run_id: str, all_segments: bool, db: str | None) -> None:
 
     Example: hlbd show 3f2a
     """
-    store = Store.open(db)
+    store = Store.open_read_only(db)
     run = store.get_run(run_id)
-    click.echo(f"run {run['run_id']}  name {run['name']}  status {run['display_status']}")
-    click.echo(f"created {run['created_at']:%Y-%m-%d %H:%M:%S} UTC  folder {run['run_dir']}")
-    click.echo(f"datasets {json.dumps(run['dataset_stats'], ensure_ascii=False)}")
+    # Whole values, each on one line: control characters escaped, nothing cut.
+    click.echo(f"run {run['run_id']}  name {printable(run['name'])}  "
+               f"status {run['display_status']}")
+    click.echo(f"created {run['created_at']:%Y-%m-%d %H:%M:%S} UTC  "
+               f"folder {printable(str(run['run_dir']))}")
+    click.echo(printable(f"datasets {json.dumps(run['dataset_stats'], ensure_ascii=False)}"))
     if run.get("error"):
-        click.echo(f"error {run['error']}")
+        click.echo(f"error {printable(run['error'])}")
     epochs = store.epochs(run["run_id"], include_superseded=all_segments)
     if not epochs:
         click.echo("no epochs recorded")

@@ -12,7 +12,7 @@ import click
 
 from hlbd.cli.options import db_option, table
 from hlbd.errors import QueryError
-from hlbd.query import DEFAULT_TIME_LIMIT, QueryResult, run_query
+from hlbd.query import DEFAULT_MEMORY_LIMIT, DEFAULT_TIME_LIMIT, QueryResult, run_query
 
 
 def _json_value(value):
@@ -45,12 +45,16 @@ def as_csv(result: QueryResult) -> str:
 @click.option("--time-limit", type=click.FloatRange(min=0, min_open=True),
               default=DEFAULT_TIME_LIMIT, show_default=True,
               help="Stop the query after this many seconds.")
+@click.option("--memory-limit", type=click.IntRange(min=1),
+              default=DEFAULT_MEMORY_LIMIT // 2**20, show_default=True,
+              help="Stop the query if it needs more than this many MB (its rows, SQLite's "
+                   "memory, or one value larger than a quarter of it).")
 @click.option("--max-rows", type=click.IntRange(min=1), default=None,
               help="Print at most this many rows (a note on stderr says when there were "
                    "more) [default: all].")
 @db_option
-def sql(query: str, fmt: str | None, time_limit: float, max_rows: int | None,
-        db: str | None) -> None:
+def sql(query: str, fmt: str | None, time_limit: float, memory_limit: int,
+        max_rows: int | None, db: str | None) -> None:
     """Run one read-only SQL statement and print its rows (a table, --csv or --json).
 
     The database is opened read-only: INSERT, UPDATE, DELETE, CREATE, DROP, ATTACH,
@@ -62,7 +66,8 @@ def sql(query: str, fmt: str | None, time_limit: float, max_rows: int | None,
     """
     if query == "-":
         query = sys.stdin.read()
-    result = run_query(db, query, time_limit=time_limit, max_rows=max_rows)
+    result = run_query(db, query, time_limit=time_limit, max_rows=max_rows,
+                       memory_limit=memory_limit * 2**20)
     if fmt == "json":
         click.echo(as_json(result))
     elif fmt == "csv":
