@@ -259,8 +259,8 @@ def check_schema(engine: Engine, url: str) -> None:
     """For a reader: the database is hlbd's, at the newest revision (creates nothing)."""
     revision = current_revision(engine, url)
     if revision is None:
-        raise NoDatabaseError(f"{sqlite_path(url) or url} is an empty database: no runs "
-                              "yet; `hlbd train` or `hlbd db upgrade` sets it up")
+        raise NoDatabaseError(f"{sqlite_path(url) or url} is an empty database (no hlbd "
+                              "schema yet); `hlbd train` or `hlbd db upgrade` sets it up")
     if revision != head_revision():
         _check_known(revision, url)
         raise StoreError(f"database {url} is at schema revision {revision!r}, older than "

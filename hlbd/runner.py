@@ -227,9 +227,10 @@ def resume_checkpoint(store: Store, path: str | Path, *, epochs: int | None = No
                 f"{run['run_id']} was superseded by a later resume; continuing it would mix "
                 "two attempts in one history (`hlbd resume` picks the newest current one)")
     plan = _plan_resume(run, state, str(path), epochs, overrides or {})
-    if run is None:
+    if run is None:  # the imported run is created only if no stop was asked for
         _stop_if_asked(kwargs.get("should_stop", lambda: False), "run")
         run = _import_checkpoint_run(store, plan, name, runs_root or runs_dir())
+        return _resume(store, run, plan, force=force, stop_checked=True, **kwargs)
     return _resume(store, run, plan, force=force, **kwargs)
 
 
@@ -298,9 +299,10 @@ def _check_same_datasets(run: dict, data: PreparedData) -> None:
 def _resume(store: Store, run: dict, plan: _ResumePlan, *, force: bool = False,
             on_run_id: Callable[[str], None] = lambda _id: None,
             should_stop: Callable[[], bool] = lambda: False,
-            progress: bool = True) -> RunOutcome:
+            progress: bool = True, stop_checked: bool = False) -> RunOutcome:
     run_id = run["run_id"]
-    _stop_if_asked(should_stop, "resume")
+    if not stop_checked:
+        _stop_if_asked(should_stop, "resume")
     # The claim: atomic in the database, so of several resumes started at once exactly
     # one gets here; the others raise RunClaimedError having written nothing.
     segment = store.begin_segment(run_id, plan.start_epoch, resumed_from=plan.path,

@@ -187,16 +187,18 @@ class Store:
 
         Every write of a training attempt runs this in its transaction, so an attempt
         that was taken over (``--force``, or judged dead while it was only paused)
-        cannot add a row after the new attempt started.
+        cannot add a row after the new attempt started. The check updates the attempt's
+        own segment row, so on a server it waits for a takeover in progress and then
+        sees its outcome (a condition on another row could read an older snapshot).
         """
-        later = select(Segment.segment).where(Segment.run_id == run_id,
-                                              Segment.segment > segment)
-        held = conn.execute(update(Run).where(Run.run_id == run_id, ~exists(later))
-                            .values(heartbeat_at=now)).rowcount
-        if held != 1:
+        mine = conn.execute(update(Segment).where(
+            Segment.run_id == run_id, Segment.segment == segment,
+            Segment.status != "crashed").values(status=Segment.status)).rowcount
+        if mine != 1:
             raise ClaimLostError(f"run {run_id} was taken over by a later attempt while "
                                  f"attempt {segment} (process {os.getpid()}) was running; "
                                  "this process stopped without recording more")
+        conn.execute(update(Run).where(Run.run_id == run_id).values(heartbeat_at=now))
 
     def record_epoch(self, run_id: str, segment: int, epoch: dict[str, Any],
                      steps: Sequence[dict[str, Any]] = ()) -> None:

@@ -6,10 +6,14 @@ numbers of a run that never stopped."""
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import random
 import resource
 import signal
+import subprocess
 import sys
+import textwrap
 import time
 from collections import Counter
 from pathlib import Path
@@ -108,22 +112,80 @@ def _check_after_kill(db: Path) -> str | None:
     return ids[0][0]
 
 
+# Starts `hlbd` commands as forked copies of one process that imported hlbd (and torch)
+# once: each is a process of its own running the CLI's main(), as `python -m hlbd` would,
+# without paying the 2 s import twenty times. Children are reaped the moment they end, so
+# a killed one is gone (not a zombie that still looks alive).
+FORKER = textwrap.dedent("""
+    import json, os, signal, sys
+    from hlbd.cli import main
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    for line in sys.stdin:
+        argv, log = json.loads(line)
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+            os.dup2(out, 1)
+            os.dup2(out, 2)
+            try:
+                main(argv, prog_name="hlbd")
+                code = 0
+            except SystemExit as stop:
+                code = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        print(pid, flush=True)
+""")
+
+
+class Forked:
+    """A forked `hlbd` process, with the bits of Popen the waits here use."""
+
+    def __init__(self, forker, argv: list, log: Path):
+        forker.stdin.write(json.dumps([[str(a) for a in argv], str(log)]) + "\n")
+        forker.stdin.flush()
+        self.pid = int(forker.stdout.readline())
+        self.log = log
+        self.returncode = None
+
+    def poll(self):
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            self.returncode = -9
+        return self.returncode
+
+    def communicate(self):
+        return "", self.log.read_text()
+
+    def send_signal(self, sig):
+        os.kill(self.pid, sig)
+
+    def wait(self, timeout):
+        wait_for(lambda: self.poll() is not None, timeout=timeout, every=0.005)
+        return self.returncode
+
+
 def test_kill_9_at_seeded_moments_never_breaks_the_record(tmp_path, procs):
     rng = random.Random(SEED)
     plan = [PHASES[i % len(PHASES)] for i in range(KILLS)]
     rng.shuffle(plan)
     db, runs = tmp_path / "runs.db", tmp_path / "runs"
     landed, run_id = [], None
+    forker = procs.python(FORKER, stdin=subprocess.PIPE, stderr=None)
 
-    for phase in plan:
+    for n, phase in enumerate(plan):
         if run_id is None:
-            proc = procs.hlbd("train", "--db", db, "--runs-dir", runs, *FLAGS,
-                              "--epochs", "1000", "--name", "faults")
+            argv = ["train", "--db", db, "--runs-dir", runs, *FLAGS, "--epochs", "1000",
+                    "--name", "faults"]
         else:
-            proc = procs.hlbd("resume", "--db", db, "--run-id", run_id, "--epochs", "1000",
-                              "--quiet")
+            argv = ["resume", "--db", db, "--run-id", run_id, "--epochs", "1000", "--quiet"]
+        proc = Forked(forker, argv, tmp_path / f"attempt_{n}.log")
         landed.append(_kill_at(phase, proc, db, runs, rng))
         run_id = _check_after_kill(db)
+    forker.stdin.close()
 
     print("kills landed:", dict(Counter(landed)))  # shown with pytest -s
     assert len(landed) == KILLS

@@ -13,7 +13,8 @@ import click
 
 from hlbd import runner
 from hlbd.cli.options import db_option
-from hlbd.config import TrainConfig
+from hlbd.config import TrainConfig, name_problem
+from hlbd.errors import HlbdError
 from hlbd.store import Store
 
 DEFAULTS = TrainConfig()
@@ -232,6 +233,8 @@ def train(dataset, datasets, name, resume, force, quiet, runs_dir, db, more_data
     given = {k: v for k, v in flags.items() if v is not None}
     paths = [*dataset, *datasets, *more_datasets]
     config = None
+    if name_problem(name):
+        raise HlbdError(name_problem(name))
     if not resume:
         config = TrainConfig(**given, name=name)
         if paths:
