@@ -41,6 +41,17 @@ def write_atomically(path: Path, write: Callable[[IO[bytes]], None], *,
     return size
 
 
+def remove_temp_files(folder: Path) -> list[Path]:
+    """Remove what write_atomically left in ``folder`` when its process was killed
+    mid-write (``.NAME.XXXX.tmp``); only for a folder no other process writes now."""
+    removed = []
+    for path in Path(folder).glob(".*.tmp"):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
 def read_json_file(path: Path, error: type[Exception], what: str) -> tuple[bytes, object]:
     """The raw bytes and decoded JSON of a UTF-8 file (a BOM is allowed).
 

@@ -18,6 +18,7 @@ from hlbd.checkpoint import load_checkpoint
 from hlbd.config import TrainConfig
 from hlbd.data import Pair, load_datasets, mix
 from hlbd.errors import CheckpointError, ClaimLostError, HlbdError, UnknownRunError
+from hlbd.fileio import remove_temp_files
 from hlbd.recorder import StoreRecorder
 from hlbd.store import Store, superseded
 from hlbd.tokenizer import Tokenizer
@@ -102,6 +103,10 @@ def _run(config, store, run_id, segment, run_dir, examples, tokenizer, dataset_s
     try:
         on_run_id(run_id)
         run_dir.mkdir(parents=True, exist_ok=True)
+        # This attempt holds the run: a temp file in its folder is a write that a killed
+        # attempt never finished (a partial checkpoint, as large as a whole one).
+        for partial in remove_temp_files(run_dir):
+            log.info("removed %s, left by an attempt killed while writing it", partial.name)
         recorder = StoreRecorder(store, run_id, segment, run_dir, dataset_stats,
                                  config.to_dict())
         result = train(config, examples, tokenizer, recorder, run_dir, run_id,

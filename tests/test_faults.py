@@ -33,7 +33,7 @@ SEED = 20261127
 KILLS = 20
 PHASES = ("resume start", "steps", "epoch commit", "checkpoint write")
 # Small batches and frequent step flushes: many steps, step commits and checkpoints.
-FLAGS = [*TINY, "--batch-size", "4", "--save-interval", "2", "--step-flush-interval", "5",
+FLAGS = [*TINY, "--batch-size", "8", "--save-interval", "2", "--step-flush-interval", "3",
          "--seed", "3", "--dropout", "0.1"]
 
 
@@ -60,25 +60,31 @@ def _temp_checkpoints(folder: Path) -> list[Path]:
             if p.name.startswith(".checkpoint_epoch_") and p.name.endswith(".tmp")]
 
 
+def _temp_checkpoints_of(folders: list[Path]) -> list[Path]:
+    return [p for folder in folders for p in _temp_checkpoints(folder)]
+
+
 def _kill_at(phase: str, proc, db: Path, runs: Path, rng: random.Random) -> str:
     """Wait for the moment ``phase`` names in attempt ``proc``, SIGKILL it there; says
     where the kill landed."""
     segment = _segments(db) + 1
+    # Partial checkpoints an earlier kill left (the attempt removes them once it runs).
+    stale = set(_temp_checkpoints_of(list(runs.iterdir()) if runs.is_dir() else []))
     wait_for(lambda: _segments(db) >= segment, proc, every=0.005)  # claimed (or created)
     if phase == "resume start":
         time.sleep(rng.uniform(0, 0.15))  # model build, state restore, first batches
     elif phase == "steps":
         wait_for(lambda: rows(db, "SELECT 1 FROM steps WHERE segment = ?", segment), proc,
                  every=0.005)
-        time.sleep(rng.uniform(0, 0.3))
+        time.sleep(rng.uniform(0, 0.5))
     elif phase == "epoch commit":
         wait_for(lambda: rows(db, "SELECT 1 FROM epochs WHERE segment = ?", segment), proc,
                  every=0.002)
         time.sleep(rng.uniform(0, 0.01))  # report, anomaly rows, checkpoint decision
-    else:  # mid checkpoint write: its temp file is there, not yet renamed
+    else:  # mid checkpoint write: a temp file of this attempt is there, not yet renamed
         folders = list(runs.iterdir()) if runs.is_dir() else []
         deadline = time.monotonic() + 20
-        while not any(_temp_checkpoints(f) for f in folders):
+        while not set(_temp_checkpoints_of(folders)) - stale:
             if time.monotonic() > deadline:
                 phase = "checkpoint write (missed: killed after 20 s)"
                 break
@@ -86,9 +92,13 @@ def _kill_at(phase: str, proc, db: Path, runs: Path, rng: random.Random) -> str:
             time.sleep(0.0005)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
-    if phase == "checkpoint write" and not any(
-            _temp_checkpoints(f) for f in runs.iterdir()):
+    if phase == "checkpoint write" and not set(
+            _temp_checkpoints_of(list(runs.iterdir()))) - stale:
         phase = "checkpoint write (just renamed)"
+    ((steps, epochs),) = rows(db, "SELECT (SELECT count(*) FROM steps WHERE segment = ?), "
+                                  "(SELECT count(*) FROM epochs WHERE segment = ?)",
+                              segment, segment)
+    print(f"kill {segment:2d}: {phase:<16} after {steps:3d} step rows, {epochs} epochs")
     return phase
 
 
@@ -208,9 +218,10 @@ def test_kill_9_at_seeded_moments_never_breaks_the_record(tmp_path, procs):
     assert [s["status"] for s in segments] == ["crashed"] * (len(segments) - 1) + [
         "finished"]
     assert store.get_run(run_id)["status"] == "finished"
+    assert _temp_checkpoints(runs / run_id) == []  # partial writes cleared on resume
     # The numbers of a run that never stopped.
     config = TrainConfig(d_model=32, n_layers=1, n_heads=2, d_ff=64, dropout=0.1,
-                         device="cpu", batch_size=4, save_interval=0, seed=3,
+                         device="cpu", batch_size=8, save_interval=0, seed=3,
                          epochs=total)
     straight = start_run(config, store, runs_root=tmp_path / "straight", progress=False)
     assert exact_metrics(effective) == exact_metrics(store.epochs(straight.run_id))

@@ -356,6 +356,7 @@ def test_kill_while_writing_a_checkpoint_leaves_the_previous_one(store, runs_roo
     assert not partial.name.startswith(path.name)
     resumed = resume_run(store, first.run_id, epochs=4, progress=False)
     assert resumed.status == "finished"
+    assert not partial.exists()  # the resume cleared the killed write's temp file
 
 
 # -- status ----------------------------------------------------------------------------
