@@ -72,6 +72,9 @@ def check_database_file(url: str, *, must_exist: bool) -> None:
     if path.is_dir():
         raise StoreError(f"{path}: is a folder, not a database file; pass a file path "
                          "with --db")
+    if path.exists() and not path.is_file():
+        raise StoreError(f"{path}: not a regular file (a device, pipe or socket); pass a "
+                         "database file with --db")
     if not path.exists():
         if must_exist:
             raise NoDatabaseError(f"no database at {path}; `hlbd train` creates it (or "

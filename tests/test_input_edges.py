@@ -4,6 +4,7 @@ nothing created or changed, and tables that stay tables."""
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import sqlite3
 from pathlib import Path
@@ -97,6 +98,10 @@ def _json(path: Path) -> None:
     path.write_text('{"control_losses": [1.0, 0.5]}\n')
 
 
+def _pipe(path: Path) -> None:
+    os.mkfifo(path)  # opening it would block forever
+
+
 def _someone_elses_sqlite(path: Path) -> None:
     conn = sqlite3.connect(path)
     conn.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL)")
@@ -109,6 +114,7 @@ NOT_DATABASES = {"zeros": (_zeros, "not a SQLite database"),
                  "random bytes": (_random, "not a SQLite database"),
                  "a folder": (_folder, "is a folder, not a database file"),
                  "a json file": (_json, "not a SQLite database"),
+                 "a pipe": (_pipe, "not a regular file"),
                  "another app's sqlite": (_someone_elses_sqlite,
                                           "not an hlbd run database (it has tables invoices")}
 
