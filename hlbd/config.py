@@ -33,6 +33,10 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True
     step_flush_interval: int = 500
+    # Set from the environment, not by flags: the processes torchrun started (1 without
+    # it) and the process group's backend for the training tensors (None: no group).
+    world_size: int = 1
+    backend: str | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -49,6 +53,10 @@ class TrainConfig:
         checks = [
             (self.epochs >= 1, "--epochs must be at least 1"),
             (self.batch_size >= 1, "--batch-size must be at least 1"),
+            (self.batch_size % self.world_size == 0,
+             (f"--batch-size {self.batch_size} does not split evenly over the "
+              f"{self.world_size} processes (WORLD_SIZE): it is the global micro-batch, "
+              f"so pass a multiple of {self.world_size}")),
             (self.grad_accum >= 1, "--grad-accum must be at least 1"),
             (self.lr > 0, "--lr must be positive"),
             (self.max_grad_norm >= 0, "--max-grad-norm must be >= 0 (0: no clipping)"),

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 
 import click
 
-from hlbd import runner
+from hlbd import distributed, runner
 from hlbd.cli.options import db_option
 from hlbd.config import TrainConfig
 from hlbd.store import Store
@@ -21,7 +22,8 @@ TRAIN_FLAGS = [
     ("--epochs", "epochs", int, "Number of epochs (with --resume: the new total)."),
     ("--seed", "seed", int, "Seed for init, data mixing and order."),
     ("--lr", "lr", float, "Peak learning rate (AdamW)."),
-    ("--batch-size", "batch_size", int, "Sequences per micro-batch."),
+    ("--batch-size", "batch_size", int,
+     "Sequences per micro-batch, over all processes under torchrun (split evenly)."),
     ("--grad-accum", "grad_accum", int, "Micro-batches per optimizer step."),
     ("--max-grad-norm", "max_grad_norm", float, "Clip the total grad norm (0: never)."),
     ("--weight-decay", "weight_decay", float, "AdamW weight decay."),
@@ -62,22 +64,62 @@ def runs_dir_option(func):
                         help="Where run folders go [default: ./hlbd_runs].")(func)
 
 
+def ddp_timeout_option(func):
+    return click.option(
+        "--ddp-timeout", type=click.FloatRange(min=1), default=distributed.DEFAULT_TIMEOUT_SECONDS,
+        show_default=True,
+        help="Under torchrun: seconds a rank waits for the others in any collective before "
+             "the run fails (a rank that died or hangs).")(func)
+
+
 @contextmanager
-def ctrl_c_stops_gracefully():
-    """First Ctrl-C: stop at the next batch, checkpoint, mark interrupted. Second: abort."""
+def ctrl_c_stops_gracefully(announce: bool = True):
+    """First Ctrl-C: stop at the next batch, checkpoint, mark interrupted. Second: abort.
+
+    SIGTERM is a first Ctrl-C too: torchrun forwards the signal it gets (Ctrl-C or
+    SIGTERM) to every rank.
+    """
     requested = []
 
     def handler(signum, frame):
         if requested:
             raise KeyboardInterrupt
         requested.append(signum)
-        click.echo("\nstopping: saving a checkpoint (Ctrl-C again to abort)", err=True)
+        if announce:
+            click.echo("\nstopping: saving a checkpoint (Ctrl-C again to abort)", err=True)
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield lambda: bool(requested)
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def run_as_rank(timeout: float, lead: Callable[..., runner.RunOutcome]) -> None:
+    """Run ``lead(place, should_stop)`` on rank 0 (or alone) and report how the run
+    ended; the other torchrun ranks follow it and print nothing.
+
+    An error of rank 0 before training is raised on rank 0 and on the first process of
+    every other machine (the rest exit 1 quietly: one line per machine, not per rank).
+    """
+    place = distributed.from_environment(timeout)
+    try:
+        with ctrl_c_stops_gracefully(announce=place.is_main) as should_stop:
+            if place.is_main:
+                with place.leading():
+                    outcome = lead(place, should_stop)
+            else:
+                logging.getLogger("hlbd").setLevel(logging.WARNING)  # rank 0 tells it
+                try:
+                    outcome = runner.follow(place, should_stop=should_stop)
+                except distributed.LeaderFailed:
+                    if place.local_rank == 0:
+                        raise
+                    sys.exit(1)
+    finally:
+        place.close()
+    _report(outcome, main=place.is_main)
 
 
 def _print_run_id(run_id: str) -> None:
@@ -85,11 +127,13 @@ def _print_run_id(run_id: str) -> None:
     sys.stdout.flush()
 
 
-def _report(outcome: runner.RunOutcome) -> None:
-    click.echo(f"{outcome.status}: run {outcome.run_id} at epoch {outcome.last_epoch}; "
-               f"folder {outcome.run_dir}")
+def _report(outcome: runner.RunOutcome, main: bool = True) -> None:
+    if main:
+        click.echo(f"{outcome.status}: run {outcome.run_id} at epoch {outcome.last_epoch}; "
+                   f"folder {outcome.run_dir}")
     if outcome.status == "interrupted":
-        click.echo(f"continue with: hlbd resume --run-id {outcome.run_id}")
+        if main:
+            click.echo(f"continue with: hlbd resume --run-id {outcome.run_id}")
         sys.exit(130)
 
 
@@ -106,34 +150,38 @@ def _report(outcome: runner.RunOutcome) -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @train_options
 @runs_dir_option
+@ddp_timeout_option
 @db_option
 @click.argument("more_datasets", nargs=-1, type=str, required=False)
-def train(dataset, datasets, name, resume, force, quiet, runs_dir, db, more_datasets,
-          **flags) -> None:
+def train(dataset, datasets, name, resume, force, quiet, runs_dir, ddp_timeout, db,
+          more_datasets, **flags) -> None:
     """Train on HLBD data (the bundled dataset if none is given) and record the run.
+
+    Under torchrun the processes train one run together (DDP); rank 0 records it.
 
     Example: hlbd train --datasets data/HLBD_Hardcore_Full.json data/HLBD_Full_V2.json
     --epochs 3 --name both
     """
     given = {k: v for k, v in flags.items() if v is not None}
     paths = [*dataset, *datasets, *more_datasets]
-    store = Store.open(db)
-    with ctrl_c_stops_gracefully() as should_stop:
+
+    def lead(place, should_stop) -> runner.RunOutcome:
+        store = Store.open(db)
         common = {"on_run_id": _print_run_id, "should_stop": should_stop,
-                  "progress": not quiet}
+                  "progress": not quiet, "place": place}
         if resume:
             if paths:
                 given["datasets"] = paths
-            outcome = runner.resume_checkpoint(store, resume, epochs=given.pop("epochs", None),
-                                               overrides=given, force=force, name=name,
-                                               runs_root=runner.runs_dir(runs_dir), **common)
-        else:
-            config = TrainConfig(**given, name=name)
-            if paths:
-                config.datasets = paths
-            outcome = runner.start_run(config, store, runs_root=runner.runs_dir(runs_dir),
-                                       **common)
-    _report(outcome)
+            return runner.resume_checkpoint(store, resume, epochs=given.pop("epochs", None),
+                                            overrides=given, force=force, name=name,
+                                            runs_root=runner.runs_dir(runs_dir), **common)
+        config = TrainConfig(**given, name=name)
+        if paths:
+            config.datasets = paths
+        return runner.start_run(config, store, runs_root=runner.runs_dir(runs_dir),
+                                **common)
+
+    run_as_rank(ddp_timeout, lead)
 
 
 @click.command()
@@ -142,22 +190,26 @@ def train(dataset, datasets, name, resume, force, quiet, runs_dir, db, more_data
 @click.option("--force", is_flag=True, help="Resume even if the run looks live.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @resume_options
+@ddp_timeout_option
 @db_option
-def resume(run_id, epochs, force, quiet, db, **flags) -> None:
+def resume(run_id, epochs, force, quiet, ddp_timeout, db, **flags) -> None:
     """Continue a run from its newest checkpoint; epochs append to the same run.
 
     Model, optimizer, LR schedule, AMP scaler, random state and data order continue
-    exactly; epochs recorded after that checkpoint are kept, marked superseded.
+    exactly (under torchrun: at the same number of processes; at another, the global
+    batch is the same and the numbers equal to float tolerance); epochs recorded after
+    that checkpoint are kept, marked superseded.
 
     Example: hlbd resume --run-id 3f2a --epochs 10
     """
-    store = Store.open(db)
-    with ctrl_c_stops_gracefully() as should_stop:
-        outcome = runner.resume_run(store, run_id, epochs=epochs, force=force,
-                                    overrides={k: v for k, v in flags.items() if v is not None},
-                                    on_run_id=_print_run_id, should_stop=should_stop,
-                                    progress=not quiet)
-    _report(outcome)
+    def lead(place, should_stop) -> runner.RunOutcome:
+        store = Store.open(db)
+        return runner.resume_run(store, run_id, epochs=epochs, force=force,
+                                 overrides={k: v for k, v in flags.items() if v is not None},
+                                 on_run_id=_print_run_id, should_stop=should_stop,
+                                 progress=not quiet, place=place)
+
+    run_as_rank(ddp_timeout, lead)
 
 
 COMMANDS = [train, resume]
