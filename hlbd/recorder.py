@@ -81,8 +81,13 @@ class BackgroundWriter:
         self._thread.start()
 
     def submit(self, write: Callable[..., Any], *args: Any) -> None:
-        self._raise_error()
+        self.check()
         self._queue.put((write, args))
+
+    def check(self) -> None:
+        """Raise the writer's error, if it has one (cheap: an attribute test)."""
+        if self._error is not None:
+            self._raise_error()
 
     def drain(self) -> None:
         """Wait until everything submitted is written."""
@@ -158,6 +163,7 @@ class StoreRecorder:
         self.store.record_checkpoint(self.run_id, self.segment, epoch, str(path), size_bytes)
 
     def on_alive(self) -> None:
+        self._writer.check()  # a failed write stops training at the next step
         if time.monotonic() - self._last_beat >= HEARTBEAT_SECONDS:
             self._writer.submit(self.store.heartbeat, self.run_id)
             self._last_beat = time.monotonic()
