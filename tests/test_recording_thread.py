@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 
 import pytest
 from conftest import tiny_config
@@ -28,6 +29,8 @@ def test_a_failed_write_fails_the_run_at_the_next_step_and_nothing_after_it_is_w
         calls.append(1)
         if len(calls) == 10:
             with sqlite3.connect(db) as conn:
+                while not conn.execute("SELECT count(*) FROM epochs").fetchone()[0]:
+                    time.sleep(0.01)  # epoch 1 is written: the writer does not wait
                 conn.execute("DROP TABLE steps")
         return False
 
