@@ -25,8 +25,10 @@ from _ddp_helpers import (
     wait_for,
 )
 from _resume_helpers import query
+from click.testing import CliRunner
 
 from hlbd.checkpoint import load_checkpoint
+from hlbd.cli import main
 from hlbd.config import TrainConfig
 from hlbd.distributed import Dist
 from hlbd.errors import HlbdError
@@ -294,3 +296,15 @@ def test_two_ranks_continue_a_one_process_checkpoint(tmp_path, dataset):
     assert [(s["world_size"], s["status"]) for s in store.segments(split.run_id)] == [
         (1, "finished"), (2, "finished")]
     assert store.get_run(split.run_id)["config"]["world_size"] == 2
+
+
+def test_a_torchrun_restart_does_not_start_a_second_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    db = tmp_path / "runs.db"
+
+    result = CliRunner().invoke(main, ["train", "--db", str(db), "--quiet"])
+
+    assert result.exit_code == 1
+    assert "torchrun restarted the training processes" in result.output
+    assert "hlbd resume --run-id ID" in result.output
+    assert not db.exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -13,6 +14,7 @@ import click
 from hlbd import distributed, runner
 from hlbd.cli.options import db_option
 from hlbd.config import TrainConfig
+from hlbd.errors import HlbdError
 from hlbd.store import Store
 
 DEFAULTS = TrainConfig()
@@ -166,6 +168,10 @@ def train(dataset, datasets, name, resume, force, quiet, runs_dir, ddp_timeout, 
     paths = [*dataset, *datasets, *more_datasets]
 
     def lead(place, should_stop) -> runner.RunOutcome:
+        if not resume and int(os.environ.get("TORCHELASTIC_RESTART_COUNT") or 0) > 0:
+            raise HlbdError("torchrun restarted the training processes (--max-restarts): "
+                            "`hlbd train` would start a second run; to continue the first, "
+                            "give torchrun `-m hlbd resume --run-id ID` instead")
         store = Store.open(db)
         common = {"on_run_id": _print_run_id, "should_stop": should_stop,
                   "progress": not quiet, "place": place}
