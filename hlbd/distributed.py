@@ -133,19 +133,25 @@ class Dist:
 def from_environment(timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS) -> Dist:
     """This process's Dist: under torchrun (``WORLD_SIZE`` > 1) joins the process group,
     with ``timeout_seconds`` on every collective; else the single process."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return Dist()
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
-        # One group for both: gloo carries CPU tensors (the stop vote, objects), NCCL
-        # the CUDA ones; NCCL needs this process's GPU set before it first talks.
-        if local_rank < torch.cuda.device_count():
-            torch.cuda.set_device(local_rank)
-        backend = "cpu:gloo,cuda:nccl"
-    else:
-        backend = "gloo"
-    dist.init_process_group(backend, timeout=timedelta(seconds=timeout_seconds))
+    try:
+        world_size = int(os.environ.get("WORLD_SIZE") or 1)
+        if world_size <= 1:
+            return Dist()
+        rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK") or 0)
+        if torch.cuda.is_available():
+            # One group for both: gloo carries CPU tensors (the stop vote, objects), NCCL
+            # the CUDA ones; NCCL needs this process's GPU set before it first talks.
+            if local_rank < torch.cuda.device_count():
+                torch.cuda.set_device(local_rank)
+            backend = "cpu:gloo,cuda:nccl"
+        else:
+            backend = "gloo"
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_seconds))
+    except (KeyError, ValueError, RuntimeError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise HlbdError(f"WORLD_SIZE is {os.environ.get('WORLD_SIZE')!r}, but this process "
+                        f"could not join the others ({type(exc).__name__}: {reason}); start "
+                        "the processes with torchrun") from None
     place = Dist(rank=rank, world_size=world_size, local_rank=local_rank)
     place.hosts = place.gather(socket.gethostname())
     return place
