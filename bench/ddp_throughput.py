@@ -1,11 +1,16 @@
 """Throughput of 1 vs 2 training processes (torchrun, DDP on gloo), recording on and off.
 
 Each measurement is a fresh process (or torchrun with 2): it trains one untimed warm-up
-epoch, then ``--epochs`` timed epochs of the default model; tokens/s counts the
+epoch (recorded like the timed ones), then ``--epochs`` timed epochs of the default model; tokens/s counts the
 sequence tokens of all ranks. "recording on" is the store (SQLite) + report + anomaly
 rules on rank 0, its writes in the recorder's thread, drained inside the timing;
 "off" is NullRecorder. The four setups alternate order over ``--repeats`` rounds, and
 medians are compared. Goal: recording costs <= 2 % at either world size.
+
+Besides wall time it prints rank 0's CPU time (all its threads, the recorder's
+included): on a machine shared with other work wall times swing by 2x between launches,
+while the CPU time a run needs moves much less, so its ratio is the steadier measure of
+the work recording adds.
 
     python bench/ddp_throughput.py [--dataset ../shared/data/HLBD_Hardcore_Full.json]
                                    [--epochs 3] [--repeats 3]
@@ -49,34 +54,42 @@ def worker(args: argparse.Namespace) -> None:
     tokenizer = Tokenizer.build(t for p in data.pairs for t in (p.input, p.output))
     examples = Examples.encode(data.pairs, tokenizer, config.max_seq_len)
     out = Path(args.out)
-    warm = TrainConfig(**{**config.to_dict(), "epochs": 1})
-    train(warm, examples, tokenizer, NullRecorder(), out / f"warm{place.rank}", "warm",
-          progress=False, place=place)
-    store = None
-    if args.record == "on" and place.is_main:
-        store = Store.open(str(out / "bench.db"))
-        run_id = store.create_run("bench", config.to_dict(), data.dataset_stats,
+    store = Store.open(str(out / "bench.db")) if args.record == "on" and place.is_main \
+        else None
+
+    def recorder_for(run_config: TrainConfig) -> tuple[str, object]:
+        if store is None:
+            return "untracked", NullRecorder()
+        run_id = store.create_run("bench", run_config.to_dict(), data.dataset_stats,
                                   hosts=place.hosts)
-        recorder = StoreRecorder(store, run_id, 1, out / run_id, data.dataset_stats,
-                                 config.to_dict())
-    else:
-        run_id, recorder = "untracked", NullRecorder()
+        return run_id, StoreRecorder(store, run_id, 1, out / run_id, data.dataset_stats,
+                                     run_config.to_dict())
+
+    # Warm-up, not timed: first-call costs of torch, and of the store when recording.
+    warm = TrainConfig(**{**config.to_dict(), "epochs": 1})
+    run_id, recorder = recorder_for(warm)
+    train(warm, examples, tokenizer, recorder, out / f"warm{place.rank}", run_id,
+          progress=False, place=place)
+    recorder.close()
+    run_id, recorder = recorder_for(config)
     place.barrier()
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     train(config, examples, tokenizer, recorder, out / run_id, run_id, progress=False,
           place=place)
     recorder.close()
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     if place.is_main:
         tokens = sum(examples.lengths) * config.epochs
-        print(json.dumps({"tokens": tokens, "seconds": seconds}), flush=True)
+        print(json.dumps({"tokens": tokens, "seconds": seconds, "cpu_seconds": cpu}),
+              flush=True)
     if store is not None:
         store.close()
     place.close()
 
 
-def measure(world: int, record: str, args: argparse.Namespace, tmp: Path) -> float:
-    """Tokens per second of one fresh launch."""
+def measure(world: int, record: str, args: argparse.Namespace,
+            tmp: Path) -> tuple[float, float]:
+    """(tokens per second, rank 0's CPU seconds per token) of one fresh launch."""
     out = Path(tempfile.mkdtemp(dir=tmp))
     me = [str(Path(__file__).resolve()), "--worker", "--record", record, "--dataset",
           args.dataset, "--epochs", str(args.epochs), "--out", str(out)]
@@ -93,7 +106,7 @@ def measure(world: int, record: str, args: argparse.Namespace, tmp: Path) -> flo
         raise SystemExit(f"measurement failed ({world} processes, recording {record}):\n"
                          f"{done.stdout}\n{done.stderr}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    return result["tokens"] / result["seconds"]
+    return result["tokens"] / result["seconds"], result["cpu_seconds"] / result["tokens"]
 
 
 def main() -> None:
@@ -113,21 +126,27 @@ def main() -> None:
         raise SystemExit(f"{args.dataset}: dataset not found; pass --dataset FILE")
     setups = [(1, "off"), (1, "on"), (2, "off"), (2, "on")]
     rates: dict[tuple[int, str], list[float]] = {s: [] for s in setups}
+    cpu: dict[tuple[int, str], list[float]] = {s: [] for s in setups}
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.repeats):
             # Rotate the order, so drift on a shared machine hits every setup alike.
-            for world, record in setups[i % 4:] + setups[:i % 4]:
-                rates[(world, record)].append(measure(world, record, args, Path(tmp)))
+            for setup in setups[i % 4:] + setups[:i % 4]:
+                rate, cpu_per_token = measure(*setup, args, Path(tmp))
+                rates[setup].append(rate)
+                cpu[setup].append(cpu_per_token)
     median = {s: statistics.median(r) for s, r in rates.items()}
+    cpu_median = {s: statistics.median(c) for s, c in cpu.items()}
     print(f"dataset {args.dataset}: {args.epochs} timed epochs, {args.repeats} launches "
           f"per setup, {args.threads} thread(s) per process, cpu count {os.cpu_count()}")
     for (world, record), values in rates.items():
         print(f"{world} process(es), recording {record:3}: median "
-              f"{median[(world, record)]:9.0f} tokens/s  runs {[round(v) for v in values]}")
+              f"{median[(world, record)]:9.0f} tokens/s  runs {[round(v) for v in values]}"
+              f"  rank 0 CPU {cpu_median[(world, record)] * 1e6:.1f} us/token")
     for world in (1, 2):
         cost = median[(world, "off")] / median[(world, "on")]
-        print(f"recording cost at {world} process(es): time ratio on/off {cost:.3f} "
-              "(goal <= 1.02)")
+        cpu_cost = cpu_median[(world, "on")] / cpu_median[(world, "off")]
+        print(f"recording cost at {world} process(es): wall time ratio on/off {cost:.3f}, "
+              f"rank 0 CPU time ratio {cpu_cost:.3f} (goal <= 1.02)")
     for record in ("off", "on"):
         print(f"2 vs 1 processes, recording {record}: throughput ratio "
               f"{median[(2, record)] / median[(1, record)]:.3f}")

@@ -68,8 +68,8 @@ def runs_dir_option(func):
 
 def ddp_timeout_option(func):
     return click.option(
-        "--ddp-timeout", type=click.FloatRange(min=1), default=distributed.DEFAULT_TIMEOUT_SECONDS,
-        show_default=True,
+        "--ddp-timeout", type=click.FloatRange(min=1), show_default=True,
+        default=distributed.DEFAULT_TIMEOUT_SECONDS,
         help="Under torchrun: seconds a rank waits for the others in any collective before "
              "the run fails (a rank that died or hangs).")(func)
 
