@@ -77,6 +77,7 @@ class BackgroundWriter:
         self._queue: queue.Queue = queue.Queue()
         self._error: BaseException | None = None
         self._reported = False
+        self.busy_seconds = 0.0  # spent writing (benchmarks read it)
         self._thread = threading.Thread(target=self._work, name=name, daemon=True)
         self._thread.start()
 
@@ -116,7 +117,9 @@ class BackgroundWriter:
                     return
                 write, args = item
                 if self._error is None:
+                    started = time.perf_counter()
                     write(*args)
+                    self.busy_seconds += time.perf_counter() - started
             except Exception as exc:  # noqa: BLE001 - raised in the training thread
                 self._error = exc
             finally:
@@ -170,6 +173,11 @@ class StoreRecorder:
 
     def close(self) -> None:
         self._writer.close()
+
+    @property
+    def busy_seconds(self) -> float:
+        """Time the recording thread has spent writing (off the training thread)."""
+        return self._writer.busy_seconds
 
     def _write_steps(self, steps: list[dict]) -> None:
         self.store.record_steps(self.run_id, self.segment, steps)

@@ -1,7 +1,9 @@
 """Helpers for the torchrun tests: launch, wait with a deadline, and never leave a process.
 
 torchrun starts each worker in a session of its own, so killing torchrun's process group
-does not reach them: cleanup walks the process tree and kills every descendant.
+does not reach them: cleanup walks the process tree and kills every descendant that
+carries the launch's own token in its environment (never a process that merely reused
+a pid).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,11 +47,14 @@ class Launched:
     def __init__(self, command: list[str], cwd: Path, env: dict | None = None):
         self.out_path = cwd / f"launch-{time.monotonic_ns()}.out"
         self._out = open(self.out_path, "w+")  # noqa: SIM115 - closed by kill()
+        self._token = uuid.uuid4().hex
         self.proc = subprocess.Popen(command, cwd=cwd, stdout=self._out,
                                      stderr=subprocess.STDOUT, text=True,
-                                     env={**_env(), "OMP_NUM_THREADS": "1", **(env or {})},
+                                     env={**_env(), "OMP_NUM_THREADS": "1", **(env or {}),
+                                          "HLBD_TEST_LAUNCH": self._token},
                                      start_new_session=True)
         self._tree: set[int] = set()
+        self.left_behind: list[int] = []  # processes of the launch alive when it ended
 
     def children(self) -> dict[int, int]:
         """The worker processes torchrun started: {rank: pid}."""
@@ -72,6 +78,7 @@ class Launched:
             raise AssertionError(f"torchrun did not end within {timeout} s:\n"
                                  f"{self.output()}") from None
         finally:
+            self.left_behind = self._ours()
             self.kill()  # workers torchrun left behind, if any
         return self.proc.returncode, self.output()
 
@@ -81,15 +88,29 @@ class Launched:
         return self.out_path.read_text(errors="replace")
 
     def kill(self) -> None:
-        """SIGKILL the command and every process below it, as far as they can be found."""
+        """SIGKILL the command and every process of this launch below it."""
         if self.proc.poll() is None:
             self._tree |= descendants(self.proc.pid)
-        for pid in [*self._tree, self.proc.pid]:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
+        self.proc.kill()  # a no-op once it has ended (Popen knows it was reaped)
+        for pid in self._ours():
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=10)
         self._out.close()
+
+    def _ours(self) -> list[int]:
+        """The seen descendants still running with this launch's token."""
+        token = f"HLBD_TEST_LAUNCH={self._token}".encode()
+        found = []
+        for pid in sorted(self._tree):
+            try:
+                ours = token in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            except OSError:
+                continue  # gone
+            if ours and alive(pid):
+                found.append(pid)
+        return found
 
     def remember_tree(self) -> None:
         """Note the current descendants, so ``kill`` reaches them after torchrun is gone."""

@@ -17,7 +17,6 @@ import pytest
 from _ddp_helpers import (
     TINY,
     Launched,
-    alive,
     free_port,
     rows_once_there,
     small_dataset,
@@ -81,14 +80,28 @@ def dataset(tmp_path) -> Path:
     return small_dataset(tmp_path / "facts.json")
 
 
+@pytest.fixture
+def launch():
+    """Start a command as ``Launched``; whatever the test did, its processes end with it."""
+    started: list[Launched] = []
+
+    def start(command: list[str], cwd: Path) -> Launched:
+        started.append(Launched(command, cwd))
+        return started[-1]
+
+    yield start
+    for launched in started:
+        launched.kill()
+
+
 # -- the same numbers at any world size --------------------------------------------------
 
-def test_two_ranks_record_the_one_process_run(tmp_path, dataset):
+def test_two_ranks_record_the_one_process_run(tmp_path, dataset, launch):
     one = Store.open(str(tmp_path / "one.db"))
     single = start_run(config(dataset), one, runs_root=tmp_path / "one", progress=False)
     db = tmp_path / "two.db"
 
-    code, output = Launched(torchrun_command(*flags(dataset), "--db", str(db),
+    code, output = launch(torchrun_command(*flags(dataset), "--db", str(db),
                                              "--runs-dir", str(tmp_path / "two")),
                             tmp_path).wait()
 
@@ -123,13 +136,13 @@ def test_two_ranks_record_the_one_process_run(tmp_path, dataset):
     assert len(state["rng_ranks"]) == 2
 
 
-def test_every_rank_computes_the_same_rows(tmp_path, dataset):
+def test_every_rank_computes_the_same_rows(tmp_path, dataset, launch):
     """The grad norm each rank gets from clip_grad_norm_ on the synchronised gradient,
     and the global loss, are the same on every rank (dropout on: ranks differ in masks)."""
     script = Path(__file__).with_name("ddp_rank_rows.py")
     command = torchrun_command(str(script), str(dataset), str(tmp_path), module=None)
 
-    code, output = Launched(command, tmp_path).wait()
+    code, output = launch(command, tmp_path).wait()
 
     assert code == 0, output
     rank0, rank1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
@@ -141,7 +154,7 @@ def test_every_rank_computes_the_same_rows(tmp_path, dataset):
         {k: v for k, v in e.items() if k not in drop} for e in rank1["epochs"]]
 
 
-def test_two_nodes_on_localhost_record_one_run(tmp_path, dataset):
+def test_two_nodes_on_localhost_record_one_run(tmp_path, dataset, launch):
     port = free_port()
     nodes = []
     for node in (0, 1):
@@ -149,7 +162,7 @@ def test_two_nodes_on_localhost_record_one_run(tmp_path, dataset):
         where.mkdir()
         rendezvous = ["--nnodes=2", f"--node-rank={node}",
                       f"--rdzv-endpoint=127.0.0.1:{port}"]
-        nodes.append(Launched(torchrun_command(*flags(dataset, epochs=2), "--db",
+        nodes.append(launch(torchrun_command(*flags(dataset, epochs=2), "--db",
                                                str(where / "runs.db"), "--runs-dir",
                                                str(where / "runs"), nproc=1,
                                                rendezvous=rendezvous), where))
@@ -171,11 +184,11 @@ def test_two_nodes_on_localhost_record_one_run(tmp_path, dataset):
 
 # -- refusals, deaths and stops ----------------------------------------------------------
 
-def test_a_batch_that_does_not_split_over_the_ranks_is_refused_before_a_run(tmp_path,
-                                                                            dataset):
+def test_a_batch_that_does_not_split_over_the_ranks_is_refused_before_a_run(
+        tmp_path, dataset, launch):
     db = tmp_path / "runs.db"
 
-    code, output = Launched(torchrun_command(*flags(dataset, batch_size=3), "--db", str(db)),
+    code, output = launch(torchrun_command(*flags(dataset, batch_size=3), "--db", str(db)),
                             tmp_path).wait()
 
     assert code != 0
@@ -195,10 +208,10 @@ def test_the_batch_check_needs_no_process_group(store):
 
 
 @pytest.mark.parametrize("killed, shown", [(1, "failed"), (0, "crashed")])
-def test_a_killed_rank_ends_the_run_and_one_process_resumes_it(tmp_path, dataset, killed,
-                                                               shown, caplog):
+def test_a_killed_rank_ends_the_run_and_one_process_resumes_it(tmp_path, dataset, launch,
+                                                               killed, shown, caplog):
     db = tmp_path / "runs.db"
-    launched = Launched(torchrun_command(*flags(dataset, epochs=400, save_interval=2),
+    launched = launch(torchrun_command(*flags(dataset, epochs=400, save_interval=2),
                                          "--db", str(db), "--runs-dir", str(tmp_path)),
                         tmp_path)
     wait_for(lambda: rows_once_there(db, "SELECT 1 FROM checkpoints WHERE epoch >= 2"),
@@ -210,7 +223,7 @@ def test_a_killed_rank_ends_the_run_and_one_process_resumes_it(tmp_path, dataset
     code, output = launched.wait()
 
     assert code != 0
-    assert not any(alive(pid) for pid in ranks.values())
+    assert launched.left_behind == []
     store = Store.open(str(db))
     [run_id] = run_ids(db)
     run = store.get_run(run_id)
@@ -234,13 +247,13 @@ def test_a_killed_rank_ends_the_run_and_one_process_resumes_it(tmp_path, dataset
 
 
 def test_a_signal_to_torchrun_stops_every_rank_at_a_checkpoint_and_resume_is_exact(
-        tmp_path, dataset):
+        tmp_path, dataset, launch):
     """Ctrl-C (SIGINT) to the torchrun parent: every rank stops at the same batch, rank 0
     checkpoints the last finished epoch, the run is interrupted; a resume on 2 ranks
     continues exactly, dropout (per-rank random state) included."""
     db = tmp_path / "runs.db"
     shape = {"dropout": 0.2, "epochs": 400}
-    stopped = Launched(torchrun_command(*flags(dataset, **shape), "--db", str(db),
+    stopped = launch(torchrun_command(*flags(dataset, **shape), "--db", str(db),
                                         "--runs-dir", str(tmp_path)), tmp_path)
     wait_for(lambda: rows_once_there(db, "SELECT 1 FROM epochs WHERE epoch >= 2"), stopped)
     ranks = stopped.children()
@@ -249,7 +262,7 @@ def test_a_signal_to_torchrun_stops_every_rank_at_a_checkpoint_and_resume_is_exa
     code, output = stopped.wait()
 
     assert code != 0
-    assert not any(alive(pid) for pid in ranks.values())
+    assert stopped.left_behind == [] and len(ranks) == 2
     store = Store.open(str(db))
     [run_id] = run_ids(db)
     run = store.get_run(run_id)
@@ -258,13 +271,13 @@ def test_a_signal_to_torchrun_stops_every_rank_at_a_checkpoint_and_resume_is_exa
     assert [c["epoch"] for c in store.checkpoints(run_id)] == [done]
     assert output.count("stopping: saving a checkpoint") == 1  # rank 0 says it, once
 
-    resumed = Launched(torchrun_command("resume", "--run-id", run_id, "--epochs",
+    resumed = launch(torchrun_command("resume", "--run-id", run_id, "--epochs",
                                         str(done + 2), "--db", str(db), "--quiet",
                                         "--ddp-timeout", "60"), tmp_path)
     code, output = resumed.wait()
     assert code == 0, output
     straight_db = tmp_path / "straight.db"
-    code, output = Launched(torchrun_command(*flags(dataset, **{**shape, "epochs": done + 2}),
+    code, output = launch(torchrun_command(*flags(dataset, **{**shape, "epochs": done + 2}),
                                              "--db", str(straight_db), "--runs-dir",
                                              str(tmp_path / "straight")), tmp_path).wait()
     assert code == 0, output
@@ -278,7 +291,7 @@ def test_a_signal_to_torchrun_stops_every_rank_at_a_checkpoint_and_resume_is_exa
     assert [s["segment"] for s in store.epochs(run_id)] == [1] * done + [2, 2]
 
 
-def test_two_ranks_continue_a_one_process_checkpoint(tmp_path, dataset):
+def test_two_ranks_continue_a_one_process_checkpoint(tmp_path, dataset, launch):
     db = tmp_path / "runs.db"
     store = Store.open(str(db))
     split = start_run(config(dataset, epochs=2), store, runs_root=tmp_path / "runs",
@@ -286,7 +299,7 @@ def test_two_ranks_continue_a_one_process_checkpoint(tmp_path, dataset):
     straight = start_run(config(dataset, epochs=4), store, runs_root=tmp_path / "runs",
                          progress=False)
 
-    code, output = Launched(torchrun_command("resume", "--run-id", split.run_id, "--epochs",
+    code, output = launch(torchrun_command("resume", "--run-id", split.run_id, "--epochs",
                                              "4", "--db", str(db), "--quiet"),
                             tmp_path).wait()
 
