@@ -102,8 +102,8 @@ def test_two_ranks_record_the_one_process_run(tmp_path, dataset, launch):
     db = tmp_path / "two.db"
 
     code, output = launch(torchrun_command(*flags(dataset), "--db", str(db),
-                                             "--runs-dir", str(tmp_path / "two")),
-                            tmp_path).wait()
+                                           "--runs-dir", str(tmp_path / "two")),
+                          tmp_path).wait()
 
     assert code == 0, output
     assert output.count("run_id: ") == 1 and output.count("finished: run") == 1, output
@@ -163,9 +163,9 @@ def test_two_nodes_on_localhost_record_one_run(tmp_path, dataset, launch):
         rendezvous = ["--nnodes=2", f"--node-rank={node}",
                       f"--rdzv-endpoint=127.0.0.1:{port}"]
         nodes.append(launch(torchrun_command(*flags(dataset, epochs=2), "--db",
-                                               str(where / "runs.db"), "--runs-dir",
-                                               str(where / "runs"), nproc=1,
-                                               rendezvous=rendezvous), where))
+                                             str(where / "runs.db"), "--runs-dir",
+                                             str(where / "runs"), nproc=1,
+                                             rendezvous=rendezvous), where))
 
     results = [n.wait() for n in nodes]
 
@@ -189,7 +189,7 @@ def test_a_batch_that_does_not_split_over_the_ranks_is_refused_before_a_run(
     db = tmp_path / "runs.db"
 
     code, output = launch(torchrun_command(*flags(dataset, batch_size=3), "--db", str(db)),
-                            tmp_path).wait()
+                          tmp_path).wait()
 
     assert code != 0
     lines = [line for line in output.splitlines() if line.startswith("Error: ")]
@@ -212,8 +212,8 @@ def test_a_killed_rank_ends_the_run_and_one_process_resumes_it(tmp_path, dataset
                                                                killed, shown, caplog):
     db = tmp_path / "runs.db"
     launched = launch(torchrun_command(*flags(dataset, epochs=400, save_interval=2),
-                                         "--db", str(db), "--runs-dir", str(tmp_path)),
-                        tmp_path)
+                                       "--db", str(db), "--runs-dir", str(tmp_path)),
+                      tmp_path)
     wait_for(lambda: rows_once_there(db, "SELECT 1 FROM checkpoints WHERE epoch >= 2"),
              launched)
     ranks = launched.children()
@@ -254,7 +254,7 @@ def test_a_signal_to_torchrun_stops_every_rank_at_a_checkpoint_and_resume_is_exa
     db = tmp_path / "runs.db"
     shape = {"dropout": 0.2, "epochs": 400}
     stopped = launch(torchrun_command(*flags(dataset, **shape), "--db", str(db),
-                                        "--runs-dir", str(tmp_path)), tmp_path)
+                                      "--runs-dir", str(tmp_path)), tmp_path)
     wait_for(lambda: rows_once_there(db, "SELECT 1 FROM epochs WHERE epoch >= 2"), stopped)
     ranks = stopped.children()
 
@@ -272,14 +272,14 @@ def test_a_signal_to_torchrun_stops_every_rank_at_a_checkpoint_and_resume_is_exa
     assert output.count("stopping: saving a checkpoint") == 1  # rank 0 says it, once
 
     resumed = launch(torchrun_command("resume", "--run-id", run_id, "--epochs",
-                                        str(done + 2), "--db", str(db), "--quiet",
-                                        "--ddp-timeout", "60"), tmp_path)
+                                      str(done + 2), "--db", str(db), "--quiet",
+                                      "--ddp-timeout", "60"), tmp_path)
     code, output = resumed.wait()
     assert code == 0, output
     straight_db = tmp_path / "straight.db"
     code, output = launch(torchrun_command(*flags(dataset, **{**shape, "epochs": done + 2}),
-                                             "--db", str(straight_db), "--runs-dir",
-                                             str(tmp_path / "straight")), tmp_path).wait()
+                                           "--db", str(straight_db), "--runs-dir",
+                                           str(tmp_path / "straight")), tmp_path).wait()
     assert code == 0, output
 
     [straight_id] = run_ids(straight_db)
@@ -300,8 +300,8 @@ def test_two_ranks_continue_a_one_process_checkpoint(tmp_path, dataset, launch):
                          progress=False)
 
     code, output = launch(torchrun_command("resume", "--run-id", split.run_id, "--epochs",
-                                             "4", "--db", str(db), "--quiet"),
-                            tmp_path).wait()
+                                           "4", "--db", str(db), "--quiet"),
+                          tmp_path).wait()
 
     assert code == 0, output
     assert "written by 1 process(es); continuing on 2" in output
