@@ -6,8 +6,9 @@ prints the ratio of median wall times. Goal: <= 1.02.
 
     python bench/recording_overhead.py [--epochs 10] [--repeats 5] [--dataset FILE]
 
-Recording costs a fixed ~2-3 ms per epoch (one transaction, the report, the rules), so
-the ratio is worst for the bundled data's very short epochs (~75 ms on 2 cores).
+Recording costs a fixed ~2-3 ms of work per epoch (one transaction, the report, the
+rules), done in the recorder's thread; the ratio is worst for the bundled data's very
+short epochs (~75 ms on 2 cores), where that thread competes for the same cores.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ def main() -> None:
                     run_id, recorder = "untracked", NullRecorder()
                 started = time.perf_counter()
                 train(config, examples, tokenizer, recorder, run_dir, run_id, progress=False)
+                recorder.close()  # the recording thread's last writes count too
                 times[mode].append(time.perf_counter() - started)
         store.close()
     untracked, tracked = (statistics.median(times[m]) for m in ("untracked", "tracked"))

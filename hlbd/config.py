@@ -35,6 +35,10 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True
     step_flush_interval: int = 500
+    # Set from the environment, not by flags: the processes torchrun started (1 without
+    # it) and the process group's backend for the training tensors (None: no group).
+    world_size: int = 1
+    backend: str | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -63,6 +67,10 @@ class TrainConfig:
             (0 <= self.seed < 2**32, "--seed must be between 0 and 4294967295"),
             (self.epochs >= 1, "--epochs must be at least 1"),
             (self.batch_size >= 1, "--batch-size must be at least 1"),
+            (self.batch_size % self.world_size == 0,
+             (f"--batch-size {self.batch_size} does not split evenly over the "
+              f"{self.world_size} processes (WORLD_SIZE): it is the global micro-batch, "
+              f"so pass a multiple of {self.world_size}")),
             (self.grad_accum >= 1, "--grad-accum must be at least 1"),
             (finite(self.lr) and self.lr > 0, f"--lr must be a positive number, not {self.lr}"),
             (finite(self.weight_decay) and self.weight_decay >= 0,

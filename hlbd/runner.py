@@ -3,6 +3,9 @@
 This is what ``hlbd train`` and ``hlbd resume`` call; it keeps the run's status true
 whatever happens: ``finished``, ``interrupted`` (Ctrl-C, after a checkpoint) or
 ``failed`` (with the error), never ``running`` once the process is gone.
+
+Under torchrun rank 0 runs these functions (it alone reads and writes the store) and
+launches the other ranks with everything they need to train; they run ``follow``.
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ from pathlib import Path
 from hlbd.checkpoint import load_checkpoint
 from hlbd.config import TrainConfig
 from hlbd.data import Pair, load_datasets, mix
+from hlbd.distributed import Dist
 from hlbd.errors import CheckpointError, ClaimLostError, HlbdError, UnknownRunError
 from hlbd.fileio import remove_temp_files
-from hlbd.recorder import StoreRecorder
+from hlbd.recorder import NullRecorder, StoreRecorder
 from hlbd.store import Store, superseded
 from hlbd.tokenizer import Tokenizer
 from hlbd.trainer import Examples, TrainingInterrupted, check_device, check_resumable, train
@@ -76,13 +80,16 @@ def check_config(config: TrainConfig) -> None:
 def start_run(config: TrainConfig, store: Store, *, runs_root: Path | None = None,
               on_run_id: Callable[[str], None] = lambda _id: None,
               should_stop: Callable[[], bool] = lambda: False,
-              progress: bool = True) -> RunOutcome:
+              progress: bool = True, place: Dist | None = None) -> RunOutcome:
     """Train a new run recorded in ``store``; returns how it ended.
 
     Everything is checked and loaded before the run exists: a bad flag or dataset, or a
     stop asked for meanwhile (``should_stop``), leaves no trace. From the moment the
-    run exists, every way out sets its status.
+    run exists, every way out sets its status. ``place``: under torchrun, rank 0's Dist
+    (the other ranks run ``follow``).
     """
+    place = place or Dist()
+    _set_processes(config, place)
     check_config(config)
     data = prepare_data(config)
     _stop_if_asked(should_stop, "run")
@@ -92,13 +99,20 @@ def start_run(config: TrainConfig, store: Store, *, runs_root: Path | None = Non
     run_id = uuid.uuid4().hex
     run_dir = (runs_root or runs_dir()) / run_id
     store.create_run(config.name or "run", config.to_dict(), data.dataset_stats,
-                     vocab=tokenizer.vocab, run_dir=str(run_dir), run_id=run_id)
+                     vocab=tokenizer.vocab, run_dir=str(run_dir), run_id=run_id,
+                     hosts=place.hosts)
     return _run(config, store, run_id, 1, run_dir, examples, tokenizer,
-                data.dataset_stats, None, should_stop, progress, on_run_id)
+                data.dataset_stats, None, should_stop, progress, on_run_id, place)
+
+
+def _set_processes(config: TrainConfig, place: Dist) -> None:
+    """Record in the config how many processes train and the backend between them."""
+    config.world_size = place.world_size
+    config.backend = place.backend(check_device(config.device))
 
 
 def _run(config, store, run_id, segment, run_dir, examples, tokenizer, dataset_stats,
-         resume, should_stop, progress, on_run_id) -> RunOutcome:
+         resume, should_stop, progress, on_run_id, place) -> RunOutcome:
     """Train attempt ``segment`` (already claimed) and set how it ended."""
     try:
         on_run_id(run_id)
@@ -109,11 +123,18 @@ def _run(config, store, run_id, segment, run_dir, examples, tokenizer, dataset_s
             log.info("removed %s, left by an attempt killed while writing it", partial.name)
         recorder = StoreRecorder(store, run_id, segment, run_dir, dataset_stats,
                                  config.to_dict())
-        result = train(config, examples, tokenizer, recorder, run_dir, run_id,
-                       resume=resume, segment=segment, should_stop=should_stop,
-                       progress=progress)
+        try:
+            place.launch({"run_id": run_id, "segment": segment, "run_dir": str(run_dir),
+                          "config": config.to_dict(), "vocab": tokenizer.vocab,
+                          "examples": examples, "resume": resume})
+            result = train(config, examples, tokenizer, recorder, run_dir, run_id,
+                           resume=resume, segment=segment, should_stop=should_stop,
+                           progress=progress, place=place)
+        finally:
+            recorder.close()  # every row handed over is in the store before the status
     except TrainingInterrupted as stop:
         _close(store, run_id, segment, "interrupted")
+        place.barrier()  # the other ranks exit once the run's status says so
         return RunOutcome(run_id, "interrupted", stop.epoch, run_dir)
     except ClaimLostError as lost:
         raise RunFailed(str(lost)) from None  # the run is the later attempt's now
@@ -128,6 +149,31 @@ def _run(config, store, run_id, segment, run_dir, examples, tokenizer, dataset_s
         _close(store, run_id, segment, "failed", error)
         raise RunFailed(f"run {run_id} failed: {error.splitlines()[0]}") from exc
     _close(store, run_id, segment, "finished")
+    place.barrier()
+    return RunOutcome(run_id, "finished", result.last_epoch, run_dir)
+
+
+def follow(place: Dist, *, should_stop: Callable[[], bool] = lambda: False) -> RunOutcome:
+    """A rank other than 0 under torchrun: train on what rank 0 launched, record nothing.
+
+    Raises LeaderFailed when rank 0 failed before training (it reports why), HlbdError
+    when training stopped with an error (a rank died, a collective timed out).
+    """
+    launch = place.await_launch()
+    run_id, run_dir = launch["run_id"], Path(launch["run_dir"])
+    try:
+        result = train(TrainConfig.from_dict(launch["config"]), launch["examples"],
+                       Tokenizer(launch["vocab"]), NullRecorder(), run_dir, run_id,
+                       resume=launch["resume"], segment=launch["segment"],
+                       should_stop=should_stop, progress=False, place=place)
+    except TrainingInterrupted as stop:
+        place.barrier()
+        return RunOutcome(run_id, "interrupted", stop.epoch, run_dir)
+    except RuntimeError as exc:  # torch's distributed errors (a peer died, a timeout)
+        reason = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise HlbdError(f"rank {place.rank} of run {run_id} stopped: "
+                        f"{type(exc).__name__}: {reason}") from exc
+    place.barrier()
     return RunOutcome(run_id, "finished", result.last_epoch, run_dir)
 
 
@@ -146,7 +192,7 @@ RESUME_SETTABLE = ("epochs", "save_interval", "device", "step_flush_interval")
 
 def resume_run(store: Store, run_id: str, *, epochs: int | None = None,
                overrides: dict | None = None, force: bool = False,
-               **kwargs) -> RunOutcome:
+               place: Dist | None = None, **kwargs) -> RunOutcome:
     """Continue run ``run_id`` (an id or unique prefix) from its newest checkpoint.
 
     ``epochs`` is the new total; ``overrides`` may set the fields in RESUME_SETTABLE. A
@@ -156,17 +202,18 @@ def resume_run(store: Store, run_id: str, *, epochs: int | None = None,
     """
     run = store.get_run(run_id)
     _refuse_if_live(run, force)
+    place = place or Dist()
     plan = None
     for candidate in store.checkpoint_candidates(run["run_id"]):
         try:
             plan = _plan_resume(run, _load_own_checkpoint(run, candidate),
-                                candidate["path"], epochs, overrides or {})
+                                candidate["path"], epochs, overrides or {}, place)
             break
         except CheckpointError as unusable:
             log.warning("cannot resume from it: %s", unusable)
     if plan is None:
-        plan = _plan_restart(run, epochs, overrides or {})
-    return _resume(store, run, plan, force=force, **kwargs)
+        plan = _plan_restart(run, epochs, overrides or {}, place)
+    return _resume(store, run, plan, place, force=force, **kwargs)
 
 
 def _load_own_checkpoint(run: dict, candidate: dict) -> dict:
@@ -182,7 +229,8 @@ def _load_own_checkpoint(run: dict, candidate: dict) -> dict:
     return state
 
 
-def _plan_restart(run: dict, epochs: int | None, overrides: dict) -> _ResumePlan:
+def _plan_restart(run: dict, epochs: int | None, overrides: dict,
+                  place: Dist) -> _ResumePlan:
     """A resume from epoch 0, for a run none of whose checkpoints loads (or that died
     before its first): its recorded config, datasets and vocabulary, checked."""
     config_values = run.get("config") or {}
@@ -194,8 +242,8 @@ def _plan_restart(run: dict, epochs: int | None, overrides: dict) -> _ResumePlan
     for key, value in {**overrides, **({"epochs": epochs} if epochs else {})}.items():
         if key in RESUME_SETTABLE:
             setattr(config, key, value)
-    config.validate()
-    check_device(config.device)
+    _set_processes(config, place)
+    check_config(config)
     data = prepare_data(config)
     _check_same_datasets(run, data)
     tokenizer = Tokenizer.build(t for p in data.pairs for t in (p.input, p.output))
@@ -211,7 +259,7 @@ def _plan_restart(run: dict, epochs: int | None, overrides: dict) -> _ResumePlan
 def resume_checkpoint(store: Store, path: str | Path, *, epochs: int | None = None,
                       overrides: dict | None = None, force: bool = False,
                       name: str | None = None, runs_root: Path | None = None,
-                      **kwargs) -> RunOutcome:
+                      place: Dist | None = None, **kwargs) -> RunOutcome:
     """Continue from a checkpoint file; the run id comes from the checkpoint.
 
     A checkpoint of the older tool (no run id) starts a new run, marked imported, whose
@@ -231,12 +279,13 @@ def resume_checkpoint(store: Store, path: str | Path, *, epochs: int | None = No
                 f"{path}: epoch {state['epoch']} of segment {state.get('segment', 1)} of run "
                 f"{run['run_id']} was superseded by a later resume; continuing it would mix "
                 "two attempts in one history (`hlbd resume` picks the newest current one)")
-    plan = _plan_resume(run, state, str(path), epochs, overrides or {})
+    place = place or Dist()
+    plan = _plan_resume(run, state, str(path), epochs, overrides or {}, place)
     if run is None:  # the imported run is created only if no stop was asked for
         _stop_if_asked(kwargs.get("should_stop", lambda: False), "run")
         run = _import_checkpoint_run(store, plan, name, runs_root or runs_dir())
-        return _resume(store, run, plan, force=force, stop_checked=True, **kwargs)
-    return _resume(store, run, plan, force=force, **kwargs)
+        return _resume(store, run, plan, place, force=force, stop_checked=True, **kwargs)
+    return _resume(store, run, plan, place, force=force, **kwargs)
 
 
 def _refuse_if_live(run: dict, force: bool) -> None:
@@ -263,9 +312,10 @@ class _ResumePlan:
 
 
 def _plan_resume(run: dict | None, state: dict, path: str, epochs: int | None,
-                 overrides: dict) -> _ResumePlan:
+                 overrides: dict, place: Dist) -> _ResumePlan:
     """Check everything a resume needs, reading only; raises on the first problem."""
     config = TrainConfig.from_dict(state["config"])
+    trained_on = config.world_size
     if epochs is None and run is not None:
         epochs = run["config"].get("epochs")  # the total as last set, by a resume too
     if epochs is not None:
@@ -280,6 +330,7 @@ def _plan_resume(run: dict | None, state: dict, path: str, epochs: int | None,
     for key in RESUME_SETTABLE:
         if key in overrides:
             setattr(config, key, overrides[key])
+    _set_processes(config, place)
     config.validate()
     if config.epochs <= state["epoch"]:
         raise HlbdError(f"{path} is at epoch {state['epoch']} and the run's total is "
@@ -291,6 +342,12 @@ def _plan_resume(run: dict | None, state: dict, path: str, epochs: int | None,
     if run is not None:
         _check_same_datasets(run, data)
     examples = Examples.encode(data.pairs, tokenizer, config.max_seq_len)
+    if trained_on != config.world_size:
+        # The global batch is the same, so the run goes on as one process would; only the
+        # float summation order (and, with dropout, the masks of ranks > 0) differ.
+        log.warning("%s was written by %d process(es); continuing on %d: the same global "
+                    "batch, equal to float tolerance, not bit for bit", path, trained_on,
+                    config.world_size)
     return _ResumePlan(state, path, config, data, tokenizer, examples)
 
 
@@ -301,7 +358,8 @@ def _check_same_datasets(run: dict, data: PreparedData) -> None:
                         "would not continue the same run")
 
 
-def _resume(store: Store, run: dict, plan: _ResumePlan, *, force: bool = False,
+def _resume(store: Store, run: dict, plan: _ResumePlan, place: Dist, *,
+            force: bool = False,
             on_run_id: Callable[[str], None] = lambda _id: None,
             should_stop: Callable[[], bool] = lambda: False,
             progress: bool = True, stop_checked: bool = False) -> RunOutcome:
@@ -311,10 +369,12 @@ def _resume(store: Store, run: dict, plan: _ResumePlan, *, force: bool = False,
     # The claim: atomic in the database, so of several resumes started at once exactly
     # one gets here; the others raise RunClaimedError having written nothing.
     segment = store.begin_segment(run_id, plan.start_epoch, resumed_from=plan.path,
-                                  config=plan.config.to_dict(), force=force)
+                                  config=plan.config.to_dict(), hosts=place.hosts,
+                                  force=force)
     run_dir = Path(run["run_dir"]) if run.get("run_dir") else runs_dir() / run_id
     return _run(plan.config, store, run_id, segment, run_dir, plan.examples, plan.tokenizer,
-                plan.data.dataset_stats, plan.state, should_stop, progress, on_run_id)
+                plan.data.dataset_stats, plan.state, should_stop, progress, on_run_id,
+                place)
 
 
 def _import_checkpoint_run(store: Store, plan: _ResumePlan, name: str | None,

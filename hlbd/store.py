@@ -94,23 +94,25 @@ class Store:
                    source: str = "hlbd", source_hash: str | None = None,
                    extra: dict | None = None, status: str = "running",
                    run_id: str | None = None,
-                   epochs: Sequence[dict[str, Any]] = ()) -> str:
+                   epochs: Sequence[dict[str, Any]] = (),
+                   hosts: Sequence[str] | None = None) -> str:
         """Insert a run and its first segment; returns the new run id.
 
         ``epochs`` are rows the run already has (an import): written as segment 1 in the
-        same transaction, so an import is all there or not there at all.
+        same transaction, so an import is all there or not there at all. ``hosts``: the
+        host of each training process, in rank order (the segment's world size).
         """
         run_id = run_id or uuid.uuid4().hex
         with self.engine.begin() as conn:
             _insert_run(conn, run_id, utcnow(), name=name, status=status, config=config,
                         dataset_stats=dataset_stats, vocab=vocab, run_dir=run_dir,
                         source=source, source_hash=source_hash, extra=extra,
-                        epochs=epochs)
+                        epochs=epochs, hosts=hosts)
         return run_id
 
     def begin_segment(self, run_id: str, start_epoch: int,
                       resumed_from: str | None = None, config: dict | None = None, *,
-                      force: bool = False) -> int:
+                      hosts: Sequence[str] | None = None, force: bool = False) -> int:
         """Claim ``run_id`` and open a new attempt that continues after ``start_epoch``.
 
         The claim is one transaction: an attempt still marked running must be dead (its
@@ -123,12 +125,14 @@ class Store:
         Epochs, steps and anomaly rows recorded after ``start_epoch`` by earlier
         segments stay in the store, marked as superseded by the new segment. ``config``,
         when given, becomes the run's config (a resume may change the epoch total,
-        device, save interval).
+        device, save interval); ``hosts``: the host of each training process, in rank
+        order.
         """
         now = utcnow()
         try:
             with self.engine.begin() as conn:
-                segment = self._claim(conn, run_id, now, force, start_epoch, resumed_from)
+                segment = self._claim(conn, run_id, now, force, start_epoch, resumed_from,
+                                      hosts)
                 for table in (Epoch, Step, Anomaly):
                     conn.execute(update(table).where(
                         table.run_id == run_id, table.epoch > start_epoch,
@@ -146,7 +150,7 @@ class Store:
         return segment
 
     def _claim(self, conn, run_id: str, now: datetime, force: bool, start_epoch: int,
-               resumed_from: str | None) -> int:
+               resumed_from: str | None, hosts: Sequence[str] | None) -> int:
         """Inside ``conn``'s transaction: take over a dead holder, insert our segment."""
         holder = conn.execute(
             select(Segment.segment, Segment.pid, Segment.hostname, Run.heartbeat_at,
@@ -179,7 +183,7 @@ class Store:
         conn.execute(insert(Segment).values(
             run_id=run_id, segment=segment, start_epoch=start_epoch,
             resumed_from=resumed_from, started_at=now, status="running", pid=os.getpid(),
-            hostname=socket.gethostname()))
+            hostname=socket.gethostname(), **_processes(hosts)))
         return segment
 
     def _hold(self, conn, run_id: str, segment: int, now: datetime) -> None:
@@ -387,10 +391,14 @@ class Store:
         return [_join_nans(r, "steps") for r in rows]
 
     def segments(self, run_id: str) -> list[dict]:
+        """A run's attempts in order; ``hosts`` decoded (a list in rank order, or None)."""
         with self.engine.connect() as conn:
-            return [dict(r) for r in conn.execute(
+            rows = [dict(r) for r in conn.execute(
                 select(Segment).where(Segment.run_id == run_id)
                 .order_by(Segment.segment)).mappings()]
+        for r in rows:
+            r["hosts"] = json.loads(r["hosts"]) if r["hosts"] else None
+        return rows
 
     def checkpoints(self, run_id: str) -> list[dict]:
         with self.engine.connect() as conn:
@@ -447,7 +455,8 @@ def _insert_run(conn, run_id: str, now: datetime, *, name: str, status: str, con
                 dataset_stats: dict, vocab: Sequence[str] | None = None,
                 run_dir: str | None = None, source: str = "hlbd",
                 source_hash: str | None = None, extra: dict | None = None,
-                epochs: Sequence[dict[str, Any]] = ()) -> None:
+                epochs: Sequence[dict[str, Any]] = (),
+                hosts: Sequence[str] | None = None) -> None:
     """A run, its first segment and any epochs it already has, inside ``conn``'s
     transaction."""
     ended = None if status == "running" else now
@@ -460,9 +469,17 @@ def _insert_run(conn, run_id: str, now: datetime, *, name: str, status: str, con
         extra=json.dumps(extra, sort_keys=True) if extra else None))
     conn.execute(insert(Segment).values(
         run_id=run_id, segment=1, start_epoch=0, started_at=now, ended_at=ended,
-        status=status, pid=os.getpid(), hostname=socket.gethostname()))
+        status=status, pid=os.getpid(), hostname=socket.gethostname(),
+        **_processes(hosts)))
     if epochs:
         conn.execute(insert(Epoch), [_epoch_values(run_id, 1, e, now) for e in epochs])
+
+
+def _processes(hosts: Sequence[str] | None) -> dict[str, Any]:
+    """A segment's world size and hosts columns (NULL when not known: an import)."""
+    if not hosts:
+        return {"world_size": None, "hosts": None}
+    return {"world_size": len(hosts), "hosts": json.dumps(list(hosts))}
 
 
 def _epoch_values(run_id: str, segment: int, epoch: dict[str, Any],

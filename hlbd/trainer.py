@@ -5,6 +5,13 @@ returns (before clipping) as device tensors; they move to the host once per flus
 on a GPU there is no per-step sync. Per epoch it hands the recorder the mean loss, the
 grad-norm mean/max/min over finite steps with non-finite and clipped counts, the LR
 the scheduler set for the epoch, token accuracy and throughput.
+
+Under torchrun each rank trains on its share of every global batch (``--batch-size``
+is the global micro-batch) inside DistributedDataParallel. The loss is normalised by
+the answer tokens of the whole accumulation group on all ranks and scaled by the world
+size, because DDP averages gradients over ranks: the synchronised gradient, its norm
+and the optimizer step are those of one process on the whole batch. Loss and accuracy
+sums are added over ranks once per flush, so every rank computes the same rows.
 """
 
 from __future__ import annotations
@@ -14,11 +21,13 @@ import math
 import random
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim import AdamW
 from torch.optim.lr_scheduler import CosineAnnealingWarmRestarts
 from tqdm import tqdm
@@ -26,6 +35,7 @@ from tqdm import tqdm
 from hlbd.checkpoint import checkpoint_path, save_checkpoint
 from hlbd.config import TrainConfig
 from hlbd.data import Pair
+from hlbd.distributed import Dist, StopVote
 from hlbd.errors import CheckpointError, HlbdError
 from hlbd.model import build_model
 from hlbd.recorder import Recorder
@@ -36,7 +46,7 @@ IGNORE = -100
 
 
 class TrainingInterrupted(Exception):
-    """The caller asked the loop to stop (Ctrl-C); a checkpoint was saved."""
+    """The caller asked the loop to stop (Ctrl-C); rank 0 saved a checkpoint."""
 
     def __init__(self, epoch: int, checkpoint: Path | None):
         super().__init__(f"interrupted after epoch {epoch}")
@@ -110,17 +120,11 @@ def make_scheduler(optimizer: torch.optim.Optimizer,
                                        eta_min=config.eta_min)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def check_device(name: str) -> torch.device:
     """The device ``--device name`` means, if this machine has it (checked before a run
     exists); else HlbdError naming the flag."""
     try:
-        device = resolve_device(name)
+        device = Dist().device(name)
     except RuntimeError:
         raise HlbdError(f"--device must be auto, cpu, cuda, cuda:N or mps, not "
                         f"{name!r}") from None
@@ -154,33 +158,52 @@ def train(config: TrainConfig, examples: Examples, tokenizer: Tokenizer,
           recorder: Recorder, run_dir: Path, run_id: str, *,
           resume: dict | None = None, segment: int = 1,
           should_stop: Callable[[], bool] = lambda: False,
-          progress: bool = True) -> TrainResult:
-    """Train to ``config.epochs``, from scratch or from a loaded checkpoint ``resume``."""
-    device = resolve_device(config.device)
+          progress: bool = True, place: Dist | None = None) -> TrainResult:
+    """Train to ``config.epochs``, from scratch or from a loaded checkpoint ``resume``.
+
+    ``place``: this process among the torchrun ranks (default: the only one). Every
+    rank computes the same rows and calls its ``recorder``; only rank 0 saves
+    checkpoints.
+    """
+    place = place or Dist()
+    device = place.device(config.device)
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     model, optimizer, scheduler, scaler = _components(config, len(tokenizer), device)
+    if place.rank > 0:  # the same initial weights, but each rank its own dropout masks
+        torch.manual_seed(config.seed * 1_000_003 + place.rank)
     use_amp = scaler.is_enabled()
     max_norm = config.max_grad_norm if config.max_grad_norm > 0 else math.inf
     history = empty_history()
     start_epoch, global_step = 0, 0
     if resume is not None:
         _restore(resume, model, optimizer, scheduler, scaler)
-        _set_rng_state(resume.get("rng") or {})
+        _set_rng_state(_rank_rng(resume, place))
         history.update(_copy_state(resume["history"]))
         start_epoch = resume["epoch"]
         global_step = resume.get("global_step", len(history["batch_losses"]))
+    # DDP averages gradients over ranks; each rank's loss is scaled by the world size so
+    # the average is the gradient of the whole global batch (see the module docstring).
+    ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                  else None) if place.active else None
+    forward = ddp or model
+    stop_requested = StopVote(place, should_stop)
 
-    def state(epoch: int) -> dict:
+    def state(epoch: int) -> dict | None:
+        """The checkpoint of ``epoch`` on rank 0 (None elsewhere); every rank must call."""
+        rng = place.gather(_rng_state())
+        if not place.is_main:
+            return None
         return {"run_id": run_id, "epoch": epoch, "global_step": global_step,
                 "segment": segment, "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "rng": _rng_state(),
+                "scaler": scaler.state_dict(), "rng": rng[0],
+                **({"rng_ranks": rng} if place.active else {}),
                 "vocab": tokenizer.vocab, "config": config.to_dict(), "history": history}
 
-    def save(epoch: int, snapshot: dict | None = None) -> Path:
+    def save(epoch: int, snapshot: dict) -> Path:
         path = checkpoint_path(run_dir, epoch)
-        size = save_checkpoint(path, snapshot or state(epoch))
+        size = save_checkpoint(path, snapshot)
         recorder.on_checkpoint(epoch, path, size)
         return path
 
@@ -190,7 +213,8 @@ def train(config: TrainConfig, examples: Examples, tokenizer: Tokenizer,
     last_done = start_epoch
     bar = tqdm(total=config.epochs * math.ceil(len(examples) / config.batch_size),
                initial=start_epoch * math.ceil(len(examples) / config.batch_size),
-               disable=not progress, unit="batch", dynamic_ncols=True, leave=False)
+               disable=not (progress and place.is_main), unit="batch",
+               dynamic_ncols=True, leave=False)
     try:
         for epoch in range(start_epoch + 1, config.epochs + 1):
             started = time.perf_counter()
@@ -206,17 +230,27 @@ def train(config: TrainConfig, examples: Examples, tokenizer: Tokenizer,
             buffer = StepBuffer()
             epoch_steps: list[dict] = []  # host rows of this epoch's steps
             for group in groups:
+                # Answer tokens of the whole group on all ranks: the loss's denominator.
                 group_tokens = sum(examples.answer_tokens[i] for b in group for i in b)
-                step_loss = torch.zeros((), device=device)
-                for indices in group:
-                    if should_stop():
+                step_loss = torch.zeros((), device=device)  # this rank's share, summed
+                for k, indices in enumerate(group):
+                    if stop_requested():
                         raise _Stop
-                    x, y = examples.batch(indices, device)
-                    with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                        logits = model(x)
-                    summed = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(),
-                                             ignore_index=IGNORE, reduction="sum")
-                    scaler.scale(summed / group_tokens).backward()
+                    mine = place.shard(indices)
+                    x, y = examples.batch(mine or indices[:1], device)
+                    if not mine:
+                        # No share of a short last batch: still join the gradient
+                        # all-reduce, with every target ignored (adds zero).
+                        y = torch.full_like(y, IGNORE)
+                    # Gradients are synchronised once per step, on its last micro-batch.
+                    last = k == len(group) - 1
+                    with nullcontext() if ddp is None or last else ddp.no_sync():
+                        with torch.autocast(device.type, dtype=torch.float16,
+                                            enabled=use_amp):
+                            logits = forward(x)
+                        summed = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(),
+                                                 ignore_index=IGNORE, reduction="sum")
+                        scaler.scale(summed / group_tokens * place.world_size).backward()
                     step_loss += summed.detach()
                     correct += ((logits.detach().argmax(-1) == y) & (y != IGNORE)).sum()
                     token_total += sum(examples.lengths[i] for i in indices)
@@ -229,19 +263,20 @@ def train(config: TrainConfig, examples: Examples, tokenizer: Tokenizer,
                 global_step += 1
                 loss_sum += step_loss
                 answer_total += group_tokens
-                buffer.add(global_step, step_loss / group_tokens, norm)
-                if device.type == "cpu":  # no device to sync with: show every step
+                buffer.add(global_step, step_loss, group_tokens, norm)
+                if device.type == "cpu" and not place.active:  # no sync needed: show it
                     bar.set_postfix_str(f"loss {float(step_loss) / group_tokens:.4f} "
                                         f"gn {float(norm):.3g} lr {lr:.3g}", refresh=False)
                 if len(buffer) >= config.step_flush_interval:
-                    flushed = buffer.drain(epoch, lr)
+                    flushed = buffer.drain(epoch, lr, place)
                     epoch_steps += flushed
                     recorder.on_steps(flushed)
                 recorder.on_alive()
 
-            unsent = buffer.drain(epoch, lr)
+            unsent = buffer.drain(epoch, lr, place)
             epoch_steps += unsent
-            totals = torch.stack([loss_sum, correct.to(loss_sum.dtype)]).cpu().tolist()
+            totals = place.sum(torch.stack([loss_sum, correct.to(loss_sum.dtype)]))
+            totals = totals.cpu().tolist()
             scheduler.step()
             wall = time.perf_counter() - started
             row = _epoch_row(epoch, epoch_steps, totals[0] / answer_total,
@@ -258,10 +293,13 @@ def train(config: TrainConfig, examples: Examples, tokenizer: Tokenizer,
                                 f"lr {lr:.3g}")
             if epoch == config.epochs or (config.save_interval
                                           and epoch % config.save_interval == 0):
-                save(epoch)
+                snapshot = state(epoch)
+                if place.is_main:
+                    save(epoch, snapshot)
                 unsaved = None
             else:
                 unsaved = _copy_state(state(epoch))
+        stop_requested.close()
     except _Stop:
         path = save(last_done, unsaved) if unsaved is not None else None
         raise TrainingInterrupted(last_done, path) from None
@@ -323,30 +361,38 @@ def check_resumable(config: TrainConfig, state: dict, path: str | Path) -> Token
 
 
 class StepBuffer:
-    """Per-step loss and grad norm kept on the device until one transfer at a flush."""
+    """Per-step loss sums and grad norms kept on the device until a flush: one sum over
+    ranks and one transfer to the host then."""
 
     def __init__(self) -> None:
         self._steps: list[int] = []
-        self._losses: list[torch.Tensor] = []
+        self._tokens: list[int] = []
+        self._sums: list[torch.Tensor] = []
         self._norms: list[torch.Tensor] = []
 
     def __len__(self) -> int:
         return len(self._steps)
 
-    def add(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+    def add(self, step: int, loss_sum: torch.Tensor, tokens: int,
+            grad_norm: torch.Tensor) -> None:
+        """A step: this rank's summed loss over the step's ``tokens`` answer tokens (all
+        ranks') and the norm of the synchronised gradient (the same on every rank)."""
         self._steps.append(step)
-        self._losses.append(loss.detach())
+        self._tokens.append(tokens)
+        self._sums.append(loss_sum.detach())
         self._norms.append(grad_norm.detach())
 
-    def drain(self, epoch: int, lr: float) -> list[dict]:
-        """Host rows of the buffered steps (one device-to-host copy); empties the buffer."""
+    def drain(self, epoch: int, lr: float, place: Dist | None = None) -> list[dict]:
+        """Host rows of the buffered steps (loss: the mean over all ranks' answer
+        tokens); empties the buffer. Under torchrun every rank must call it together."""
         if not self._steps:
             return []
-        losses, norms = torch.stack([torch.stack(self._losses).float(),
-                                     torch.stack(self._norms).float()]).cpu().tolist()
-        rows = [{"step": step, "epoch": epoch, "loss": loss, "grad_norm": norm, "lr": lr}
-                for step, loss, norm in zip(self._steps, losses, norms)]
-        self._steps, self._losses, self._norms = [], [], []
+        sums = (place or Dist()).sum(torch.stack(self._sums).float())
+        sums, norms = torch.stack([sums, torch.stack(self._norms).float()]).cpu().tolist()
+        rows = [{"step": step, "epoch": epoch, "loss": total / tokens, "grad_norm": norm,
+                 "lr": lr}
+                for step, total, tokens, norm in zip(self._steps, sums, self._tokens, norms)]
+        self._steps, self._tokens, self._sums, self._norms = [], [], [], []
         return rows
 
 
@@ -390,6 +436,15 @@ def _copy_state(value):
     if isinstance(value, list | tuple):
         return type(value)(_copy_state(v) for v in value)
     return value
+
+
+def _rank_rng(state: dict, place: Dist) -> dict:
+    """The random state this rank continues from: its own when the checkpoint was made at
+    this world size; else rank 0 continues rank 0's and the others start afresh."""
+    ranks = state.get("rng_ranks")
+    if ranks and len(ranks) == place.world_size:
+        return ranks[place.rank]
+    return (state.get("rng") or {}) if place.is_main else {}
 
 
 def _rng_state() -> dict:

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 
 import click
 
-from hlbd import runner
+from hlbd import distributed, runner
 from hlbd.cli.options import db_option
 from hlbd.config import TrainConfig, name_problem
 from hlbd.errors import HlbdError
@@ -24,7 +25,8 @@ TRAIN_FLAGS = [
     ("--epochs", "epochs", int, "Number of epochs (with --resume: the new total)."),
     ("--seed", "seed", int, "Seed for init, data mixing and order."),
     ("--lr", "lr", float, "Peak learning rate (AdamW)."),
-    ("--batch-size", "batch_size", int, "Sequences per micro-batch."),
+    ("--batch-size", "batch_size", int,
+     "Sequences per micro-batch, over all processes under torchrun (split evenly)."),
     ("--grad-accum", "grad_accum", int, "Micro-batches per optimizer step."),
     ("--max-grad-norm", "max_grad_norm", float, "Clip the total grad norm (0: never)."),
     ("--weight-decay", "weight_decay", float, "AdamW weight decay."),
@@ -65,6 +67,14 @@ def runs_dir_option(func):
                         help="Where run folders go [default: ./hlbd_runs].")(func)
 
 
+def ddp_timeout_option(func):
+    return click.option(
+        "--ddp-timeout", type=click.FloatRange(min=1), show_default=True,
+        default=distributed.DEFAULT_TIMEOUT_SECONDS,
+        help="Under torchrun: seconds a rank waits for the others in any collective before "
+             "the run fails (a rank that died or hangs).")(func)
+
+
 class StopRequest:
     """The "please stop" request the training code polls (a plain callable).
 
@@ -88,10 +98,13 @@ class StopRequest:
 
 
 @contextmanager
-def stop_on_signals():
+def stop_on_signals(announce: bool = True):
     """First Ctrl-C or SIGTERM (what job schedulers, `docker stop` and `kill` send): stop at
     the next batch, checkpoint the last finished epoch, mark interrupted. A Ctrl-C after
-    that aborts at once; a repeated SIGTERM changes nothing (the checkpoint goes on)."""
+    that aborts at once; a repeated SIGTERM changes nothing (the checkpoint goes on).
+
+    Under torchrun the parent forwards the signal it gets to every rank; ``announce``
+    is False on all but rank 0, so the stop is said once."""
     request = StopRequest()
 
     def handler(signum, frame):
@@ -104,9 +117,10 @@ def stop_on_signals():
             return
         request.signal = signum
         name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-        sys.stderr.write(f"\nstopping ({name}): saving a checkpoint of the last finished "
-                         "epoch (Ctrl-C again to abort)\n")
-        sys.stderr.flush()
+        if announce:
+            sys.stderr.write(f"\nstopping ({name}): saving a checkpoint of the last "
+                             "finished epoch (Ctrl-C again to abort)\n")
+            sys.stderr.flush()
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -170,33 +184,36 @@ def _print_run_id(run_id: str) -> None:
 
 
 @contextmanager
-def recorded_run():
+def recorded_run(main: bool = True):
     """Stop signals handled and output that cannot be written dropped, for one train or
     resume; exits with the status that says how it went:
 
     0 finished; 130 / 143 stopped by Ctrl-C / SIGTERM (interrupted, or stopped before the
     run existed); 1 failed or refused; a finished run whose stdout could not be written
     exits 141 (a closed pipe, as SIGPIPE would) or 1 (another write error).
+    ``main``: False on torchrun ranks other than 0, which say nothing (rank 0 does).
     """
-    with tolerant_output() as (out, err), stop_on_signals() as should_stop:
+    with tolerant_output() as (out, err), stop_on_signals(announce=main) as should_stop:
         outcome: list[runner.RunOutcome] = []
+        say = err.write if main else len
         try:
             yield should_stop, outcome.append
         except runner.StoppedBeforeStart as stopped:
-            err.write(f"{stopped}\n")
+            say(f"{stopped}\n")
             sys.exit(should_stop.exit_code)
         except KeyboardInterrupt:
             if not should_stop.polled:
-                err.write("stopped before the run started: nothing was recorded\n")
+                say("stopped before the run started: nothing was recorded\n")
                 sys.exit(should_stop.exit_code)
-            err.write("aborted by a second Ctrl-C\n")
+            say("aborted by a second Ctrl-C\n")
             sys.exit(130)
         (result,) = outcome
-        out.write(f"{result.status}: run {result.run_id} at epoch {result.last_epoch}; "
-                  f"folder {result.run_dir}\n")
-        if result.status == "interrupted":
-            out.write(f"continue with: hlbd resume --run-id {result.run_id}\n")
-        out.flush()
+        if main:
+            out.write(f"{result.status}: run {result.run_id} at epoch {result.last_epoch}; "
+                      f"folder {result.run_dir}\n")
+            if result.status == "interrupted":
+                out.write(f"continue with: hlbd resume --run-id {result.run_id}\n")
+            out.flush()
         if out.error is not None:
             err.write(f"note: stdout could not be written ({out.error.strerror or out.error}); "
                       f"the run is recorded: {result.status}: run {result.run_id} at epoch "
@@ -206,6 +223,31 @@ def recorded_run():
         sys.exit(should_stop.exit_code)
     if out.error is not None:
         sys.exit(141 if out.error.errno == errno.EPIPE else 1)
+
+
+def run_as_rank(timeout: float, lead: Callable[..., runner.RunOutcome]) -> None:
+    """Run ``lead(place, should_stop)`` on rank 0 (or alone) and report how the run
+    ended; the other torchrun ranks follow it and print nothing.
+
+    An error of rank 0 before training is raised on rank 0 and on the first process of
+    every other machine (the rest exit 1 quietly: one line per machine, not per rank).
+    """
+    place = distributed.from_environment(timeout)
+    try:
+        with recorded_run(main=place.is_main) as (should_stop, report):
+            if place.is_main:
+                with place.leading():
+                    report(lead(place, should_stop))
+            else:
+                logging.getLogger("hlbd").setLevel(logging.WARNING)  # rank 0 tells it
+                try:
+                    report(runner.follow(place, should_stop=should_stop))
+                except distributed.LeaderFailed:
+                    if place.local_rank == 0:
+                        raise
+                    sys.exit(1)
+    finally:
+        place.close()
 
 
 @click.command()
@@ -221,11 +263,14 @@ def recorded_run():
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @train_options
 @runs_dir_option
+@ddp_timeout_option
 @db_option
 @click.argument("more_datasets", nargs=-1, type=str, required=False)
-def train(dataset, datasets, name, resume, force, quiet, runs_dir, db, more_datasets,
-          **flags) -> None:
+def train(dataset, datasets, name, resume, force, quiet, runs_dir, ddp_timeout, db,
+          more_datasets, **flags) -> None:
     """Train on HLBD data (the bundled dataset if none is given) and record the run.
+
+    Under torchrun the processes train one run together (DDP); rank 0 records it.
 
     Example: hlbd train --datasets data/HLBD_Hardcore_Full.json data/HLBD_Full_V2.json
     --epochs 3 --name both
@@ -240,19 +285,24 @@ def train(dataset, datasets, name, resume, force, quiet, runs_dir, db, more_data
         if paths:
             config.datasets = paths
         runner.check_config(config)  # before the database is even opened
-    store = Store.open(db)
-    with recorded_run() as (should_stop, report):
+
+    def lead(place, should_stop) -> runner.RunOutcome:
+        if not resume and int(os.environ.get("TORCHELASTIC_RESTART_COUNT") or 0) > 0:
+            raise HlbdError("torchrun restarted the training processes (--max-restarts): "
+                            "`hlbd train` would start a second run; to continue the first, "
+                            "give torchrun `-m hlbd resume --run-id ID` instead")
+        store = Store.open(db)
         common = {"on_run_id": _print_run_id, "should_stop": should_stop,
-                  "progress": not quiet}
+                  "progress": not quiet, "place": place}
         if resume:
             if paths:
                 given["datasets"] = paths
-            report(runner.resume_checkpoint(store, resume, epochs=given.pop("epochs", None),
+            return runner.resume_checkpoint(store, resume, epochs=given.pop("epochs", None),
                                             overrides=given, force=force, name=name,
-                                            runs_root=runner.runs_dir(runs_dir), **common))
-        else:
-            report(runner.start_run(config, store, runs_root=runner.runs_dir(runs_dir),
-                                    **common))
+                                            runs_root=runner.runs_dir(runs_dir), **common)
+        return runner.start_run(config, store, runs_root=runner.runs_dir(runs_dir), **common)
+
+    run_as_rank(ddp_timeout, lead)
 
 
 @click.command()
@@ -261,21 +311,26 @@ def train(dataset, datasets, name, resume, force, quiet, runs_dir, db, more_data
 @click.option("--force", is_flag=True, help="Resume even if the run looks live.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @resume_options
+@ddp_timeout_option
 @db_option
-def resume(run_id, epochs, force, quiet, db, **flags) -> None:
+def resume(run_id, epochs, force, quiet, ddp_timeout, db, **flags) -> None:
     """Continue a run from its newest checkpoint; epochs append to the same run.
 
     Model, optimizer, LR schedule, AMP scaler, random state and data order continue
-    exactly; epochs recorded after that checkpoint are kept, marked superseded.
+    exactly (under torchrun: at the same number of processes; at another, the global
+    batch is the same and the numbers equal to float tolerance); epochs recorded after
+    that checkpoint are kept, marked superseded.
 
     Example: hlbd resume --run-id 3f2a --epochs 10
     """
-    store = Store.open(db)
-    with recorded_run() as (should_stop, report):
-        report(runner.resume_run(store, run_id, epochs=epochs, force=force,
+    def lead(place, should_stop) -> runner.RunOutcome:
+        store = Store.open(db)
+        return runner.resume_run(store, run_id, epochs=epochs, force=force,
                                  overrides={k: v for k, v in flags.items() if v is not None},
                                  on_run_id=_print_run_id, should_stop=should_stop,
-                                 progress=not quiet))
+                                 progress=not quiet, place=place)
+
+    run_as_rank(ddp_timeout, lead)
 
 
 COMMANDS = [train, resume]

@@ -1,0 +1,179 @@
+"""Throughput of 1 vs 2 training processes (torchrun, DDP on gloo), recording on and off.
+
+Each measurement is a fresh process (or torchrun with 2): it trains one untimed warm-up
+epoch (recorded like the timed ones), then ``--epochs`` timed epochs of the default model; tokens/s counts the
+sequence tokens of all ranks. "recording on" is the store (SQLite) + report + anomaly
+rules on rank 0, its writes in the recorder's thread, drained inside the timing;
+"off" is NullRecorder. The four setups alternate order over ``--repeats`` rounds, and
+medians are compared. Goal: recording costs <= 2 % at either world size.
+
+On a machine shared with other work, wall times swing by 2x between launches, more
+than the 2 % to be seen. So it also prints rank 0's CPU time (all its threads) and,
+with recording on, the time the training thread spent inside recorder calls and the
+time the recorder's thread spent writing, as shares of the timed training: those do
+not depend on what else the machine runs.
+
+    python bench/ddp_throughput.py [--dataset ../shared/data/HLBD_Hardcore_Full.json]
+                                   [--epochs 3] [--repeats 3]
+
+Every process runs ``--threads`` torch threads (default 1, torchrun's own default for
+several processes), so the number of processes is what changes between setups; on a
+machine shared with other work, more threads than free cores make torch's thread pool
+spin and the timings meaningless.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+DEFAULT_DATASET = Path(__file__).resolve().parents[2] / "shared" / "data" / \
+    "HLBD_Hardcore_Full.json"
+
+
+def worker(args: argparse.Namespace) -> None:
+    """One measurement, inside the launched process(es); rank 0 prints a JSON line."""
+    from hlbd.config import TrainConfig
+    from hlbd.distributed import from_environment
+    from hlbd.recorder import NullRecorder, StoreRecorder
+    from hlbd.runner import prepare_data
+    from hlbd.store import Store
+    from hlbd.tokenizer import Tokenizer
+    from hlbd.trainer import Examples, train
+
+    place = from_environment(120)
+    config = TrainConfig(datasets=[args.dataset], epochs=args.epochs, save_interval=0,
+                         device="cpu", world_size=place.world_size)
+    data = prepare_data(config)
+    tokenizer = Tokenizer.build(t for p in data.pairs for t in (p.input, p.output))
+    examples = Examples.encode(data.pairs, tokenizer, config.max_seq_len)
+    out = Path(args.out)
+    store = Store.open(str(out / "bench.db")) if args.record == "on" and place.is_main \
+        else None
+
+    def recorder_for(run_config: TrainConfig) -> tuple[str, object]:
+        if store is None:
+            return "untracked", NullRecorder()
+        run_id = store.create_run("bench", run_config.to_dict(), data.dataset_stats,
+                                  hosts=place.hosts)
+        return run_id, Timed(StoreRecorder(store, run_id, 1, out / run_id,
+                                           data.dataset_stats, run_config.to_dict()))
+
+    # Warm-up, not timed: first-call costs of torch, and of the store when recording.
+    warm = TrainConfig(**{**config.to_dict(), "epochs": 1})
+    run_id, recorder = recorder_for(warm)
+    train(warm, examples, tokenizer, recorder, out / f"warm{place.rank}", run_id,
+          progress=False, place=place)
+    recorder.close()
+    run_id, recorder = recorder_for(config)
+    place.barrier()
+    started, cpu_started = time.perf_counter(), time.process_time()
+    train(config, examples, tokenizer, recorder, out / run_id, run_id, progress=False,
+          place=place)
+    recorder.close()
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    if place.is_main:
+        tokens = sum(examples.lengths) * config.epochs
+        calls, writes = (recorder.seconds, recorder.inner.busy_seconds) \
+            if isinstance(recorder, Timed) else (0.0, 0.0)
+        print(json.dumps({"tokens": tokens, "seconds": seconds, "cpu_seconds": cpu,
+                          "call_seconds": calls, "write_seconds": writes}), flush=True)
+    if store is not None:
+        store.close()
+    place.close()
+
+
+class Timed:
+    """A recorder wrapped to add up the time the training thread spends in its calls."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.seconds = 0.0
+
+    def __getattr__(self, name: str):
+        method = getattr(self.inner, name)
+
+        def timed(*args):
+            started = time.perf_counter()
+            try:
+                return method(*args)
+            finally:
+                self.seconds += time.perf_counter() - started
+        return timed
+
+
+def measure(world: int, record: str, args: argparse.Namespace, tmp: Path) -> dict:
+    """One fresh launch: rank 0's tokens, wall and CPU seconds, time in recording."""
+    out = Path(tempfile.mkdtemp(dir=tmp))
+    me = [str(Path(__file__).resolve()), "--worker", "--record", record, "--dataset",
+          args.dataset, "--epochs", str(args.epochs), "--out", str(out)]
+    if world == 1:
+        command = [sys.executable, *me]
+    else:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                   f"--nproc-per-node={world}", *me]
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK")}
+    env["OMP_NUM_THREADS"] = str(args.threads)
+    done = subprocess.run(command, check=False, capture_output=True, text=True, env=env,
+                          timeout=1800)
+    if done.returncode != 0:
+        raise SystemExit(f"measurement failed ({world} processes, recording {record}):\n"
+                         f"{done.stdout}\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--dataset", default=str(DEFAULT_DATASET))
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--record", choices=("on", "off"), help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args)
+        return
+    if not Path(args.dataset).is_file():
+        raise SystemExit(f"{args.dataset}: dataset not found; pass --dataset FILE")
+    setups = [(1, "off"), (1, "on"), (2, "off"), (2, "on")]
+    results: dict[tuple[int, str], list[dict]] = {s: [] for s in setups}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.repeats):
+            # Rotate the order, so drift on a shared machine hits every setup alike.
+            for setup in setups[i % 4:] + setups[:i % 4]:
+                results[setup].append(measure(*setup, args, Path(tmp)))
+    rates = {s: [r["tokens"] / r["seconds"] for r in rs] for s, rs in results.items()}
+    median = {s: statistics.median(r) for s, r in rates.items()}
+    cpu_median = {s: statistics.median(r["cpu_seconds"] / r["tokens"] for r in rs)
+                  for s, rs in results.items()}
+    print(f"dataset {args.dataset}: {args.epochs} timed epochs, {args.repeats} launches "
+          f"per setup, {args.threads} thread(s) per process, cpu count {os.cpu_count()}")
+    for (world, record), values in rates.items():
+        print(f"{world} process(es), recording {record:3}: median "
+              f"{median[(world, record)]:9.0f} tokens/s  runs {[round(v) for v in values]}"
+              f"  rank 0 CPU {cpu_median[(world, record)] * 1e6:.1f} us/token")
+    for world in (1, 2):
+        cost = median[(world, "off")] / median[(world, "on")]
+        cpu_cost = cpu_median[(world, "on")] / cpu_median[(world, "off")]
+        share = {key: statistics.median(r[key] / r["seconds"] for r in results[(world, "on")])
+                 for key in ("call_seconds", "write_seconds")}
+        print(f"recording cost at {world} process(es): wall time ratio on/off {cost:.3f}, "
+              f"rank 0 CPU time ratio {cpu_cost:.3f} (goal <= 1.02); of the timed "
+              f"training, the training thread spent {share['call_seconds']:.2%} in "
+              f"recorder calls, the recorder's thread {share['write_seconds']:.2%} writing")
+    for record in ("off", "on"):
+        print(f"2 vs 1 processes, recording {record}: throughput ratio "
+              f"{median[(2, record)] / median[(1, record)]:.3f}")
+
+
+if __name__ == "__main__":
+    main()
