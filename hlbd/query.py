@@ -163,6 +163,6 @@ def _server_error(error, sql: str, time_limit: float) -> QueryError:
     word = re.match(r"\s*(\w+|\()", sql)
     first = word.group(1).upper() if word else ""
     if state == PG_SYNTAX and first not in QUERY_WORDS and f'"{first}"' in message.upper():
-        return QueryError(f"refused: only a query runs here (SELECT, WITH, VALUES or "
-                          f"TABLE), not {first} ({message})")
+        return QueryError(f"refused: the database is open read-only here and runs one "
+                          f"query (SELECT, WITH, VALUES or TABLE), not {first} ({message})")
     return QueryError(f"query failed: {message}")

@@ -22,6 +22,8 @@ from hlbd import database
 from hlbd.errors import UnknownRunError
 from hlbd.models import Anomaly, Checkpoint, Epoch, Run, Segment, Step
 
+STEP_COLUMNS = ("run_id, segment, step, epoch, loss, loss_is_nan, grad_norm, "
+                "grad_norm_is_nan, lr")
 # A live trainer refreshes its heartbeat at least this often ...
 HEARTBEAT_SECONDS = 30.0
 # ... so a "running" run whose heartbeat is older than this has stopped without saying so.
@@ -140,7 +142,13 @@ class Store:
                  None if s["loss"] != s["loss"] else s["loss"], s["loss"] != s["loss"],
                  None if s["grad_norm"] != s["grad_norm"] else s["grad_norm"],
                  s["grad_norm"] != s["grad_norm"], s["lr"]) for s in steps]
-        if rows:
+        if rows and conn.dialect.driver == "psycopg":
+            # COPY: several times faster than any INSERT on PostgreSQL.
+            cursor = conn.connection.dbapi_connection.cursor()
+            with cursor.copy(f"COPY steps ({STEP_COLUMNS}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+        elif rows:
             # Positional executemany: the per-step path must stay close to raw sqlite3.
             conn.exec_driver_sql(
                 "INSERT INTO steps (run_id, segment, step, epoch, loss, loss_is_nan, "
