@@ -90,7 +90,11 @@ def _nan_as_null_dumpers():
 
 
 def _server_engine(url: str) -> Engine:
-    engine = create_engine(url, pool_pre_ping=True)
+    try:
+        engine = create_engine(url, pool_pre_ping=True)
+    except ImportError as exc:
+        raise StoreError(f"{url}: its database driver is not installed ({exc}); for "
+                         "PostgreSQL: pip install -e '.[postgres]'") from None
     if engine.dialect.driver == "psycopg":
         dumpers = _nan_as_null_dumpers()
 

@@ -135,7 +135,7 @@ def db_snapshot(db: str | Path) -> dict:
     try:
         with engine.connect() as conn:
             relations = [r[0] for r in conn.execute(text(
-                "SELECT c.relname || ':' || c.relkind FROM pg_class c "
+                "SELECT c.relname::text || ':' || c.relkind::text FROM pg_class c "
                 "JOIN pg_namespace n ON n.oid = c.relnamespace "
                 "WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') "
                 "ORDER BY 1"))]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -19,6 +20,7 @@ import pytest
 from _backends import rows as db_rows
 from click.testing import CliRunner
 from conftest import db_snapshot, sqlite_only, tiny_config
+from sqlalchemy.engine import make_url
 
 from hlbd import database, importer
 from hlbd.cli import main
@@ -168,12 +170,26 @@ def test_every_write_attempt_is_refused_on_postgresql_and_the_store_is_unchanged
 def test_a_setting_made_by_one_query_does_not_outlive_it(db):
     engine = database.read_engine(database.resolve_db_url(db["path"]))
     assert run_query(engine, "SELECT set_config('default_transaction_read_only', 'off', "
-                             "false)").rows == [("off",)]
+                             "false), set_config('application_name', 'leaked', false)"
+                     ).rows == [("off", "leaked")]
     assert run_query(engine, "SELECT pg_advisory_lock(7)").rows
-    assert run_query(engine, "SELECT current_setting('default_transaction_read_only'), "
+    assert run_query(engine, "SELECT current_setting('transaction_read_only'), "
+                             "current_setting('application_name'), "
                              "(SELECT count(*) FROM pg_locks WHERE locktype = 'advisory')"
-                     ).rows == [("on", 0)]
+                     ).rows == [("on", "", 0)]
     engine.dispose()
+
+
+@postgres_only
+def test_user_sql_is_refused_to_a_superuser_role(db):
+    admin = os.environ.get("HLBD_TEST_PG_ADMIN")  # .ci/pg-server sets it
+    if not admin:
+        pytest.skip("HLBD_TEST_PG_ADMIN (a superuser URL of the test server) is not set")
+    url = make_url(admin).set(database=make_url(db["path"]).database).render_as_string(
+        hide_password=False)
+    with pytest.raises(QueryError, match="^refused: role 'hlbd_admin' is a PostgreSQL "
+                                         "superuser"):
+        run_query(url, "SELECT 1")
 
 
 @postgres_only
@@ -318,14 +334,19 @@ def readme_queries() -> list[tuple[str, str | None]]:
     blocks = re.findall(r"```sql\n(.*?)```", README.read_text(), flags=re.DOTALL)
     queries = []
     for block in blocks:
-        for chunk in block.split(";"):
-            lines = [line for line in chunk.strip().splitlines() if line.strip()]
-            comments = " ".join(line for line in lines if line.lstrip().startswith("--"))
-            code = "\n".join(line for line in lines if not line.lstrip().startswith("--"))
-            only = ("sqlite" if comments.endswith("(SQLite)") else
-                    "postgresql" if comments.endswith("(PostgreSQL)") else None)
-            if code:
-                queries.append((code, only))
+        comments, code = [], []
+        for line in [*block.splitlines(), ";"]:
+            if line.lstrip().startswith("--"):
+                comments.append(line.strip())
+                continue
+            code.append(line)
+            if line.rstrip().endswith(";"):
+                sql = "\n".join(code).strip().rstrip(";").strip()
+                said = " ".join(comments)
+                if sql:
+                    queries.append((sql, "sqlite" if said.endswith("(SQLite)") else
+                                    "postgresql" if said.endswith("(PostgreSQL)") else None))
+                comments, code = [], []
     return queries
 
 

@@ -9,6 +9,7 @@ import logging
 import sys
 
 import click
+from sqlalchemy.exc import OperationalError
 from tqdm import tqdm
 
 from hlbd.errors import HlbdError
@@ -20,6 +21,10 @@ class HlbdGroup(click.Group):
             return super().invoke(ctx)
         except HlbdError as exc:
             raise click.ClickException(str(exc)) from None
+        except OperationalError as exc:  # a server that cannot be reached, refused login
+            first = str(exc.orig or exc).strip().splitlines()
+            raise click.ClickException(
+                f"database error: {first[0] if first else type(exc).__name__}") from None
 
 
 class _TqdmHandler(logging.Handler):
