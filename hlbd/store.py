@@ -22,6 +22,7 @@ from hlbd import database
 from hlbd.errors import UnknownRunError
 from hlbd.models import Anomaly, Checkpoint, Epoch, Run, Segment, Step
 
+# The steps columns in the order of the rows _insert_steps builds (its COPY names them).
 STEP_COLUMNS = ("run_id, segment, step, epoch, loss, loss_is_nan, grad_norm, "
                 "grad_norm_is_nan, lr")
 # A live trainer refreshes its heartbeat at least this often ...
