@@ -99,9 +99,17 @@ def _server_engine(url: str) -> Engine:
         dumpers = _nan_as_null_dumpers()
 
         @event.listens_for(engine, "connect")
-        def _nan_is_null(dbapi_connection, _record) -> None:
+        def _session(dbapi_connection, _record) -> None:
             for dumper in dumpers:
                 dbapi_connection.adapters.register_dumper(float, dumper)
+            # SQLite's busy timeout, on a server: a write waits for a lock at most this
+            # long, and a session stuck inside a transaction (a process stopped mid-write)
+            # is ended by the server, so it cannot block a run's writers forever.
+            autocommit, dbapi_connection.autocommit = dbapi_connection.autocommit, True
+            dbapi_connection.execute(f"SET lock_timeout = {BUSY_TIMEOUT_MS}")
+            dbapi_connection.execute(
+                f"SET idle_in_transaction_session_timeout = {2 * BUSY_TIMEOUT_MS}")
+            dbapi_connection.autocommit = autocommit
 
     return engine
 
