@@ -19,10 +19,12 @@ from hlbd.config import TrainConfig
 from hlbd.runner import start_run
 from hlbd.store import Store
 
-__all__ = ["db_snapshot", "is_sqlite", "sqlite_only", "tiny_config"]
+__all__ = ["db_snapshot", "is_sqlite", "postgres_only", "sqlite_only", "tiny_config"]
 
 # For a test about SQLite files (their bytes, WAL, mode=ro): run it on SQLite only.
 sqlite_only = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+# For a test about the server (roles, sessions, many machines): PostgreSQL only.
+postgres_only = pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
 
 
 def tiny_config(**overrides) -> TrainConfig:

@@ -19,6 +19,7 @@ import pytest
 from _backends import rows
 from _resume_helpers import TINY_FLAGS, exact_metrics, tiny
 from click.testing import CliRunner
+from conftest import postgres_only
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
@@ -29,7 +30,7 @@ from hlbd.report import REPORT_NAME
 from hlbd.runner import start_run
 from hlbd.store import Store
 
-pytestmark = pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+pytestmark = postgres_only
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from _backends import rows as db_rows
 from click.testing import CliRunner
-from conftest import db_snapshot, sqlite_only, tiny_config
+from conftest import db_snapshot, postgres_only, sqlite_only, tiny_config
 from sqlalchemy.engine import make_url
 
 from hlbd import database, importer
@@ -105,8 +105,6 @@ def test_every_write_form_is_refused_and_the_store_is_unchanged(db, form):
     assert not isinstance(err.value, QueryInterrupted)
     assert db_snapshot(db["path"]) == before  # no file created by ATTACH / VACUUM INTO either
 
-
-postgres_only = pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
 
 # The SQLite forms above (most are not even PostgreSQL syntax: refused all the same) and
 # the tricks a server allows: ending the READ ONLY transaction, changing the session,
