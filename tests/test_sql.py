@@ -371,3 +371,11 @@ def test_each_readme_query_runs_and_finds_rows_in_a_real_database(db, backend, i
         return
     result = run_query(str(db["path"]), sql)
     assert result.columns and result.rows, sql
+
+
+def test_json_writes_sums_as_numbers_on_every_backend(db):
+    # PostgreSQL sums integers into numeric (a Decimal in Python): still a JSON number.
+    expected = db_rows(db["path"], "SELECT count(*) FROM steps")[0][0]
+    result = CliRunner().invoke(main, ["sql", "SELECT sum(CAST(1 AS bigint)) AS n FROM steps", "--json",
+                                       "--db", str(db["path"])])
+    assert json.loads(result.stdout) == [{"n": expected}]
