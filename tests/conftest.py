@@ -35,6 +35,27 @@ def tiny_config(**overrides) -> TrainConfig:
     return TrainConfig(**{**values, **overrides})
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    """Without a server (and not in CI), leave the PostgreSQL half out, saying why once."""
+    reason = pg_unavailable()
+    if not reason or pg_required():
+        return
+    left_out = [i for i in items
+                if getattr(i, "callspec", None) and i.callspec.params.get("backend")
+                == "postgresql"]
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        dropped = set(left_out)
+        items[:] = [i for i in items if i not in dropped]
+        config._hlbd_pg_left_out = (len(left_out), reason)
+
+
+def pytest_terminal_summary(terminalreporter, config) -> None:
+    left_out = getattr(config, "_hlbd_pg_left_out", None)
+    if left_out:
+        terminalreporter.write_line(f"{left_out[0]} PostgreSQL tests deselected: {left_out[1]}")
+
+
 @pytest.fixture(scope="session")
 def pg_server():
     """The PostgreSQL server of HLBD_TEST_PG, opened on first use."""
