@@ -5,8 +5,9 @@
 DATABASE; ``eval "$(.ci/pg-server start)"`` starts a throwaway one and sets it. Each
 test gets a database of its own, copied from a template at the newest schema
 (``CREATE DATABASE ... TEMPLATE``) and dropped after the test. Without ``HLBD_TEST_PG``
-the PostgreSQL half of the suite is skipped, saying why; with ``HLBD_TEST_PG_REQUIRED=1``
-(``.ci/run`` sets it) a missing server or driver fails the tests instead.
+the PostgreSQL half of the suite is deselected, with one line saying why; with
+``HLBD_TEST_PG_REQUIRED=1`` (``.ci/run`` sets it) a missing server or driver fails the
+tests instead.
 """
 
 from __future__ import annotations
