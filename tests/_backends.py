@@ -16,10 +16,12 @@ import hashlib
 import itertools
 import os
 import sqlite3
+import time
 from pathlib import Path
 
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 from hlbd import database
@@ -93,8 +95,16 @@ class PgServer:
 
     def drop(self, url: str) -> None:
         name = self.name_of(url)
-        with self.admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        for attempt in range(50):
+            try:
+                with self.admin.connect() as conn:
+                    conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+                break
+            except DBAPIError as exc:
+                # FORCE may not end an autovacuum worker (not our role): it ends soon.
+                if "must be a member of the role" not in str(exc) or attempt == 49:
+                    raise
+                time.sleep(0.1)
         self.made.discard(name)
 
     def reader_url(self, url: str) -> str:
