@@ -8,7 +8,9 @@ of each counts. The bench's runs are deleted at the end.
 Goal: store rate >= 0.5 of the faster raw path.
 
     python bench/pg_store_writes.py --db postgresql+psycopg://me@host/db [--steps 100000]
-    (without --db: HLBD_TEST_PG, e.g. after eval "$(.ci/pg-server start)")
+
+Without --db: a database of its own, created (and dropped) on the server HLBD_TEST_PG
+names, e.g. after eval "$(.ci/pg-server start)".
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ import time
 import uuid
 
 import psycopg
+from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
 
 from hlbd.store import Store
 
@@ -30,12 +34,29 @@ COLUMNS = "run_id, segment, step, epoch, loss, loss_is_nan, grad_norm, grad_norm
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--db", default=os.environ.get("HLBD_TEST_PG"))
+    parser.add_argument("--db", default=None)
     parser.add_argument("--steps", type=int, default=100_000)
     parser.add_argument("--batch", type=int, default=1_000)
     args = parser.parse_args()
-    if not args.db or not args.db.startswith("postgresql"):
-        sys.exit("pass --db postgresql+psycopg://... (or set HLBD_TEST_PG)")
+    if args.db:
+        run(args)
+        return
+    server = os.environ.get("HLBD_TEST_PG")
+    if not server or not server.startswith("postgresql"):
+        sys.exit("pass --db postgresql+psycopg://... (or set HLBD_TEST_PG to a server URL)")
+    admin = create_engine(server, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    name = f"hlbd_bench_{os.getpid()}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        args.db = make_url(server).set(database=name).render_as_string(hide_password=False)
+        run(args)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+
+
+def run(args) -> None:
     rng = random.Random(0)
     steps = [{"step": i + 1, "epoch": i // 5000 + 1, "loss": rng.random(),
               "grad_norm": rng.random() * 3, "lr": 1e-3} for i in range(args.steps)]
