@@ -90,7 +90,7 @@ def step_buckets(engine: Engine, run_ids: Sequence[str],
     buckets = []
     for run_id, segment, lo, width, numbers in rows:
         values = ([None if v == "NULL" else float(v) for v in numbers.split(",")] if sqlite
-                  else numbers)
+                  else [None if v is None else float(v) for v in numbers])  # "Infinity"
         bucket = dict(zip(_AGGREGATES, values))
         if not bucket["steps"]:
             continue

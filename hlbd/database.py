@@ -7,14 +7,21 @@ SQLAlchemy URL or a plain file path (SQLite).
 SQLite is opened in WAL mode with a busy timeout so several processes can write one
 file; writes take the lock up front (``BEGIN IMMEDIATE``) so a transaction never has to
 upgrade a read lock into a write lock, which a busy timeout cannot rescue.
+
+PostgreSQL (``postgresql+psycopg://...``) holds the same schema. Creating or upgrading
+it happens under a transaction-scoped advisory lock, so processes on several machines
+opening one new database at once create it once. A NaN bound as a parameter is sent as
+NULL, as SQLite stores it, so the ``*_is_nan`` flags mean the same on both.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import math
 import os
 import sqlite3
+import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +31,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
-from sqlalchemy import Engine, create_engine, event, exc, inspect
+from sqlalchemy import Engine, create_engine, event, exc, inspect, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import QueuePool
 
@@ -105,10 +112,50 @@ def _begin_immediate(conn) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def _nan_as_null_dumpers():
+    """psycopg dumpers that send a float NaN as NULL, as SQLite stores it."""
+    from psycopg.types.numeric import FloatBinaryDumper, FloatDumper
+
+    class NanAsNull(FloatDumper):
+        def dump(self, obj):
+            return None if math.isnan(obj) else super().dump(obj)
+
+    class NanAsNullBinary(FloatBinaryDumper):
+        def dump(self, obj):
+            return None if math.isnan(obj) else super().dump(obj)
+
+    return NanAsNull, NanAsNullBinary
+
+
+def _server_engine(url: str) -> Engine:
+    try:
+        engine = create_engine(url, pool_pre_ping=True)
+    except ImportError as exc:
+        raise StoreError(f"{url}: its database driver is not installed ({exc}); for "
+                         "PostgreSQL: pip install -e '.[postgres]'") from None
+    if engine.dialect.driver == "psycopg":
+        dumpers = _nan_as_null_dumpers()
+
+        @event.listens_for(engine, "connect")
+        def _session(dbapi_connection, _record) -> None:
+            for dumper in dumpers:
+                dbapi_connection.adapters.register_dumper(float, dumper)
+            # SQLite's busy timeout, on a server: a write waits for a lock at most this
+            # long, and a session stuck inside a transaction (a process stopped mid-write)
+            # is ended by the server, so it cannot block a run's writers forever.
+            autocommit, dbapi_connection.autocommit = dbapi_connection.autocommit, True
+            dbapi_connection.execute(f"SET lock_timeout = {BUSY_TIMEOUT_MS}")
+            dbapi_connection.execute(
+                f"SET idle_in_transaction_session_timeout = {2 * BUSY_TIMEOUT_MS}")
+            dbapi_connection.autocommit = autocommit
+
+    return engine
+
+
 def write_engine(url: str) -> Engine:
     """An engine for writing: on SQLite every transaction takes the write lock up front."""
     if sqlite_path(url) is None:
-        return create_engine(url, pool_pre_ping=True)
+        return _server_engine(url)
     engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
     event.listen(engine, "connect", _sqlite_pragmas)
     event.listen(engine, "begin", _begin_immediate)
@@ -158,7 +205,7 @@ def read_engine(url: str) -> Engine:
     """
     path = sqlite_path(url)
     if path is None:
-        engine = create_engine(url, pool_pre_ping=True)
+        engine = _server_engine(url)
 
         @event.listens_for(engine, "begin")
         def _read_only(conn) -> None:
@@ -240,8 +287,26 @@ def _creation_lock(url: str) -> Iterator[None]:
             fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
+# The key of the advisory lock that serialises schema creation and upgrades on a
+# server (advisory locks are per database; any constant both sides agree on will do).
+SCHEMA_LOCK_KEY = 0x686C6264  # "hlbd"
+
+
 def upgrade(engine: Engine, url: str) -> str:
     """Bring the database to the newest revision (creating it if empty); returns it."""
+    if sqlite_path(url) is None:
+        # One transaction: the lock, the revision read after it, and the migration.
+        # PostgreSQL's DDL is transactional, so a process that waited on the lock
+        # reads the finished schema, never half of it.
+        with engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"),
+                             {"key": SCHEMA_LOCK_KEY})
+            revision = MigrationContext.configure(conn).get_current_revision()
+            _check_known(revision, url)
+            if revision != head_revision():
+                command.upgrade(_alembic_config(conn), "head")
+        return head_revision()
     check_database_file(url, must_exist=False)
     path = sqlite_path(url)
     if path is not None and path.exists():
@@ -249,9 +314,7 @@ def upgrade(engine: Engine, url: str) -> str:
     with _creation_lock(url):
         revision = current_revision(engine, url)
         _check_known(revision, url)
-        if sqlite_path(url) is not None:
-            with engine.connect() as conn:
-                conn.connection.dbapi_connection.execute("PRAGMA journal_mode = WAL")
+        _use_wal(engine)
         if revision != head_revision():
             with engine.begin() as conn:
                 command.upgrade(_alembic_config(conn), "head")
@@ -268,6 +331,26 @@ def check_schema(engine: Engine, url: str) -> None:
         _check_known(revision, url)
         raise StoreError(f"database {url} is at schema revision {revision!r}, older than "
                          f"{head_revision()!r}; run `hlbd db upgrade --db {url}` first")
+
+
+def _use_wal(engine: Engine) -> None:
+    """Switch a SQLite file to WAL mode.
+
+    The switch needs the file to itself for an instant, and SQLite does not wait for
+    that (its busy handler is not called): another process reading the revision of the
+    brand-new file at that instant made it fail with "database is locked". So wait here.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    with engine.connect() as conn:
+        dbapi = conn.connection.dbapi_connection
+        while True:
+            try:
+                dbapi.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.01)
 
 
 def ensure_schema(engine: Engine, url: str) -> None:

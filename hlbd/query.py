@@ -11,10 +11,19 @@ of it (``SQLITE_LIMIT_LENGTH`` on the connection, for the statement), SQLite's h
 stays under it (``PRAGMA hard_heap_limit``: process-wide, and only ever lowered, so it
 also bounds the other SQLite connections of the process running the query: the
 explorer's reads use a few MB), and the rows fetched stay under it.
+
+On PostgreSQL the statement becomes a server-side cursor, ``DECLARE ... CURSOR FOR
+<statement>``, sent through the extended query protocol: the server accepts one
+statement only (a ``;`` cannot start a second one, ``COMMIT`` included) and only a query
+after ``FOR`` (COPY, SET, VACUUM, ANALYZE, LOCK, DO, CALL are syntax errors there), all
+inside a READ ONLY transaction under ``statement_timeout``; rows are fetched up to the
+row cap and the memory limit, so an endless query is never read to its end. The session
+is closed after the query, so nothing it set (a setting, an advisory lock) outlives it.
 """
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -64,6 +73,8 @@ def run_query(db: str | Engine, sql: str, *, time_limit: float = DEFAULT_TIME_LI
 
 def _run(engine: Engine, sql: str, time_limit: float, max_rows: int | None,
          memory_limit: int) -> QueryResult:
+    if engine.dialect.name == "postgresql":
+        return _run_on_server(engine, sql, time_limit, max_rows, memory_limit)
     deadline = time.monotonic() + time_limit
     value_limit = memory_limit // 4
     with engine.connect() as conn:
@@ -159,4 +170,70 @@ def _query_error(error: exc.DBAPIError, time_limit: float, value_limit: int) -> 
             "read-only transaction" in lowered):
         return QueryError(f"refused: the database is open read-only here; only statements "
                           f"that read can run ({message})")
+    return QueryError(f"query failed: {message}")
+
+
+CURSOR_NAME = "hlbd_user_sql"
+# The statements DECLARE accepts after FOR: what `hlbd sql` can run on PostgreSQL.
+QUERY_WORDS = ("SELECT", "WITH", "VALUES", "TABLE", "(")
+
+
+def _run_on_server(engine: Engine, sql: str, time_limit: float, max_rows: int | None,
+                   memory_limit: int) -> QueryResult:
+    import psycopg
+
+    deadline = time.monotonic() + time_limit
+
+    def set_timeout(conn) -> None:
+        left = max(1, int((deadline - time.monotonic()) * 1000))
+        conn.exec_driver_sql(f"SET LOCAL statement_timeout = {left}")
+
+    with engine.connect() as conn:  # the engine's transactions are READ ONLY
+        try:
+            if conn.exec_driver_sql("SELECT current_setting('is_superuser')").scalar() == "on":
+                user = conn.exec_driver_sql("SELECT current_user").scalar()
+                raise QueryError(
+                    f"refused: role {user!r} is a PostgreSQL superuser, which can act "
+                    "outside a read-only transaction (run programs, signal other "
+                    "sessions); give `hlbd sql` a role that can only read (README: "
+                    "\"A SELECT-only role\")")
+            set_timeout(conn)
+            cursor = conn.connection.dbapi_connection.cursor(name=CURSOR_NAME)
+            try:
+                cursor.execute(sql)  # DECLARE ... FOR sql, through the extended protocol
+                columns = [d.name for d in cursor.description]
+                set_timeout(conn)
+                rows = _fetch(cursor, max_rows, memory_limit)
+            finally:
+                cursor.close()
+        except psycopg.Error as error:
+            raise _server_error(error, sql, time_limit) from None
+        except exc.DBAPIError as error:
+            raise _server_error(error.orig, sql, time_limit) from None
+        finally:
+            conn.invalidate()  # closes the session: a fresh one for the next query
+    truncated = bool(max_rows) and len(rows) > max_rows
+    return QueryResult(columns, [tuple(r) for r in rows[:max_rows or None]], truncated)
+
+
+# PostgreSQL SQLSTATEs: the statement was cancelled (statement_timeout), tried to
+# write in a read-only transaction, lacked a privilege, or did not parse.
+PG_QUERY_CANCELED, PG_READ_ONLY, PG_NO_PRIVILEGE, PG_SYNTAX = "57014", "25006", "42501", "42601"
+
+
+def _server_error(error, sql: str, time_limit: float) -> QueryError:
+    message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+    state = getattr(error, "sqlstate", None)
+    if state == PG_QUERY_CANCELED:
+        return QueryInterrupted(f"query stopped: it ran past the {time_limit:g} s time limit")
+    if state in (PG_READ_ONLY, PG_NO_PRIVILEGE):
+        return QueryError(f"refused: the database is open read-only here; only statements "
+                          f"that read can run ({message})")
+    if state == PG_SYNTAX and "multiple commands" in message:
+        return QueryError(f"refused: one statement per call ({message})")
+    word = re.match(r"\s*(\w+|\()", sql)
+    first = word.group(1).upper() if word else ""
+    if state == PG_SYNTAX and first not in QUERY_WORDS and f'"{first}"' in message.upper():
+        return QueryError(f"refused: the database is open read-only here and runs one "
+                          f"query (SELECT, WITH, VALUES or TABLE), not {first} ({message})")
     return QueryError(f"query failed: {message}")

@@ -22,6 +22,9 @@ from hlbd import database
 from hlbd.errors import ClaimLostError, RunClaimedError, UnknownRunError
 from hlbd.models import Anomaly, Checkpoint, Epoch, Run, Segment, Step
 
+# The steps columns in the order of the rows _insert_steps builds (its COPY names them).
+STEP_COLUMNS = ("run_id, segment, step, epoch, loss, loss_is_nan, grad_norm, "
+                "grad_norm_is_nan, lr")
 # A live trainer refreshes its heartbeat at least this often ...
 HEARTBEAT_SECONDS = 30.0
 # ... so a "running" run whose heartbeat is older than this has stopped without saying so.
@@ -230,16 +233,17 @@ class Store:
                  s["grad_norm"] != s["grad_norm"],
                  None if s["lr"] != s["lr"] else s["lr"], s["lr"] != s["lr"])
                 for s in steps]
-        if rows:
+        if rows and conn.dialect.driver == "psycopg":
+            # COPY: several times faster than any INSERT on PostgreSQL.
+            cursor = conn.connection.dbapi_connection.cursor()
+            with cursor.copy(f"COPY steps ({STEP_COLUMNS}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+        elif rows:
             # Positional executemany: the per-step path must stay close to raw sqlite3.
-            conn.exec_driver_sql(
-                "INSERT INTO steps (run_id, segment, step, epoch, loss, loss_is_nan, "
-                "grad_norm, grad_norm_is_nan, lr, lr_is_nan) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                if conn.dialect.paramstyle == "qmark" else
-                "INSERT INTO steps (run_id, segment, step, epoch, loss, loss_is_nan, "
-                "grad_norm, grad_norm_is_nan, lr, lr_is_nan) VALUES "
-                "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", rows)
+            mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+            conn.exec_driver_sql(f"INSERT INTO steps ({STEP_COLUMNS}) "
+                                 f"VALUES ({', '.join([mark] * len(rows[0]))})", rows)
 
     def import_runs(self, runs: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
         """Insert runs recorded elsewhere, with their epochs and steps, in ONE transaction.

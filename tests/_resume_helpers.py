@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from _backends import rows
 
 from hlbd.config import TrainConfig
 
@@ -34,22 +35,14 @@ def exact_metrics(epochs: list[dict]) -> list[tuple]:
     return [tuple(e[c] for c in EXACT_COLUMNS) for e in epochs]
 
 
-def dump(db: Path) -> dict[str, list]:
+def dump(db: str | Path) -> dict[str, list]:
     """Every row of every table, read-only: equal dumps mean an untouched store."""
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        return {t: sorted(map(repr, conn.execute(f"SELECT * FROM {t}"))) for t in TABLES}
-    finally:
-        conn.close()
+    return {t: sorted(map(repr, rows(db, f"SELECT * FROM {t}"))) for t in TABLES}
 
 
-def query(db: Path, sql: str, *params) -> list[tuple]:
-    """Read the store of a live trainer without taking any lock it could wait on."""
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
+def query(db: str | Path, sql: str, **params) -> list[tuple]:
+    """Read the store of a live trainer, read-only: no lock it could wait on."""
+    return rows(db, sql, **params)
 
 
 def spawn_hlbd(*args: str) -> subprocess.Popen:

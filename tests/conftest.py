@@ -1,16 +1,30 @@
-"""Shared fixtures: real SQLite files and real tiny training runs."""
+"""Shared fixtures: real databases (SQLite files and PostgreSQL) and real tiny training runs.
+
+The fixtures ``store``, ``db_url`` and ``train_run`` (and every fixture built on
+``backend``) run each test once per backend: a SQLite file, then a database of its own
+on the PostgreSQL server HLBD_TEST_PG names (tests/_backends.py). A test that is about
+SQLite itself says so with ``@sqlite_only``.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import sqlite3
+import os
+import shutil
 from pathlib import Path
 
 import pytest
+from _backends import BACKENDS, PgServer, db_snapshot, is_sqlite, pg_required, pg_unavailable
 
 from hlbd.config import TrainConfig
 from hlbd.runner import start_run
 from hlbd.store import Store
+
+__all__ = ["db_snapshot", "is_sqlite", "postgres_only", "sqlite_only", "tiny_config"]
+
+# For a test about SQLite files (their bytes, WAL, mode=ro): run it on SQLite only.
+sqlite_only = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+# For a test about the server (roles, sessions, many machines): PostgreSQL only.
+postgres_only = pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
 
 
 def tiny_config(**overrides) -> TrainConfig:
@@ -21,9 +35,102 @@ def tiny_config(**overrides) -> TrainConfig:
     return TrainConfig(**{**values, **overrides})
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    """Without a server (and not in CI), leave the PostgreSQL half out, saying why once."""
+    reason = pg_unavailable()
+    if not reason or pg_required():
+        return
+    left_out = [i for i in items
+                if getattr(i, "callspec", None) and i.callspec.params.get("backend")
+                == "postgresql"]
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        dropped = set(left_out)
+        items[:] = [i for i in items if i not in dropped]
+        config._hlbd_pg_left_out = (len(left_out), reason)
+
+
+def pytest_terminal_summary(terminalreporter, config) -> None:
+    left_out = getattr(config, "_hlbd_pg_left_out", None)
+    if left_out:
+        terminalreporter.write_line(f"{left_out[0]} PostgreSQL tests deselected: {left_out[1]}")
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """The PostgreSQL server of HLBD_TEST_PG, opened on first use."""
+    servers = []
+
+    def get() -> PgServer:
+        if not servers:
+            reason = pg_unavailable()
+            if reason:
+                if pg_required():
+                    pytest.fail(f"HLBD_TEST_PG_REQUIRED is set but {reason}")
+                pytest.skip(reason)
+            servers.append(PgServer(os.environ["HLBD_TEST_PG"]))
+        return servers[0]
+
+    yield get
+    for server in servers:
+        server.close()
+
+
+class Databases:
+    """New and copied databases of one backend: SQLite files or PostgreSQL databases."""
+
+    def __init__(self, backend: str, server):
+        self.backend = backend
+        self._server = server
+
+    @property
+    def server(self) -> PgServer:
+        return self._server()
+
+    def new(self, folder: Path) -> str:
+        """A new database's --db value: a file path (created on first open) or a URL."""
+        if self.backend == "sqlite":
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            return str(Path(folder) / "runs.db")
+        return self.server.new()
+
+    def copy(self, db: str, folder: Path) -> str:
+        """A copy of ``db`` (closed: no store may hold it open) for one test."""
+        if self.backend == "sqlite":
+            target = Path(folder) / "runs.db"
+            shutil.copy(db, target)
+            return str(target)
+        return self.server.copy(db)
+
+    def drop(self, db: str) -> None:
+        if self.backend != "sqlite":
+            self.server.drop(db)
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def backend(request, pg_server) -> str:
+    """Which database the test runs against: "sqlite" or "postgresql"."""
+    if request.param == "postgresql":
+        pg_server()  # skips (or fails, in CI) without a server
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def databases(backend, pg_server) -> Databases:
+    return Databases(backend, pg_server)
+
+
 @pytest.fixture
-def store(tmp_path) -> Store:
-    s = Store.open(str(tmp_path / "runs.db"))
+def db_url(databases, tmp_path) -> str:
+    """The --db of a new database for this test: a SQLite file path or a PostgreSQL URL."""
+    db = databases.new(tmp_path)
+    yield db
+    databases.drop(db)
+
+
+@pytest.fixture
+def store(db_url) -> Store:
+    s = Store.open(db_url)
     yield s
     s.close()
 
@@ -38,22 +145,3 @@ def train_run(store, tmp_path):
         return outcome.run_id, outcome
 
     return run
-
-
-def db_snapshot(path: str | Path) -> dict:
-    """What a refused write must not change: database and WAL bytes, every table's row
-    count, and the files beside the database."""
-    path = Path(path)
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        tables = [r[0] for r in conn.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
-        counts = {t: conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0]
-                  for t in tables}
-    finally:
-        conn.close()
-    wal = path.with_name(path.name + "-wal")
-    return {"db_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-            "wal_sha256": hashlib.sha256(wal.read_bytes()).hexdigest() if wal.exists()
-            else None,
-            "counts": counts, "files": sorted(p.name for p in path.parent.iterdir())}

@@ -15,7 +15,7 @@ from hlbd.runner import resume_checkpoint
 from hlbd.trainer import make_scheduler
 
 
-def test_exploding_run_is_flagged_by_the_trainer_and_the_cli(store, train_run, tmp_path,
+def test_exploding_run_is_flagged_by_the_trainer_and_the_cli(store, train_run, db_url,
                                                               caplog):
     calm_id, _ = train_run(epochs=2)
     with caplog.at_level("WARNING", logger="hlbd"):
@@ -30,7 +30,7 @@ def test_exploding_run_is_flagged_by_the_trainer_and_the_cli(store, train_run, t
     step = next(s for s in store.steps(wild_id) if s["step"] == explosion["step"])
     assert step["grad_norm"] == explosion["value"]
 
-    result = CliRunner().invoke(main, ["anomalies", "--db", str(tmp_path / "runs.db")])
+    result = CliRunner().invoke(main, ["anomalies", "--db", db_url])
     assert result.exit_code == 0
     assert "grad_explosion" in result.output and wild_id[:12] in result.output
     assert calm_id[:12] not in result.output
@@ -38,7 +38,7 @@ def test_exploding_run_is_flagged_by_the_trainer_and_the_cli(store, train_run, t
     peak = max(e["grad_norm_max"] for e in store.epochs(wild_id)
                if e["grad_norm_max"] is not None)
     quiet = CliRunner().invoke(main, ["anomalies", wild_id, "--grad-explode", str(peak * 2),
-                                      "--db", str(tmp_path / "runs.db")])
+                                      "--db", db_url])
     assert "grad_explosion" not in quiet.output
 
 

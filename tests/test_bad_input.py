@@ -34,16 +34,17 @@ BAD_FILES = {
 
 
 @pytest.mark.parametrize("name", sorted(BAD_FILES))
-def test_bad_dataset_is_refused_with_one_line_naming_the_file(tmp_path, name, store):
+def test_bad_dataset_is_refused_with_one_line_naming_the_file(tmp_path, name, store,
+                                                              db_url):
     content, message = BAD_FILES[name]
     path = tmp_path / name
     if content is not None:
         path.write_bytes(content)
     good = tmp_path / "good.json"
     good.write_text(json.dumps({"data": {"m": [{"input": "1+1", "output": "2"}]}}))
-    before = db_snapshot(tmp_path / "runs.db")["counts"]
+    before = db_snapshot(db_url)["counts"]
 
-    result = CliRunner().invoke(main, ["train", "--db", str(tmp_path / "runs.db"),
+    result = CliRunner().invoke(main, ["train", "--db", db_url,
                                        "--datasets", str(good), str(path), "--quiet",
                                        "--runs-dir", str(tmp_path / "r")])
 
@@ -51,7 +52,7 @@ def test_bad_dataset_is_refused_with_one_line_naming_the_file(tmp_path, name, st
     lines = result.output.strip().splitlines()
     assert len(lines) == 1, result.output
     assert str(path) in lines[0] and message in lines[0]
-    assert db_snapshot(tmp_path / "runs.db")["counts"] == before
+    assert db_snapshot(db_url)["counts"] == before
     assert not (tmp_path / "r").exists()
 
 
@@ -71,18 +72,19 @@ def test_database_from_a_newer_schema_is_refused(tmp_path):
     assert len(result.output.strip().splitlines()) == 1
 
 
-def test_unknown_run_id_is_a_one_line_error(tmp_path, train_run):
+def test_unknown_run_id_is_a_one_line_error(store, train_run, db_url):
     train_run(epochs=1)
-    result = CliRunner().invoke(main, ["show", "nosuchrun", "--db", str(tmp_path / "runs.db")])
+    result = CliRunner().invoke(main, ["show", "nosuchrun", "--db", db_url])
     assert result.exit_code == 1
     assert result.output.strip() == (
-        f"Error: no run with id 'nosuchrun' in sqlite:///{tmp_path / 'runs.db'}; "
+        f"Error: no run with id 'nosuchrun' in {store.url}; "
         "`hlbd runs` lists the runs")
 
 
-def test_a_device_this_machine_lacks_is_refused_before_the_run_exists(tmp_path, store):
+def test_a_device_this_machine_lacks_is_refused_before_the_run_exists(tmp_path, store,
+                                                                     db_url):
     # (It used to fail once the run existed, leaving a failed run behind.)
-    result = CliRunner().invoke(main, ["train", "--db", str(tmp_path / "runs.db"),
+    result = CliRunner().invoke(main, ["train", "--db", db_url,
                                        "--device", "cuda:7", "--epochs", "1", "--quiet",
                                        "--runs-dir", str(tmp_path / "r")])
     assert result.exit_code == 1
@@ -92,10 +94,10 @@ def test_a_device_this_machine_lacks_is_refused_before_the_run_exists(tmp_path, 
 
 
 def test_a_run_folder_that_cannot_be_made_fails_the_run_not_leaves_it_running(tmp_path,
-                                                                              store):
+                                                                              store, db_url):
     blocker = tmp_path / "not_a_dir"
     blocker.write_text("a file where the runs folder should go")
-    result = CliRunner().invoke(main, ["train", "--db", str(tmp_path / "runs.db"),
+    result = CliRunner().invoke(main, ["train", "--db", db_url,
                                        "--epochs", "1", "--quiet",
                                        "--runs-dir", str(blocker)])
     assert result.exit_code == 1

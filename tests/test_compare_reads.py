@@ -93,3 +93,17 @@ def test_config_diff_keeps_only_keys_that_differ(store, train_run):
     assert set(diff) == {k for k in configs["a"] if configs["a"][k] != configs["b"][k]}
     assert diff["lr"] == {"a": configs["a"]["lr"], "b": 5e-3}
     assert compare.config_diff({"a": configs["a"], "c": {**configs["a"]}}) == {}
+
+
+def test_infinite_steps_are_counted_and_leave_no_infinite_aggregate(store):
+    # PostgreSQL's JSON writes an infinite aggregate as the string "Infinity".
+    run_id = store.create_run("inf", {}, {})
+    store.record_steps(run_id, 1, [
+        {"step": 1, "epoch": 1, "loss": 1.0, "grad_norm": 2.0, "lr": 1e-3},
+        {"step": 2, "epoch": 1, "loss": math.inf, "grad_norm": math.inf, "lr": 1e-3},
+        {"step": 3, "epoch": 1, "loss": 3.0, "grad_norm": 4.0, "lr": 1e-3}])
+    (bucket,) = compare.step_buckets(read_engine(store), [run_id], max_points=1)
+    assert (bucket["steps"], bucket["loss_nonfinite"], bucket["grad_norm_nonfinite"]) == (
+        3, 1, 1)
+    assert (bucket["loss_max"], bucket["grad_norm_max"], bucket["loss_min"]) == (None, None,
+                                                                                 1.0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from conftest import tiny_config
+from conftest import sqlite_only, tiny_config
 from explorer_helpers import charts, compare, open_app
 
 from hlbd import database
@@ -15,11 +15,12 @@ from hlbd.store import Store
 
 
 @pytest.fixture(scope="module")
-def explored(tmp_path_factory):
+def explored(databases, tmp_path_factory):
     """A database with real tiny runs: two ordinary ones, one whose gradients explode,
     one that diverges to NaN, one resumed, and one imported without grad norms or LR."""
     root = tmp_path_factory.mktemp("explorer")
-    store = Store.open(str(root / "runs.db"))
+    db = databases.new(root)
+    store = Store.open(db)
 
     def train(**overrides) -> str:
         return start_run(tiny_config(**overrides), store, runs_root=root / "runs",
@@ -40,8 +41,9 @@ def explored(tmp_path_factory):
     for e in store.epochs(ids["baseline"]):
         store.record_epoch(ids["imported"], 1, {"epoch": e["epoch"], "loss": e["loss"],
                                                 "grad_norm": None, "lr": None})
-    yield root / "runs.db", ids, store
+    yield db, ids, store
     store.close()
+    databases.drop(db)
 
 
 def test_runs_table_lists_every_run_with_status_epochs_and_losses(explored, monkeypatch):
@@ -279,6 +281,7 @@ def test_sidebar_field_opens_another_database(explored, tmp_path, monkeypatch):
     assert database.resolve_db_url(str(db)) in at.sidebar.caption[-1].value
 
 
+@sqlite_only
 def test_explorer_reads_through_a_read_only_connection(explored, monkeypatch):
     db, _, _ = explored
     at = open_app(monkeypatch, db)

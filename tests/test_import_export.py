@@ -9,13 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import shutil
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from _backends import rows as db_rows
 from click.testing import CliRunner
 from conftest import db_snapshot, tiny_config
 from sqlalchemy.exc import IntegrityError
@@ -29,25 +28,27 @@ LISTS = ("control_losses", "batch_losses", "grad_norms", "learning_rates")
 
 
 @pytest.fixture(scope="module")
-def trained_db(tmp_path_factory):
+def trained_db(databases, tmp_path_factory):
     """A database holding one real tiny run (trained once), and the report it wrote."""
     root = tmp_path_factory.mktemp("trained")
-    store = Store.open(str(root / "runs.db"))
+    db = databases.new(root)
+    store = Store.open(db)
     outcome = start_run(tiny_config(epochs=3), store, runs_root=root / "runs", progress=False)
     store.close()  # checkpoints the WAL: the file alone is the whole database
     report = json.loads((outcome.run_dir / "experiment_report.json").read_text())
-    return root / "runs.db", outcome.run_id, report
+    yield db, outcome.run_id, report
+    databases.drop(db)
 
 
 @pytest.fixture
-def trained(trained_db, tmp_path):
+def trained(trained_db, databases, tmp_path):
     """A fresh copy of that database for one test, opened as the store."""
     source, run_id, report = trained_db
-    db = tmp_path / "runs.db"
-    shutil.copy(source, db)
-    store = Store.open(str(db))
-    yield {"store": store, "db": str(db), "run_id": run_id, "report": report}
+    db = databases.copy(source, tmp_path)
+    store = Store.open(db)
+    yield {"store": store, "db": db, "run_id": run_id, "report": report}
     store.close()
+    databases.drop(db)
 
 
 def write(path: Path, doc) -> Path:
@@ -110,10 +111,9 @@ def test_a_report_without_grad_norms_is_imported_with_nulls_and_unknown_keys_kep
     per_epoch = len(steps) // 3
     assert [s["epoch"] for s in steps] == [e for e in (1, 2, 3) for _ in range(per_epoch)]
     # In plain SQL the missing grad norm is NULL with its NaN flag off: "not recorded".
-    conn = sqlite3.connect(trained["db"])
-    assert conn.execute("SELECT count(*) FROM step_metrics WHERE run_id = ? AND grad_norm "
-                        "IS NULL AND grad_norm_is_nan = 0", (run["run_id"],)).fetchone() == (
-        len(steps),)
+    assert db_rows(trained["db"], "SELECT count(*) FROM step_metrics WHERE run_id = :r AND "
+                "grad_norm IS NULL AND NOT grad_norm_is_nan", r=run["run_id"]) == [
+        (len(steps),)]
 
 
 def test_export_of_an_import_gives_back_the_losses_nan_and_infinity_included(
@@ -134,14 +134,13 @@ def test_export_of_an_import_gives_back_the_losses_nan_and_infinity_included(
     assert exported["dataset_stats"] == x["dataset_stats"]
     assert exported["run_id"] == outcome.run_id
     assert (exported["current_epoch"], exported["total_batches"]) == (4, len(batch))
-    conn = sqlite3.connect(trained["db"])
-    assert conn.execute("SELECT epoch, loss, loss_is_nan FROM epoch_metrics WHERE run_id = ? "
-                        "AND epoch IN (2, 3) ORDER BY epoch", (outcome.run_id,)).fetchall() == [
+    assert db_rows(trained["db"], "SELECT epoch, loss, loss_is_nan FROM epoch_metrics WHERE "
+                "run_id = :r AND epoch IN (2, 3) ORDER BY epoch", r=outcome.run_id) == [
         (2, None, 1), (3, math.inf, 0)]
 
 
-def test_a_real_runs_report_round_trips_through_another_store(trained, tmp_path):
-    other = Store.open(str(tmp_path / "other.db"))
+def test_a_real_runs_report_round_trips_through_another_store(trained, tmp_path, databases):
+    other = Store.open(databases.new(tmp_path / "other"))
     path = write(tmp_path / "copy" / "experiment_report.json", trained["report"])
     (outcome,) = importer.import_reports(other, path, "copied")
     assert outcome.outcome == "imported"
@@ -275,24 +274,24 @@ def test_a_folder_without_reports_is_refused(trained, tmp_path):
     assert result.exit_code == 1 and "no experiment_report.json under" in result.output
 
 
-def test_export_leaves_superseded_epochs_out_and_csv_matches_the_view(store, tmp_path):
+def test_export_leaves_superseded_epochs_out_and_csv_matches_the_view(store, tmp_path,
+                                                                     db_url):
     outcome = start_run(tiny_config(epochs=3, save_interval=1), store,
                         runs_root=tmp_path / "runs", progress=False)
     resume_checkpoint(store, outcome.run_dir / "checkpoint_epoch_1.pt", epochs=3,
                       progress=False)
-    db = store.url.removeprefix("sqlite:///")
-    conn = sqlite3.connect(db)
-    effective = conn.execute("SELECT epoch, loss, grad_norm, lr FROM epoch_metrics "
-                             "WHERE run_id = ? ORDER BY epoch", (outcome.run_id,)).fetchall()
-    assert conn.execute("SELECT count(*) FROM epochs WHERE superseded_by IS NOT NULL"
-                        ).fetchone() == (2,)
+    db = db_url
+    effective = db_rows(db, "SELECT epoch, loss, grad_norm, lr FROM epoch_metrics "
+                         "WHERE run_id = :r ORDER BY epoch", r=outcome.run_id)
+    assert db_rows(db, "SELECT count(*) FROM epochs WHERE superseded_by IS NOT NULL") == [
+        (2,)]
 
     as_json = json.loads(cli("export", outcome.run_id[:8], "--db", db).stdout)
     assert as_json["control_losses"] == [r[1] for r in effective]
     assert as_json["grad_norms"] == [r[2] for r in effective]
     assert as_json["learning_rates"] == [r[3] for r in effective]
-    steps = conn.execute("SELECT loss FROM step_metrics WHERE run_id = ? ORDER BY step",
-                         (outcome.run_id,)).fetchall()
+    steps = db_rows(db, "SELECT loss FROM step_metrics WHERE run_id = :r ORDER BY step",
+                 r=outcome.run_id)
     assert as_json["batch_losses"] == [r[0] for r in steps]
     # The report the resumed run wrote itself says the same.
     report = json.loads((outcome.run_dir / "experiment_report.json").read_text())

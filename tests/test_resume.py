@@ -35,8 +35,8 @@ from hlbd.store import live_status, utcnow
 
 
 @pytest.fixture
-def db(tmp_path) -> Path:
-    return tmp_path / "runs.db"
+def db(db_url) -> str:
+    return db_url
 
 
 @pytest.fixture
@@ -157,8 +157,8 @@ def test_resume_from_an_earlier_checkpoint_file_supersedes_later_epochs(
     assert [(s["step"], s["epoch"], s["segment"]) for s in kept_steps] == [
         (s["step"], s["epoch"], 1) for s in old_steps if s["epoch"] > 2]
     assert {s["superseded_by"] for s in kept_steps} == {2}
-    view = query(db, "SELECT epoch, segment FROM epoch_metrics WHERE run_id = ? "
-                     "ORDER BY epoch", first.run_id)
+    view = query(db, "SELECT epoch, segment FROM epoch_metrics WHERE run_id = :run_id "
+                     "ORDER BY epoch", run_id=first.run_id)
     assert view == [(1, 1), (2, 1), (3, 2), (4, 2), (5, 2), (6, 2)]
 
 
@@ -383,7 +383,7 @@ def finished(store, runs_root):
     return run(store, runs_root, epochs=3, save_interval=2)
 
 
-def refused(db: Path, *args: str) -> str:
+def refused(db: str | Path, *args: str) -> str:
     """Invoke the CLI, expect a one-line error and an untouched store; the line."""
     before = dump(db)
     result = cli(*args, "--db", str(db), "--quiet")
@@ -497,8 +497,9 @@ def test_checkpoint_on_a_superseded_attempt_is_refused(db, store, runs_root, fin
     assert "was superseded by a later resume" in line
 
 
-def test_checkpoint_of_a_run_in_another_store_is_refused(tmp_path, runs_root, finished):
-    other = tmp_path / "other.db"
+def test_checkpoint_of_a_run_in_another_store_is_refused(tmp_path, runs_root, finished,
+                                                         databases):
+    other = databases.new(tmp_path / "other")
     cli("db", "upgrade", "--db", str(other))
     path = checkpoint_path(runs_root / finished.run_id, 3)
     line = refused(other, "train", "--resume", str(path), "--epochs", "5")

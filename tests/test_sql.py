@@ -9,16 +9,18 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
 import shutil
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from _backends import rows as db_rows
 from click.testing import CliRunner
-from conftest import db_snapshot, tiny_config
+from conftest import db_snapshot, postgres_only, sqlite_only, tiny_config
+from sqlalchemy.engine import make_url
 
 from hlbd import database, importer
 from hlbd.cli import main
@@ -33,10 +35,11 @@ RUNAWAY = ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) "
 
 
 @pytest.fixture(scope="module")
-def db(tmp_path_factory):
+def db(backend, databases, tmp_path_factory):
     """A real database: a resumed run, an exploding run and an imported report."""
     root = tmp_path_factory.mktemp("sqldb")
-    path = root / "runs.db"
+    url = databases.new(root)
+    path = Path(url) if backend == "sqlite" else url  # a file, or a server's URL
     store = Store.open(str(path))
     runs_root = root / "runs"
     resumed = start_run(tiny_config(epochs=3, save_interval=1), store, runs_root=runs_root,
@@ -56,7 +59,8 @@ def db(tmp_path_factory):
     importer.import_reports(store, old)
     store.close()
     run_query(str(path), "SELECT 1")  # a reader's -wal/-shm exist before any snapshot
-    return {"path": path, "resumed": resumed.run_id, "wild": wild.run_id}
+    yield {"path": path, "resumed": resumed.run_id, "wild": wild.run_id}
+    databases.drop(url)
 
 
 WRITES = {
@@ -91,6 +95,7 @@ WRITES = {
 }
 
 
+@sqlite_only
 @pytest.mark.parametrize("form", sorted(WRITES))
 def test_every_write_form_is_refused_and_the_store_is_unchanged(db, form):
     sql = WRITES[form].replace("{dir}", str(db["path"].parent))
@@ -101,6 +106,109 @@ def test_every_write_form_is_refused_and_the_store_is_unchanged(db, form):
     assert db_snapshot(db["path"]) == before  # no file created by ATTACH / VACUUM INTO either
 
 
+# The SQLite forms above (most are not even PostgreSQL syntax: refused all the same) and
+# the tricks a server allows: ending the READ ONLY transaction, changing the session,
+# running a program, calling functions that act. {victim}: another session's pid.
+PG_WRITES = {
+    **WRITES,
+    "commit then delete": "COMMIT; DELETE FROM steps",
+    "session read write": "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE; "
+                          "DELETE FROM steps",
+    "set_config read write": "SELECT set_config('transaction_read_only', 'off', false)",
+    "copy to program": "COPY (SELECT 1) TO PROGRAM 'touch {dir}/program_ran'",
+    "data-modifying cte": "WITH d AS (DELETE FROM steps RETURNING *) SELECT count(*) FROM d",
+    "select for update": "SELECT * FROM runs FOR UPDATE",
+    "nextval": "SELECT nextval('checkpoints_id_seq')",
+    "terminate backend": "SELECT pg_terminate_backend({victim})",
+    "lo_import": "SELECT lo_import('/etc/hostname')",
+    "analyze table": "ANALYZE runs",
+    "pg_sleep": "SELECT pg_sleep(30)",
+}
+
+
+@pytest.fixture(scope="module")
+def reader_url(db, pg_server):
+    """The database as the SELECT-only role of the README's recipe."""
+    return pg_server().reader_url(db["path"])
+
+
+@postgres_only
+@pytest.mark.parametrize("role", ["store role", "select-only role"])
+@pytest.mark.parametrize("form", sorted(PG_WRITES))
+def test_every_write_attempt_is_refused_on_postgresql_and_the_store_is_unchanged(
+        db, reader_url, tmp_path, role, form):
+    """READ ONLY, one statement, a query only; the role decides what functions may do
+    to other sessions, so the store's own role may only end its own session here."""
+    url = db["path"] if role == "store role" else reader_url
+    victim_engine = database.write_engine(db["path"])  # a trainer's session
+    victim = victim_engine.connect()
+    victim_pid = victim.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+    victim.rollback()
+    sql = (PG_WRITES[form].replace("{dir}", str(tmp_path))
+           .replace("{victim}", str(victim_pid) if role == "select-only role"
+                    else "pg_backend_pid()"))
+    before = db_snapshot(db["path"])
+    try:
+        with pytest.raises(QueryError) as err:
+            run_query(url, sql, time_limit=1)
+        if form == "pg_sleep":
+            assert isinstance(err.value, QueryInterrupted)
+        else:
+            assert not isinstance(err.value, QueryInterrupted)
+            assert str(err.value).startswith(("refused: ", "query failed: "))
+        assert db_snapshot(db["path"]) == before
+        assert not (tmp_path / "program_ran").exists()
+        assert victim.exec_driver_sql("SELECT 1").scalar() == 1  # still connected
+    finally:
+        victim.close()
+        victim_engine.dispose()
+
+
+@postgres_only
+def test_a_setting_made_by_one_query_does_not_outlive_it(db):
+    engine = database.read_engine(database.resolve_db_url(db["path"]))
+    assert run_query(engine, "SELECT set_config('default_transaction_read_only', 'off', "
+                             "false), set_config('application_name', 'leaked', false)"
+                     ).rows == [("off", "leaked")]
+    assert run_query(engine, "SELECT pg_advisory_lock(7)").rows
+    assert run_query(engine, "SELECT current_setting('transaction_read_only'), "
+                             "current_setting('application_name'), "
+                             "(SELECT count(*) FROM pg_locks WHERE locktype = 'advisory')"
+                     ).rows == [("on", "", 0)]
+    engine.dispose()
+
+
+@postgres_only
+def test_user_sql_is_refused_to_a_superuser_role(db):
+    admin = os.environ.get("HLBD_TEST_PG_ADMIN")  # .ci/pg-server sets it
+    if not admin:
+        pytest.skip("HLBD_TEST_PG_ADMIN (a superuser URL of the test server) is not set")
+    url = make_url(admin).set(database=make_url(db["path"]).database).render_as_string(
+        hide_password=False)
+    with pytest.raises(QueryError, match="^refused: role 'hlbd_admin' is a PostgreSQL "
+                                         "superuser"):
+        run_query(url, "SELECT 1")
+
+
+@postgres_only
+def test_the_cli_refuses_on_postgresql_with_one_line_and_exit_status_1(db):
+    before = db_snapshot(db["path"])
+    for sql, said in (("DROP TABLE runs", ("Error: refused: the database is open read-only "
+                                          "here and runs one query (SELECT, WITH, VALUES "
+                                          "or TABLE), not DROP")),
+                      ("SELECT 1; DELETE FROM runs", "Error: refused: one statement per call"),
+                      ("SELECT * FROM runs FOR UPDATE",
+                       "Error: refused: the database is open read-only here; only")):
+        result = subprocess.run([sys.executable, "-m", "hlbd", "sql", sql, "--db",
+                                 db["path"]], check=False, capture_output=True,
+                                text=True, timeout=120)
+        assert result.returncode == 1 and result.stdout == ""
+        assert result.stderr.startswith(said), result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert db_snapshot(db["path"]) == before
+
+
+@sqlite_only
 def test_the_cli_refuses_a_write_with_one_line_and_exit_status_1(db):
     before = db_snapshot(db["path"])
     for sql in ("DROP TABLE runs", f"ATTACH '{db['path'].parent}/cli.db' AS x"):
@@ -134,6 +242,7 @@ def test_a_runaway_query_streaming_rows_is_stopped_too(db):
     assert run_query(str(db["path"]), endless, max_rows=5).rows == [(i,) for i in range(1, 6)]
 
 
+@sqlite_only
 def test_reading_statements_run(db):
     path = str(db["path"])
     assert run_query(path, "PRAGMA query_only").rows == [(1,)]
@@ -143,6 +252,7 @@ def test_reading_statements_run(db):
     assert plan.rows
 
 
+@sqlite_only
 def test_empty_or_invalid_sql_gets_a_clear_error(db):
     with pytest.raises(QueryError, match="no SQL given"):
         run_query(str(db["path"]), "   ")
@@ -158,6 +268,7 @@ def test_a_missing_database_is_refused_without_creating_it(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@sqlite_only
 def test_a_path_with_url_characters_is_opened_read_only_as_itself(db, tmp_path):
     # In a SQLite URI '#' ends the file name: unescaped, mode=ro would be lost.
     odd = tmp_path / "runs #1&mode=rwc" / "runs.db"
@@ -172,7 +283,7 @@ def test_a_path_with_url_characters_is_opened_read_only_as_itself(db, tmp_path):
 def test_table_csv_and_json_show_the_stored_numbers(db):
     sql = ("SELECT epoch, loss, grad_norm, lr FROM epoch_metrics "
            f"WHERE run_id = '{db['resumed']}' ORDER BY epoch")
-    stored = [tuple(r) for r in sqlite3.connect(db["path"]).execute(sql)]
+    stored = db_rows(db["path"], sql)
     args = ["sql", sql, "--db", str(db["path"])]
 
     table = CliRunner().invoke(main, args)
@@ -215,15 +326,30 @@ def test_json_refuses_duplicate_column_names(db):
     assert result.exit_code == 1 and "name them with AS" in result.output
 
 
-def readme_statements() -> list[str]:
-    """Every statement of every ```sql block in the README."""
+def readme_queries() -> list[tuple[str, str | None]]:
+    """Every statement of every ```sql block in the README, with the one database it is
+    for when its comment ends "(SQLite)" or "(PostgreSQL)" (else None: both)."""
     blocks = re.findall(r"```sql\n(.*?)```", README.read_text(), flags=re.DOTALL)
-    statements = []
+    queries = []
     for block in blocks:
-        code = "\n".join(line for line in block.splitlines()
-                         if not line.lstrip().startswith("--"))
-        statements += [s.strip() for s in code.split(";") if s.strip()]
-    return statements
+        comments, code = [], []
+        for line in [*block.splitlines(), ";"]:
+            if line.lstrip().startswith("--"):
+                comments.append(line.strip())
+                continue
+            code.append(line)
+            if line.rstrip().endswith(";"):
+                sql = "\n".join(code).strip().rstrip(";").strip()
+                said = " ".join(comments)
+                if sql:
+                    queries.append((sql, "sqlite" if said.endswith("(SQLite)") else
+                                    "postgresql" if said.endswith("(PostgreSQL)") else None))
+                comments, code = [], []
+    return queries
+
+
+def readme_statements() -> list[str]:
+    return [code for code, _ in readme_queries()]
 
 
 def test_the_readme_has_the_promised_examples():
@@ -234,9 +360,22 @@ def test_the_readme_has_the_promised_examples():
         assert needle in text
 
 
-@pytest.mark.parametrize("index", range(len(readme_statements())))
-def test_each_readme_query_runs_and_finds_rows_in_a_real_database(db, index):
-    sql = (readme_statements()[index].replace("RUN_ID", db["resumed"])
+@pytest.mark.parametrize("index", range(len(readme_queries())))
+def test_each_readme_query_runs_and_finds_rows_in_a_real_database(db, backend, index):
+    code, only = readme_queries()[index]
+    sql = (code.replace("RUN_ID", db["resumed"])
            .replace("RUN_A", db["resumed"]).replace("RUN_B", db["wild"]))
+    if only not in (None, backend):  # the README says which database it is written for
+        with pytest.raises(QueryError):
+            run_query(str(db["path"]), sql)
+        return
     result = run_query(str(db["path"]), sql)
     assert result.columns and result.rows, sql
+
+
+def test_json_writes_sums_as_numbers_on_every_backend(db):
+    # PostgreSQL sums integers into numeric (a Decimal in Python): still a JSON number.
+    expected = db_rows(db["path"], "SELECT count(*) FROM steps")[0][0]
+    result = CliRunner().invoke(main, ["sql", "SELECT sum(CAST(1 AS bigint)) AS n FROM steps", "--json",
+                                       "--db", str(db["path"])])
+    assert json.loads(result.stdout) == [{"n": expected}]

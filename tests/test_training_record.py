@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from sqlalchemy import text
 
 from hlbd.checkpoint import load_checkpoint
 from hlbd.config import TrainConfig
@@ -99,12 +100,12 @@ def test_nonfinite_grad_norms_are_counted_not_averaged(store, train_run):
             assert e["grad_norm"] == pytest.approx(sum(finite) / len(finite))
         else:
             assert e["grad_norm"] is None
-    # NaN survives the round trip through SQLite as NaN, not as a missing value.
+    # NaN survives the round trip through the database as NaN, not as a missing value.
     nan_steps = [s for s in steps if s["grad_norm"] != s["grad_norm"]]
     with store.engine.connect() as conn:
-        flagged = conn.exec_driver_sql(
-            "SELECT count(*) FROM step_metrics WHERE run_id = ? AND grad_norm_is_nan",
-            (run_id,)).scalar()
+        flagged = conn.execute(text(
+            "SELECT count(*) FROM step_metrics WHERE run_id = :run_id AND grad_norm_is_nan"),
+            {"run_id": run_id}).scalar()
     assert flagged == len(nan_steps)
 
 

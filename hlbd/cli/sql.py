@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import sys
+from decimal import Decimal
 
 import click
 
@@ -16,6 +17,8 @@ from hlbd.query import DEFAULT_MEMORY_LIMIT, DEFAULT_TIME_LIMIT, QueryResult, ru
 
 
 def _json_value(value):
+    if isinstance(value, Decimal):  # PostgreSQL's numeric (sum of integers, ...)
+        return int(value) if value == value.to_integral_value() else float(value)
     return base64.b64encode(value).decode("ascii") if isinstance(value, bytes) else value
 
 
