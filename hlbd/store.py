@@ -20,12 +20,15 @@ from sqlalchemy.orm import aliased
 
 from hlbd import database
 from hlbd.errors import UnknownRunError
-from hlbd.models import Anomaly, Checkpoint, Epoch, Run, Segment, Step
+from hlbd.models import Anomaly, Checkpoint, Epoch, Run, Segment, Step, StepRollup
 
 # A live trainer refreshes its heartbeat at least this often ...
 HEARTBEAT_SECONDS = 30.0
 # ... so a "running" run whose heartbeat is older than this has stopped without saying so.
 STALE_AFTER = timedelta(seconds=120)
+# Steps per row of step_rollups (the explorer reads long runs from there, see
+# hlbd.compare); migration 0003 filled it for steps recorded before it existed.
+ROLLUP_STEPS = 32
 
 
 def utcnow() -> datetime:
@@ -104,7 +107,7 @@ class Store:
                 run_id=run_id, segment=segment, start_epoch=start_epoch,
                 resumed_from=resumed_from, started_at=now, status="running",
                 pid=os.getpid(), hostname=socket.gethostname()))
-            for table in (Epoch, Step):
+            for table in (Epoch, Step, StepRollup):
                 conn.execute(update(table).where(
                     table.run_id == run_id, table.epoch > start_epoch,
                     table.superseded_by.is_(None)).values(superseded_by=segment))
@@ -149,6 +152,7 @@ class Store:
                 "INSERT INTO steps (run_id, segment, step, epoch, loss, loss_is_nan, "
                 "grad_norm, grad_norm_is_nan, lr) VALUES "
                 "(%s, %s, %s, %s, %s, %s, %s, %s, %s)", rows)
+            _insert_rollups(conn, rollup_rows(rows))
 
     def import_runs(self, runs: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
         """Insert runs recorded elsewhere, with their epochs and steps, in ONE transaction.
@@ -280,9 +284,12 @@ class Store:
             r["loss"] = join_nan(r["loss"], r.pop("loss_is_nan"))
         return rows
 
-    def steps(self, run_id: str, *, include_superseded: bool = False) -> list[dict]:
-        """Per-step rows of a run in step order."""
+    def steps(self, run_id: str, *, include_superseded: bool = False,
+              epochs: Sequence[int] | None = None) -> list[dict]:
+        """Per-step rows of a run in step order (only those of ``epochs`` when given)."""
         query = select(Step).where(Step.run_id == run_id)
+        if epochs is not None:
+            query = query.where(Step.epoch.in_(list(epochs)))
         if not include_superseded:
             query = query.where(Step.superseded_by.is_(None))
         query = query.order_by(Step.step, Step.segment)
@@ -354,14 +361,69 @@ def _insert_run(conn, run_id: str, now: datetime, *, name: str, status: str, con
         run_id=run_id, segment=1, start_epoch=0, started_at=now, ended_at=ended,
         status=status, pid=os.getpid(), hostname=socket.gethostname()))
     if epochs:
-        conn.execute(insert(Epoch), [_epoch_values(run_id, 1, e, now) for e in epochs])
+        # Rows recorded elsewhere: when each was recorded is not known (NULL).
+        conn.execute(insert(Epoch), [_epoch_values(run_id, 1, e, None) for e in epochs])
 
 
 def _epoch_values(run_id: str, segment: int, epoch: dict[str, Any],
-                  recorded_at: datetime) -> dict[str, Any]:
+                  recorded_at: datetime | None) -> dict[str, Any]:
     loss, loss_is_nan = split_nan(epoch.get("loss"))
     return {**epoch, "run_id": run_id, "segment": segment, "loss": loss,
             "loss_is_nan": loss_is_nan, "recorded_at": recorded_at}
+
+
+_ROLLUP_COLUMNS = ("run_id, segment, first_step, last_step, epoch, steps, "
+                   + ", ".join(f"{m}_{a}" for m in ("loss", "grad_norm", "lr")
+                               for a in ("count", "sum", "min", "max", "nonfinite")))
+
+
+def rollup_rows(rows: Sequence[tuple]) -> list[tuple]:
+    """step_rollups rows for step rows as ``_insert_steps`` writes them.
+
+    One row per run of consecutive steps sharing an epoch and a ROLLUP_STEPS-aligned
+    stretch (``(step - 1) // ROLLUP_STEPS``). Per metric: count, sum, min and max of
+    the finite values and the number of NaN/Inf ones; a value not recorded (None
+    without its NaN flag) is in neither.
+    """
+    out, start, n = [], 0, len(rows)
+    while start < n:
+        first = rows[start]
+        epoch, stretch = first[3], (first[2] - 1) // ROLLUP_STEPS
+        # Where the stretch ends if the steps are consecutive (they are, from the trainer).
+        end = min(n, start + ROLLUP_STEPS - (first[2] - 1) % ROLLUP_STEPS)
+        group = rows[start:end]
+        if ([r[2] for r in group] != list(range(first[2], first[2] + end - start))
+                or [r[3] for r in group].count(epoch) != end - start):
+            end = start + 1
+            while (end < n and rows[end][3] == epoch
+                   and (rows[end][2] - 1) // ROLLUP_STEPS == stretch):
+                end += 1
+            group = rows[start:end]
+        out.append((first[0], first[1], first[2], group[-1][2], epoch, end - start,
+                    *_summary(group, 4, 5), *_summary(group, 6, 7), *_summary(group, 8, None)))
+        start = end
+    return out
+
+
+def _summary(group: Sequence[tuple], index: int, nan_flag: int | None) -> tuple:
+    values = [r[index] for r in group]
+    if None not in values:
+        total = sum(values)
+        if math.isfinite(total):  # the common case: every value finite
+            return len(values), total, min(values), max(values), 0
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    bad = sum(1 for r in group if (nan_flag is not None and r[nan_flag])
+              or (r[index] is not None and not math.isfinite(r[index])))
+    if not finite:
+        return 0, None, None, None, bad
+    return len(finite), sum(finite), min(finite), max(finite), bad
+
+
+def _insert_rollups(conn, rows: list[tuple]) -> None:
+    if rows:
+        mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+        conn.exec_driver_sql(f"INSERT INTO step_rollups ({_ROLLUP_COLUMNS}) VALUES "
+                             f"({', '.join([mark] * 21)})", rows)
 
 
 def _latest_segment_columns():

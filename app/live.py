@@ -1,0 +1,37 @@
+"""Live pages: rerun the app when a run it shows has news (a new epoch, a status).
+
+A small fragment polls the run list (cached for reads.LIVE_TTL); when the versions of the
+runs a page watches differ from those it was drawn with, the whole app reruns, so the
+sidebar, tables and charts all show the news. Nothing is redrawn while nothing changed.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+import reads
+
+LIVE_SECONDS = 5     # while a watched run is running
+IDLE_SECONDS = 30    # otherwise (the runs page: a run started elsewhere shows up)
+
+
+def _versions(url: str, thresholds: tuple, run_ids: list[str] | None) -> tuple:
+    return tuple((r["run_id"], r["version"]) for r in reads.runs(url, thresholds)
+                 if run_ids is None or r["run_id"] in run_ids)
+
+
+def watch(url: str, thresholds: tuple, run_ids: list[str] | None = None) -> None:
+    """Rerun when the watched runs (all runs when None, new runs included) change."""
+    runs = [r for r in reads.runs(url, thresholds)
+            if run_ids is None or r["run_id"] in run_ids]
+    live = any(r["display_status"] == "running" for r in runs)
+    if not live and run_ids is not None:
+        return
+    drawn = _versions(url, thresholds, run_ids)
+
+    @st.fragment(run_every=LIVE_SECONDS if live else IDLE_SECONDS)
+    def poll() -> None:
+        if _versions(url, thresholds, run_ids) != drawn:
+            st.rerun(scope="app")
+
+    poll()
