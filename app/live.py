@@ -7,12 +7,15 @@ sidebar, tables and charts all show the news. Nothing is redrawn while nothing c
 
 from __future__ import annotations
 
+import os
+
 import streamlit as st
 
 import reads
 
 LIVE_SECONDS = 5     # while a watched run is running
-IDLE_SECONDS = 30    # otherwise (the runs page: a run started elsewhere shows up)
+# Otherwise, how often the runs page looks for runs started elsewhere.
+IDLE_SECONDS = float(os.environ.get("HLBD_UI_REFRESH_SECONDS") or 30)
 
 
 def _versions(url: str, thresholds: tuple, run_ids: list[str] | None) -> tuple:
