@@ -181,15 +181,22 @@ def metric_data(series: list[RunSeries], metric: str, x_axis: str, *, smoothing:
         r = _bucket_rows(s, metric) if by_step else _epoch_rows(s, metric, x_axis, scale)
         x, value = r["x"], r["value"]
         placed = np.isfinite(x)
-        if x_range is not None:
-            placed &= (x >= x_range[0]) & (x <= x_range[1])
-        finite = placed & np.isfinite(value)
-        bad = placed & (r["bad"] > 0)
         if not (placed & r["recorded"]).any():
             where = {"step": " (no per-step records)" if by_step else
                      " (no step records to place its epochs)",
                      "wall": " (no recording times)"}.get(x_axis, "")
             missing.append(s.label + (where if r["recorded"].any() else ""))
+        drawable = placed & np.isfinite(value)
+        if log_scale:
+            dropped_nonpositive += int((drawable & ~(value > 0)).sum())
+            drawable &= value > 0
+        # Smoothed over the whole series, then cut to the zoom (as TensorBoard does).
+        smoothed = (smooth(value[drawable], smoothing) if smoothing > 0 and metric in SMOOTHED
+                    else None)
+        if x_range is not None:
+            placed &= (x >= x_range[0]) & (x <= x_range[1])
+        finite = drawable & placed
+        bad = placed & (r["bad"] > 0)
         at = np.array(r["at"], dtype=object)
         for j in np.flatnonzero(bad):
             count = int(r["bad"][j]) if by_step or metric == "grad_norm" else 1
@@ -197,10 +204,6 @@ def metric_data(series: list[RunSeries], metric: str, x_axis: str, *, smoothing:
                     metric != "grad_norm" else
                     f"{count} step(s) with a NaN/Inf {METRICS[metric].lower()}")
             nonfinite.append({"run": s.label, "x": x[j], "at": at[j], "what": what})
-        if log_scale:
-            positive = finite & (value > 0)
-            dropped_nonpositive += int((finite & ~positive).sum())
-            finite = positive
         # Lines break wherever a value is missing: a new piece starts after each gap.
         piece = np.cumsum(~finite)[finite]
         frame = pd.DataFrame({"run": s.label, "x": x[finite], "value": value[finite],
@@ -208,8 +211,8 @@ def metric_data(series: list[RunSeries], metric: str, x_axis: str, *, smoothing:
                               "piece": piece.astype(np.int32) + 100_000 * i})
         if log_scale:
             frame.loc[~(frame["lo"] > 0), ["lo", "hi"]] = np.nan
-        if smoothing > 0 and metric in SMOOTHED:
-            frame["smooth"] = smooth(frame["value"].to_numpy(), smoothing)
+        if smoothed is not None:
+            frame["smooth"] = smoothed[placed[drawable]]
         points.append(frame)
         hover_cols[f"v{i}"] = pd.Series(value[finite], index=x[finite])
         hover_cols.setdefault("_at", pd.Series(dtype=object))
@@ -347,38 +350,25 @@ def _resumes(series, x_axis, scale, x_range) -> pd.DataFrame:
     return pd.DataFrame(out, columns=["run", "x", "what"])
 
 
-def x_domain(data: list[MetricData], x_range=None) -> list[float] | None:
-    """One x range for every chart of the page: the zoom, else all that is drawn."""
-    if x_range is not None:
-        return [float(x_range[0]), float(x_range[1])]
-    xs = [frame["x"] for d in data for frame in (d.points, d.nonfinite, d.flags, d.resumes)
-          if len(frame)]
-    if not xs:
-        return None
-    values = pd.concat(xs).astype(float)
-    low, high = float(values.min()), float(values.max())
-    return [low, high] if high > low else [low - 0.5, high + 0.5]
-
-
 def x_title(x_axis: str, series: list[RunSeries]) -> str:
     return {"epoch": "epoch", "step": "optimizer step",
             "wall": f"wall time since the run started ({wall_scale(series)[0]})"}[x_axis]
 
 
 def spec(data: list[MetricData], series: list[RunSeries], x_axis: str, *,
-         smoothing: float = 0.0, log_metrics: tuple[str, ...] = (),
-         x_range: tuple[float, float] | None = None) -> dict:
+         smoothing: float = 0.0, log_metrics: tuple[str, ...] = ()) -> dict:
     """The Vega-Lite spec: a chart per metric, stacked, one x scale, one legend."""
     labels = [s.label for s in series]
     color = {"field": "run", "type": "nominal", "title": None,
              "scale": {"domain": labels, "range": [s.color for s in series]}}
-    domain = x_domain(data, x_range)
     counted = x_axis in ("epoch", "step")
+    # One x scale for every chart (resolve: shared): its domain is the union of all they
+    # draw, resume lines and markers included; a zoom filtered the data to its range.
     x = {"field": "x", "type": "quantitative", "title": x_title(x_axis, series),
-         "scale": {"zero": False, "nice": False, **({"domain": domain} if domain else {})},
+         "scale": {"zero": False, "nice": False},
          "axis": {"format": "~s" if x_axis == "step" else ("d" if counted else "~g"),
                   "tickMinStep": 1 if counted else None}}
-    if not counted or x_axis == "step":
+    if not counted:
         x["axis"].pop("tickMinStep")
     datasets, charts, views, hover_views = {}, [], [], []
     for i, d in enumerate(data):
@@ -409,6 +399,7 @@ def spec(data: list[MetricData], series: list[RunSeries], x_axis: str, *,
              "views": views},
         ],
         "config": {"legend": {"orient": "top", "labelLimit": 0, "columns": 4,
+                              "symbolOpacity": 1,
                               "symbolType": "stroke", "symbolStrokeWidth": 3},
                    "axisY": {"format": "~g"}, "view": {"stroke": None}},
     }

@@ -14,8 +14,19 @@ import streamlit as st
 import reads
 
 LIVE_SECONDS = 5     # while a watched run is running
-# Otherwise, how often the runs page looks for runs started elsewhere.
-IDLE_SECONDS = float(os.environ.get("HLBD_UI_REFRESH_SECONDS") or 30)
+
+
+def _idle_seconds() -> float:
+    """How often the runs page looks for runs started elsewhere (HLBD_UI_REFRESH_SECONDS,
+    default 30; a value that is not a positive number is ignored)."""
+    try:
+        value = float(os.environ.get("HLBD_UI_REFRESH_SECONDS") or 30)
+    except ValueError:
+        return 30.0
+    return min(value, 3600.0) if value > 0 else 30.0
+
+
+IDLE_SECONDS = _idle_seconds()
 
 
 def _versions(url: str, thresholds: tuple, run_ids: list[str] | None) -> tuple:

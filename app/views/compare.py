@@ -122,7 +122,7 @@ with reads.errors_shown():
                                    log_scale=m in view.get("log"), robust=view.get("robust"),
                                    x_range=x_range) for m in metrics]
         st.vega_lite_chart(charts.spec(data, series, x_axis, smoothing=view.get("smooth"),
-                                       log_metrics=tuple(view.get("log")), x_range=x_range),
+                                       log_metrics=tuple(view.get("log"))),
                            key="charts", on_select="rerun", selection_mode=["zoom"],
                            width="stretch")
         notes = [("Drag across a chart to zoom all of them (double-click: back); hover for "
