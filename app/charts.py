@@ -20,6 +20,7 @@ a few milliseconds, not seconds.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -442,12 +443,21 @@ def _metric_chart(d: MetricData, i: int, x: dict, color: dict, labels: list[str]
         main.append({"data": points, "mark": {"type": "circle", "size": 22, "clip": True},
                      "encoding": {"x": x, "y": y, "color": color,
                                   "opacity": {**hidden, "value": 0.8}}})
-    # Hover: the runs' values at the x under the pointer, on every chart at once.
-    main.append({"data": points, "transform": [{"filter": {"param": "hover",
-                                                           "empty": False}}],
-                 "mark": {"type": "circle", "size": 70, "clip": True, "stroke": "white"},
-                 "encoding": {"x": x, "y": y, "color": color}})
+    # Hover: the runs' values at the x under the pointer, on every chart at once. Taken
+    # from the one-row-per-x hover table (not from every point), so a pointer move
+    # filters a few hundred rows, then unfolds the one row into a dot per run.
     hover = data("hover", d.hover)
+    keys = [f"v{k}" for k in range(len(labels)) if f"v{k}" in d.hover]
+    if keys:
+        main.append({"data": hover, "transform": [
+            {"filter": {"param": "hover", "empty": False}},
+            {"fold": keys, "as": ["key", "value"]},
+            {"filter": "isValid(datum.value)"},
+            {"calculate": f"{json.dumps([labels[int(k[1:])] for k in keys])}"
+                          f"[indexof({json.dumps(keys)}, datum.key)]", "as": "run"}],
+            "mark": {"type": "circle", "size": 70, "clip": True, "stroke": "white",
+                     "opacity": 1},
+            "encoding": {"x": x, "y": y, "color": color}})
     main.append({"data": hover, "mark": {"type": "rule", "color": "#888"},
                  "encoding": {"x": x, "opacity": {"condition": {"param": "hover",
                                                                 "empty": False, "value": 0.8},
