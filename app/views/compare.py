@@ -15,7 +15,7 @@ import sidebar
 import view
 from hlbd import compare
 
-POINTS = int(__import__("os").environ.get("HLBD_UI_POINTS_DEBUG", "6000"))
+POINTS = 6_000           # points per chart, shared by the picked runs ...
 POINTS_PER_RUN = (250, 1000)   # ... each getting at least / at most this many
 
 st.title("Compare runs")
