@@ -357,8 +357,12 @@ def x_title(x_axis: str, series: list[RunSeries]) -> str:
 
 
 def spec(data: list[MetricData], series: list[RunSeries], x_axis: str, *,
-         smoothing: float = 0.0, log_metrics: tuple[str, ...] = ()) -> dict:
-    """The Vega-Lite spec: a chart per metric, stacked, one x scale, one legend."""
+         smoothing: float = 0.0, log_metrics: tuple[str, ...] = (),
+         zoomable: bool = True) -> dict:
+    """The Vega-Lite spec: a chart per metric, stacked, one x scale, one legend.
+
+    ``zoomable``: a drag selects an x range (the "zoom" selection the page reads back).
+    """
     labels = [s.label for s in series]
     color = {"field": "run", "type": "nominal", "title": None,
              "scale": {"domain": labels, "range": [s.color for s in series]}}
@@ -379,30 +383,33 @@ def spec(data: list[MetricData], series: list[RunSeries], x_axis: str, *,
         charts.append(chart)
         views.append(names["zoom"])
         hover_views.append(names["hover"])
+    params = [
+        # Drag across a chart: the app zooms every chart to that x range
+        # (double-click: back); the range comes back as this selection.
+        {"name": "zoom", "select": {"type": "interval", "encodings": ["x"],
+                                    "clear": "dblclick"}, "views": views},
+        {"name": "hover", "select": {"type": "point", "fields": ["x"], "on": "pointerover",
+                                     "clear": "pointerout", "nearest": False},
+         "views": hover_views},
+        {"name": "hidden", "select": {"type": "point", "fields": ["run"], "toggle": "true"},
+         "bind": "legend", "views": views},
+    ]
     return {
         "$schema": "https://vega.github.io/schema/vega-lite/v6.json",
         # Fit the page's width (Streamlit would pad a stack of layered charts, and
         # the axes would then run past the right edge).
         "autosize": {"type": "fit-x", "contains": "padding"},
+        # Canvas draws thousands of points faster than SVG; no per-mark ARIA labels.
+        "usermeta": {"embedOptions": {"renderer": "canvas"}},
         "datasets": datasets,
         "vconcat": charts,
         "resolve": {"scale": {"x": "shared", "color": "shared"}},
-        "params": [
-            # Drag across a chart: the app zooms every chart to that x range
-            # (double-click: back); the range comes back as this selection.
-            {"name": "zoom", "select": {"type": "interval", "encodings": ["x"],
-                                        "clear": "dblclick"}, "views": views},
-            {"name": "hover", "select": {"type": "point", "fields": ["x"],
-                                         "on": "pointerover", "clear": "pointerout",
-                                         "nearest": False}, "views": hover_views},
-            {"name": "hidden", "select": {"type": "point", "fields": ["run"],
-                                          "toggle": "true"}, "bind": "legend",
-             "views": views},
-        ],
+        "params": params if zoomable else params[1:],
         "config": {"legend": {"orient": "top", "labelLimit": 0, "columns": 4,
                               "symbolOpacity": 1,
                               "symbolType": "stroke", "symbolStrokeWidth": 3},
-                   "axisY": {"format": "~g"}, "view": {"stroke": None}},
+                   "axisY": {"format": "~g"}, "view": {"stroke": None},
+                   "mark": {"aria": False}},
     }
 
 

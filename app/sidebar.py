@@ -63,7 +63,7 @@ def choose_thresholds() -> None:
             st.number_input(name.replace("_", " "), value=wanted.get(name, default),
                             key=f"threshold_{name}", help=THRESHOLD_HELP.get(name),
                             step=1 if isinstance(default, int) else None,
-                            min_value=1 if isinstance(default, int) else None,
+                            min_value=view.INT_MINIMUM.get(name),
                             format=None if isinstance(default, int) else "%g")
 
 

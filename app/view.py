@@ -18,6 +18,8 @@ import math
 import streamlit as st
 
 DEFAULT_CHARTS = ("loss", "grad_norm", "lr")
+# The smallest value a whole-number threshold can take (a window of 0 epochs is none).
+INT_MINIMUM = {"spike_window": 1, "rising_epochs": 1, "restart_grace": 0}
 X_AXES = ("epoch", "step", "wall")
 
 
@@ -50,8 +52,13 @@ def start(metrics: tuple[str, ...], threshold_defaults: dict) -> None:
         view["range"] = tuple(span)
     for name, default in threshold_defaults.items():
         value = _floats(q.get(name, ""), 1)
-        if value is not None:
-            view["thresholds"][name] = int(value[0]) if isinstance(default, int) else value[0]
+        if value is None:
+            continue
+        if isinstance(default, int):
+            if value[0] == int(value[0]) and value[0] >= INT_MINIMUM.get(name, 0):
+                view["thresholds"][name] = int(value[0])
+        else:
+            view["thresholds"][name] = value[0]
     st.session_state["view"] = view
 
 
