@@ -567,3 +567,32 @@ def test_explorer_reads_through_a_read_only_connection(explored, monkeypatch):
     at.text_area[0].set_value("PRAGMA query_only")
     at.button[0].click().run()
     assert at.dataframe[0].value.iloc[0, 0] == 1
+
+
+def test_a_link_with_garbage_is_ignored_not_a_traceback(explored, monkeypatch):
+    db, ids, _ = explored
+    monkeypatch.setenv("HLBD_DB", str(db))
+    at = AppTest.from_file(str(APP), default_timeout=60)
+    at.query_params.update({"runs": f"nope,{ids['baseline'][:8]},", "x": "sideways",
+                            "smooth": "lots", "range": "5,1", "charts": "bogus,loss",
+                            "log": "'; DROP", "robust": "maybe", "grad_explode": "nan",
+                            "spike_window": "-3", "rising_epochs": "2.5", "run": "%%"})
+    at.run()
+    for page in ("views/compare.py", "views/run.py", "views/sql.py", "views/runs.py"):
+        at.switch_page(page).run()
+        assert not at.exception, page
+    assert at.session_state["picked"] == [ids["baseline"]]
+    at.switch_page("views/compare.py").run()
+    assert at.button_group(key="x_axis").value == "epoch"
+    assert list(charts(at)) == ["Loss"]
+    assert at.number_input(key="threshold_spike_window").value == 5
+
+
+def test_sql_page_shows_blobs_and_mixed_types(explored, monkeypatch):
+    db, _, _ = explored
+    at = open_app(monkeypatch, db)
+    at.switch_page("views/sql.py").run()
+    at.text_area[0].set_value("SELECT x'00ff' AS b, 1 AS n UNION ALL SELECT 'text', 2.5")
+    at.button[0].click().run()
+    assert not at.exception
+    assert len(at.dataframe[0].value) == 2
