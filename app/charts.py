@@ -1,27 +1,46 @@
-"""Altair charts of loss, gradient norm and learning rate, overlaid for several runs.
+"""The compare charts: one Vega-Lite spec, a chart per metric, stacked on one x axis.
 
 How they stay honest: a value that was not recorded is not drawn, and the chart says
 "not recorded" for that run; a NaN/Inf is a marker on the chart's top edge and the line
 breaks there (lines never bridge a gap); smoothing (TensorBoard's debiased EMA) is drawn
-over the faint raw line, never instead of it; downsampled steps show each bucket's
-min-max band, so a one-step spike stays visible.
+over the faint raw line, never instead of it, and only for loss and grad norm (an LR is
+always drawn as recorded); downsampled steps show each bucket's min-max band, so a
+one-step spike stays visible. A robust y range keeps one exploded run from flattening
+the others: the points it leaves out are marked on the edge they left by.
+
+How they work for a user: the charts share one x range (drag across any chart to zoom
+all of them, double-click to go back); hovering shows a vertical rule on every chart and
+each run's value there; a run's colour comes from its place in the database (its
+creation order), so it keeps it whichever runs are picked; clicking a legend entry
+hides that run.
+
+Chart data is built with pandas, column at a time: 20 runs x 1,000 points per chart is
+a few milliseconds, not seconds.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from datetime import datetime
 
-import altair as alt
+import numpy as np
 import pandas as pd
 
-from formats import exact
-
-METRICS = {"loss": "Loss", "grad_norm": "Gradient norm", "lr": "Learning rate"}
+METRICS = {"loss": "Loss", "grad_norm": "Gradient norm", "lr": "Learning rate",
+           "token_accuracy": "Token accuracy", "tokens_per_second": "Tokens per second"}
+STEP_METRICS = ("loss", "grad_norm", "lr")      # recorded per optimizer step too
+SMOOTHED = ("loss", "grad_norm")                # smoothing never touches the LR
 X_AXES = {"epoch": "epoch", "step": "step", "wall": "wall time"}
-HEIGHT = 300
-VISIBLE_POINTS = 300  # above this many points per chart, hover targets are invisible
+HEIGHT = 220
+VISIBLE_POINTS = 300        # up to this many points per chart, each is drawn as a dot
+OUTLIER_RATIO = 100.0       # robust range: values this far above the runs' typical top
+# Distinct colours, one per run in creation order (tableau10, then ten more).
+PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#c9a227", "#b07aa1",
+           "#ff9da7", "#9c755f", "#79706e", "#1f3a93", "#8c6d31", "#17becf", "#843c39",
+           "#7b4173", "#637939", "#e7ba52", "#393b79", "#d6616b", "#31a354")
+NUMBER = ".6~g"   # significant digits in tooltips
 
 
 @dataclass
@@ -32,45 +51,48 @@ class RunSeries:
     label: str
     created_at: datetime
     epochs: list[dict]
-    buckets: list[dict] = field(default_factory=list)
+    buckets: pd.DataFrame | None = None     # hlbd.compare.step_buckets, one run
     segments: list[dict] = field(default_factory=list)
     flags: list[dict] = field(default_factory=list)
+    epoch_steps: list[dict] = field(default_factory=list)  # epoch -> its steps
+    color: str = PALETTE[0]
 
 
 @dataclass
-class ChartData:
-    points: pd.DataFrame      # run, x, value, lo, hi, piece, smoothed, tooltip texts
-    nonfinite: pd.DataFrame   # run, x, where, what
-    resumes: pd.DataFrame     # run, x, what
+class MetricData:
+    """Everything one metric's chart draws, as frames (column names as in the spec)."""
+
+    metric: str
+    points: pd.DataFrame      # run, x, value, lo, hi, smooth, piece
+    hover: pd.DataFrame       # x, x_lo, x_hi, at, one column per run (v0, v1, ...)
+    nonfinite: pd.DataFrame   # run, x, at, what
+    clipped: pd.DataFrame     # run, x, at, what, edge (1 top, 0 bottom)
     flags: pd.DataFrame       # run, x, rule, message
-    missing: list[str]        # labels of runs that did not record this metric
-    x_axis: str               # a key of X_AXES
-    x_title: str
+    resumes: pd.DataFrame     # run, x, what
+    missing: list[str]        # labels of runs that did not record it (on this axis)
+    domain: list[float] | None = None   # the y range, when the robust range cut some
+    notes: list[str] = field(default_factory=list)
 
 
-def smooth(values: list[float], weight: float) -> list[float]:
-    """TensorBoard's smoothing: an exponential moving average, debiased at the start."""
-    finite = [v for v in values if math.isfinite(v)]
-    if weight <= 0 or len(set(finite)) <= 1:
-        return list(values)
-    last, n, out = 0.0, 0, []
-    for v in values:
-        if not math.isfinite(v):
-            out.append(v)
-            continue
-        last = last * weight + (1 - weight) * v
-        n += 1
-        out.append(last / (1 - weight ** n))
+def colors(ranks: dict[str, int], picked: list[str]) -> dict[str, str]:
+    """A colour per picked run: PALETTE at its creation rank, the next free one if two
+    picked runs would share it (only runs len(PALETTE) apart can)."""
+    out, taken = {}, set()
+    for run_id in sorted(picked, key=lambda i: ranks.get(i, 0)):
+        slot = ranks.get(run_id, 0) % len(PALETTE)
+        while PALETTE[slot] in taken and len(taken) < len(PALETTE):
+            slot = (slot + 1) % len(PALETTE)
+        out[run_id] = PALETTE[slot]
+        taken.add(PALETTE[slot])
     return out
 
 
-def rule_metric(rule: str) -> str:
-    """Which chart an anomaly rule's flag is marked on."""
-    if "loss" in rule:
-        return "loss"
-    if rule.startswith("lr"):
-        return "lr"
-    return "grad_norm"
+def smooth(values: np.ndarray, weight: float) -> np.ndarray:
+    """TensorBoard's smoothing: an exponential moving average, debiased at the start
+    (pandas' adjusted EWM is exactly that). A constant series is returned as is."""
+    if weight <= 0 or len(values) == 0 or np.all(values == values[0]):
+        return values.copy()
+    return pd.Series(values).ewm(alpha=1 - weight, adjust=True).mean().to_numpy()
 
 
 def wall_unit(seconds: float) -> tuple[str, float]:
@@ -82,189 +104,413 @@ def wall_unit(seconds: float) -> tuple[str, float]:
     return "h", 3600.0
 
 
-def chart_data(series: list[RunSeries], metric: str, x_axis: str,
-               smoothing: float = 0.0) -> ChartData:
-    """Long-form frames for one metric's chart: one row per epoch or step bucket."""
-    rows, nonfinite, resumes, flag_rows, missing = [], [], [], [], []
-    elapsed_max = max([_elapsed(s, e["recorded_at"]) for s in series for e in s.epochs],
-                      default=0.0)
-    unit, scale = wall_unit(elapsed_max)
+def rule_metric(rule: str) -> str:
+    """Which chart an anomaly rule's flag is marked on."""
+    if "loss" in rule:
+        return "loss"
+    if rule.startswith("lr"):
+        return "lr"
+    return "grad_norm"
+
+
+def _float(values) -> np.ndarray:
+    """A float array where None (not recorded) is NaN; use with a recorded mask."""
+    return np.array([np.nan if v is None else v for v in values], dtype=float)
+
+
+def _recorded(values) -> np.ndarray:
+    return np.array([v is not None for v in values], dtype=bool)
+
+
+def _epoch_rows(s: RunSeries, metric: str, x_axis: str, scale: float) -> dict:
+    """x, value, lo, hi, recorded, bad (NaN/Inf count), at, epoch for one run's epochs."""
+    rows = s.epochs
+    epochs = np.array([e["epoch"] for e in rows], dtype=float)
+    raw = [e.get(metric) for e in rows]
+    value, recorded = _float(raw), _recorded(raw)
+    bad = (recorded & ~np.isfinite(value)).astype(int)
+    if metric == "grad_norm":
+        bad = bad + np.array([e.get("nonfinite_steps") or 0 for e in rows])
+        lo, hi = _float([e.get("grad_norm_min") for e in rows]), _float(
+            [e.get("grad_norm_max") for e in rows])
+    else:
+        lo = hi = np.full(len(rows), np.nan)
+    if x_axis == "epoch":
+        x = epochs
+        at = [f"epoch {int(n)}" for n in epochs]
+    elif x_axis == "wall":
+        x = np.array([(e["recorded_at"] - s.created_at).total_seconds() / scale
+                      if e.get("recorded_at") is not None else np.nan for e in rows])
+        at = [f"epoch {int(n)}" for n in epochs]
+    else:  # an epoch's number belongs at its last step
+        last = {e["epoch"]: e["last_step"] for e in s.epoch_steps}
+        x = np.array([last.get(e["epoch"], np.nan) for e in rows], dtype=float)
+        at = [f"epoch {int(n)} (ends at step {int(v)})" if math.isfinite(v) else ""
+              for n, v in zip(epochs, x)]
+    return {"x": x, "value": value, "lo": lo, "hi": hi, "recorded": recorded,
+            "bad": bad, "at": at}
+
+
+def _bucket_rows(s: RunSeries, metric: str) -> dict:
+    b = s.buckets
+    if b is None or b.empty:
+        empty = np.array([], dtype=float)
+        return {"x": empty, "value": empty, "lo": empty, "hi": empty,
+                "recorded": np.array([], dtype=bool), "bad": empty, "at": []}
+    width = b["width"].to_numpy()
+    value = b[metric].to_numpy(dtype=float)
+    bad = b[f"{metric}_nonfinite"].to_numpy()
+    ranged = width > 1
+    lo = np.where(ranged, b[f"{metric}_min"].to_numpy(dtype=float), np.nan)
+    hi = np.where(ranged, b[f"{metric}_max"].to_numpy(dtype=float), np.nan)
+    first, last = b["first_step"].to_numpy(), b["last_step"].to_numpy()
+    at = [f"step {f:,}" if w == 1 else f"steps {f:,}–{t:,} ({n:,} recorded, mean)"
+          for f, t, w, n in zip(first, last, width, b["steps"].to_numpy())]
+    return {"x": b["step"].to_numpy(dtype=float), "value": value, "lo": lo, "hi": hi,
+            "recorded": ~np.isnan(value) | (bad > 0), "bad": bad, "at": at}
+
+
+def metric_data(series: list[RunSeries], metric: str, x_axis: str, *, smoothing: float = 0.0,
+                log_scale: bool = False, robust: bool = True,
+                x_range: tuple[float, float] | None = None) -> MetricData:
+    """The frames of one metric's chart."""
+    scale = wall_scale(series)[1]
+    points, hover_cols, nonfinite, missing, notes = [], {}, [], [], []
+    dropped_nonpositive = 0
+    for i, s in enumerate(series):
+        by_step = x_axis == "step" and metric in STEP_METRICS
+        r = _bucket_rows(s, metric) if by_step else _epoch_rows(s, metric, x_axis, scale)
+        x, value = r["x"], r["value"]
+        placed = np.isfinite(x)
+        if not (placed & r["recorded"]).any():
+            where = {"step": " (no per-step records)" if by_step else
+                     " (no step records to place its epochs)",
+                     "wall": " (no recording times)"}.get(x_axis, "")
+            missing.append(s.label + (where if r["recorded"].any() else ""))
+        drawable = placed & np.isfinite(value)
+        if log_scale:
+            dropped_nonpositive += int((drawable & ~(value > 0)).sum())
+            drawable &= value > 0
+        # Smoothed over the whole series, then cut to the zoom (as TensorBoard does).
+        smoothed = (smooth(value[drawable], smoothing) if smoothing > 0 and metric in SMOOTHED
+                    else None)
+        if x_range is not None:
+            placed &= (x >= x_range[0]) & (x <= x_range[1])
+        finite = drawable & placed
+        bad = placed & (r["bad"] > 0)
+        at = np.array(r["at"], dtype=object)
+        for j in np.flatnonzero(bad):
+            count = int(r["bad"][j]) if by_step or metric == "grad_norm" else 1
+            what = (f"{METRICS[metric].lower()} is {value[j]}" if not by_step and
+                    metric != "grad_norm" else
+                    f"{count} step(s) with a NaN/Inf {METRICS[metric].lower()}")
+            nonfinite.append({"run": s.label, "x": x[j], "at": at[j], "what": what})
+        # Lines break wherever a value is missing: a new piece starts after each gap.
+        piece = np.cumsum(~finite)[finite]
+        frame = pd.DataFrame({"run": s.label, "x": x[finite], "value": value[finite],
+                              "lo": r["lo"][finite], "hi": r["hi"][finite],
+                              "piece": piece.astype(np.int32) + 100_000 * i})
+        if log_scale:
+            frame.loc[~(frame["lo"] > 0), ["lo", "hi"]] = np.nan
+        if smoothed is not None:
+            frame["smooth"] = smoothed[placed[drawable]]
+        points.append(frame)
+        hover_cols[f"v{i}"] = pd.Series(value[finite], index=x[finite])
+        hover_cols.setdefault("_at", pd.Series(dtype=object))
+        hover_cols["_at"] = pd.concat([hover_cols["_at"],
+                                       pd.Series(at[finite], index=x[finite])])
+    frame = (pd.concat(points, ignore_index=True) if points else
+             pd.DataFrame(columns=["run", "x", "value", "lo", "hi", "piece"]))
+    if "smooth" not in frame and smoothing > 0 and metric in SMOOTHED:
+        frame["smooth"] = frame["value"]
+    if dropped_nonpositive:
+        notes.append(f"{dropped_nonpositive} value(s) at or below 0 are not drawn on the "
+                     "log scale")
+    domain = robust_domain(frame, [s.label for s in series]) if robust and not log_scale \
+        else None
+    clipped = _clipped(frame, domain)
+    if domain is not None and len(clipped):
+        notes.append(f"{len(clipped)} point(s) outside the robust y range are marked on "
+                     "its edge (turn off 'Robust y range' to see them all)")
+    return MetricData(
+        metric=metric, points=frame, hover=_hover_frame(hover_cols, x_axis),
+        nonfinite=pd.DataFrame(nonfinite, columns=["run", "x", "at", "what"]),
+        clipped=clipped, flags=_flags(series, metric, x_axis, scale, x_range),
+        resumes=_resumes(series, x_axis, scale, x_range), missing=missing, domain=domain,
+        notes=notes)
+
+
+def robust_domain(frame: pd.DataFrame, labels: list[str]) -> list[float] | None:
+    """A y range that leaves out values far above the runs' typical top, or None when
+    nothing is far out.
+
+    A run's typical top is the 90th percentile of its values; "far" is more than
+    OUTLIER_RATIO times the lowest typical top of the runs on the chart. So an exploded
+    run (loss 1e9 next to runs near 1) no longer flattens the others, while runs that
+    differ by a factor of a few keep their full range.
+    """
+    values = frame[["run", "value"]].dropna()
+    if values.empty:
+        return None
+    tops = values.groupby("run", observed=True)["value"].quantile(0.9)
+    limit = OUTLIER_RATIO * max(abs(tops.min()), 1e-12)
+    extremes = pd.concat([frame["value"], frame["lo"], frame["hi"],
+                          frame.get("smooth", frame["value"])]).dropna()
+    kept = extremes[extremes <= limit]
+    if kept.empty or len(kept) == len(extremes):
+        return None
+    low, high = float(kept.min()), float(kept.max())
+    pad = (high - low) * 0.05 or abs(high) * 0.05 or 1.0
+    return [low - pad if low - pad > 0 or low < 0 else 0.0, high + pad]
+
+
+def _clipped(frame: pd.DataFrame, domain: list[float] | None) -> pd.DataFrame:
+    columns = ["run", "x", "at", "what", "edge"]
+    if domain is None or frame.empty:
+        return pd.DataFrame(columns=columns)
+    out = frame[(frame["value"] > domain[1]) | (frame["value"] < domain[0])]
+    return pd.DataFrame({"run": out["run"], "x": out["x"], "at": "",
+                         "what": [f"{v:.6g} (off the chart)" for v in out["value"]],
+                         "edge": np.where(out["value"] > domain[1], 0.97, 0.03)},
+                        columns=columns)
+
+
+def _hover_frame(columns: dict, x_axis: str) -> pd.DataFrame:
+    """One row per x: each run's value there (v0, v1, ...) and the x's hover band."""
+    at = columns.pop("_at", pd.Series(dtype=object))
+    if not columns:
+        return pd.DataFrame(columns=["x", "x_lo", "x_hi", "at"])
+    table = pd.DataFrame({k: v[~v.index.duplicated()] for k, v in columns.items()})
+    table = table.sort_index()
+    if table.empty:
+        return pd.DataFrame(columns=["x", "x_lo", "x_hi", "at", *columns])
+    xs = table.index.to_numpy(dtype=float)
+    mids = (xs[1:] + xs[:-1]) / 2
+    half = (xs[-1] - xs[0]) / max(len(xs) - 1, 1) / 2 if len(xs) > 1 else 0.5
+    table.insert(0, "x_hi", np.r_[mids, xs[-1] + half])
+    table.insert(0, "x_lo", np.r_[xs[0] - half, mids])
+    at = at[~at.index.duplicated()]
+    table.insert(0, "at", at.reindex(table.index).fillna("").to_numpy()
+                 if x_axis != "wall" else [f"{v:.4g}" for v in xs])
+    table.insert(0, "x", xs)
+    return table.reset_index(drop=True)
+
+
+def wall_scale(series: list[RunSeries]) -> tuple[str, float]:
+    elapsed = [(e["recorded_at"] - s.created_at).total_seconds()
+               for s in series for e in s.epochs if e.get("recorded_at") is not None]
+    return wall_unit(max(elapsed, default=0.0))
+
+
+def _inside(x: float, x_range) -> bool:
+    return x_range is None or x_range[0] <= x <= x_range[1]
+
+
+def _flags(series, metric, x_axis, scale, x_range) -> pd.DataFrame:
+    out = []
     for s in series:
-        run_rows, run_nonfinite = [], []
-        if x_axis == "step":
-            for b in s.buckets:
-                _bucket_row(s, b, metric, run_rows, run_nonfinite)
-        else:
-            for e in s.epochs:
-                x = e["epoch"] if x_axis == "epoch" else _elapsed(s, e["recorded_at"]) / scale
-                _epoch_row(s, e, x, metric, run_rows, run_nonfinite)
-        if not any(r["value"] is not None for r in run_rows) and not run_nonfinite:
-            what = " (no per-step records)" if x_axis == "step" and not s.buckets else ""
-            missing.append(s.label + what)
-        _pieces_and_smoothing(run_rows, smoothing)
-        rows += [r for r in run_rows if r["value"] is not None]
-        nonfinite += run_nonfinite
-        resumes += _resumes(s, x_axis, scale)
-        flag_rows += _flags(s, metric, x_axis, scale)
-    x_title = {"epoch": "epoch", "step": "optimizer step",
-               "wall": f"wall time since the run started ({unit})"}[x_axis]
-    return ChartData(
-        pd.DataFrame(rows, columns=["run", "x", "value", "lo", "hi", "piece", "smoothed",
-                                    "where", "exact", "range", "smoothed_text"]),
-        pd.DataFrame(nonfinite, columns=["run", "x", "where", "what"]),
-        pd.DataFrame(resumes, columns=["run", "x", "what"]),
-        pd.DataFrame(flag_rows, columns=["run", "x", "rule", "message"]),
-        missing, x_axis, x_title)
-
-
-def _elapsed(s: RunSeries, when: datetime | None) -> float:
-    return (when - s.created_at).total_seconds() if when is not None else math.nan
-
-
-def _finite(value) -> bool:
-    return value is not None and math.isfinite(value)
-
-
-def _row(s: RunSeries, x, value, lo, hi, where: str) -> dict:
-    ranged = _finite(lo) and _finite(hi)
-    return {"run": s.label, "x": x, "value": value if _finite(value) else None,
-            "lo": lo if ranged else None, "hi": hi if ranged else None, "where": where,
-            "exact": exact(value),
-            "range": f"{exact(lo)} … {exact(hi)}" if ranged else ""}
-
-
-def _epoch_row(s, e, x, metric, rows, nonfinite) -> None:
-    value = e.get(metric)
-    lo, hi = ((e.get("grad_norm_min"), e.get("grad_norm_max")) if metric == "grad_norm"
-              else (None, None))
-    where = f"epoch {e['epoch']}"
-    rows.append(_row(s, x, value, lo, hi, where))
-    if value is not None and not math.isfinite(value):
-        nonfinite.append({"run": s.label, "x": x, "where": where,
-                          "what": f"{METRICS[metric].lower()} is {value}"})
-    if metric == "grad_norm" and e.get("nonfinite_steps"):
-        nonfinite.append({"run": s.label, "x": x, "where": where,
-                          "what": f"{e['nonfinite_steps']} step(s) with a NaN/Inf grad norm"})
-
-
-def _bucket_row(s, b, metric, rows, nonfinite) -> None:
-    last = b["step"] + b["width"] - 1
-    where = (f"step {b['step']}" if b["width"] == 1 else
-             f"steps {b['step']}–{last} ({b['steps']} recorded, mean shown)")
-    lo, hi = ((b[f"{metric}_min"], b[f"{metric}_max"]) if b["width"] > 1 else (None, None))
-    rows.append(_row(s, b["step"], b[metric], lo, hi, where))
-    bad = b.get(f"{metric}_nonfinite")
-    if bad:
-        nonfinite.append({"run": s.label, "x": b["step"], "where": where,
-                          "what": f"{bad} step(s) with a NaN/Inf {METRICS[metric].lower()}"})
-
-
-def _pieces_and_smoothing(rows: list[dict], smoothing: float) -> None:
-    """Number the unbroken stretches of a run's line and smooth over its drawn points."""
-    piece = 0
-    for r in rows:
-        if r["value"] is None:
-            piece += 1
-        r["piece"] = f"{r['run']}#{piece}"
-    drawn = [r for r in rows if r["value"] is not None]
-    for r, v in zip(drawn, smooth([r["value"] for r in drawn], smoothing)):
-        r["smoothed"] = v
-        r["smoothed_text"] = exact(v)
-
-
-def _resumes(s: RunSeries, x_axis: str, scale: float) -> list[dict]:
-    out = []
-    for seg in s.segments:
-        if seg["segment"] <= 1:
-            continue
-        if x_axis == "epoch":
-            x = seg["start_epoch"] + 0.5
-        elif x_axis == "wall":
-            x = _elapsed(s, seg["started_at"]) / scale
-        else:
-            steps = [b["step"] for b in s.buckets if b["segment"] == seg["segment"]]
-            if not steps:
+        recorded = {e["epoch"]: e.get("recorded_at") for e in s.epochs}
+        last = {e["epoch"]: e["last_step"] for e in s.epoch_steps}
+        for f in s.flags:
+            if rule_metric(f["rule"]) != metric:
                 continue
-            x = min(steps) - 0.5
-        out.append({"run": s.label, "x": x,
-                    "what": f"resumed (attempt {seg['segment']}) from the epoch "
-                            f"{seg['start_epoch']} checkpoint"})
-    return out
+            if x_axis == "epoch":
+                x = f["epoch"]
+            elif x_axis == "wall":
+                when = recorded.get(f["epoch"])
+                x = (when - s.created_at).total_seconds() / scale if when else None
+            else:  # the step the rule named, else the end of the flagged epoch
+                x = f.get("step") or last.get(f["epoch"])
+            if x is None or not _inside(x, x_range):
+                continue
+            out.append({"run": s.label, "x": float(x), "rule": f["rule"],
+                        "message": f["message"]})
+    return pd.DataFrame(out, columns=["run", "x", "rule", "message"])
 
 
-def _flags(s: RunSeries, metric: str, x_axis: str, scale: float) -> list[dict]:
+def _resumes(series, x_axis, scale, x_range) -> pd.DataFrame:
     out = []
-    recorded = {e["epoch"]: e.get("recorded_at") for e in s.epochs}
-    for f in s.flags:
-        if rule_metric(f["rule"]) != metric:
-            continue
-        if x_axis == "epoch":
-            x = f["epoch"]
-        elif x_axis == "wall":
-            x = _elapsed(s, recorded.get(f["epoch"])) / scale
-        else:
-            x = f.get("step") or next((b["step"] for b in s.buckets
-                                       if b["epoch"] <= f["epoch"] <= b["last_epoch"]), None)
-        if x is None or (isinstance(x, float) and math.isnan(x)):
-            continue
-        out.append({"run": s.label, "x": x, "rule": f["rule"], "message": f["message"]})
-    return out
+    for s in series:
+        first = {}
+        for e in s.epoch_steps:
+            first[e["segment"]] = min(first.get(e["segment"], e["first_step"]), e["first_step"])
+        for seg in s.segments:
+            if seg["segment"] <= 1:
+                continue
+            if x_axis == "epoch":
+                x = seg["start_epoch"] + 0.5
+            elif x_axis == "wall":
+                x = (seg["started_at"] - s.created_at).total_seconds() / scale
+            else:
+                x = first[seg["segment"]] - 0.5 if seg["segment"] in first else None
+            if x is None or not _inside(x, x_range):
+                continue
+            out.append({"run": s.label, "x": float(x),
+                        "what": f"resumed (attempt {seg['segment']}) from the epoch "
+                                f"{seg['start_epoch']} checkpoint"})
+    return pd.DataFrame(out, columns=["run", "x", "what"])
 
 
-def metric_chart(data: ChartData, metric: str, labels: list[str], *, smoothing: float = 0.0,
-                 log_scale: bool = False) -> alt.LayerChart:
-    """The layered chart: band, raw line, smoothed line, hover points, edge markers."""
-    title = METRICS[metric]
-    legend = (alt.Legend(title=None, labelLimit=300, symbolOpacity=1) if len(labels) > 1
-              else None)  # one run: the page already names it
-    color = alt.Color("run:N", scale=alt.Scale(domain=labels, scheme="tableau10"),
-                      legend=legend)
-    counted = data.x_axis in ("epoch", "step")  # whole numbers on the axis
-    x = alt.X("x:Q", title=data.x_title, scale=alt.Scale(zero=False, nice=False),
-              axis=alt.Axis(format="d", tickMinStep=1) if counted else alt.Axis())
-    y_scale = alt.Scale(type="log") if log_scale else alt.Scale(zero=False)
-    y_title = title + (" (log scale)" if log_scale else "")
-    y = alt.Y("value:Q", title=y_title, scale=y_scale)
-    points = data.points
-    base = alt.Chart(points).encode(x=x, color=color, detail="piece:N")
-    layers = []
-    if points["lo"].notna().any():
-        layers.append(base.transform_filter("datum.lo != null").mark_area(opacity=0.18)
-                      .encode(y=alt.Y("lo:Q", title=y_title, scale=y_scale), y2="hi:Q"))
-    layers.append(base.mark_line(opacity=0.3 if smoothing > 0 else 1.0, strokeWidth=1.5)
-                  .encode(y=y))
+def x_title(x_axis: str, series: list[RunSeries]) -> str:
+    return {"epoch": "epoch", "step": "optimizer step",
+            "wall": f"wall time since the run started ({wall_scale(series)[0]})"}[x_axis]
+
+
+def spec(data: list[MetricData], series: list[RunSeries], x_axis: str, *,
+         smoothing: float = 0.0, log_metrics: tuple[str, ...] = (),
+         zoomable: bool = True) -> dict:
+    """The Vega-Lite spec: a chart per metric, stacked, one x scale, one legend.
+
+    ``zoomable``: a drag selects an x range (the "zoom" selection the page reads back).
+    """
+    labels = [s.label for s in series]
+    color = {"field": "run", "type": "nominal", "title": None,
+             "scale": {"domain": labels, "range": [s.color for s in series]}}
+    counted = x_axis in ("epoch", "step")
+    # One x scale for every chart (resolve: shared): its domain is the union of all they
+    # draw, resume lines and markers included; a zoom filtered the data to its range.
+    x = {"field": "x", "type": "quantitative", "title": x_title(x_axis, series),
+         "scale": {"zero": False, "nice": False},
+         "axis": {"format": "~s" if x_axis == "step" else ("d" if counted else "~g"),
+                  "tickMinStep": 1 if counted else None}}
+    if not counted:
+        x["axis"].pop("tickMinStep")
+    datasets, charts, views, hover_views = {}, [], [], []
+    for i, d in enumerate(data):
+        chart, names = _metric_chart(d, i, x, color, labels, datasets,
+                                     smoothing=smoothing if d.metric in SMOOTHED else 0.0,
+                                     log_scale=d.metric in log_metrics)
+        charts.append(chart)
+        views.append(names["zoom"])
+        hover_views.append(names["hover"])
+    params = [
+        # Drag across a chart: the app zooms every chart to that x range
+        # (double-click: back); the range comes back as this selection.
+        {"name": "zoom", "select": {"type": "interval", "encodings": ["x"],
+                                    "clear": "dblclick"}, "views": views},
+        {"name": "hover", "select": {"type": "point", "fields": ["x"], "on": "pointerover",
+                                     "clear": "pointerout", "nearest": False},
+         "views": hover_views},
+        {"name": "hidden", "select": {"type": "point", "fields": ["run"], "toggle": "true"},
+         "bind": "legend", "views": views},
+    ]
+    return {
+        "$schema": "https://vega.github.io/schema/vega-lite/v6.json",
+        # Fit the page's width (Streamlit would pad a stack of layered charts, and
+        # the axes would then run past the right edge).
+        "autosize": {"type": "fit-x", "contains": "padding"},
+        # Canvas draws thousands of points faster than SVG; no per-mark ARIA labels.
+        "usermeta": {"embedOptions": {"renderer": "canvas"}},
+        "datasets": datasets,
+        "vconcat": charts,
+        "resolve": {"scale": {"x": "shared", "color": "shared"}},
+        "params": params if zoomable else params[1:],
+        "config": {"legend": {"orient": "top", "labelLimit": 0, "columns": 4,
+                              "symbolOpacity": 1,
+                              "symbolType": "stroke", "symbolStrokeWidth": 3},
+                   "axisY": {"format": "~g"}, "view": {"stroke": None},
+                   "mark": {"aria": False}},
+    }
+
+
+def _metric_chart(d: MetricData, i: int, x: dict, color: dict, labels: list[str],
+                  datasets: dict, *, smoothing: float, log_scale: bool) -> tuple[dict, dict]:
+    m = d.metric
+    names = {"zoom": f"zoom_{m}", "hover": f"hover_{m}"}
+
+    def data(kind: str, frame: pd.DataFrame) -> dict:
+        name = f"{kind}_{m}"
+        datasets[name] = frame
+        return {"name": name}
+
+    title = METRICS[m] + (" (log scale)" if log_scale else "")
+    y_scale = {"type": "log"} if log_scale else {"zero": False}
+    if d.domain is not None:
+        y_scale = {**y_scale, "domain": d.domain}
+    y = {"field": "value", "type": "quantitative", "title": title, "scale": y_scale}
+    hidden = {"condition": {"param": "hidden", "empty": False, "value": 0.05}}
+    points = data("points", d.points)
+    main = [{"data": points,
+             "mark": {"type": "line", "clip": True, "strokeWidth": 1.5,
+                      "opacity": 0.3 if smoothing > 0 else 1.0},
+             "encoding": {"x": x, "y": y, "color": color, "detail": {"field": "piece"},
+                          "opacity": {**hidden, "value": 0.3 if smoothing > 0 else 1.0}}}]
+    if d.points["lo"].notna().any():
+        main.insert(0, {"data": points, "transform": [{"filter": "datum.lo != null"}],
+                        "mark": {"type": "area", "clip": True},
+                        "encoding": {"x": x, "y": {**y, "field": "lo"}, "y2": {"field": "hi"},
+                                     "color": color, "detail": {"field": "piece"},
+                                     "opacity": {**hidden, "value": 0.18}}})
     if smoothing > 0:
-        layers.append(base.mark_line(strokeWidth=2).encode(
-            y=alt.Y("smoothed:Q", title=y_title, scale=y_scale)))
-    tooltip = [alt.Tooltip("run:N"), alt.Tooltip("where:N", title="at"),
-               alt.Tooltip("exact:N", title=title)]
-    if points["range"].ne("").any():
-        tooltip.append(alt.Tooltip("range:N", title="min … max"))
-    if smoothing > 0:
-        tooltip.append(alt.Tooltip("smoothed_text:N", title="smoothed"))
-    layers.append(base.mark_circle(size=30).encode(
-        y=y, tooltip=tooltip,
-        opacity=alt.value(0.8 if len(points) <= VISIBLE_POINTS else 0.0)))
-    # Markers sit on the plot's edges: their own y scale (0 = bottom, 1 = top), no axis.
-    edge = alt.Y("edge:Q", scale=alt.Scale(domain=[0, 1]), axis=None)
-    markers = []
-    if len(data.nonfinite):
-        markers.append(alt.Chart(data.nonfinite.assign(edge=0.97)).mark_point(
-            shape="triangle-down", filled=True, size=110, strokeWidth=1, stroke="black")
-            .encode(x=x, y=edge, color=color,
-                    tooltip=[alt.Tooltip("run:N"), alt.Tooltip("where:N", title="at"),
-                             alt.Tooltip("what:N", title="non-finite")]))
-    if len(data.flags):
-        markers.append(alt.Chart(data.flags.assign(edge=0.03)).mark_point(
-            shape="diamond", filled=True, size=130, color="black").encode(x=x, y=edge,
-                                  tooltip=[alt.Tooltip("run:N"), alt.Tooltip("rule:N"),
-                                           alt.Tooltip("message:N", title="anomaly")]))
-    if len(data.resumes):
-        markers.append(alt.Chart(data.resumes).mark_rule(strokeDash=[5, 4], color="gray")
-                       .encode(x=x, tooltip=[alt.Tooltip("run:N"),
-                                             alt.Tooltip("what:N", title="resume")]))
-    # A run that did not record this metric is named in the subtitle, never drawn.
-    subtitle = "not recorded: " + ", ".join(data.missing) if data.missing else ""
-    return (alt.layer(alt.layer(*layers), *markers).resolve_scale(y="independent")
-            .properties(title=alt.TitleParams(title, subtitle=subtitle, anchor="start"),
-                        height=HEIGHT))
+        main.append({"data": points, "mark": {"type": "line", "clip": True, "strokeWidth": 2},
+                     "encoding": {"x": x, "y": {**y, "field": "smooth"}, "color": color,
+                                  "detail": {"field": "piece"},
+                                  "opacity": {**hidden, "value": 1.0}}})
+    if len(d.points) <= VISIBLE_POINTS:
+        main.append({"data": points, "mark": {"type": "circle", "size": 22, "clip": True},
+                     "encoding": {"x": x, "y": y, "color": color,
+                                  "opacity": {**hidden, "value": 0.8}}})
+    # Hover: the runs' values at the x under the pointer, on every chart at once. Taken
+    # from the one-row-per-x hover table (not from every point), so a pointer move
+    # filters a few hundred rows, then unfolds the one row into a dot per run.
+    hover = data("hover", d.hover)
+    keys = [f"v{k}" for k in range(len(labels)) if f"v{k}" in d.hover]
+    if keys:
+        main.append({"data": hover, "transform": [
+            {"filter": {"param": "hover", "empty": False}},
+            {"fold": keys, "as": ["key", "value"]},
+            {"filter": "isValid(datum.value)"},
+            {"calculate": f"{json.dumps([labels[int(k[1:])] for k in keys])}"
+                          f"[indexof({json.dumps(keys)}, datum.key)]", "as": "run"}],
+            "mark": {"type": "circle", "size": 70, "clip": True, "stroke": "white",
+                     "opacity": 1},
+            "encoding": {"x": x, "y": y, "color": color}})
+    main.append({"data": hover, "mark": {"type": "rule", "color": "#888"},
+                 "encoding": {"x": x, "opacity": {"condition": {"param": "hover",
+                                                                "empty": False, "value": 0.8},
+                                                  "value": 0}}})
+    tooltip = [{"field": "at", "type": "nominal", "title": "at"}] + [
+        {"field": f"v{k}", "type": "quantitative", "title": label, "format": NUMBER}
+        for k, label in enumerate(labels) if f"v{k}" in d.hover]
+    main.append({"name": names["hover"], "data": hover,
+                 "mark": {"type": "rect", "opacity": 0},
+                 "encoding": {"x": {**x, "field": "x_lo"}, "x2": {"field": "x_hi"},
+                              "tooltip": tooltip}})
+    layers = [{"layer": main}]
+    edge = {"field": "edge", "type": "quantitative", "scale": {"domain": [0, 1]},
+            "axis": None}
+    if len(d.nonfinite):
+        layers.append({"data": data("nonfinite", d.nonfinite.assign(edge=0.97)),
+                       "mark": {"type": "point", "shape": "triangle-down", "filled": True,
+                                "size": 110, "stroke": "black", "strokeWidth": 1},
+                       "encoding": {"x": x, "y": edge, "color": color, "tooltip": [
+                           {"field": "run"}, {"field": "at", "title": "at"},
+                           {"field": "what", "title": "non-finite"}]}})
+    if len(d.clipped):
+        layers.append({"data": data("clipped", d.clipped),
+                       "mark": {"type": "point", "shape": "diamond", "filled": False,
+                                "size": 60, "strokeWidth": 1.5},
+                       "encoding": {"x": x, "y": edge, "color": color, "tooltip": [
+                           {"field": "run"}, {"field": "what", "title": "value"}]}})
+    if len(d.flags):
+        layers.append({"data": data("flags", d.flags.assign(edge=0.03)),
+                       "mark": {"type": "point", "shape": "diamond", "filled": True,
+                                "size": 130, "stroke": "black", "strokeWidth": 1},
+                       "encoding": {"x": x, "y": edge, "color": color, "tooltip": [
+                           {"field": "run"}, {"field": "rule"},
+                           {"field": "message", "title": "anomaly"}]}})
+    if len(d.resumes):
+        layers.append({"data": data("resumes", d.resumes),
+                       "mark": {"type": "rule", "strokeDash": [5, 4], "strokeWidth": 1.5},
+                       "encoding": {"x": x, "color": color, "tooltip": [
+                           {"field": "run"}, {"field": "what", "title": "resume"}]}})
+    # The zoom and legend selections live on the first layer (params name their views).
+    main[0]["name"] = names["zoom"]
+    subtitle = []
+    if d.missing:
+        subtitle.append("not recorded: " + ", ".join(d.missing))
+    subtitle += d.notes
+    chart = {"title": {"text": METRICS[m], "subtitle": subtitle or "", "anchor": "start"},
+             "height": HEIGHT,
+             "layer": layers, "resolve": {"scale": {"y": "independent"}}}
+    return chart, names

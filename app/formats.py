@@ -1,7 +1,9 @@
 """How numbers are shown: a missing value says "not recorded"; NaN and Inf show as such.
 
-Tables get these as text on purpose: a DataFrame (and Arrow) would turn both a missing
-value and a measured NaN into the same empty cell.
+Table columns of measured numbers are Arrow-backed floats, which (unlike NumPy floats)
+keep a measured NaN apart from a missing value: the grid shows ``NaN`` for the one and
+the table's placeholder, "not recorded", for the other. They stay numbers, so they sort
+as numbers, and are shown with six significant digits, never cut.
 """
 
 from __future__ import annotations
@@ -9,19 +11,22 @@ from __future__ import annotations
 import math
 
 import pandas as pd
+import pyarrow as pa
+import streamlit as st
 
 NOT_RECORDED = "not recorded"
+NUMBER_FORMAT = "%.6g"
 
 
 def exact(value: float | None) -> str:
-    """Every digit the stored number has (what tooltips show), or "not recorded"."""
+    """Every digit the stored number has, or "not recorded"."""
     if value is None:
         return NOT_RECORDED
     return repr(float(value)) if isinstance(value, float) else str(value)
 
 
 def short(value: float | None, digits: int = 6) -> str:
-    """A number for a table cell: ``digits`` significant digits, NaN/Inf as themselves."""
+    """A number as text: ``digits`` significant digits, NaN/Inf as themselves."""
     if value is None:
         return NOT_RECORDED
     if isinstance(value, int):
@@ -31,10 +36,44 @@ def short(value: float | None, digits: int = 6) -> str:
     return f"{value:.{digits}g}"
 
 
-def table(rows: list[dict], measured: tuple[str, ...]) -> pd.DataFrame:
-    """Rows as a DataFrame whose ``measured`` columns are shown with ``short``."""
+def measured(values) -> pd.Series:
+    """Floats where None stays missing and NaN stays NaN (an Arrow-backed column)."""
+    clean = [None if v is None else float(v) for v in values]
+    return pd.Series(pd.arrays.ArrowExtensionArray(pa.array(clean, type=pa.float64())))
+
+
+def counted(values) -> pd.Series:
+    """Whole numbers where None stays missing."""
+    clean = [None if v is None else int(v) for v in values]
+    return pd.Series(pd.arrays.ArrowExtensionArray(pa.array(clean, type=pa.int64())))
+
+
+def number_column(label: str | None = None, **kwargs) -> st.column_config.NumberColumn:
+    """A grid column of measured numbers: six significant digits."""
+    return st.column_config.NumberColumn(label, format=NUMBER_FORMAT, **kwargs)
+
+
+def table(rows: list[dict], measured_columns: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Rows as a DataFrame; every float column (and ``measured_columns``) Arrow-backed,
+    so a measured NaN and a value not recorded stay apart."""
     frame = pd.DataFrame(rows)
-    for column in measured:
-        if column in frame.columns:
-            frame[column] = [short(r.get(column)) for r in rows]
+    for column in frame.columns:
+        values = [r.get(column) for r in rows]
+        present = [v for v in values if v is not None]
+        if column in measured_columns or (present and all(
+                isinstance(v, float) or (isinstance(v, int) and not isinstance(v, bool))
+                for v in present) and any(isinstance(v, float) for v in present)):
+            frame[column] = measured(values)
     return frame
+
+
+def number_columns(frame: pd.DataFrame) -> dict:
+    """column_config for every float column of ``frame``: six significant digits."""
+    return {c: number_column() for c in frame.columns
+            if pd.api.types.is_float_dtype(frame[c].dtype)}
+
+
+def show(frame: pd.DataFrame, **kwargs) -> None:
+    """st.dataframe with numbers never cut and missing values saying so."""
+    config = {**number_columns(frame), **kwargs.pop("column_config", {})}
+    st.dataframe(frame, column_config=config, placeholder=NOT_RECORDED, **kwargs)

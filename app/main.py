@@ -1,21 +1,27 @@
 """The hlbd explorer: `streamlit run app/main.py` (or `hlbd ui`).
 
 It reads the database the trainer writes (`HLBD_DB`, else ./hlbd.db; the sidebar can
-open another), read-only. Pages live in views/; data access in reads.py.
+open another), read-only. Pages live in views/; data access in reads.py; the view a
+link reproduces in view.py.
 """
 
 import streamlit as st
 
+import charts
 import reads
 import sidebar
+import table_picks
+import view
 
 st.set_page_config(page_title="hlbd explorer", layout="wide")
-page = st.navigation([
-    st.Page("views/runs.py", title="Runs", default=True),
-    st.Page("views/compare.py", title="Compare"),
-    st.Page("views/run.py", title="Run detail"),
-    st.Page("views/sql.py", title="SQL"),
-])
+PAGES = {
+    "runs": st.Page("views/runs.py", title="Runs", default=True),
+    "compare": st.Page("views/compare.py", title="Compare", url_path="compare"),
+    "run": st.Page("views/run.py", title="Run detail", url_path="run"),
+    "sql": st.Page("views/sql.py", title="SQL", url_path="sql"),
+}
+page = st.navigation(list(PAGES.values()))
+view.start(tuple(charts.METRICS), reads.threshold_defaults())
 url = sidebar.choose_database()
 problem = reads.database_problem(url)
 if problem:
@@ -23,7 +29,14 @@ if problem:
     st.info(problem)
     st.stop()
 with reads.errors_shown():
-    sidebar.pick_runs(reads.runs(url, sidebar.thresholds()))
+    all_runs = reads.runs(url, sidebar.thresholds())
+    table_picks.apply_ticks()
+    sidebar.pick_runs(all_runs)
     sidebar.choose_thresholds()
     st.sidebar.caption(f"Reading `{url}` (read-only).")
-    page.run()
+    try:
+        page.run()
+    finally:  # a page may st.stop(); its link is still brought up to date
+        name = next(k for k, p in PAGES.items() if p.url_path == page.url_path)
+        view.write_url(name, sidebar.picked(), [r["run_id"] for r in all_runs],
+                       dict(sidebar.thresholds()), reads.threshold_defaults())

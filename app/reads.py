@@ -14,15 +14,17 @@ import contextlib
 import dataclasses
 import math
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
+import pandas as pd
 import streamlit as st
 from sqlalchemy.exc import SQLAlchemyError
 
 from hlbd import compare, database
-from hlbd.anomalies import Thresholds, detect
+from hlbd.anomalies import STEP_RULES, Thresholds, detect
 from hlbd.errors import HlbdError
 from hlbd.query import QueryResult, run_query
-from hlbd.store import Store
+from hlbd.store import Store, utcnow
 
 LIVE_TTL = 2.0        # seconds a run list may be old
 RUN_TTL = 600.0       # per-run data is keyed by version; the TTL only bounds memory
@@ -71,20 +73,72 @@ def version(run: dict) -> tuple:
 
 @st.cache_data(ttl=LIVE_TTL, show_spinner=False)
 def runs(url: str, thresholds: tuple = ()) -> list[dict]:
-    """All runs, newest first, with grad-norm extremes and their number of anomaly flags."""
+    """All runs, newest first, with what the runs table shows about each.
+
+    Besides Store.list_runs' fields: ``version``, ``rank`` (creation order, which fixes
+    the run's colour), ``last_loss``/``best_loss`` from the epoch rows (a measured NaN
+    is NaN), ``max_grad_norm``, ``nonfinite_steps``, ``anomalies`` (flags under
+    ``thresholds``), ``started`` (None for an imported run: not recorded), ``duration``
+    (seconds its attempts ran, None if not recorded) and ``planned_epochs``.
+    """
     rows = store(url).list_runs()
     extremes = compare.grad_norm_extremes(store(url).engine)
+    times = compare.segment_times(store(url).engine)
+    by_age = sorted(rows, key=lambda r: (r["created_at"], r["run_id"]))
+    ranks = {r["run_id"]: i for i, r in enumerate(by_age)}
+    now = utcnow()
     for run in rows:
         run["version"] = version(run)
+        run["rank"] = ranks[run["run_id"]]
         run.update(extremes.get(run["run_id"], {"max_grad_norm": None,
                                                  "nonfinite_steps": None}))
-        # From the epoch rows, where a measured NaN is NaN (and not a missing value).
         losses = [e["loss"] for e in epochs(url, run["run_id"], run["version"])]
         finite = [v for v in losses if v is not None and math.isfinite(v)]
         run["last_loss"] = losses[-1] if losses else None
         run["best_loss"] = min(finite) if finite else (math.nan if losses else None)
-        run["anomalies"] = len(flags(url, run["run_id"], run["version"], thresholds))
+        run["anomalies"] = len(flags(url, run["run_id"], run["version"], thresholds,
+                                     with_steps=False))
+        imported = run["source"] == "imported"
+        run["started"] = None if imported else run["created_at"]
+        run["duration"] = _duration(run, times.get(run["run_id"], []), now)
+        run["planned_epochs"] = (run["config"] or {}).get("epochs")
+        run["report_time"] = report_time(run) if imported else None
+    # Newest first by when each run started; an imported run by when its report was
+    # written, else (not known) after every run whose time is known.
+    rows.sort(key=lambda r: (r["started"] or r["report_time"] or datetime.min), reverse=True)
     return rows
+
+
+def report_time(run: dict) -> datetime | None:
+    """When an imported run's report says it was written (its ``timestamp``: seconds
+    since 1970 or an ISO time), as naive UTC; None if it has none or it cannot be read."""
+    stamp = ((run.get("extra") or {}).get("report") or {}).get("timestamp")
+    try:
+        if isinstance(stamp, int | float) and not isinstance(stamp, bool):
+            return datetime.fromtimestamp(stamp, UTC).replace(tzinfo=None)
+        if isinstance(stamp, str):
+            when = datetime.fromisoformat(stamp.strip())
+            return (when.astimezone(UTC).replace(tzinfo=None) if when.tzinfo else when)
+    except (ValueError, OverflowError, OSError):
+        return None
+    return None
+
+
+def _duration(run: dict, segments: list[tuple], now: datetime) -> float | None:
+    """Seconds the run's attempts ran: each from its start to its end (a live one to
+    now, one that stopped without saying to its last heartbeat). None for an imported
+    run's first attempt, whose times are those of the import."""
+    total = 0.0
+    for segment, started, ended in segments:
+        if run["source"] == "imported" and segment == 1:
+            continue
+        if ended is None:
+            ended = now if run["display_status"] == "running" else run.get("heartbeat_at")
+        if ended is not None:
+            total += max(0.0, (ended - started).total_seconds())
+    if run["source"] == "imported" and len(segments) <= 1:
+        return None
+    return total
 
 
 @st.cache_data(ttl=RUN_TTL, max_entries=500, show_spinner=False)
@@ -98,12 +152,24 @@ def epochs(url: str, run_id: str, version: tuple, include_superseded: bool = Fal
     return store(url).epochs(run_id, include_superseded=include_superseded)
 
 
-@st.cache_data(ttl=RUN_TTL, max_entries=200, show_spinner=False)
-def step_buckets(url: str, run_versions: tuple[tuple[str, tuple], ...],
-                 max_points: int = compare.DEFAULT_MAX_POINTS) -> list[dict]:
-    """Downsampled steps of several runs (``run_versions``: (run_id, version) pairs)."""
-    return compare.step_buckets(store(url).engine, [run_id for run_id, _ in run_versions],
-                                max_points)
+@st.cache_data(ttl=RUN_TTL, max_entries=1000, show_spinner=False)
+def step_span(url: str, run_id: str, version: tuple) -> dict | None:
+    """The run's effective steps: first_step, last_step, steps; None without steps."""
+    return compare.step_spans(store(url).engine, [run_id]).get(run_id)
+
+
+@st.cache_data(ttl=RUN_TTL, max_entries=1000, show_spinner=False)
+def step_buckets(url: str, run_id: str, version: tuple, width: int,
+                 steps: tuple[int, int] | None = None) -> pd.DataFrame:
+    """One run's effective steps in buckets of ``width`` (hlbd.compare.step_buckets),
+    as a frame; ``steps``: only the buckets that overlap this step range."""
+    rows = compare.step_buckets(store(url).engine, [run_id], width=width, steps=steps)
+    return pd.DataFrame.from_records(rows, columns=compare.BUCKET_FIELDS)
+
+
+@st.cache_data(ttl=RUN_TTL, max_entries=500, show_spinner=False)
+def epoch_steps(url: str, run_id: str, version: tuple) -> list[dict]:
+    return compare.epoch_steps(store(url).engine, run_id)
 
 
 @st.cache_data(ttl=RUN_TTL, max_entries=500, show_spinner=False)
@@ -118,15 +184,21 @@ def checkpoints(url: str, run_id: str, version: tuple) -> list[dict]:
 
 @st.cache_data(ttl=RUN_TTL, max_entries=500, show_spinner=False)
 def flags(url: str, run_id: str, version: tuple, thresholds: tuple = (),
-          with_steps: bool = False) -> list[dict]:
+          with_steps: bool = True) -> list[dict]:
     """The anomaly rules (hlbd.anomalies) applied to the run's effective history.
 
-    ``thresholds``: (name, value) pairs overriding Thresholds' defaults. Without
-    ``with_steps`` the rules see the epoch records only (their flags then name no step).
+    ``thresholds``: (name, value) pairs overriding Thresholds' defaults. With
+    ``with_steps`` a flag that names a step (the first NaN/Inf grad norm, the largest
+    one) gets it: the steps of just the flagged epochs are read for that.
     """
     record = run(url, run_id, version)
-    steps = store(url).steps(run_id) if with_steps else []
-    return detect(record, epochs(url, run_id, version), steps, Thresholds(**dict(thresholds)))
+    rows = epochs(url, run_id, version)
+    limits = Thresholds(**dict(thresholds))
+    found = detect(record, rows, (), limits)
+    wanted = sorted({f["epoch"] for f in found if f["rule"] in STEP_RULES})
+    if not with_steps or not wanted:
+        return found
+    return detect(record, rows, store(url).steps(run_id, epochs=wanted), limits)
 
 
 def sql(url: str, query: str) -> QueryResult:

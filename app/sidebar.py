@@ -8,7 +8,9 @@ from __future__ import annotations
 import streamlit as st
 
 import reads
+import view
 from hlbd import database
+from hlbd.anomalies import THRESHOLD_HELP
 
 
 def database_url() -> str:
@@ -35,15 +37,17 @@ def pick_runs(runs: list[dict]) -> list[str]:
     """The sidebar multiselect of runs to compare (also set from the runs table)."""
     labels = {r["run_id"]: label(r) for r in runs}
     if "picked" not in st.session_state:
-        # A link can name runs: ?runs=3f2a,9bc1 (ids or id prefixes).
-        wanted = [w for w in st.query_params.get("runs", "").split(",") if w]
-        st.session_state["picked"] = [i for i in labels if any(i.startswith(w)
-                                                               for w in wanted)]
+        # A link can name runs: ?runs=3f2a,9bc1 (ids or unique id prefixes), in its order.
+        wanted = view.get("runs")
+        st.session_state["picked"] = [next(i for i in labels if i.startswith(w))
+                                      for w in wanted
+                                      if sum(i.startswith(w) for i in labels) == 1]
     # Runs of another database (the field changed) are no longer options.
-    st.session_state["picked"] = [i for i in st.session_state["picked"] if i in labels]
+    st.session_state["picked"] = list(dict.fromkeys(
+        i for i in st.session_state["picked"] if i in labels))
     return st.sidebar.multiselect("Runs to compare", list(labels), key="picked",
                                   format_func=labels.get,
-                                  placeholder="pick runs (or select rows in Runs)")
+                                  placeholder="pick runs (or tick rows in Runs)")
 
 
 def picked() -> list[str]:
@@ -52,13 +56,19 @@ def picked() -> list[str]:
 
 def choose_thresholds() -> None:
     with st.sidebar.expander("Anomaly thresholds"):
+        st.caption("Each rule's threshold; hover the ? for what it means. Changed values "
+                   "go into the page's link.")
+        wanted = view.get("thresholds")
         for name, default in reads.threshold_defaults().items():
-            st.number_input(name.replace("_", " "), value=default, key=f"threshold_{name}",
+            st.number_input(name.replace("_", " "), value=wanted.get(name, default),
+                            key=f"threshold_{name}", help=THRESHOLD_HELP.get(name),
                             step=1 if isinstance(default, int) else None,
+                            min_value=view.INT_MINIMUM.get(name),
                             format=None if isinstance(default, int) else "%g")
 
 
 def thresholds() -> tuple:
     """The thresholds set in the sidebar, as (name, value) pairs (hashable for caches)."""
-    return tuple((name, st.session_state.get(f"threshold_{name}", default))
+    wanted = view.get("thresholds") if "view" in st.session_state else {}
+    return tuple((name, st.session_state.get(f"threshold_{name}", wanted.get(name, default)))
                  for name, default in reads.threshold_defaults().items())

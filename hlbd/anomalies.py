@@ -25,8 +25,38 @@ class Thresholds:
     spike_window: int = 5          # recent epochs a loss is compared with
     spike_z: float = 6.0           # robust z-score (median/MAD) that makes a spike
     spike_min_rise: float = 0.1    # ... and at least this relative rise over the median
+    loss_min_rise: float = 0.05    # a spike or a rising run must add at least this (nats)
     rising_epochs: int = 3         # consecutive epochs of rising loss
+    restart_grace: int = 8         # epochs after the LR went up in which loss may rise
     lr_rtol: float = 1e-6          # relative gap between recorded and expected LR
+
+
+# What each threshold means, for the explorer's sidebar and `--help`.
+THRESHOLD_HELP = {
+    "grad_explode": "grad_explosion: an epoch's largest step grad norm (before clipping) "
+                    "above this. Healthy runs here stay near 1-3.",
+    "grad_vanish": "grad_vanishing: an epoch's mean grad norm below this while the loss "
+                   "has not come down: the model stopped learning, not converged.",
+    "spike_window": "loss_spike: how many recent epochs (their median and MAD) a loss is "
+                    "compared with.",
+    "spike_z": "loss_spike: how many robust standard deviations (1.4826 x MAD) above the "
+               "recent median a loss must be.",
+    "spike_min_rise": "loss_spike: the loss must also be this fraction above the recent "
+                      "median (0.1 = 10%).",
+    "loss_min_rise": "loss_spike and loss_rising: the rise must also be at least this many "
+                     "nats, so the noise of a converged run (loss near 0) raises no flag.",
+    "rising_epochs": "loss_rising: this many epochs in a row, each loss above the one "
+                     "before.",
+    "restart_grace": "loss_spike and loss_rising are expected, not flagged, for this many "
+                     "epochs after the recorded LR went up (a warm restart of the "
+                     "schedule). An LR rise the schedule does not explain is flagged as "
+                     "lr_unexplained.",
+    "lr_rtol": "lr_unexplained: relative difference between the recorded LR and what the "
+               "configured schedule (CosineAnnealingWarmRestarts) gives for the epoch.",
+}
+
+# Rules whose flag names a step when the steps are given to detect().
+STEP_RULES = ("nonfinite_grad_norm", "grad_explosion")
 
 
 def _flag(run_id, epoch, rule, value, threshold, message, *, segment=None, step=None):
@@ -84,9 +114,17 @@ def detect(run: dict, epochs: list[dict], steps: list[dict] = (),
                                                          default=0))
     losses: list[tuple[int, float]] = []
     zero_lr_run = 0
+    first_loss = next((e["loss"] for e in epochs if e.get("loss") is not None
+                       and math.isfinite(e["loss"])), None)
+    previous_lr, lr_rose_at = None, None
     for e in epochs:
         n, seg = e["epoch"], e.get("segment")
         loss, lr = e.get("loss"), e.get("lr")
+        if lr is not None and previous_lr is not None and lr > previous_lr * (1 + t.lr_rtol):
+            lr_rose_at = n
+        previous_lr = lr if lr is not None else previous_lr
+        # Right after the LR went up (a warm restart) the loss is expected to climb.
+        after_restart = lr_rose_at is not None and n - lr_rose_at < t.restart_grace
 
         def add(rule, value, threshold, message, step=None, _n=n, _seg=seg):
             flags.append(_flag(run_id, _n, rule, value, threshold, message,
@@ -115,7 +153,11 @@ def detect(run: dict, epochs: list[dict], steps: list[dict] = (),
                 f"epoch {n}: grad norm {peak:.4g} > {t.grad_explode:g}"
                 + (f" at step {step}" if step else ""), step=step)
         mean = e.get("grad_norm")
-        if mean is not None and math.isfinite(mean) and mean < t.grad_vanish:
+        # A converged run has small gradients too: vanishing is small gradients while
+        # the loss is still above half of where it started (or not recorded).
+        stuck = (loss is None or first_loss is None or not math.isfinite(loss)
+                 or loss > first_loss / 2)
+        if mean is not None and math.isfinite(mean) and mean < t.grad_vanish and stuck:
             add("grad_vanishing", mean, t.grad_vanish,
                 f"epoch {n}: mean grad norm {mean:.3g} < {t.grad_vanish:g}")
         if loss is not None and math.isfinite(loss):
@@ -123,14 +165,16 @@ def detect(run: dict, epochs: list[dict], steps: list[dict] = (),
             if len(recent) >= 3:
                 median = statistics.median(recent)
                 mad = statistics.median(abs(v - median) for v in recent) * 1.4826
-                limit = max(median + t.spike_z * mad, median * (1 + t.spike_min_rise))
-                if loss > limit:
+                limit = max(median + t.spike_z * mad, median * (1 + t.spike_min_rise),
+                            median + t.loss_min_rise)
+                if loss > limit and not after_restart:
                     add("loss_spike", loss, limit,
                         f"epoch {n}: loss {loss:.4g} spiked above {limit:.4g} (median of "
                         f"last {len(recent)} epochs {median:.4g})")
             window = [v for _, v in losses[-t.rising_epochs:]] + [loss]
-            if len(window) == t.rising_epochs + 1 and all(
-                    b > a for a, b in itertools.pairwise(window)):
+            if (len(window) == t.rising_epochs + 1 and not after_restart
+                    and loss - window[0] >= t.loss_min_rise
+                    and all(b > a for a, b in itertools.pairwise(window))):
                 add("loss_rising", loss, float(t.rising_epochs),
                     f"epoch {n}: loss rose {t.rising_epochs} epochs in a row")
             losses.append((n, loss))

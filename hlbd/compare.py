@@ -1,8 +1,12 @@
-"""Reads for comparing runs: per-run grad-norm extremes, downsampled step series, config diffs.
+"""Reads for comparing runs: downsampled step series, step spans, grad-norm extremes, config diffs.
 
 Everything here takes a read engine (``hlbd.database.read_engine``) and returns plain
-dicts. The step series is downsampled in the database, keeping each bucket's extremes,
-so a one-step spike in 100,000 steps survives.
+dicts. Step series are downsampled in the database into buckets of ``width``
+consecutive steps on one grid for every run (bucket ``b`` holds steps ``b * width + 1``
+to ``(b + 1) * width``), so the runs of a chart line up at the same x. Each bucket keeps
+its mean, min and max, so a one-step spike in 100,000 steps survives. Long runs are read
+from ``step_rollups`` (steps summarised as they were written, ``hlbd.store.ROLLUP_STEPS``
+to a row), short ones from ``steps`` itself; both give the same numbers.
 """
 
 from __future__ import annotations
@@ -12,97 +16,157 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, text
+from sqlalchemy import Engine, bindparam, select, text
+
+from hlbd.models import Segment
+from hlbd.store import ROLLUP_STEPS
 
 DEFAULT_MAX_POINTS = 1000
+METRICS = ("loss", "grad_norm", "lr")
 
-# A bucket's numbers, in the order they come back.
-_AGGREGATES = {
-    "epoch": "MIN(epoch)", "last_epoch": "MAX(epoch)", "steps": "COUNT(*)",
-    "loss": "AVG(loss)", "loss_min": "MIN(loss)", "loss_max": "MAX(loss)",
-    "loss_nonfinite": "SUM(CASE WHEN loss_is_nan OR loss >= :inf THEN 1 ELSE 0 END)",
-    "grad_norm": "AVG(grad_norm)", "grad_norm_min": "MIN(grad_norm)",
-    "grad_norm_max": "MAX(grad_norm)",
-    "grad_norm_nonfinite": "SUM(CASE WHEN grad_norm_is_nan OR grad_norm >= :inf "
-                           "THEN 1 ELSE 0 END)",
-    "lr": "AVG(lr)", "lr_min": "MIN(lr)", "lr_max": "MAX(lr)",
-}
-_MAY_BE_INF = ("loss", "loss_min", "loss_max", "grad_norm", "grad_norm_min", "grad_norm_max")
 
-# One row per bucket of consecutive effective steps of one segment of a run. A bucket's
-# numbers come from one correlated subquery over an index range: that reads each step
-# once and never sorts, where a GROUP BY on a computed bucket sorts every step first
-# (about twice as slow in SQLite). A scalar subquery returns one column, so the numbers
-# travel packed: on SQLite as quote()d text, which round-trips a double exactly (its
-# JSON keeps only 15 digits); on PostgreSQL as a JSON array.
-_BUCKETS_SQL = """
-WITH RECURSIVE
-spans AS (
-    SELECT g.run_id, g.segment,
-           (SELECT MIN(step) FROM steps s WHERE s.run_id = g.run_id
-              AND s.segment = g.segment AND s.superseded_by IS NULL) AS first_step,
-           (SELECT MAX(step) FROM steps s WHERE s.run_id = g.run_id
-              AND s.segment = g.segment AND s.superseded_by IS NULL) AS last_step
-    FROM segments g WHERE g.run_id IN :run_ids
-),
-widths AS (
-    SELECT run_id, (MAX(last_step) - MIN(first_step) + :max_points) / :max_points AS width
-    FROM spans GROUP BY run_id
-),
-buckets (run_id, segment, lo, last_step, width) AS (
-    SELECT p.run_id, p.segment, p.first_step, p.last_step, w.width
-    FROM spans p JOIN widths w ON w.run_id = p.run_id WHERE p.first_step IS NOT NULL
-    UNION ALL
-    SELECT run_id, segment, lo + width, last_step, width FROM buckets
-    WHERE lo + width <= last_step
-)
-SELECT b.run_id, b.segment, b.lo, b.width, (
-    SELECT {packed} FROM steps s
-    WHERE s.run_id = b.run_id AND s.segment = b.segment AND s.superseded_by IS NULL
-      AND s.step >= b.lo AND s.step < b.lo + b.width
-) AS numbers
-FROM buckets b
+def _finite(column: str) -> str:
+    return f"CASE WHEN {column} > -:inf AND {column} < :inf THEN {column} END"
+
+
+def _steps_aggregates() -> str:
+    parts = []
+    for metric, flag in (("loss", "loss_is_nan"), ("grad_norm", "grad_norm_is_nan"),
+                         ("lr", None)):
+        finite = _finite(metric)
+        nan = f"{flag} OR " if flag else ""
+        parts += [f"COUNT({finite})", f"SUM({finite})", f"MIN({finite})", f"MAX({finite})",
+                  f"SUM(CASE WHEN {nan}{metric} >= :inf OR {metric} <= -:inf THEN 1 ELSE 0 END)"]
+    return ", ".join(parts)
+
+
+def _rollup_aggregates() -> str:
+    return ", ".join(f"{agg}({metric}_{part})" for metric in METRICS for agg, part in (
+        ("SUM", "count"), ("SUM", "sum"), ("MIN", "min"), ("MAX", "max"),
+        ("SUM", "nonfinite")))
+
+
+# One row per bucket: run, bucket, its first and last step present, epochs, segments,
+# the number of steps, then per metric: finite count, sum, min, max and NaN/Inf count.
+_FROM_STEPS = f"""
+SELECT run_id, (step - 1) / :width AS bucket, MIN(step), MAX(step), MIN(epoch), MAX(epoch),
+       MIN(segment), MAX(segment), COUNT(*), {_steps_aggregates()}
+FROM steps WHERE run_id IN :run_ids AND superseded_by IS NULL
+  AND step BETWEEN :low AND :high
+GROUP BY run_id, bucket
 """
+_FROM_ROLLUPS = f"""
+SELECT run_id, (first_step - 1) / :width AS bucket, MIN(first_step), MAX(last_step),
+       MIN(epoch), MAX(epoch), MIN(segment), MAX(segment), SUM(steps), {_rollup_aggregates()}
+FROM step_rollups WHERE run_id IN :run_ids AND superseded_by IS NULL
+  AND first_step BETWEEN :low AND :high
+GROUP BY run_id, bucket
+"""
+_HEAD = ("run_id", "bucket", "first_step", "last_step", "epoch", "last_epoch", "segment",
+         "last_segment", "steps")
+# The fields of each bucket step_buckets returns, in order.
+BUCKET_FIELDS = ("run_id", "step", "width", "first_step", "last_step", "epoch", "last_epoch",
+                 "segment", "last_segment", "steps",
+                 *(f"{metric}{part}" for metric in METRICS
+                   for part in ("", "_min", "_max", "_nonfinite")))
+
+
+def bucket_width(last_step: int, max_points: int = DEFAULT_MAX_POINTS) -> int:
+    """The bucket width that shows steps 1..``last_step`` in at most ``max_points`` buckets.
+
+    1 (every step) for short runs; from ROLLUP_STEPS steps up a multiple of it, so a
+    bucket is read from whole rows of ``step_rollups``.
+    """
+    width = max(1, math.ceil(max(last_step, 1) / max(1, int(max_points))))
+    if width >= ROLLUP_STEPS // 2:
+        width = math.ceil(width / ROLLUP_STEPS) * ROLLUP_STEPS
+    return width
 
 
 def step_buckets(engine: Engine, run_ids: Sequence[str],
-                 max_points: int = DEFAULT_MAX_POINTS) -> list[dict[str, Any]]:
-    """The effective steps of ``run_ids`` in at most about ``max_points`` buckets per run.
+                 max_points: int = DEFAULT_MAX_POINTS, *,
+                 width: int | None = None, steps: tuple[int, int] | None = None,
+                 source: str | None = None) -> list[dict[str, Any]]:
+    """The effective steps of ``run_ids`` in buckets of ``width`` consecutive steps.
 
-    A run's steps are cut into buckets of ``width`` consecutive steps starting at
-    ``step``; the width is 1 when the run has no more than ``max_points`` steps, and then
-    each bucket is exactly one step. Per bucket: ``epoch``/``last_epoch``, ``steps`` (rows
-    in it), the mean, min and max of loss, grad norm and LR, and ``loss_nonfinite`` /
-    ``grad_norm_nonfinite``, the steps whose value was NaN or Inf. NaN is never averaged
-    in; an Inf makes the mean/max it reaches None, so no aggregate is ever Inf: the
-    non-finite count tells. None also means not recorded. Rows in (run_id, step) order.
+    ``width`` defaults to ``bucket_width`` of the runs' last step and ``max_points``.
+    Per bucket: ``step`` (its first step on the grid, ``bucket * width + 1``),
+    ``width``, ``first_step``/``last_step`` present, ``epoch``/``last_epoch``,
+    ``segment``/``last_segment``, ``steps`` (rows in it) and per metric (loss,
+    grad_norm, lr) the mean, ``_min`` and ``_max`` of its finite values and ``_nonfinite``,
+    the steps whose value was NaN or Inf: those are never averaged in. A mean of None:
+    no finite value (not recorded, or all NaN/Inf: the count tells). Rows in
+    (run_id, step) order. ``steps`` (first, last): only the buckets that hold steps of
+    that range. ``source`` ("steps" or "rollups") forces where they are read from; by
+    default rollups from ROLLUP_STEPS wide buckets up.
     """
     if not run_ids:
         return []
-    sqlite = engine.dialect.name == "sqlite"
-    packed = (" || ',' || ".join(f"quote({a})" for a in _AGGREGATES.values()) if sqlite
-              else f"json_build_array({', '.join(_AGGREGATES.values())})")
-    sql = text(_BUCKETS_SQL.format(packed=packed)).bindparams(
+    if width is None:
+        spans = step_spans(engine, run_ids)
+        width = bucket_width(max((s["last_step"] for s in spans.values()), default=1),
+                             max_points)
+    source = source or ("rollups" if width % ROLLUP_STEPS == 0 else "steps")
+    sql = text(_FROM_ROLLUPS if source == "rollups" else _FROM_STEPS).bindparams(
         bindparam("run_ids", expanding=True))
+    low, high = steps or (1, 2**62)
+    low = (max(1, int(low)) - 1) // width * width + 1
+    high = ((max(low, int(high)) - 1) // width + 1) * width
     with engine.connect() as conn:
         rows = conn.execute(sql, {"run_ids": list(run_ids), "inf": math.inf,
-                                  "max_points": max(1, int(max_points))}).all()
+                                  "width": int(width), "low": low, "high": high}).all()
     buckets = []
-    for run_id, segment, lo, width, numbers in rows:
-        values = ([None if v == "NULL" else float(v) for v in numbers.split(",")] if sqlite
-                  else [None if v is None else float(v) for v in numbers])  # "Infinity"
-        bucket = dict(zip(_AGGREGATES, values))
-        if not bucket["steps"]:
-            continue
-        for key in ("epoch", "last_epoch", "steps", "loss_nonfinite", "grad_norm_nonfinite"):
-            bucket[key] = int(bucket[key])
-        for key in _MAY_BE_INF:
-            if bucket[key] is not None and not math.isfinite(bucket[key]):
-                bucket[key] = None
-        buckets.append({"run_id": run_id, "segment": segment, "step": lo, "width": width,
-                        **bucket})
+    for row in rows:
+        head = dict(zip(_HEAD, row[:len(_HEAD)]))
+        bucket = {"run_id": head["run_id"], "step": head["bucket"] * width + 1,
+                  "width": width}
+        bucket.update((k, head[k]) for k in _HEAD[2:])
+        for i, metric in enumerate(METRICS):
+            count, total, low, high, bad = row[len(_HEAD) + 5 * i:len(_HEAD) + 5 * i + 5]
+            count = int(count or 0)
+            bucket[metric] = total / count if count else None
+            bucket[f"{metric}_min"] = low if count else None
+            bucket[f"{metric}_max"] = high if count else None
+            bucket[f"{metric}_nonfinite"] = int(bad or 0)
+        buckets.append(bucket)
     buckets.sort(key=lambda b: (b["run_id"], b["step"]))
     return buckets
+
+
+def step_spans(engine: Engine, run_ids: Sequence[str]) -> dict[str, dict[str, int]]:
+    """Per run with effective steps: ``first_step``, ``last_step`` and ``steps`` (count)."""
+    if not run_ids:
+        return {}
+    sql = text("SELECT run_id, MIN(first_step), MAX(last_step), SUM(steps) FROM step_rollups "
+               "WHERE run_id IN :run_ids AND superseded_by IS NULL GROUP BY run_id"
+               ).bindparams(bindparam("run_ids", expanding=True))
+    with engine.connect() as conn:
+        rows = conn.execute(sql, {"run_ids": list(run_ids)}).all()
+    return {run_id: {"first_step": first, "last_step": last, "steps": int(count)}
+            for run_id, first, last, count in rows}
+
+
+def segment_times(engine: Engine) -> dict[str, list[tuple]]:
+    """Per run: (segment, started_at, ended_at) of each attempt, in order."""
+    query = select(Segment.run_id, Segment.segment, Segment.started_at,
+                   Segment.ended_at).order_by(Segment.run_id, Segment.segment)
+    out: dict[str, list[tuple]] = {}
+    with engine.connect() as conn:
+        for run_id, segment, started, ended in conn.execute(query):
+            out.setdefault(run_id, []).append((segment, started, ended))
+    return out
+
+
+def epoch_steps(engine: Engine, run_id: str) -> list[dict[str, int]]:
+    """The effective steps each epoch of ``run_id`` covers: epoch, segment, first and
+    last step, in epoch order (epochs without step records are absent)."""
+    sql = text("SELECT epoch, segment, MIN(first_step), MAX(last_step) FROM step_rollups "
+               "WHERE run_id = :run_id AND superseded_by IS NULL GROUP BY epoch, segment "
+               "ORDER BY epoch")
+    with engine.connect() as conn:
+        rows = conn.execute(sql, {"run_id": run_id}).all()
+    return [{"epoch": epoch, "segment": segment, "first_step": first, "last_step": last}
+            for epoch, segment, first, last in rows]
 
 
 def grad_norm_extremes(engine: Engine) -> dict[str, dict[str, Any]]:

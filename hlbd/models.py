@@ -83,7 +83,7 @@ class Epoch(Base):
     wall_seconds: Mapped[float | None] = mapped_column(Float)
     tokens: Mapped[int | None] = mapped_column(BigInteger)
     tokens_per_second: Mapped[float | None] = mapped_column(Float)
-    recorded_at: Mapped[datetime] = mapped_column(DateTime)
+    recorded_at: Mapped[datetime | None] = mapped_column(DateTime)  # None: imported
     superseded_by: Mapped[int | None] = mapped_column(Integer)
 
 
@@ -100,6 +100,39 @@ class Step(Base):
     grad_norm_is_nan: Mapped[bool] = mapped_column(Boolean)
     lr: Mapped[float | None] = mapped_column(Float)
     lr_is_nan: Mapped[bool] = mapped_column(Boolean, default=False)
+    superseded_by: Mapped[int | None] = mapped_column(Integer)
+
+
+class StepRollup(Base):
+    """Steps summarised as they are written: one row per stretch of at most
+    ``hlbd.store.ROLLUP_STEPS`` consecutive steps of one epoch of one segment (a stretch
+    split across two writes is two rows). ``*_count``/``_sum``/``_min``/``_max`` are over
+    the finite values; ``*_nonfinite`` counts NaN and Inf. Derived from ``steps``; the
+    explorer reads long runs from here."""
+
+    __tablename__ = "step_rollups"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.run_id"), primary_key=True)
+    segment: Mapped[int] = mapped_column(Integer, primary_key=True)
+    first_step: Mapped[int] = mapped_column(Integer, primary_key=True)
+    last_step: Mapped[int] = mapped_column(Integer)
+    epoch: Mapped[int] = mapped_column(Integer)
+    steps: Mapped[int] = mapped_column(Integer)
+    loss_count: Mapped[int] = mapped_column(Integer)
+    loss_sum: Mapped[float | None] = mapped_column(Float)
+    loss_min: Mapped[float | None] = mapped_column(Float)
+    loss_max: Mapped[float | None] = mapped_column(Float)
+    loss_nonfinite: Mapped[int] = mapped_column(Integer)
+    grad_norm_count: Mapped[int] = mapped_column(Integer)
+    grad_norm_sum: Mapped[float | None] = mapped_column(Float)
+    grad_norm_min: Mapped[float | None] = mapped_column(Float)
+    grad_norm_max: Mapped[float | None] = mapped_column(Float)
+    grad_norm_nonfinite: Mapped[int] = mapped_column(Integer)
+    lr_count: Mapped[int] = mapped_column(Integer)
+    lr_sum: Mapped[float | None] = mapped_column(Float)
+    lr_min: Mapped[float | None] = mapped_column(Float)
+    lr_max: Mapped[float | None] = mapped_column(Float)
+    lr_nonfinite: Mapped[int] = mapped_column(Integer)
     superseded_by: Mapped[int | None] = mapped_column(Integer)
 
 

@@ -6,6 +6,8 @@ short transaction. Readers (CLI, explorer) get plain dicts, never ORM objects.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import json
 import math
 import os
@@ -20,15 +22,18 @@ from sqlalchemy.orm import aliased
 
 from hlbd import database
 from hlbd.errors import ClaimLostError, RunClaimedError, UnknownRunError
-from hlbd.models import Anomaly, Checkpoint, Epoch, Run, Segment, Step
+from hlbd.models import Anomaly, Checkpoint, Epoch, Run, Segment, Step, StepRollup
 
 # The steps columns in the order of the rows _insert_steps builds (its COPY names them).
 STEP_COLUMNS = ("run_id, segment, step, epoch, loss, loss_is_nan, grad_norm, "
-                "grad_norm_is_nan, lr")
+                "grad_norm_is_nan, lr, lr_is_nan")
 # A live trainer refreshes its heartbeat at least this often ...
 HEARTBEAT_SECONDS = 30.0
 # ... so a "running" run whose heartbeat is older than this has stopped without saying so.
 STALE_AFTER = timedelta(seconds=120)
+# Steps per row of step_rollups (the explorer reads long runs from there, see
+# hlbd.compare); migration 0003 filled it for steps recorded before it existed.
+ROLLUP_STEPS = 32
 
 
 def utcnow() -> datetime:
@@ -136,7 +141,7 @@ class Store:
             with self.engine.begin() as conn:
                 segment = self._claim(conn, run_id, now, force, start_epoch, resumed_from,
                                       hosts)
-                for table in (Epoch, Step, Anomaly):
+                for table in (Epoch, Step, StepRollup, Anomaly):
                     conn.execute(update(table).where(
                         table.run_id == run_id, table.epoch > start_epoch,
                         table.superseded_by.is_(None)).values(superseded_by=segment))
@@ -244,6 +249,8 @@ class Store:
             mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
             conn.exec_driver_sql(f"INSERT INTO steps ({STEP_COLUMNS}) "
                                  f"VALUES ({', '.join([mark] * len(rows[0]))})", rows)
+        if rows:
+            _insert_rollups(conn, rollup_rows(rows))
 
     def import_runs(self, runs: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
         """Insert runs recorded elsewhere, with their epochs and steps, in ONE transaction.
@@ -384,9 +391,12 @@ class Store:
             rows = [dict(r) for r in conn.execute(query).mappings()]
         return [_join_nans(r, "epochs") for r in rows]
 
-    def steps(self, run_id: str, *, include_superseded: bool = False) -> list[dict]:
-        """Per-step rows of a run in step order."""
+    def steps(self, run_id: str, *, include_superseded: bool = False,
+              epochs: Sequence[int] | None = None) -> list[dict]:
+        """Per-step rows of a run in step order (only those of ``epochs`` when given)."""
         query = select(Step).where(Step.run_id == run_id)
+        if epochs is not None:
+            query = query.where(Step.epoch.in_(list(epochs)))
         if not include_superseded:
             query = query.where(Step.superseded_by.is_(None))
         query = query.order_by(Step.step, Step.segment)
@@ -476,7 +486,8 @@ def _insert_run(conn, run_id: str, now: datetime, *, name: str, status: str, con
         status=status, pid=os.getpid(), hostname=socket.gethostname(),
         **_processes(hosts)))
     if epochs:
-        conn.execute(insert(Epoch), [_epoch_values(run_id, 1, e, now) for e in epochs])
+        # Rows recorded elsewhere: when each was recorded is not known (NULL).
+        conn.execute(insert(Epoch), [_epoch_values(run_id, 1, e, None) for e in epochs])
 
 
 def _processes(hosts: Sequence[str] | None) -> dict[str, Any]:
@@ -487,11 +498,88 @@ def _processes(hosts: Sequence[str] | None) -> dict[str, Any]:
 
 
 def _epoch_values(run_id: str, segment: int, epoch: dict[str, Any],
-                  recorded_at: datetime) -> dict[str, Any]:
+                  recorded_at: datetime | None) -> dict[str, Any]:
     values = {**epoch, "run_id": run_id, "segment": segment, "recorded_at": recorded_at}
     for column in NAN_FLAGGED["epochs"]:
         values[column], values[f"{column}_is_nan"] = split_nan(epoch.get(column))
     return values
+
+
+_ROLLUP_COLUMNS = ("run_id, segment, first_step, last_step, epoch, steps, "
+                   + ", ".join(f"{m}_{a}" for m in ("loss", "grad_norm", "lr")
+                               for a in ("count", "sum", "min", "max", "nonfinite")))
+
+
+def rollup_rows(rows: Sequence[tuple]) -> list[tuple]:
+    """step_rollups rows for step rows as ``_insert_steps`` writes them.
+
+    One row per run of consecutive steps sharing an epoch and a ROLLUP_STEPS-aligned
+    stretch (``(step - 1) // ROLLUP_STEPS``). Per metric: count, sum, min and max of
+    the finite values and the number of NaN/Inf ones; a value not recorded (None
+    without its NaN flag) is in neither.
+    """
+    if not rows:
+        return []
+    columns = list(zip(*rows))
+    steps, epochs = columns[2], columns[3]
+    first, n = steps[0], len(rows)
+    if steps != tuple(range(first, first + n)) or list(epochs) != sorted(epochs):
+        return _rollup_rows_one_by_one(rows)
+    # Consecutive steps, epochs in order (what the trainer writes): cut where a stretch
+    # or an epoch starts, then summarise each piece's columns at C speed.
+    cuts = {0, n, *range(ROLLUP_STEPS - (first - 1) % ROLLUP_STEPS, n, ROLLUP_STEPS)}
+    cuts.update(bisect.bisect_left(epochs, e) for e in set(epochs))
+    bounds = sorted(cuts)
+    metrics = [(columns[4], columns[5]), (columns[6], columns[7]), (columns[8], columns[9])]
+    # A column with every value finite (the usual case) needs no checks per piece.
+    clean = [None not in values and math.isfinite(sum(values)) for values, _ in metrics]
+    out = []
+    for a, b in itertools.pairwise(bounds):
+        row = [rows[a][0], rows[a][1], steps[a], steps[b - 1], epochs[a], b - a]
+        for (values, flags), fine in zip(metrics, clean):
+            part = values[a:b]
+            row += ((b - a, sum(part), min(part), max(part), 0) if fine else
+                    _summary(part, flags[a:b] if flags else None))
+        out.append(tuple(row))
+    return out
+
+
+def _rollup_rows_one_by_one(rows: Sequence[tuple]) -> list[tuple]:
+    """rollup_rows for steps in any order: a row per run of rows sharing a stretch."""
+    out, start, n = [], 0, len(rows)
+    while start < n:
+        first = rows[start]
+        epoch, stretch = first[3], (first[2] - 1) // ROLLUP_STEPS
+        end = start + 1
+        while (end < n and rows[end][3] == epoch
+               and (rows[end][2] - 1) // ROLLUP_STEPS == stretch):
+            end += 1
+        columns = list(zip(*rows[start:end]))
+        out.append((first[0], first[1], first[2], columns[2][-1], epoch, end - start,
+                    *_summary(columns[4], columns[5]), *_summary(columns[6], columns[7]),
+                    *_summary(columns[8], columns[9])))
+        start = end
+    return out
+
+
+def _summary(values: tuple, nan_flags: tuple | None) -> tuple:
+    if None not in values:
+        total = sum(values)
+        if math.isfinite(total):  # the common case: every value finite
+            return len(values), total, min(values), max(values), 0
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    bad = sum(1 for i, v in enumerate(values) if (nan_flags is not None and nan_flags[i])
+              or (v is not None and not math.isfinite(v)))
+    if not finite:
+        return 0, None, None, None, bad
+    return len(finite), sum(finite), min(finite), max(finite), bad
+
+
+def _insert_rollups(conn, rows: list[tuple]) -> None:
+    if rows:
+        mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+        conn.exec_driver_sql(f"INSERT INTO step_rollups ({_ROLLUP_COLUMNS}) VALUES "
+                             f"({', '.join([mark] * 21)})", rows)
 
 
 def _latest_segment_columns():

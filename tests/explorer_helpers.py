@@ -27,52 +27,21 @@ def compare(at: AppTest, run_ids: list[str], x_axis: str = "epoch") -> AppTest:
     at.sidebar.multiselect(key="picked").set_value(run_ids).run()
     at.switch_page("views/compare.py").run()
     if x_axis != "epoch":
-        at.radio(key="x_axis").set_value(x_axis).run()
+        at.button_group(key="x_axis").set_value(x_axis).run()
     return at
 
 
 class Chart:
-    """One rendered Altair chart: its Vega-Lite spec and its datasets as DataFrames."""
+    """One metric's chart of the compare spec: its layers and its datasets as frames."""
 
-    def __init__(self, element):
-        self.spec = json.loads(element.proto.spec)
-        self.datasets = [convert_arrow_bytes_to_pandas_df(d.data.data)
-                         for d in element.proto.datasets]
+    def __init__(self, spec: dict, datasets: dict[str, pd.DataFrame]):
+        self.spec = spec
+        self.metric = next(layer["data"]["name"].removeprefix("points_")
+                           for layer in self._units() if "data" in layer
+                           and layer["data"]["name"].startswith("points_"))
+        self.datasets = datasets
 
-    @property
-    def title(self) -> str:
-        return self.spec["title"]["text"]
-
-    @property
-    def subtitle(self) -> str:
-        return self.spec["title"].get("subtitle", "")
-
-    def frame(self, *columns: str) -> pd.DataFrame:
-        """The dataset that has all of ``columns`` (empty if no layer draws one)."""
-        for frame in self.datasets:
-            if set(columns) <= set(frame.columns):
-                return frame
-        return pd.DataFrame(columns=list(columns))
-
-    @property
-    def points(self) -> pd.DataFrame:
-        return self.frame("run", "x", "value", "exact")
-
-    @property
-    def nonfinite(self) -> pd.DataFrame:
-        return self.frame("run", "x", "where", "what")
-
-    @property
-    def flags(self) -> pd.DataFrame:
-        return self.frame("run", "x", "rule", "message")
-
-    @property
-    def resumes(self) -> pd.DataFrame:
-        frames = [f for f in self.datasets if set(f.columns) == {"run", "x", "what"}]
-        return frames[0] if frames else pd.DataFrame(columns=["run", "x", "what"])
-
-    def marks(self) -> list[dict]:
-        """Every mark of every (nested) layer, with its encoding."""
+    def _units(self) -> list[dict]:
         out = []
 
         def walk(node):
@@ -80,16 +49,82 @@ class Chart:
                 for child in node["layer"]:
                     walk(child)
             else:
-                mark = node["mark"] if isinstance(node["mark"], dict) else {
-                    "type": node["mark"]}
-                out.append({**mark, "encoding": node.get("encoding", {})})
+                out.append(node)
 
         walk(self.spec)
         return out
 
+    @property
+    def title(self) -> str:
+        return self.spec["title"]["text"]
+
+    @property
+    def subtitle(self) -> str:
+        sub = self.spec["title"].get("subtitle") or ""
+        return " ".join(sub) if isinstance(sub, list) else sub
+
+    def frame(self, kind: str, columns: list[str]) -> pd.DataFrame:
+        name = f"{kind}_{self.metric}"
+        return self.datasets[name] if name in self.datasets else pd.DataFrame(columns=columns)
+
+    @property
+    def points(self) -> pd.DataFrame:
+        return self.frame("points", ["run", "x", "value", "lo", "hi", "piece"])
+
+    @property
+    def hover(self) -> pd.DataFrame:
+        return self.frame("hover", ["x", "x_lo", "x_hi", "at"])
+
+    @property
+    def nonfinite(self) -> pd.DataFrame:
+        return self.frame("nonfinite", ["run", "x", "at", "what"])
+
+    @property
+    def clipped(self) -> pd.DataFrame:
+        return self.frame("clipped", ["run", "x", "at", "what", "edge"])
+
+    @property
+    def flags(self) -> pd.DataFrame:
+        return self.frame("flags", ["run", "x", "rule", "message"])
+
+    @property
+    def resumes(self) -> pd.DataFrame:
+        return self.frame("resumes", ["run", "x", "what"])
+
+    def marks(self) -> list[dict]:
+        """Every mark of every (nested) layer, with its encoding and data name."""
+        return [{**(u["mark"] if isinstance(u["mark"], dict) else {"type": u["mark"]}),
+                 "encoding": u.get("encoding", {}), "data": u.get("data", {}).get("name")}
+                for u in self._units()]
+
+    def x_scale(self) -> dict:
+        return next(m["encoding"]["x"]["scale"] for m in self.marks()
+                    if m["data"] == f"points_{self.metric}")
+
+    def y_scale(self) -> dict:
+        return next(m["encoding"]["y"]["scale"] for m in self.marks()
+                    if m["data"] == f"points_{self.metric}" and m["type"] == "line")
+
+
+def chart_spec(at: AppTest) -> tuple[dict, dict[str, pd.DataFrame]]:
+    """The compare page's one Vega-Lite element: its spec and named datasets."""
+    element = at.get("vega_lite_chart")[0]
+    datasets = {d.name: convert_arrow_bytes_to_pandas_df(d.data.data)
+                for d in element.proto.datasets}
+    return json.loads(element.proto.spec), datasets
+
 
 def charts(at: AppTest) -> dict[str, Chart]:
-    return {c.title: c for c in map(Chart, at.get("vega_lite_chart"))}
+    """The metric charts of the page's chart, by title."""
+    spec, datasets = chart_spec(at)
+    return {c.title: c for c in (Chart(child, datasets) for child in spec["vconcat"])}
+
+
+def column_formats(element) -> dict[str, str]:
+    """A grid's column number formats (from its column config), by column name."""
+    config = json.loads(element.proto.columns or "{}")
+    return {name: (c.get("type_config") or {}).get("format")
+            for name, c in config.items() if isinstance(c, dict)}
 
 
 def free_port() -> int:

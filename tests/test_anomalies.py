@@ -83,8 +83,20 @@ def test_loss_spike_uses_the_runs_own_recent_epochs():
 
 def test_loss_rising_for_several_epochs_is_flagged_once_the_run_is_long_enough():
     run = {"run_id": "r", "config": {}}
-    flags = detect(run, _epochs([1.0, 1.01, 1.02, 1.03]), thresholds=Thresholds(spike_z=99))
+    flags = detect(run, _epochs([1.0, 1.05, 1.1, 1.15]), thresholds=Thresholds(spike_z=99))
     assert [(f["rule"], f["epoch"]) for f in flags] == [("loss_rising", 4)]
+    # The noise of a converged run rises too, by less than loss_min_rise: no flag.
+    assert detect(run, _epochs([0.02, 0.021, 0.022, 0.023])) == []
+
+
+def test_loss_may_climb_right_after_the_lr_went_up_again():
+    run = {"run_id": "r", "config": {}}
+    lrs = [1e-3, 1e-4, 1e-5, 1e-3, 9e-4, 8e-4, 7e-4]  # a warm restart at epoch 4
+    losses = [1.0, 0.8, 0.7, 0.75, 0.8, 0.9, 0.85]
+    epochs = [{**e, "lr": lr} for e, lr in zip(_epochs(losses), lrs)]
+    assert detect(run, epochs) == []
+    late = detect(run, epochs, thresholds=Thresholds(restart_grace=0))
+    assert [f["rule"] for f in late] == ["loss_rising"]
 
 
 def test_nonfinite_and_vanishing_and_zero_lr_rules():

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import math
+import sqlite3
 
 import pytest
+from alembic import command
+from conftest import sqlite_only
 
 from hlbd import compare, database
 from hlbd.runner import resume_checkpoint
+from hlbd.store import Store
 
 
 def read_engine(store):
@@ -107,3 +111,100 @@ def test_infinite_steps_are_counted_and_leave_no_infinite_aggregate(store):
         3, 1, 1)
     assert (bucket["loss_max"], bucket["grad_norm_max"], bucket["loss_min"]) == (None, None,
                                                                                  1.0)
+
+
+def same_buckets(a: list[dict], b: list[dict]) -> bool:
+    """Equal bucket lists; sums of floats may differ in the last bits."""
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x.keys() == y.keys()
+        for key in x:
+            if isinstance(x[key], float):
+                assert x[key] == pytest.approx(y[key], rel=1e-12), key
+            else:
+                assert x[key] == y[key], key
+    return True
+
+
+def test_long_series_read_from_rollups_equal_the_steps_themselves(store, train_run):
+    # One pair per batch: 143 steps an epoch, long enough for rollup-wide buckets; an
+    # LR of 50 without clipping gives uneven, exploding norms.
+    run_id, _ = train_run(epochs=2, batch_size=1, lr=50.0, max_grad_norm=0.0)
+    engine = read_engine(store)
+    for width in (compare.ROLLUP_STEPS, 2 * compare.ROLLUP_STEPS, 3 * compare.ROLLUP_STEPS):
+        rolled = compare.step_buckets(engine, [run_id], width=width, source="rollups")
+        assert same_buckets(rolled, compare.step_buckets(engine, [run_id], width=width,
+                                                         source="steps"))
+        assert sum(b["steps"] for b in rolled) == len(store.steps(run_id))
+    # A zoomed range reads only its buckets, the same ones.
+    part = compare.step_buckets(engine, [run_id], width=64, steps=(100, 200))
+    assert [b["step"] for b in part] == [65, 129, 193]
+    assert same_buckets(part, [b for b in compare.step_buckets(engine, [run_id], width=64)
+                               if 65 <= b["step"] <= 193])
+
+
+def test_rollups_of_superseded_steps_are_left_out_too(store, train_run):
+    run_id, outcome = train_run(epochs=3, batch_size=2, save_interval=1)
+    resume_checkpoint(store, outcome.run_dir / "checkpoint_epoch_1.pt", epochs=3,
+                      progress=False)
+    engine = read_engine(store)
+    width = 2 * compare.ROLLUP_STEPS
+    rolled = compare.step_buckets(engine, [run_id], width=width, source="rollups")
+    assert same_buckets(rolled, compare.step_buckets(engine, [run_id], width=width,
+                                                     source="steps"))
+    assert sum(b["steps"] for b in rolled) == len(store.steps(run_id))
+    spans = compare.step_spans(engine, [run_id])[run_id]
+    assert spans["steps"] == len(store.steps(run_id)) == spans["last_step"]
+
+
+def test_bucket_widths_grow_in_whole_rollups():
+    assert compare.bucket_width(500, 1000) == 1
+    assert compare.bucket_width(100_000, 1000) % compare.ROLLUP_STEPS == 0
+    assert 100_000 / compare.bucket_width(100_000, 1000) <= 1000
+
+
+@sqlite_only
+def test_upgrading_a_0001_database_fills_rollups_and_forgets_invented_import_times(
+        store, train_run, tmp_path):
+    """A database of the first schema, holding a real run and an import as the first
+    importer wrote it (its epochs stamped with the import time), upgraded to head."""
+    run_id, _ = train_run(epochs=2, batch_size=2)
+    old = tmp_path / "old.db"
+    url = database.resolve_db_url(str(old))
+    engine = database.write_engine(url)
+    with engine.begin() as conn:
+        command.upgrade(database._alembic_config(conn), "0001")
+    engine.dispose()
+    with sqlite3.connect(old) as conn:
+        conn.execute("ATTACH DATABASE ? AS new", (str(database.sqlite_path(store.url)),))
+        for table in ("runs", "segments", "epochs", "steps", "checkpoints", "anomalies"):
+            # The columns 0001 has (the run was recorded at the newest schema).
+            columns = ", ".join(r[1] for r in conn.execute(f"PRAGMA table_info({table})"))
+            conn.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM new.{table}")
+        # The first importer: a run whose epochs carry its creation (import) time.
+        conn.execute("INSERT INTO runs (run_id, name, status, created_at, config, "
+                     "dataset_stats, source) SELECT 'imp', 'old', 'imported', "
+                     "'2026-01-02 03:04:05.000000', '{}', '{}', 'imported'")
+        conn.execute("INSERT INTO segments (run_id, segment, start_epoch, started_at, "
+                     "status) VALUES ('imp', 1, 0, '2026-01-02 03:04:05.000000', "
+                     "'imported')")
+        conn.execute("INSERT INTO epochs (run_id, segment, epoch, loss, loss_is_nan, "
+                     "recorded_at) SELECT 'imp', 1, epoch, loss, 0, "
+                     "'2026-01-02 03:04:05.000000' FROM new.epochs WHERE run_id = ?",
+                     (run_id,))
+    engine = database.write_engine(url)
+    database.upgrade(engine, url)
+    engine.dispose()
+    upgraded = Store.open(str(old))
+    engine = read_engine(upgraded)
+    assert same_buckets(
+        compare.step_buckets(engine, [run_id], width=compare.ROLLUP_STEPS, source="rollups"),
+        compare.step_buckets(engine, [run_id], width=compare.ROLLUP_STEPS, source="steps"))
+    assert [e["recorded_at"] for e in upgraded.epochs("imp")] == [None, None]
+    assert all(e["recorded_at"] is not None for e in upgraded.epochs(run_id))
+    with sqlite3.connect(old) as conn:
+        columns = [r[1] for r in conn.execute("PRAGMA table_info(epoch_metrics)")]
+        assert columns[-1] == "recorded_at" and len(columns) == 20
+        nullable = {r[1]: not r[3] for r in conn.execute("PRAGMA table_info(epochs)")}
+        assert nullable["recorded_at"]
+    upgraded.close()

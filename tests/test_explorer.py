@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import math
+import sqlite3
 
+import pandas as pd
 import pytest
+import streamlit as st
+from _resume_helpers import TINY_FLAGS, kill_hard, query, spawn_hlbd, wait_until
 from conftest import sqlite_only, tiny_config
-from explorer_helpers import charts, compare, open_app
+from explorer_helpers import APP, chart_spec, charts, column_formats, compare, open_app
+from streamlit.testing.v1 import AppTest
 
-from hlbd import database
+from hlbd import database, importer
 from hlbd.anomalies import detect
 from hlbd.runner import resume_run, start_run
 from hlbd.store import Store
@@ -17,7 +23,8 @@ from hlbd.store import Store
 @pytest.fixture(scope="module")
 def explored(databases, tmp_path_factory):
     """A database with real tiny runs: two ordinary ones, one whose gradients explode,
-    one that diverges to NaN, one resumed, and one imported without grad norms or LR."""
+    one that diverges to NaN, one resumed, one killed with SIGKILL mid-run (crashed),
+    and one imported from an older tool's report that kept losses only."""
     root = tmp_path_factory.mktemp("explorer")
     db = databases.new(root)
     store = Store.open(db)
@@ -35,18 +42,43 @@ def explored(databases, tmp_path_factory):
         "resumed": train(name="resumed", epochs=2, save_interval=1),
     }
     resume_run(store, ids["resumed"], epochs=3, progress=False)
-    # An old report kept losses only: the baseline's real losses, nothing else.
-    ids["imported"] = store.create_run("old-report", {"lr": 2e-3}, {"old.json": 143},
-                                       source="imported", status="finished")
-    for e in store.epochs(ids["baseline"]):
-        store.record_epoch(ids["imported"], 1, {"epoch": e["epoch"], "loss": e["loss"],
-                                                "grad_norm": None, "lr": None})
+    # An older tool's report: the baseline's losses only, its time as seconds since 1970.
+    report = json.loads((root / "runs" / ids["baseline"] / "experiment_report.json")
+                        .read_text())
+    old = {"control_losses": report["control_losses"],
+           "batch_losses": report["batch_losses"], "timestamp": 1_767_225_600.0,
+           "dataset_stats": {"old.json": 143}}
+    (root / "old" / "exp_2024").mkdir(parents=True)
+    (root / "old" / "exp_2024" / "experiment_report.json").write_text(json.dumps(old))
+    [imported] = importer.import_reports(store, root / "old", name="old-report")
+    ids["imported"] = imported.run_id
+    # A trainer killed with SIGKILL after its first epoch: its run says "running".
+    trainer = spawn_hlbd("train", "--db", str(db), "--runs-dir", str(root / "runs"),
+                         "--name", "crashed", "--epochs", "200", *TINY_FLAGS)
+    try:
+        ids["crashed"] = wait_until(lambda: query(
+            db, "SELECT r.run_id FROM runs r JOIN epochs e ON e.run_id = r.run_id "
+                "WHERE r.name = 'crashed'"), trainer)[0][0]
+    finally:
+        kill_hard(trainer)
     yield db, ids, store
     store.close()
     databases.drop(db)
 
 
-def test_runs_table_lists_every_run_with_status_epochs_and_losses(explored, monkeypatch):
+def label(store, run_id: str) -> str:
+    return f"{store.get_run(run_id)['name']} · {run_id[:8]}"
+
+
+def mine(frame: pd.DataFrame, store, run_id: str) -> pd.DataFrame:
+    return frame[frame["run"] == label(store, run_id)].sort_values("x")
+
+
+# -- runs table ---------------------------------------------------------------------
+
+
+def test_runs_table_lists_every_run_with_status_epochs_losses_and_config(explored,
+                                                                        monkeypatch):
     db, ids, store = explored
     at = open_app(monkeypatch, db)
     assert not at.exception
@@ -55,26 +87,106 @@ def test_runs_table_lists_every_run_with_status_epochs_and_losses(explored, monk
     for run in store.list_runs():
         row = table.loc[run["run_id"]]
         assert row["name"] == run["name"]
-        assert row["status"] == run["display_status"] == "finished"
+        assert list(row["status"]) == [run["display_status"]]
         assert row["epochs"] == run["epochs"]
         assert row["datasets"] == ", ".join(run["dataset_stats"])
         losses = [e["loss"] for e in store.epochs(run["run_id"])]
-        assert float(row["last loss"]) == pytest.approx(losses[-1], rel=1e-5, nan_ok=True)
+        assert row["last loss"] == pytest.approx(losses[-1], nan_ok=True)
         finite = [v for v in losses if math.isfinite(v)] or [math.nan]
-        assert float(row["best loss"]) == pytest.approx(min(finite), rel=1e-5, nan_ok=True)
-    # A measured NaN shows as NaN; a value never recorded says so (never 0, never blank).
-    assert table.loc[ids["diverged"], "last loss"] == "nan"
-    assert table.loc[ids["imported"], "max grad norm"] == "not recorded"
+        assert row["best loss"] == pytest.approx(min(finite), nan_ok=True)
+        assert row["lr"] == pytest.approx(run["config"].get("lr"), nan_ok=True) or (
+            pd.isna(row["lr"]) and run["config"] == {})
+    # A measured NaN is NaN; a value never recorded is missing (shown "not recorded").
+    assert math.isnan(table.loc[ids["diverged"], "last loss"])
+    assert pd.isna(table.loc[ids["imported"], "max grad norm"])
+    assert list(table.loc[ids["crashed"], "status"]) == ["crashed"]
+    assert table.loc[ids["crashed"], "progress"].startswith("epoch ")
+    assert table.loc[ids["crashed"], "progress"].endswith(" of 200")
 
 
-def test_filters_narrow_the_runs_table_by_text_and_status(explored, monkeypatch):
+def test_numbers_in_grids_have_six_significant_digits_so_none_is_cut(explored, monkeypatch):
+    db, _, _ = explored
+    at = open_app(monkeypatch, db)
+    formats = column_formats(at.dataframe[0])
+    for column in ("last loss", "best loss", "max grad norm", "lr", "duration (min)"):
+        assert formats[column] == "%.6g"
+    # The exploded run's loss (about 1e9) and its id are both whole in the grid.
+    at.switch_page("views/sql.py").run()
+    at.text_area[0].set_value("SELECT run_id, epoch, loss, grad_norm FROM epoch_metrics")
+    at.button[0].click().run()
+    formats = column_formats(at.dataframe[0])
+    assert formats["loss"] == formats["grad_norm"] == "%.6g"
+
+
+def test_filters_narrow_the_runs_table_by_text_status_and_config(explored, monkeypatch):
     db, ids, _ = explored
     at = open_app(monkeypatch, db)
     at.text_input(key="text_filter").set_value("old.json").run()
     assert at.dataframe[0].value["id"].tolist() == [ids["imported"]]
+    at.text_input(key="text_filter").set_value("lr>1").run()
+    assert set(at.dataframe[0].value["id"]) == {ids["exploding"], ids["diverged"]}
+    at.text_input(key="text_filter").set_value("lr=0.005 epochs>=3").run()
+    assert at.dataframe[0].value["id"].tolist() == [ids["faster"]]
     at.text_input(key="text_filter").set_value("").run()
     at.multiselect(key="status_filter").set_value([]).run()
     assert at.dataframe[0].value.empty
+
+
+def test_runs_picked_in_the_sidebar_or_by_link_show_ticked_and_a_tick_adds_to_them(
+        explored, monkeypatch):
+    db, ids, _ = explored
+    at = open_app(monkeypatch, db)
+    picked = [ids["baseline"], ids["faster"]]
+    at.sidebar.multiselect(key="picked").set_value(picked).run()
+    shown = at.dataframe[0].value["id"].tolist()
+    assert sorted(at.session_state["runs_table"]["selection"]["rows"]) == sorted(
+        shown.index(i) for i in picked)
+    # The user ticks one more row: the picks grow by that run, nothing else changes.
+    rows = [shown.index(i) for i in picked] + [shown.index(ids["resumed"])]
+    at.session_state["runs_table"] = {"selection": {"rows": rows, "columns": [],
+                                                    "cells": []}}
+    at.run()
+    assert at.session_state["picked"] == [*picked, ids["resumed"]]
+    # A link names runs by id prefix: they show ticked too.
+    linked = AppTest.from_file(str(APP), default_timeout=60)
+    linked.query_params["runs"] = f"{ids['exploding'][:8]},{ids['diverged'][:10]}"
+    linked.run()
+    shown = linked.dataframe[0].value["id"].tolist()
+    assert linked.session_state["picked"] == [ids["exploding"], ids["diverged"]]
+    assert sorted(linked.session_state["runs_table"]["selection"]["rows"]) == sorted(
+        [shown.index(ids["exploding"]), shown.index(ids["diverged"])])
+
+
+@sqlite_only  # copies the file with sqlite3's backup
+def test_ticks_follow_run_ids_when_a_new_run_arrives_on_top(explored, monkeypatch,
+                                                            tmp_path):
+    db, _, _ = explored
+    copy = tmp_path / "growing.db"
+    with sqlite3.connect(db) as source, sqlite3.connect(copy) as target:
+        source.backup(target)
+    at = open_app(monkeypatch, copy)
+    shown = at.dataframe[0].value["id"].tolist()
+    at.session_state["runs_table"] = {"selection": {"rows": [1, 2], "columns": [],
+                                                    "cells": []}}
+    at.run()
+    assert at.session_state["picked"] == [shown[1], shown[2]]
+    # A trainer starts a run: it is created before its first epoch, on top of the table.
+    growing = Store.open(str(copy))
+    newest = growing.create_run("newest", tiny_config().to_dict(), {"bundled": 143})
+    st.cache_data.clear()  # as the run list's 2 s cache runs out
+    at.run()  # what the page's refresh does
+    now = at.dataframe[0].value["id"].tolist()
+    assert now[0] == newest and now[1:] == shown
+    rows = at.session_state["runs_table"]["selection"]["rows"]
+    assert sorted(now[i] for i in rows) == sorted([shown[1], shown[2]])
+    at.session_state["runs_table"] = {"selection": {"rows": [*rows, 0], "columns": [],
+                                                    "cells": []}}
+    at.run()
+    assert at.session_state["picked"] == [shown[1], shown[2], newest]
+    growing.close()
+
+
+# -- compare ------------------------------------------------------------------------
 
 
 def test_comparing_two_runs_draws_loss_grad_norm_and_lr_one_point_per_epoch(explored,
@@ -87,19 +199,36 @@ def test_comparing_two_runs_draws_loss_grad_norm_and_lr_one_point_per_epoch(expl
     assert list(drawn) == ["Loss", "Gradient norm", "Learning rate"]
     for title, column in [("Loss", "loss"), ("Gradient norm", "grad_norm"),
                           ("Learning rate", "lr")]:
-        points = drawn[title].points
         for run_id in picked:
             epochs = store.epochs(run_id)
-            mine = points[points["run"].str.endswith(run_id[:8])].sort_values("x")
-            assert mine["x"].tolist() == [e["epoch"] for e in epochs]
-            assert mine["value"].tolist() == pytest.approx([e[column] for e in epochs])
-            # The tooltip text is the stored number itself, every digit of it.
-            assert [float(v) for v in mine["exact"]] == [e[column] for e in epochs]
-    band = drawn["Gradient norm"].points
+            points = mine(drawn[title].points, store, run_id)
+            assert points["x"].tolist() == [e["epoch"] for e in epochs]
+            assert points["value"].tolist() == [e[column] for e in epochs]  # exactly
+    band = mine(drawn["Gradient norm"].points, store, ids["baseline"])
     epochs = store.epochs(ids["baseline"])
-    mine = band[band["run"].str.endswith(ids["baseline"][:8])].sort_values("x")
-    assert mine["hi"].tolist() == pytest.approx([e["grad_norm_max"] for e in epochs])
-    assert mine["lo"].tolist() == pytest.approx([e["grad_norm_min"] for e in epochs])
+    assert band["hi"].tolist() == [e["grad_norm_max"] for e in epochs]
+    assert band["lo"].tolist() == [e["grad_norm_min"] for e in epochs]
+    # Hovering shows every run's value at an x, numbers with six significant digits.
+    hover = drawn["Loss"].hover
+    assert hover["x"].tolist() == [1, 2, 3]
+    assert hover["v0"].tolist() == [e["loss"] for e in store.epochs(ids["baseline"])]
+    tooltip = next(m for m in drawn["Loss"].marks() if m["type"] == "rect")["encoding"][
+        "tooltip"]
+    assert [t.get("title") for t in tooltip[1:]] == [label(store, i) for i in picked]
+    assert all(t["format"] == ".6~g" for t in tooltip[1:])
+
+
+def test_every_recorded_metric_can_be_charted(explored, monkeypatch):
+    db, ids, store = explored
+    at = compare(open_app(monkeypatch, db), [ids["baseline"]])
+    at.button_group(key="metrics").set_value(["token_accuracy", "tokens_per_second"]).run()
+    drawn = charts(at)
+    assert list(drawn) == ["Token accuracy", "Tokens per second"]
+    epochs = store.epochs(ids["baseline"])
+    assert drawn["Token accuracy"].points["value"].tolist() == [e["token_accuracy"]
+                                                                for e in epochs]
+    assert drawn["Tokens per second"].points["value"].tolist() == [
+        e["tokens_per_second"] for e in epochs]
 
 
 def test_step_axis_draws_every_recorded_step_of_short_runs(explored, monkeypatch):
@@ -109,20 +238,60 @@ def test_step_axis_draws_every_recorded_step_of_short_runs(explored, monkeypatch
     loss = charts(at)["Loss"].points
     for run_id in picked:
         steps = store.steps(run_id)
-        mine = loss[loss["run"].str.endswith(run_id[:8])].sort_values("x")
-        assert mine["x"].tolist() == [s["step"] for s in steps]
-        assert mine["value"].tolist() == pytest.approx([s["loss"] for s in steps])
+        points = mine(loss, store, run_id)
+        assert points["x"].tolist() == [s["step"] for s in steps]
+        assert points["value"].tolist() == [s["loss"] for s in steps]
 
 
 def test_wall_time_axis_uses_when_each_epoch_was_recorded(explored, monkeypatch):
     db, ids, store = explored
-    at = compare(open_app(monkeypatch, db), [ids["baseline"]], x_axis="wall")
+    at = compare(open_app(monkeypatch, db), [ids["baseline"], ids["imported"]],
+                 x_axis="wall")
     drawn = charts(at)["Loss"]
     run = store.get_run(ids["baseline"])
     elapsed = [(e["recorded_at"] - run["created_at"]).total_seconds()
                for e in store.epochs(ids["baseline"])]
-    assert "wall time" in drawn.spec["layer"][0]["layer"][0]["encoding"]["x"]["title"]
-    assert drawn.points.sort_values("x")["x"].tolist() == pytest.approx(elapsed)
+    assert "wall time" in drawn.marks()[0]["encoding"]["x"]["title"]
+    assert mine(drawn.points, store, ids["baseline"])["x"].tolist() == pytest.approx(elapsed)
+    # An imported run's epochs have no recording time: not drawn at 0, said so.
+    assert mine(drawn.points, store, ids["imported"]).empty
+    assert f"not recorded: {label(store, ids['imported'])} (no recording times)" in \
+        drawn.subtitle
+
+
+def test_imported_epochs_have_no_invented_times(explored, monkeypatch):
+    db, ids, store = explored
+    assert all(e["recorded_at"] is None for e in store.epochs(ids["imported"]))
+    at = open_app(monkeypatch, db)
+    table = at.dataframe[0].value
+    row = table.set_index("id").loc[ids["imported"]]
+    assert pd.isna(row["started (UTC)"]) and pd.isna(row["duration (min)"])
+    # Sorted by when its report says it was written (2026-01-01), not as the newest.
+    assert table["id"].tolist()[-1] == ids["imported"]
+    at.switch_page("views/run.py").run()
+    at.selectbox(key="detail_run").set_value(ids["imported"]).run()
+    assert any("written at 2026-01-01 00:00:00 UTC" in c.value for c in at.caption)
+
+
+def test_all_charts_of_the_page_share_one_x_range(explored, monkeypatch):
+    db, ids, _store = explored
+    # The resumed run's boundary, the diverged run's NaN markers and the imported run's
+    # missing grad norm all change what each chart would pick on its own.
+    picked = [ids["resumed"], ids["diverged"], ids["imported"]]
+    for x_axis in ("epoch", "step"):
+        at = compare(open_app(monkeypatch, db), picked, x_axis=x_axis)
+        spec, _ = chart_spec(at)
+        # One x scale for the page: Vega-Lite takes the union of every chart's data.
+        assert spec["resolve"]["scale"]["x"] == "shared"
+        scales = [m["encoding"]["x"]["scale"] for c in charts(at).values()
+                  for m in c.marks() if "x" in m["encoding"]]
+        assert all(s == {"zero": False, "nice": False} for s in scales)
+        # ... and the zoom is the same on every chart: the data of each is cut to it.
+        at.session_state["charts"] = {"selection": {"zoom": {"x": [1.5, 2.5]}}}
+        at.run()
+        for chart in charts(at).values():
+            assert chart.points["x"].between(1.5, 2.5).all()
+            assert chart.resumes["x"].between(1.5, 2.5).all()
 
 
 def test_exploding_gradients_are_flagged_in_the_table_and_on_the_chart(explored,
@@ -139,9 +308,25 @@ def test_exploding_gradients_are_flagged_in_the_table_and_on_the_chart(explored,
     at = compare(at, [run_id, ids["baseline"]])
     flags = charts(at)["Gradient norm"].flags
     assert "grad_explosion" in set(flags["rule"])
-    assert set(flags["run"]) == {f"exploding · {run_id[:8]}"}
+    assert set(flags["run"]) == {label(store, run_id)}
     listed = at.dataframe[0].value
     assert sorted(listed["rule"]) == sorted(f["rule"] for f in expected)
+
+
+def test_compare_flags_keep_the_step_the_rule_named(explored, monkeypatch):
+    db, ids, store = explored
+    run_id = ids["exploding"]
+    stored = {(a["epoch"], a["rule"]): a["step"] for a in store.anomalies(run_id)}
+    assert any(stored.values())  # the trainer logged "at step N"
+    at = compare(open_app(monkeypatch, db), [run_id], x_axis="step")
+    listed = at.dataframe[0].value
+    for _, flag in listed.iterrows():
+        if stored.get((flag["epoch"], flag["rule"])):
+            assert flag["step"] == stored[(flag["epoch"], flag["rule"])]
+    diamonds = charts(at)["Gradient norm"].flags
+    explosions = listed[listed["rule"] == "grad_explosion"]
+    assert sorted(diamonds[diamonds["rule"] == "grad_explosion"]["x"]) == sorted(
+        explosions["step"])
 
 
 def test_lowering_a_threshold_in_the_sidebar_raises_more_flags(explored, monkeypatch):
@@ -151,18 +336,19 @@ def test_lowering_a_threshold_in_the_sidebar_raises_more_flags(explored, monkeyp
     at.sidebar.number_input(key="threshold_grad_explode").set_value(1e-3).run()
     after = at.dataframe[0].value.set_index("id").loc[ids["baseline"], "anomalies"]
     assert after > before
+    assert at.query_params["grad_explode"] == "0.001"  # the link carries it
 
 
 def test_run_without_grad_norms_or_lr_shows_not_recorded(explored, monkeypatch):
     db, ids, store = explored
     at = compare(open_app(monkeypatch, db), [ids["imported"], ids["baseline"]])
     drawn = charts(at)
-    label = f"old-report · {ids['imported'][:8]}"
+    name = label(store, ids["imported"])
     for title in ("Gradient norm", "Learning rate"):
-        assert drawn[title].subtitle == f"not recorded: {label}"
-        assert label not in set(drawn[title].points["run"])  # nothing drawn, nothing filled
+        assert drawn[title].subtitle == f"not recorded: {name}"
+        assert name not in set(drawn[title].points["run"])  # nothing drawn, nothing filled
     assert drawn["Loss"].subtitle == ""
-    assert (drawn["Loss"].points["run"] == label).sum() == len(store.epochs(ids["imported"]))
+    assert (drawn["Loss"].points["run"] == name).sum() == len(store.epochs(ids["imported"]))
 
 
 def test_nan_values_are_markers_on_the_top_edge_and_break_the_line(explored, monkeypatch):
@@ -186,6 +372,39 @@ def test_nan_values_are_markers_on_the_top_edge_and_break_the_line(explored, mon
                                   for s in store.steps(run_id))
 
 
+def test_one_exploded_run_does_not_flatten_the_others(explored, monkeypatch):
+    db, ids, store = explored
+    at = compare(open_app(monkeypatch, db), [ids["baseline"], ids["exploding"]])
+    loss = charts(at)["Loss"]
+    calm = max(e["loss"] for e in store.epochs(ids["baseline"]))
+    wild = max(e["loss"] for e in store.epochs(ids["exploding"]))
+    assert wild > 100 * calm
+    _, high = loss.y_scale()["domain"]
+    assert calm <= high < 2 * calm
+    clipped = loss.clipped
+    assert set(clipped["run"]) == {label(store, ids["exploding"])} and len(clipped)
+    # Off: every value in range again; the log scale is offered for the loss too.
+    at.toggle(key="robust").set_value(False).run()
+    assert "domain" not in charts(at)["Loss"].y_scale()
+    at.button_group(key="log_scale").set_value(["loss"]).run()
+    assert charts(at)["Loss"].y_scale()["type"] == "log"
+
+
+def test_a_run_keeps_its_colour_whichever_runs_are_picked(explored, monkeypatch):
+    db, ids, store = explored
+
+    def colour_of(picked, run_id):
+        at = compare(open_app(monkeypatch, db), picked)
+        scale = next(iter(charts(at).values())).marks()[0]["encoding"]["color"]["scale"]
+        return dict(zip(scale["domain"], scale["range"]))[label(store, run_id)]
+
+    alone = colour_of([ids["faster"]], ids["faster"])
+    assert colour_of([ids["diverged"], ids["faster"], ids["baseline"]], ids["faster"]) == alone
+    everything = compare(open_app(monkeypatch, db), list(ids.values()))
+    scale = next(iter(charts(everything).values())).marks()[0]["encoding"]["color"]["scale"]
+    assert len(set(scale["range"])) == len(ids)
+
+
 def test_resumed_run_shows_its_resume_boundary(explored, monkeypatch):
     db, ids, store = explored
     at = compare(open_app(monkeypatch, db), [ids["resumed"]])
@@ -194,19 +413,26 @@ def test_resumed_run_shows_its_resume_boundary(explored, monkeypatch):
     assert boundaries["x"].tolist() == [s["start_epoch"] + 0.5 for s in segments[1:]]
 
 
-def test_smoothing_draws_the_smoothed_line_over_the_faint_raw_line(explored, monkeypatch):
+def test_smoothing_draws_over_the_faint_raw_line_and_never_touches_the_lr(explored,
+                                                                          monkeypatch):
     db, ids, store = explored
     at = compare(open_app(monkeypatch, db), [ids["baseline"]])
     at.slider(key="smoothing").set_value(0.6).run()
-    loss = charts(at)["Loss"]
+    drawn = charts(at)
+    loss = drawn["Loss"]
     lines = [m for m in loss.marks() if m["type"] == "line"]
-    assert [m["encoding"]["y"]["field"] for m in lines] == ["value", "smoothed"]
+    assert [m["encoding"]["y"]["field"] for m in lines] == ["value", "smooth"]
     assert lines[0]["opacity"] < 1
     raw = [e["loss"] for e in store.epochs(ids["baseline"])]
-    assert loss.points.sort_values("x")["value"].tolist() == pytest.approx(raw)
-    smoothed = loss.points.sort_values("x")["smoothed"].tolist()
+    assert loss.points["value"].tolist() == raw
+    smoothed = loss.points["smooth"].tolist()
     assert smoothed[0] == pytest.approx(raw[0])  # debiased: starts at the first value
     assert smoothed[1:] != pytest.approx(raw[1:])
+    lr = drawn["Learning rate"]
+    assert [m["encoding"]["y"]["field"] for m in lr.marks() if m["type"] == "line"] == [
+        "value"]
+    assert "smooth" not in lr.points
+    assert lr.points["value"].tolist() == [e["lr"] for e in store.epochs(ids["baseline"])]
 
 
 def test_config_diff_shows_only_the_keys_that_differ(explored, monkeypatch):
@@ -217,15 +443,44 @@ def test_config_diff_shows_only_the_keys_that_differ(explored, monkeypatch):
     assert set(diff.index) == {k for k in a if a[k] != b[k]} == {"lr", "name"}
 
 
+def test_a_link_reproduces_the_compare_view_and_follows_changes(explored, monkeypatch):
+    db, ids, _ = explored
+    monkeypatch.setenv("HLBD_DB", str(db))
+    at = AppTest.from_file(str(APP), default_timeout=60)
+    at.query_params.update({"runs": f"{ids['faster'][:8]},{ids['baseline'][:8]}",
+                            "x": "step", "smooth": "0.5", "grad_explode": "5",
+                            "charts": "loss,lr", "log": "loss"})
+    at.run()
+    at.switch_page("views/compare.py").run()
+    assert not at.exception
+    assert at.session_state["picked"] == [ids["faster"], ids["baseline"]]
+    assert at.button_group(key="x_axis").value == "step"
+    assert at.slider(key="smoothing").value == 0.5
+    assert at.number_input(key="threshold_grad_explode").value == 5.0
+    drawn = charts(at)
+    assert list(drawn) == ["Loss", "Learning rate"]
+    assert drawn["Loss"].y_scale()["type"] == "log"
+    # Changing the view rewrites the link.
+    at.button_group(key="x_axis").set_value("wall").run()
+    at.slider(key="smoothing").set_value(0.0).run()
+    params = dict(at.query_params)
+    assert params["x"] == "wall" and "smooth" not in params
+    assert params["runs"] == f"{ids['faster'][:8]},{ids['baseline'][:8]}"
+    assert params["grad_explode"] == "5"
+
+
+# -- run detail, SQL, databases ---------------------------------------------------------
+
+
 def test_run_detail_shows_attempts_checkpoints_datasets_and_config(explored, monkeypatch):
     db, ids, store = explored
     at = open_app(monkeypatch, db)
     at.switch_page("views/run.py").run()
-    at.selectbox[0].set_value(ids["resumed"]).run()
+    at.selectbox(key="detail_run").set_value(ids["resumed"]).run()
     assert not at.exception
     tables = [d.value for d in at.dataframe]
-    segments = next(t for t in tables if "start_epoch" in t.columns)
-    assert segments["start_epoch"].tolist() == [s["start_epoch"]
+    segments = next(t for t in tables if "start epoch" in t.columns)
+    assert segments["start epoch"].tolist() == [s["start_epoch"]
                                                 for s in store.segments(ids["resumed"])]
     checkpoints = next(t for t in tables if "path" in t.columns)
     assert checkpoints["epoch"].tolist() == [c["epoch"]
@@ -234,6 +489,18 @@ def test_run_detail_shows_attempts_checkpoints_datasets_and_config(explored, mon
     assert dict(zip(datasets["dataset"], datasets["pairs"])) == store.get_run(
         ids["resumed"])["dataset_stats"]
     assert at.json[0].value and '"lr"' in at.json[0].value
+    assert at.query_params["run"] == ids["resumed"][:8]
+
+
+def test_a_crashed_run_says_crashed_in_its_attempts_too(explored, monkeypatch):
+    db, ids, store = explored
+    assert store.get_run(ids["crashed"])["display_status"] == "crashed"
+    at = open_app(monkeypatch, db)
+    at.switch_page("views/run.py").run()
+    at.selectbox(key="detail_run").set_value(ids["crashed"]).run()
+    attempts = next(d.value for d in at.dataframe if "start epoch" in d.value.columns)
+    assert attempts["status"].tolist() == ["crashed"]
+    assert pd.isna(attempts["ended (UTC)"].iloc[0])  # its end was never recorded
 
 
 def test_sql_page_returns_rows_and_refuses_writes_with_a_message(explored, monkeypatch):
@@ -251,6 +518,20 @@ def test_sql_page_returns_rows_and_refuses_writes_with_a_message(explored, monke
     assert not at.exception
     assert "read-only" in at.error[0].value
     assert len(store.list_runs()) == len(ids)
+
+
+def test_sql_page_shows_results_with_repeated_column_names(explored, monkeypatch):
+    db, _, _ = explored
+    at = open_app(monkeypatch, db)
+    at.switch_page("views/sql.py").run()
+    at.text_area[0].set_value("SELECT * FROM epochs e JOIN segments s ON "
+                              "s.run_id = e.run_id AND s.segment = e.segment")
+    at.button[0].click().run()
+    assert not at.exception
+    result = at.dataframe[0].value
+    assert {"run_id", "run_id_2", "segment", "segment_2"} <= set(result.columns)
+    assert (result["run_id"] == result["run_id_2"]).all()
+    assert any("run_id_2 (run_id)" in c.value for c in at.caption)
 
 
 @pytest.mark.parametrize("make", ["missing", "empty file"])
@@ -290,3 +571,32 @@ def test_explorer_reads_through_a_read_only_connection(explored, monkeypatch):
     at.button[0].click().run()
     assert at.dataframe[0].value.iloc[0, 0] == 1
 
+
+def test_a_link_with_garbage_is_ignored_not_a_traceback(explored, monkeypatch):
+    db, ids, _ = explored
+    monkeypatch.setenv("HLBD_DB", str(db))
+    at = AppTest.from_file(str(APP), default_timeout=60)
+    at.query_params.update({"runs": f"nope,{ids['baseline'][:8]},", "x": "sideways",
+                            "smooth": "lots", "range": "5,1", "charts": "bogus,loss",
+                            "log": "'; DROP", "robust": "maybe", "grad_explode": "nan",
+                            "spike_window": "-3", "rising_epochs": "2.5", "run": "%%"})
+    at.run()
+    for page in ("views/compare.py", "views/run.py", "views/sql.py", "views/runs.py"):
+        at.switch_page(page).run()
+        assert not at.exception, page
+    assert at.session_state["picked"] == [ids["baseline"]]
+    at.switch_page("views/compare.py").run()
+    assert at.button_group(key="x_axis").value == "epoch"
+    assert list(charts(at)) == ["Loss"]
+    assert at.number_input(key="threshold_spike_window").value == 5
+
+
+@sqlite_only  # SQLite's blob literal
+def test_sql_page_shows_blobs_and_mixed_types(explored, monkeypatch):
+    db, _, _ = explored
+    at = open_app(monkeypatch, db)
+    at.switch_page("views/sql.py").run()
+    at.text_area[0].set_value("SELECT x'00ff' AS b, 1 AS n UNION ALL SELECT 'text', 2.5")
+    at.button[0].click().run()
+    assert not at.exception
+    assert len(at.dataframe[0].value) == 2

@@ -1,82 +1,189 @@
-"""End to end: `streamlit run app/main.py` in headless Chromium on a trained database."""
+"""End to end: `streamlit run app/main.py` in headless Chromium on a trained database.
+
+One server and one browser serve the whole module; each test opens its own page (a new
+session). Screenshots go to the test's tmp folder.
+"""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import urllib.parse
 
 import pytest
 from conftest import tiny_config
 from explorer_helpers import APP, free_port, streamlit_flags, wait_until_serving
 
-from hlbd.runner import start_run
+from hlbd.runner import resume_run, start_run
 from hlbd.store import Store
 
 pytestmark = pytest.mark.browser
 
 CHROMIUM = "/usr/bin/chromium"
-NAMES = ("browser-a", "browser-b")  # the table lists them newest first
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu",
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update",
-                 "--no-first-run", "--disable-sync"]
+                 "--disable-sync"]
+WAIT_MS = 60_000
+# Streamlit asks for a page's own URL path before it knows the page (streamlit#7074).
+KNOWN_NOISE = ("the server responded with a status of 404",)
 
 
-@pytest.fixture
-def trained_db(tmp_path):
-    store = Store.open(str(tmp_path / "runs.db"))
-    ids = [start_run(tiny_config(name=name, epochs=3, lr=lr), store,
-                     runs_root=tmp_path / "runs", progress=False).run_id
-           for name, lr in zip(NAMES, (2e-3, 5e-3))]
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """Three real tiny runs (one resumed), served by `streamlit run`; yields
+    (url, ids, db). The runs page looks for new runs every second."""
+    root = tmp_path_factory.mktemp("served")
+    db = root / "runs.db"
+    store = Store.open(str(db))
+    ids = {name: start_run(tiny_config(name=name, epochs=3, lr=lr, save_interval=1), store,
+                           runs_root=root / "runs", progress=False).run_id
+           for name, lr in (("first", 2e-3), ("second", 5e-3), ("third", 1e-3))}
     store.close()
-    return tmp_path / "runs.db", ids
-
-
-@pytest.fixture
-def explorer(trained_db):
-    """The explorer served by `streamlit run` on the trained database; yields its URL."""
-    db, ids = trained_db
+    store = Store.open(str(db))
+    resume_run(store, ids["second"], epochs=4, progress=False)
+    store.close()
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(APP), *streamlit_flags(port)],
-        env={**os.environ, "HLBD_DB": str(db)}, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True)
+        env={**os.environ, "HLBD_DB": str(db), "HLBD_UI_REFRESH_SECONDS": "1"},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True)
     try:
         wait_until_serving(port, server)
-        yield f"http://127.0.0.1:{port}", ids
+        yield f"http://127.0.0.1:{port}", ids, db
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=30)
 
 
-def test_explorer_in_a_browser_lists_runs_and_draws_charts_without_console_errors(
-        explorer, tmp_path):
+@pytest.fixture(scope="module")
+def browser():
     from playwright.sync_api import sync_playwright
 
-    url, ids = explorer
-    errors = []
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1100})
-        page.on("console", lambda m: m.type == "error" and errors.append(m.text))
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(url)
-        page.get_by_text(f"{len(ids)} of {len(ids)} runs").wait_for(timeout=60_000)
-        table = page.get_by_test_id("stDataFrame")
-        table.wait_for()
-        # Tick both rows' checkboxes (the grid is a canvas: first column, rows of 35 px);
-        # each picked run then shows in the sidebar's "Runs to compare".
-        box = table.bounding_box()
-        for row in range(1, len(ids) + 1):
-            page.mouse.click(box["x"] + 15, box["y"] + 35 * row + 17)
-            page.get_by_test_id("stSidebar").get_by_text(
-                f"{NAMES[len(ids) - row]} · ", exact=False).wait_for(timeout=30_000)
-        page.screenshot(path=tmp_path / "runs.png", full_page=True)
-        page.get_by_role("link", name="Compare").click()
-        page.locator(".vega-embed").nth(2).wait_for(timeout=60_000)
-        page.wait_for_timeout(1000)  # let Vega finish drawing before the picture
-        page.screenshot(path=tmp_path / "compare.png", full_page=True)
-        browser.close()
-    assert errors == []
-    assert (tmp_path / "runs.png").stat().st_size > 0
-    assert (tmp_path / "compare.png").stat().st_size > 0
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh page (its own Streamlit session) that collects console errors."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1100})
+    page = context.new_page()
+    page.errors = []
+    page.on("console", lambda m: m.type == "error" and not any(
+        n in m.text for n in KNOWN_NOISE) and page.errors.append(m.text))
+    page.on("pageerror", lambda e: page.errors.append(str(e)))
+    yield page
+    context.close()
+
+
+def query(page) -> dict:
+    return dict(urllib.parse.parse_qsl(urllib.parse.urlparse(page.url).query))
+
+
+def sidebar_picks(page) -> list[str]:
+    """The runs shown picked in the sidebar's multiselect (the names of their labels)."""
+    text = page.get_by_test_id("stSidebar").get_by_test_id("stMultiSelect").inner_text()
+    return sorted(line.split(" · ")[0].strip() for line in text.splitlines() if " · " in line)
+
+
+def wait_for_picks(page, names: list[str], timeout_ms: int = WAIT_MS) -> None:
+    """Wait until the sidebar shows exactly these runs picked."""
+    for _ in range(timeout_ms // 200):
+        if sidebar_picks(page) == sorted(names):
+            return
+        page.wait_for_timeout(200)
+    assert sidebar_picks(page) == sorted(names)
+
+
+def tick(page, row: int) -> None:
+    """Click the checkbox of the runs table's row (1 = top; the grid is a canvas)."""
+    box = page.get_by_test_id("stDataFrame").bounding_box()
+    page.mouse.click(box["x"] + 15, box["y"] + 35 * row + 17)
+
+
+def test_ticks_stay_on_the_runs_picked_when_a_new_run_arrives(served, page, tmp_path):
+    url, _ids, db = served
+    page.goto(url)
+    page.get_by_text("3 of 3 runs").wait_for(timeout=WAIT_MS)
+    # Newest first: third, second, first. Tick the second and third rows.
+    tick(page, 2)
+    wait_for_picks(page, ["second"])
+    tick(page, 3)
+    wait_for_picks(page, ["first", "second"])
+    # A trainer starts a new run: it arrives on top at the page's next refresh.
+    store = Store.open(str(db))
+    try:
+        newest = store.create_run("newest", tiny_config().to_dict(), {"bundled": 143})
+        page.get_by_text("4 of 4 runs").wait_for(timeout=WAIT_MS)
+        page.wait_for_timeout(1500)  # another refresh or two: nothing may move
+        assert sidebar_picks(page) == ["first", "second"]
+        page.screenshot(path=tmp_path / "runs_after_new_run.png", full_page=True)
+        tick(page, 1)  # the new run, on top
+        wait_for_picks(page, ["first", "newest", "second"])
+        page.wait_for_function(f"() => decodeURIComponent(location.search)"
+                               f".includes('{newest[:8]}')", timeout=WAIT_MS)
+    finally:
+        store.finish_run(newest, 1, "failed", "a test's stand-in for a trainer")
+        store.close()
+    assert page.errors == []
+
+
+def test_a_compare_link_opens_that_view_and_charts_zoom_and_hover_together(served, page,
+                                                                          tmp_path):
+    url, ids, _ = served
+    picked = f"{ids['first'][:8]},{ids['second'][:8]}"
+    page.goto(f"{url}/compare?runs={picked}&x=step&smooth=0.3")
+    chart = page.locator(".vega-embed").first
+    chart.wait_for(timeout=WAIT_MS)
+    page.get_by_text("Drag across a chart").wait_for(timeout=WAIT_MS)
+    page.wait_for_timeout(1500)  # let Vega finish drawing
+    wait_for_picks(page, ["first", "second"])
+    assert page.get_by_test_id("stSlider").first.inner_text().count("0.30") == 1
+    assert query(page) == {"runs": picked, "x": "step", "smooth": "0.3"}
+    page.screenshot(path=tmp_path / "compare_step.png", full_page=True)
+    box = chart.bounding_box()
+    # Hover over the first chart: one tooltip names every picked run's value there.
+    page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + 160)
+    tooltip = page.locator("#vg-tooltip-element")
+    tooltip.wait_for(state="visible", timeout=WAIT_MS)
+    text = tooltip.inner_text()
+    assert f"first · {ids['first'][:8]}" in text and f"second · {ids['second'][:8]}" in text
+    page.screenshot(path=tmp_path / "compare_hover.png", full_page=True)
+    # Drag across it: every chart zooms to that range, and the link carries it.
+    y = box["y"] + 160
+    page.mouse.move(box["x"] + box["width"] * 0.3, y)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.6, y, steps=8)
+    page.mouse.up()
+    page.wait_for_function("() => location.search.includes('range=')", timeout=WAIT_MS)
+    page.get_by_text("Zoomed to").wait_for(timeout=WAIT_MS)
+    low, high = map(float, query(page)["range"].split(","))
+    assert 1 <= low < high
+    page.wait_for_timeout(1500)
+    page.screenshot(path=tmp_path / "compare_zoomed.png", full_page=True)
+    box = page.locator(".vega-embed").first.bounding_box()
+    page.mouse.dblclick(box["x"] + box["width"] * 0.5, box["y"] + 160)
+    page.wait_for_function("() => !location.search.includes('range=')", timeout=WAIT_MS)
+    assert page.errors == []
+
+
+@pytest.mark.parametrize("path, title", [("/run", "Run detail"), ("/sql", "SQL"),
+                                         ("/compare", "Compare runs")])
+def test_every_page_opens_by_its_url(served, page, path, title):
+    url, ids, _ = served
+    page.goto(f"{url}{path}?run={ids['second'][:8]}&runs={ids['third'][:8]}")
+    page.get_by_role("heading", name=title).wait_for(timeout=WAIT_MS)
+    if path == "/run":
+        page.get_by_text(ids["second"]).first.wait_for(timeout=WAIT_MS)
+    if path == "/compare":
+        page.locator(".vega-embed").first.wait_for(timeout=WAIT_MS)
+    assert page.errors == []

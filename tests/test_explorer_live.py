@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hlbd import database
+from hlbd import compare, database
 from hlbd.store import Store
 
 APP_DIR = Path(__file__).resolve().parents[1] / "app"
@@ -43,7 +43,10 @@ def test_explorer_reads_while_a_trainer_writes_and_the_run_finishes(tmp_path, ap
             for run in app_reads.runs.__wrapped__(url):
                 seen.add(run["display_status"])
                 app_reads.epochs.__wrapped__(url, run["run_id"], run["version"])
-                app_reads.step_buckets.__wrapped__(url, ((run["run_id"], run["version"]),))
+                span = app_reads.step_span.__wrapped__(url, run["run_id"], run["version"])
+                if span:
+                    app_reads.step_buckets.__wrapped__(url, run["run_id"], run["version"],
+                                                       compare.bucket_width(span["last_step"]))
                 app_reads.flags.__wrapped__(url, run["run_id"], run["version"])
             app_reads.sql(url, "SELECT count(*) FROM step_metrics")
             rounds += 1

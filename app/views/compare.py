@@ -1,4 +1,6 @@
-"""Compare runs: loss, gradient norm and LR overlaid; anomalies, resumes; config diff."""
+"""Compare runs: every recorded metric overlaid on one x axis; anomalies, resumes; config diff."""
+
+from __future__ import annotations
 
 import json
 
@@ -7,11 +9,14 @@ import streamlit as st
 
 import charts
 import formats
+import live
 import reads
 import sidebar
+import view
 from hlbd import compare
 
-LIVE_SECONDS = 5
+POINTS = 6_000           # points per chart, shared by the picked runs ...
+POINTS_PER_RUN = (250, 1000)   # ... each getting at least / at most this many
 
 st.title("Compare runs")
 url = sidebar.database_url()
@@ -19,31 +24,74 @@ thresholds = sidebar.thresholds()
 runs = {r["run_id"]: r for r in reads.runs(url, thresholds)}
 chosen = [runs[i] for i in sidebar.picked() if i in runs]
 if not chosen:
-    st.info("Pick runs to compare in the sidebar (or select rows on the Runs page)."
+    st.info("Pick runs to compare in the sidebar (or tick rows on the Runs page)."
             if runs else f"No runs in `{url}` yet. {reads.FIRST_RUN_HELP}")
     st.stop()
 
-left, middle, right = st.columns([2, 2, 1])
-x_axis = left.radio("x axis", list(charts.X_AXES), format_func=charts.X_AXES.get,
-                    horizontal=True, key="x_axis")
-smoothing = middle.slider("Smoothing (TensorBoard's debiased EMA; 0 = off)", 0.0, 0.99, 0.0,
-                          0.01, key="smoothing")
-log_scale = right.multiselect("Log scale", list(charts.METRICS), default=["grad_norm"],
-                              format_func=charts.METRICS.get, key="log_scale")
+top = st.columns([3, 3, 2])
+x_axis = top[0].segmented_control("x axis", list(charts.X_AXES), format_func=charts.X_AXES.get,
+                                  default=view.get("x"), key="x_axis") or view.get("x")
+if x_axis != view.get("x"):
+    view.put("range", None)  # a zoom in epochs means nothing in steps
+view.put("x", x_axis)
+view.put("smooth", top[1].slider(
+    "Smoothing of loss and grad norm (TensorBoard's debiased EMA; 0 = off)", 0.0, 0.99,
+    view.get("smooth"), 0.01, key="smoothing",
+    help="The smoothed line is drawn over the faint raw one. The LR is never smoothed."))
+view.put("robust", top[2].toggle(
+    "Robust y range", value=view.get("robust"), key="robust",
+    help="Leave out values far above the runs' typical range (one exploded run no longer "
+         "flattens the others); the points left out are marked on the chart's edge."))
+bottom = st.columns([3, 2])
+view.put("charts", bottom[0].pills(
+    "Charts", list(charts.METRICS), selection_mode="multi", default=view.get("charts"),
+    format_func=charts.METRICS.get, key="metrics") or [])
+view.put("log", bottom[1].pills(
+    "Log scale", view.get("charts"), selection_mode="multi",
+    default=[m for m in view.get("log") if m in view.get("charts")],
+    format_func=charts.METRICS.get, key="log_scale") or [])
 
 
-def load_series(run_ids: list[str]) -> list[charts.RunSeries]:
+def zoom_from_chart() -> None:
+    """A drag on a chart zooms every chart to its x range; a double-click goes back."""
+    state = st.session_state.get("charts")
+    try:
+        selected = dict(state["selection"]["zoom"]) if state else {}
+    except (KeyError, TypeError):
+        selected = {}
+    if selected == st.session_state.get("zoom_seen", {}):
+        return  # not the user's doing (a redraw keeps the last selection)
+    st.session_state["zoom_seen"] = selected
+    span = selected.get("x")
+    view.put("range", (float(min(span)), float(max(span))) if span else None)
+
+
+def points_per_run(count: int) -> int:
+    low, high = POINTS_PER_RUN
+    return max(low, min(high, POINTS // max(count, 1)))
+
+
+def load_series(picked: list[dict], x_axis: str, x_range) -> list[charts.RunSeries]:
     """The picked runs' records, re-read only for runs whose version changed."""
-    current = {r["run_id"]: r for r in reads.runs(url, thresholds)}
-    picked = [current[i] for i in run_ids if i in current]
-    buckets = (reads.step_buckets(url, tuple((r["run_id"], r["version"]) for r in picked))
-               if x_axis == "step" else [])
+    colors = charts.colors({r["run_id"]: r["rank"] for r in runs.values()},
+                           [r["run_id"] for r in picked])
+    width, steps = None, None
+    if x_axis == "step":
+        spans = [reads.step_span(url, r["run_id"], r["version"]) for r in picked]
+        last = max((s["last_step"] for s in spans if s), default=1)
+        low, high = (max(1, int(x_range[0])), int(x_range[1]) + 1) if x_range else (1, last)
+        width = compare.bucket_width(high - low + 1, points_per_run(len(picked)))
+        steps = (low, high) if x_range else None
     return [charts.RunSeries(
         run_id=r["run_id"], label=sidebar.label(r), created_at=r["created_at"],
         epochs=reads.epochs(url, r["run_id"], r["version"]),
-        buckets=[b for b in buckets if b["run_id"] == r["run_id"]],
+        buckets=(reads.step_buckets(url, r["run_id"], r["version"], width, steps)
+                 if width else None),
         segments=reads.segments(url, r["run_id"], r["version"]),
         flags=reads.flags(url, r["run_id"], r["version"], thresholds),
+        epoch_steps=(reads.epoch_steps(url, r["run_id"], r["version"])
+                     if x_axis == "step" else []),
+        color=colors[r["run_id"]],
     ) for r in picked]
 
 
@@ -58,43 +106,53 @@ def config_table(run_ids: list[str]) -> pd.DataFrame:
 
 def _cell(value) -> str:
     if value is None:
-        return "not recorded"
+        return formats.NOT_RECORDED
     return value if isinstance(value, str) else json.dumps(value)
 
 
-@st.fragment(run_every=LIVE_SECONDS if any(r["display_status"] == "running"
-                                           for r in chosen) else None)
-def charts_and_flags(run_ids: list[str]) -> None:
-    with reads.errors_shown():
-        series = load_series(run_ids)
-        labels = [s.label for s in series]
-        for metric in charts.METRICS:
-            data = charts.chart_data(series, metric, x_axis, smoothing)
-            st.altair_chart(charts.metric_chart(
-                data, metric, labels, smoothing=smoothing,
-                log_scale=metric in log_scale), width="stretch")
-        notes = [("Triangles on the top edge: NaN/Inf values (the line breaks there). "
-                  "Black diamonds on the bottom edge: anomaly flags. Dashed lines: resumes.")]
-        if x_axis == "step" and any(s.buckets and s.buckets[0]["width"] > 1 for s in series):
-            notes.append(f"Long step series are downsampled in the database to about "
-                         f"{compare.DEFAULT_MAX_POINTS} points per run: each point is the "
-                         "mean of a bucket of steps, the band its min and max.")
+with reads.errors_shown():
+    zoom_from_chart()
+    x_range = view.get("range")
+    series = load_series(chosen, x_axis, x_range)
+    metrics = [m for m in charts.METRICS if m in view.get("charts")]
+    if not metrics:
+        st.info("Pick at least one chart above.")
+    else:
+        data = [charts.metric_data(series, m, x_axis, smoothing=view.get("smooth"),
+                                   log_scale=m in view.get("log"), robust=view.get("robust"),
+                                   x_range=x_range) for m in metrics]
+        st.vega_lite_chart(charts.spec(data, series, x_axis, smoothing=view.get("smooth"),
+                                       log_metrics=tuple(view.get("log"))),
+                           key="charts", on_select="rerun", selection_mode=["zoom"],
+                           width="stretch")
+        notes = [("Drag across a chart to zoom all of them (double-click: back); hover for "
+                 "every run's value; click a legend entry to hide that run."),
+                 ("Triangles on the top edge: NaN/Inf (the line breaks there). Filled "
+                 "diamonds on the bottom edge: anomaly flags. Dashed lines: resumes.")]
+        if x_axis == "step" and any(s.buckets is not None and len(s.buckets)
+                                    and s.buckets["width"].iloc[0] > 1 for s in series):
+            width = next(s.buckets["width"].iloc[0] for s in series
+                         if s.buckets is not None and len(s.buckets))
+            notes.append(f"Steps are shown in buckets of {width:,} (about "
+                         f"{points_per_run(len(series)):,} points per run; zoom in for "
+                         "detail): each point is a bucket's mean, the band its min and max.")
         if x_axis == "wall":
             notes.append("Per-step rows carry no timestamp, so wall time is drawn from the "
                          "epoch records (when each epoch was recorded).")
+        if x_range:
+            notes.append(f"Zoomed to {x_range[0]:.6g} – {x_range[1]:.6g}.")
         st.caption(" ".join(notes))
-        flags = [dict(run=s.label, **{k: f[k] for k in ("epoch", "step", "rule", "value",
-                                                         "threshold", "message")})
-                 for s in series for f in s.flags]
-        st.subheader(f"Anomalies ({len(flags)})")
-        if flags:
-            st.dataframe(formats.table(flags, ("value", "threshold")), hide_index=True,
-                         width="stretch")
-        else:
-            st.caption("No flags on the picked runs' epoch records.")
 
+    flags = [dict(run=s.label, **{k: f[k] for k in ("epoch", "step", "rule", "value",
+                                                     "threshold", "message")})
+             for s in series for f in s.flags]
+    st.subheader(f"Anomalies ({len(flags)})")
+    if flags:
+        formats.show(formats.table(flags, ("value", "threshold")), hide_index=True,
+                     width="stretch")
+    else:
+        st.caption("No flags on the picked runs' records.")
 
-charts_and_flags([r["run_id"] for r in chosen])
 st.subheader("Config differences")
 if len(chosen) < 2:
     st.caption("Pick at least two runs to see how their configs differ.")
@@ -104,3 +162,4 @@ else:
         st.caption("The picked runs have identical configs.")
     else:
         st.dataframe(diff, width="stretch")
+live.watch(url, thresholds, [r["run_id"] for r in chosen])

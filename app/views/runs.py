@@ -1,82 +1,156 @@
-"""Runs overview: every run with its status, losses, grad-norm extremes and anomaly flags."""
+"""Runs overview: every run with status, progress, losses, config, flags; tick to compare."""
+
+from __future__ import annotations
+
+import math
+import re
 
 import pandas as pd
 import streamlit as st
 
 import formats
+import live
 import reads
 import sidebar
+import table_picks
 
-LIVE_SECONDS = 5    # while a run is running
-IDLE_SECONDS = 30   # otherwise (a run started elsewhere shows up)
-STATUSES = ["running", "stale", "crashed", "finished", "interrupted", "failed"]
+STATUSES = ["running", "stale", "crashed", "finished", "interrupted", "failed", "imported"]
+STATUS_COLORS = ["#1f77b4", "#b07aa1", "#d62728", "#2ca02c", "#ff7f0e", "#8c564b",
+                 "#7f7f7f"]
+ROW_PX, MAX_ROWS_SHOWN = 35, 20
+# A filter term that compares: lr<0.01, batch_size=16, status!=failed, epochs>=10.
+TERM = re.compile(r"^([A-Za-z_][\w ]*?)\s*(<=|>=|!=|=|<|>)\s*(\S.*)$")
 
 st.title("Runs")
 url = sidebar.database_url()
 thresholds = sidebar.thresholds()
-if not reads.runs(url, thresholds):
+all_runs = reads.runs(url, thresholds)
+if not all_runs:
     st.info(f"No runs in `{url}` yet. {reads.FIRST_RUN_HELP}")
     st.stop()
 
-left, right = st.columns([3, 2])
+left, right = st.columns([2, 3])
 shown_statuses = left.multiselect("Status", STATUSES, default=STATUSES, key="status_filter")
-text = right.text_input("Name, id or dataset contains", placeholder="e.g. basics",
-                        key="text_filter")
+text = right.text_input(
+    "Filter", placeholder="e.g. basics  lr<0.01  batch_size=16", key="text_filter",
+    help="Words match the name, id or a dataset; `key<value`, `key=value`, `key!=value` "
+         "(also <=, >, >=) compare a column or a config key (lr, batch_size, epochs, "
+         "world_size, last loss, ...). All terms must hold.")
 
 
-def matches(run: dict) -> bool:
+def fields(run: dict) -> dict:
+    """What a filter term can name: the table's columns and the run's config."""
+    out = {k: v for k, v in (run["config"] or {}).items() if not isinstance(v, dict | list)}
+    out.update({k.replace(" ", "_"): v for k, v in row(run).items()})
+    return out
+
+
+def matches(run: dict, terms: list[str]) -> bool:
+    if run["display_status"] in STATUSES and run["display_status"] not in shown_statuses:
+        return False
     haystack = " ".join([run["name"], run["run_id"], *run["dataset_stats"]]).lower()
-    status = run["display_status"]
-    return ((status in shown_statuses or status not in STATUSES)
-            and text.lower().strip() in haystack)
+    known = fields(run)
+    for term in terms:
+        compare = TERM.match(term)
+        if not compare:
+            if term.lower() not in haystack:
+                return False
+            continue
+        key, op, wanted = compare.groups()
+        value = known.get(key.strip().replace(" ", "_"))
+        if value is None or not _holds(value, op, wanted):
+            return False
+    return True
+
+
+def _holds(value, op: str, wanted: str) -> bool:
+    try:
+        a, b = float(value), float(wanted)
+        if math.isnan(a):
+            return op == "!="
+    except (TypeError, ValueError):
+        a, b = str(value).lower(), wanted.lower()
+        if op not in ("=", "!="):
+            return False
+    return {"=": a == b, "!=": a != b, "<": a < b, "<=": a <= b, ">": a > b,
+            ">=": a >= b}[op]
+
+
+def progress(run: dict) -> str:
+    done, planned = run["epochs"], run["planned_epochs"]
+    if planned and run["display_status"] in ("running", "stale", "crashed", "interrupted",
+                                             "failed"):
+        return f"epoch {done} of {planned}"
+    return f"{done} of {planned}" if planned else str(done)
+
+
+def row(run: dict) -> dict:
+    config = run["config"] or {}
+    return {
+        "name": run["name"], "status": run["display_status"], "progress": progress(run),
+        "started (UTC)": run["started"], "duration (min)": (
+            run["duration"] / 60 if run["duration"] is not None else None),
+        "epochs": run["epochs"], "last loss": run["last_loss"],
+        "best loss": run["best_loss"], "max grad norm": run["max_grad_norm"],
+        "NaN/Inf steps": run["nonfinite_steps"], "anomalies": run["anomalies"],
+        "lr": config.get("lr"), "batch size": config.get("batch_size"),
+        "world size": config.get("world_size"),
+        "datasets": ", ".join(run["dataset_stats"]), "source": run["source"],
+        "id": run["run_id"],
+    }
 
 
 def table(runs: list[dict]) -> pd.DataFrame:
-    return pd.DataFrame({
-        "name": [r["name"] for r in runs],
-        "id": [r["run_id"] for r in runs],
-        "status": [r["display_status"] for r in runs],
-        "started (UTC)": [r["created_at"] for r in runs],
-        "epochs": [r["epochs"] for r in runs],
-        "last loss": [formats.short(r["last_loss"]) for r in runs],
-        "best loss": [formats.short(r["best_loss"]) for r in runs],
-        "max grad norm": [formats.short(r["max_grad_norm"]) for r in runs],
-        "NaN/Inf steps": [formats.short(r["nonfinite_steps"]) for r in runs],
-        "anomalies": [r["anomalies"] for r in runs],
-        "datasets": [", ".join(r["dataset_stats"]) for r in runs],
-        "source": [r["source"] for r in runs],
+    rows = [row(r) for r in runs]
+    frame = pd.DataFrame({
+        "name": [r["name"] for r in rows],
+        "status": [[r["status"]] for r in rows],
+        "progress": [r["progress"] for r in rows],
+        "started (UTC)": pd.Series([r["started (UTC)"] for r in rows],
+                                   dtype="datetime64[us]"),
+        **{c: formats.measured([r[c] for r in rows])
+           for c in ("duration (min)", "last loss", "best loss", "max grad norm", "lr")},
+        **{c: formats.counted([r[c] for r in rows])
+           for c in ("epochs", "NaN/Inf steps", "anomalies", "batch size")},
+        "world size": formats.counted([r["world size"] for r in rows]),
+        "datasets": [r["datasets"] for r in rows],
+        "source": [r["source"] for r in rows],
+        "id": [r["id"] for r in rows],
     })
+    order = ["name", "status", "progress", "started (UTC)", "duration (min)", "epochs",
+             "last loss", "best loss", "max grad norm", "NaN/Inf steps", "anomalies", "lr",
+             "batch size", "world size", "datasets", "source", "id"]
+    if all(r["world size"] is None for r in rows):
+        order.remove("world size")
+    return frame[order]
 
 
-def pick_selected_rows() -> None:
-    """Selecting rows in the table makes them the runs to compare."""
-    rows = st.session_state["runs_table"]["selection"]["rows"]
-    shown = st.session_state["runs_table_ids"]
-    st.session_state["picked"] = [shown[i] for i in rows if i < len(shown)]
-    # The selection reruns only this fragment; the sidebar must redraw to show the pick.
-    st.session_state["rerun_app"] = True
-
-
-@st.fragment(run_every=LIVE_SECONDS if any(r["display_status"] == "running"
-                                           for r in reads.runs(url, thresholds))
-             else IDLE_SECONDS)
-def runs_table() -> None:
-    if st.session_state.pop("rerun_app", False):
-        st.rerun(scope="app")
-    all_runs = reads.runs(url, thresholds)
-    runs = [r for r in all_runs if matches(r)]
-    st.session_state["runs_table_ids"] = [r["run_id"] for r in runs]
-    st.dataframe(
-        table(runs), key="runs_table", on_select=pick_selected_rows,
-        selection_mode="multi-row", hide_index=True, width="stretch",
-        column_config={
-            "id": st.column_config.TextColumn(width="small"),
-            "started (UTC)": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss"),
-        })
-    st.caption(f"{len(runs)} of {len(all_runs)} runs. Select rows to compare them (or pick "
-               "runs in the sidebar), then open Compare. "
-               "Anomalies: flags the rules raise on the epoch records (thresholds in the "
-               "sidebar).")
-
-
-runs_table()
+runs = [r for r in all_runs if matches(r, text.split())]
+ids = [r["run_id"] for r in runs]
+table_picks.sync_table(ids, sidebar.picked())
+frame = table(runs)
+st.dataframe(
+    frame, key=table_picks.KEY, on_select="rerun", selection_mode="multi-row",
+    hide_index=True, width="stretch", placeholder=formats.NOT_RECORDED,
+    height=ROW_PX * (min(len(runs), MAX_ROWS_SHOWN) + 1) + 3,
+    column_config={
+        "status": st.column_config.MultiselectColumn(
+            options=STATUSES, color=STATUS_COLORS, width="small",
+            help="stale: no heartbeat for 2 minutes; crashed: its process is gone"),
+        "progress": st.column_config.TextColumn(help="epochs recorded of the planned total"),
+        "started (UTC)": st.column_config.DatetimeColumn(
+            format="YYYY-MM-DD HH:mm:ss", help="not recorded: an imported run"),
+        "duration (min)": formats.number_column(
+            help="time its attempts ran (a live one: until now)"),
+        **{c: formats.number_column() for c in ("last loss", "best loss", "max grad norm",
+                                                "lr")},
+        "anomalies": st.column_config.NumberColumn(
+            help="flags the anomaly rules raise on the epoch records (thresholds in "
+                 "the sidebar)"),
+        "id": st.column_config.TextColumn(width="large", help="the full run id (copy a "
+                                                               "cell with Ctrl+C)"),
+    })
+st.caption(f"{len(runs)} of {len(all_runs)} runs, newest first (click a column header to "
+           "sort). Tick rows to compare them (or pick runs in the sidebar), then open "
+           "Compare.")
+live.watch(url, thresholds)

@@ -3,6 +3,7 @@
 import pandas as pd
 import streamlit as st
 
+import formats
 import reads
 import sidebar
 from hlbd.errors import HlbdError
@@ -10,6 +11,23 @@ from hlbd.query import DEFAULT_TIME_LIMIT
 
 EXAMPLE = ("SELECT run_id, epoch, loss, grad_norm, grad_norm_max, lr\n"
            "FROM epoch_metrics\nORDER BY run_id, epoch\nLIMIT 100")
+
+
+
+def unique_names(columns: list[str]) -> list[str]:
+    """Column names made unique for the grid: a repeat becomes ``name_2``, ``name_3``
+    (``SELECT * FROM epochs e JOIN segments s ...`` has two run_id columns)."""
+    taken: set[str] = set()
+    out = []
+    for name in columns:
+        candidate, n = name, 1
+        while candidate in taken:
+            n += 1
+            candidate = f"{name}_{n}"
+        taken.add(candidate)
+        out.append(candidate)
+    return out
+
 
 st.title("SQL")
 st.caption(f"Read-only: writes are refused by the database connection. Queries stop after "
@@ -29,10 +47,17 @@ if submitted and query.strip():
         if not result.columns:
             st.caption("The statement returned no rows.")
         else:
-            frame = pd.DataFrame(result.rows, columns=result.columns)
-            st.dataframe(frame, hide_index=True, width="stretch")
+            names = unique_names(result.columns)
+            frame = formats.table([dict(zip(names, row)) for row in result.rows])
+            frame = frame.reindex(columns=names)
+            formats.show(frame, hide_index=True, width="stretch")
+            renamed = [f"{new} ({old})" for new, old in zip(names, result.columns) if new != old]
             st.caption(f"{len(frame):,} rows" + (f" (stopped at {reads.SQL_MAX_ROWS:,}; "
                                                   "add a LIMIT or narrow the query)"
-                                                  if result.truncated else ""))
-            st.download_button("Download CSV", frame.to_csv(index=False), "query.csv",
-                               "text/csv")
+                                                  if result.truncated else "")
+                       + (". Repeated column names shown as " + ", ".join(renamed)
+                          if renamed else ""))
+            st.download_button("Download CSV",
+                               pd.DataFrame(result.rows, columns=result.columns)
+                               .to_csv(index=False), "query.csv", "text/csv")
+

@@ -6,7 +6,7 @@ import dataclasses
 
 import click
 
-from hlbd.anomalies import Thresholds, detect
+from hlbd.anomalies import THRESHOLD_HELP, Thresholds, detect
 from hlbd.cli.options import db_option, table
 from hlbd.store import Store
 
@@ -18,7 +18,7 @@ def threshold_options(func):
         flag = "--" + field.name.replace("_", "-")
         default = getattr(DEFAULTS, field.name)
         func = click.option(flag, field.name, type=type(default), default=default,
-                            show_default=True)(func)
+                            show_default=True, help=THRESHOLD_HELP.get(field.name))(func)
     return func
 
 

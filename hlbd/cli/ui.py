@@ -13,6 +13,10 @@ from hlbd.cli.options import db_option
 from hlbd.errors import HlbdError
 
 APP = Path(__file__).resolve().parents[2] / "app" / "main.py"
+# What .streamlit/config.toml sets, for when hlbd ui runs from another folder (flags
+# given after `hlbd ui` win): no usage statistics, no external-IP lookup, local only.
+LOCAL = ("--browser.gatherUsageStats", "false", "--server.address", "localhost",
+         "--server.headless", "true", "--client.toolbarMode", "viewer")
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
@@ -30,7 +34,7 @@ def ui(db: str | None, streamlit_args: tuple[str, ...]) -> None:
         raise HlbdError(f"the explorer is not at {APP}; install hlbd from its source tree "
                         "(pip install -e .) to use `hlbd ui`")
     env = {**os.environ, "HLBD_DB": database.resolve_db_url(db)}
-    argv = [sys.executable, "-m", "streamlit", "run", str(APP), *streamlit_args]
+    argv = [sys.executable, "-m", "streamlit", "run", str(APP), *LOCAL, *streamlit_args]
     os.execve(sys.executable, argv, env)
 
 

@@ -1,7 +1,7 @@
 """segments: how many processes an attempt ran on, and on which hosts
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0003
 Create Date: 2026-11-25
 
 A run trained under torchrun records, per attempt, its world size and the host of each
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0004"
-down_revision = "0002"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,110 @@
+"""The view a link reproduces: picked runs, x axis, smoothing, charts, thresholds, zoom.
+
+A session starts from the URL's query parameters (``/compare?runs=3f2a,9bc1&x=step``);
+from then on the widgets own the values, and after every run the URL is rewritten to
+match them, so copying it from the address bar reproduces the page.
+
+Parameters: ``runs`` (ids or unique prefixes, comma-separated), ``x`` (epoch, step,
+wall), ``smooth`` (0 to 0.99), ``charts`` and ``log`` (metric names), ``robust=0``
+(plain y range), ``range=LO,HI`` (x zoom), ``run`` (the Run detail page's run) and
+any anomaly threshold by name (``grad_explode=5``) that differs from its default.
+Values that cannot be read are ignored, never guessed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import streamlit as st
+
+DEFAULT_CHARTS = ("loss", "grad_norm", "lr")
+# The smallest value a whole-number threshold can take (a window of 0 epochs is none).
+INT_MINIMUM = {"spike_window": 1, "rising_epochs": 1, "restart_grace": 0}
+X_AXES = ("epoch", "step", "wall")
+
+
+def _floats(text: str, count: int) -> list[float] | None:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        return None
+    return values if len(values) == count and all(map(math.isfinite, values)) else None
+
+
+def start(metrics: tuple[str, ...], threshold_defaults: dict) -> None:
+    """Read the URL into the session once, when the session starts."""
+    if "view" in st.session_state:
+        return
+    q = st.query_params
+    view = {"runs": [w for w in q.get("runs", "").split(",") if w.strip()],
+            "x": q.get("x") if q.get("x") in X_AXES else "epoch",
+            "smooth": 0.0, "charts": list(DEFAULT_CHARTS), "log": ["grad_norm"],
+            "robust": q.get("robust") != "0", "range": None, "run": q.get("run"),
+            "thresholds": {}}
+    smooth = _floats(q.get("smooth", ""), 1)
+    if smooth and 0 <= smooth[0] <= 0.99:
+        view["smooth"] = round(smooth[0], 2)
+    for key in ("charts", "log"):
+        if key in q:
+            view[key] = [m for m in q.get(key, "").split(",") if m in metrics]
+    span = _floats(q.get("range", ""), 2)
+    if span and span[0] < span[1]:
+        view["range"] = tuple(span)
+    for name, default in threshold_defaults.items():
+        value = _floats(q.get(name, ""), 1)
+        if value is None:
+            continue
+        if isinstance(default, int):
+            if value[0] == int(value[0]) and value[0] >= INT_MINIMUM.get(name, 0):
+                view["thresholds"][name] = int(value[0])
+        else:
+            view["thresholds"][name] = value[0]
+    st.session_state["view"] = view
+
+
+def get(key: str):
+    return st.session_state["view"][key]
+
+
+def put(key: str, value) -> None:
+    st.session_state["view"][key] = value
+
+
+def short_ids(picked: list[str], all_ids: list[str]) -> list[str]:
+    """Each picked id as its shortest unique prefix of at least 8 characters."""
+    out = []
+    for run_id in picked:
+        for length in range(8, len(run_id) + 1):
+            prefix = run_id[:length]
+            if sum(1 for other in all_ids if other.startswith(prefix)) == 1:
+                break
+        out.append(prefix)
+    return out
+
+
+def write_url(page: str, picked: list[str], all_ids: list[str], thresholds: dict,
+              threshold_defaults: dict) -> None:
+    """Rewrite the query parameters to the view of ``page`` (compare, run, runs, sql)."""
+    params: dict[str, str] = {}
+    if picked:
+        params["runs"] = ",".join(short_ids(picked, all_ids))
+    if page == "compare":
+        view = st.session_state["view"]
+        params["x"] = view["x"]
+        if view["smooth"]:
+            params["smooth"] = f"{view['smooth']:g}"
+        if list(view["charts"]) != list(DEFAULT_CHARTS):
+            params["charts"] = ",".join(view["charts"])
+        if list(view["log"]) != ["grad_norm"]:
+            params["log"] = ",".join(view["log"])
+        if not view["robust"]:
+            params["robust"] = "0"
+        if view["range"]:
+            params["range"] = ",".join(f"{v:.10g}" for v in view["range"])
+    if page == "run" and get("run"):
+        params["run"] = short_ids([get("run")], all_ids)[0]
+    for name, value in thresholds.items():
+        if value != threshold_defaults[name]:
+            params[name] = f"{value:g}"
+    if dict(st.query_params) != params:
+        st.query_params.from_dict(params)
