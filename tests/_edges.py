@@ -11,6 +11,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from _backends import rows as backend_rows
+from sqlalchemy.exc import OperationalError
+
+from hlbd.errors import HlbdError
+
 REPO = Path(__file__).resolve().parents[1]
 # A tiny model as CLI flags (an epoch of the bundled data in well under a second).
 TINY = ["--d-model", "32", "--n-layers", "1", "--n-heads", "2", "--d-ff", "64",
@@ -71,13 +76,13 @@ def finish(proc: subprocess.Popen, timeout: float = 180) -> tuple[int, str, str]
     return proc.returncode, out or "", err or ""
 
 
-def rows(db: Path, sql: str, *params) -> list[tuple]:
-    """Read the store without taking a lock a live trainer could wait on."""
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
+def rows(db: str | Path, sql: str, *params) -> list[tuple]:
+    """Read the store (a SQLite file or a server URL) read-only, without taking a lock a
+    live trainer could wait on; ``?`` marks the positional ``params``."""
+    pieces = sql.split("?")
+    named = "".join(piece + (f":p{i}" if i < len(pieces) - 1 else "")
+                    for i, piece in enumerate(pieces))
+    return backend_rows(db, named, **{f"p{i}": value for i, value in enumerate(params)})
 
 
 def wait_for(condition: Callable[[], object], proc: subprocess.Popen | None = None,
@@ -88,8 +93,8 @@ def wait_for(condition: Callable[[], object], proc: subprocess.Popen | None = No
     while time.monotonic() < deadline:
         try:
             value = condition()
-        except sqlite3.OperationalError:
-            value = None
+        except (sqlite3.OperationalError, HlbdError, OperationalError):
+            value = None  # no database yet, or no tables in it yet
         if value:
             return value
         if proc is not None and proc.poll() is not None:

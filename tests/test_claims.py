@@ -13,6 +13,7 @@ from datetime import timedelta
 import pytest
 from _edges import TINY, Procs, finish, rows, wait_for
 from conftest import tiny_config
+from sqlalchemy import text
 
 from hlbd.errors import RunClaimedError
 from hlbd.runner import start_run
@@ -27,8 +28,8 @@ def procs():
 
 
 @pytest.fixture
-def db(tmp_path):
-    return tmp_path / "runs.db"
+def db(db_url):
+    return db_url
 
 
 def test_three_resumes_started_at_once_record_each_epoch_once(db, tmp_path, store, procs):
@@ -81,8 +82,8 @@ def test_claims_made_at_the_same_instant_have_exactly_one_winner(db, store, proc
     dead.wait()
     if holder == "dead process":  # segment 1 still 'running', its process gone
         with store.engine.begin() as conn:
-            conn.exec_driver_sql("UPDATE segments SET pid = ? WHERE run_id = ?",
-                                 (dead.pid, run_id))
+            conn.execute(text("UPDATE segments SET pid = :pid WHERE run_id = :run"),
+                         {"pid": dead.pid, "run": run_id})
     else:
         store.finish_run(run_id, 1, "interrupted")
     start = time.time() + 2.5  # every process has imported hlbd and opened the store
@@ -106,8 +107,8 @@ def test_a_stale_holder_on_another_host_is_taken_over_and_a_fresh_one_is_not(db,
         store.begin_segment(run_id, 0)
     before = rows(db, "SELECT * FROM segments")
     with store.engine.begin() as conn:  # its heartbeat stopped 3 minutes ago
-        conn.exec_driver_sql("UPDATE runs SET heartbeat_at = ?",
-                             (str(utcnow() - timedelta(minutes=3)),))
+        conn.execute(text("UPDATE runs SET heartbeat_at = :then"),
+                     {"then": utcnow() - timedelta(minutes=3)})
     assert before == rows(db, "SELECT * FROM segments")
 
     assert store.begin_segment(run_id, 0) == 2

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import tiny_config
+from conftest import sqlite_only, tiny_config
 
 from hlbd.cli import main
 from hlbd.cli.options import display_width
@@ -59,8 +59,9 @@ def test_a_bad_flag_is_refused_before_anything_exists(tmp_path, flags, message):
     assert list(tmp_path.iterdir()) == []  # no database, no lock file, no run folder
 
 
-def test_a_max_seq_len_shorter_than_the_prompts_is_refused_before_the_run(tmp_path, store):
-    code, lines = cli("train", "--db", tmp_path / "runs.db", "--runs-dir",
+def test_a_max_seq_len_shorter_than_the_prompts_is_refused_before_the_run(tmp_path, store,
+                                                                          db_url):
+    code, lines = cli("train", "--db", db_url, "--runs-dir",
                       tmp_path / "runs", *TINY, "--max-seq-len", "4")
     assert code == 1 and len(lines) == 1
     assert lines[0].startswith("Error: --max-seq-len 4 leaves no answer token in ")
@@ -68,11 +69,11 @@ def test_a_max_seq_len_shorter_than_the_prompts_is_refused_before_the_run(tmp_pa
     assert store.list_runs() == [] and not (tmp_path / "runs").exists()
 
 
-def test_a_resume_with_a_bad_device_writes_nothing(tmp_path, store):
+def test_a_resume_with_a_bad_device_writes_nothing(tmp_path, store, db_url):
     run = start_run(tiny_config(epochs=1), store, runs_root=tmp_path / "runs",
                     progress=False)
     before = store.segments(run.run_id)
-    code, lines = cli("resume", "--db", tmp_path / "runs.db", "--run-id", run.run_id,
+    code, lines = cli("resume", "--db", db_url, "--run-id", run.run_id,
                       "--epochs", "2", "--device", "tpu")
     assert code == 1 and lines == [
         "Error: --device must be auto, cpu, cuda, cuda:N or mps, not 'tpu'"]
@@ -206,6 +207,7 @@ NAMES = {"newline": "first line\nsecond line", "tab": "a\tb", "long": "x" * 10_0
          "cjk": "学习曲线", "emoji": "🚀 rocket 👩‍🔬", "escape": "red\x1b[31m!\u202eevil"}
 
 
+@sqlite_only  # a 10,000-character name: PostgreSQL's VARCHAR(200) refuses it
 def test_runs_and_show_keep_one_line_per_row_and_aligned_columns(tmp_path, store):
     # Names from other tools (or a SQL client): the store keeps them as given.
     ids = {key: store.create_run(name, {}, {f"{name[:20]}.json": 3}, status="finished")

@@ -9,6 +9,7 @@ import math
 import sqlite3
 
 import pytest
+from _backends import rows
 from _resume_helpers import tiny
 from alembic import command
 from click.testing import CliRunner
@@ -21,7 +22,8 @@ from hlbd.runner import resume_checkpoint, start_run
 from hlbd.store import Store
 
 
-def test_a_nan_learning_rate_is_stored_flagged_and_comes_back_as_nan(tmp_path, store):
+def test_a_nan_learning_rate_is_stored_flagged_and_comes_back_as_nan(tmp_path, store,
+                                                                     db_url):
     report = tmp_path / "old" / "experiment_report.json"
     report.parent.mkdir()
     # An older tool's report whose scheduler produced NaN at epoch 2 (its own numbers).
@@ -29,10 +31,9 @@ def test_a_nan_learning_rate_is_stored_flagged_and_comes_back_as_nan(tmp_path, s
                       '"learning_rates": [0.001, NaN, null]}')
     (outcome,) = importer.import_reports(store, report)
 
-    conn = sqlite3.connect(tmp_path / "runs.db")
-    assert conn.execute("SELECT epoch, lr, lr_is_nan, grad_norm, grad_norm_is_nan "
-                        "FROM epoch_metrics WHERE run_id = ? ORDER BY epoch",
-                        (outcome.run_id,)).fetchall() == [
+    assert rows(db_url, "SELECT epoch, lr, lr_is_nan, grad_norm, grad_norm_is_nan "
+                        "FROM epoch_metrics WHERE run_id = :run ORDER BY epoch",
+                run=outcome.run_id) == [
         (1, 0.001, 0, 1.5, 0), (2, None, 1, None, 1), (3, None, 0, 0.5, 0)]
     epochs = store.epochs(outcome.run_id)
     assert math.isnan(epochs[1]["lr"]) and epochs[2]["lr"] is None  # NaN vs not recorded
@@ -41,8 +42,7 @@ def test_a_nan_learning_rate_is_stored_flagged_and_comes_back_as_nan(tmp_path, s
     assert math.isnan(exported["learning_rates"][1]) and math.isnan(exported["grad_norms"][1])
     assert "nan_not_stored" not in store.get_run(outcome.run_id)["extra"]
 
-    result = CliRunner().invoke(main, ["anomalies", outcome.run_id, "--db",
-                                       str(tmp_path / "runs.db")])
+    result = CliRunner().invoke(main, ["anomalies", outcome.run_id, "--db", db_url])
     assert result.exit_code == 0
     (flag,) = [line for line in result.output.splitlines() if "nonfinite_lr" in line]
     assert "epoch 2: LR is nan" in flag

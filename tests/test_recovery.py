@@ -27,14 +27,14 @@ def run(store, root, **overrides):
 
 
 def test_a_damaged_newest_checkpoint_is_named_and_the_next_one_used(tmp_path, store,
-                                                                    caplog):
+                                                                    db_url, caplog):
     first = run(store, tmp_path, epochs=5, save_interval=2)  # checkpoints 2, 4, 5
     newest = checkpoint_path(tmp_path / "runs" / first.run_id, 5)
     newest.write_bytes(newest.read_bytes()[:1000])  # truncated (a disk that filled up)
     checkpoint_path(tmp_path / "runs" / first.run_id, 4).unlink()  # deleted by hand
 
     with caplog.at_level(logging.WARNING, logger="hlbd"):
-        result = CliRunner().invoke(main, ["resume", "--db", str(tmp_path / "runs.db"),
+        result = CliRunner().invoke(main, ["resume", "--db", db_url,
                                            "--run-id", first.run_id, "--epochs", "6",
                                            "--quiet"])
 
@@ -72,8 +72,8 @@ def test_a_run_with_no_checkpoint_that_loads_starts_again_in_the_same_history(
 
 
 def test_a_run_killed_before_its_first_checkpoint_resumes_from_the_start(tmp_path, store,
-                                                                        procs):
-    db = tmp_path / "runs.db"
+                                                                        db_url, procs):
+    db = db_url
     proc = procs.hlbd("train", "--db", db, "--runs-dir", tmp_path / "runs", *TINY,
                       "--epochs", "60", "--save-interval", "0", "--seed", "7", "--t-0", "2",
                       "--t-mult", "2", "--name", "no-checkpoint")
@@ -99,10 +99,10 @@ def test_a_run_killed_before_its_first_checkpoint_resumes_from_the_start(tmp_pat
 
 
 def test_an_imported_run_without_a_loadable_checkpoint_is_refused_not_replayed(
-        tmp_path, store):
+        store, db_url):
     run_id = store.create_run("old", {}, {"old.json": 3}, source="imported",
                               status="imported")
-    result = CliRunner().invoke(main, ["resume", "--db", str(tmp_path / "runs.db"),
+    result = CliRunner().invoke(main, ["resume", "--db", db_url,
                                        "--run-id", run_id, "--epochs", "4"])
     assert result.exit_code == 1
     assert result.output.strip() == (
