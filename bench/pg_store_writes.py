@@ -27,9 +27,9 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-from hlbd.store import Store
+from hlbd.store import STEP_COLUMNS, Store
 
-COLUMNS = "run_id, segment, step, epoch, loss, loss_is_nan, grad_norm, grad_norm_is_nan, lr"
+COLUMNS = STEP_COLUMNS  # the columns the store writes, flags included
 
 
 def main() -> None:
@@ -80,8 +80,10 @@ def run(args) -> None:
         return time.perf_counter() - started
 
     def rows(run_id, batch):
-        return [(run_id, 1, s["step"], s["epoch"], s["loss"], False, s["grad_norm"], False,
-                 s["lr"]) for s in batch]
+        # NULL and a flag for a NaN (none here), as the store writes them.
+        return [(run_id, 1, s["step"], s["epoch"], s["loss"], s["loss"] != s["loss"],
+                 s["grad_norm"], s["grad_norm"] != s["grad_norm"], s["lr"],
+                 s["lr"] != s["lr"]) for s in batch]
 
     def executemany() -> float:
         run_id = new_run()
@@ -89,7 +91,7 @@ def run(args) -> None:
         for batch in batches:
             with raw.transaction(), raw.cursor() as cur:
                 cur.executemany(f"INSERT INTO steps ({COLUMNS}) VALUES "
-                                "(%s, %s, %s, %s, %s, %s, %s, %s, %s)", rows(run_id, batch))
+                                f"({', '.join(['%s'] * 10)})", rows(run_id, batch))
         return time.perf_counter() - started
 
     def copy() -> float:
@@ -110,7 +112,7 @@ def run(args) -> None:
                 times[name].append(path())
     finally:
         with raw.transaction(), raw.cursor() as cur:
-            for table in ("steps", "segments", "runs"):
+            for table in ("step_rollups", "steps", "segments", "runs"):
                 cur.execute(f"DELETE FROM {table} WHERE run_id = ANY(%s)", (runs,))
         raw.close()
         store.close()

@@ -48,11 +48,14 @@ def main() -> None:
         started = time.perf_counter()
         for batch in batches:
             conn.execute("BEGIN IMMEDIATE")
+            # The same columns the store writes: NULL and a flag for a NaN (none here).
             conn.executemany(
                 "INSERT INTO steps (run_id, segment, step, epoch, loss, loss_is_nan, "
-                "grad_norm, grad_norm_is_nan, lr) VALUES (?, 1, ?, ?, ?, 0, ?, 0, ?)",
-                [("r", s["step"], s["epoch"], s["loss"], s["grad_norm"], s["lr"])
-                 for s in batch])
+                "grad_norm, grad_norm_is_nan, lr, lr_is_nan) "
+                "VALUES (?, 1, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [("r", s["step"], s["epoch"], s["loss"], s["loss"] != s["loss"],
+                  s["grad_norm"], s["grad_norm"] != s["grad_norm"], s["lr"],
+                  s["lr"] != s["lr"]) for s in batch])
             conn.execute("COMMIT")
         raw = time.perf_counter() - started
         conn.close()

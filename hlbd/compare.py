@@ -32,9 +32,9 @@ def _finite(column: str) -> str:
 def _steps_aggregates() -> str:
     parts = []
     for metric, flag in (("loss", "loss_is_nan"), ("grad_norm", "grad_norm_is_nan"),
-                         ("lr", None)):
+                         ("lr", "lr_is_nan")):
         finite = _finite(metric)
-        nan = f"{flag} OR " if flag else ""
+        nan = f"{flag} OR "
         parts += [f"COUNT({finite})", f"SUM({finite})", f"MIN({finite})", f"MAX({finite})",
                   f"SUM(CASE WHEN {nan}{metric} >= :inf OR {metric} <= -:inf THEN 1 ELSE 0 END)"]
     return ", ".join(parts)
