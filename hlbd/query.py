@@ -26,6 +26,7 @@ from __future__ import annotations
 import re
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import chain
 
@@ -108,11 +109,15 @@ def _run(engine: Engine, sql: str, time_limit: float, max_rows: int | None,
     return QueryResult(columns, [tuple(r) for r in rows[:max_rows or None]], truncated)
 
 
-def _fetch(result, max_rows: int | None, memory_limit: int) -> list:
-    """The rows (``max_rows`` + 1 at most), stopped once they would pass the limit."""
+def _fetch(result, max_rows: int | None, memory_limit: int,
+           before_batch: Callable[[], None] | None = None) -> list:
+    """The rows (``max_rows`` + 1 at most), stopped once they would pass the limit;
+    ``before_batch`` runs before each fetch (a server cursor's time limit)."""
     rows, size = [], 0
     wanted = max_rows + 1 if max_rows else None
     while wanted is None or len(rows) < wanted:
+        if before_batch is not None:
+            before_batch()
         batch = result.fetchmany(FETCH_BATCH if wanted is None
                                  else min(FETCH_BATCH, wanted - len(rows)))
         if not batch:
@@ -185,7 +190,10 @@ def _run_on_server(engine: Engine, sql: str, time_limit: float, max_rows: int | 
     deadline = time.monotonic() + time_limit
 
     def set_timeout(conn) -> None:
-        left = max(1, int((deadline - time.monotonic()) * 1000))
+        left = int((deadline - time.monotonic()) * 1000)
+        if left <= 0:
+            raise QueryInterrupted(f"query stopped: it ran past the {time_limit:g} s "
+                                   "time limit")
         conn.exec_driver_sql(f"SET LOCAL statement_timeout = {left}")
 
     with engine.connect() as conn:  # the engine's transactions are READ ONLY
@@ -202,8 +210,8 @@ def _run_on_server(engine: Engine, sql: str, time_limit: float, max_rows: int | 
             try:
                 cursor.execute(sql)  # DECLARE ... FOR sql, through the extended protocol
                 columns = [d.name for d in cursor.description]
-                set_timeout(conn)
-                rows = _fetch(cursor, max_rows, memory_limit)
+                # Each FETCH is a statement of its own, timed from the time left.
+                rows = _fetch(cursor, max_rows, memory_limit, lambda: set_timeout(conn))
             finally:
                 cursor.close()
         except psycopg.Error as error:

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from _resume_helpers import _env, query
+from sqlalchemy.exc import OperationalError
 
 from hlbd.data import bundled_dataset
 
@@ -168,7 +169,7 @@ def rows_once_there(db: Path, sql: str) -> list[tuple]:
         return []
     try:
         return query(db, sql)
-    except sqlite3.OperationalError as exc:
+    except (sqlite3.OperationalError, OperationalError) as exc:
         if "no such table" in str(exc):
             return []
         raise
