@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
@@ -15,11 +15,12 @@ def write_atomically(path: Path, write: Callable[[IO[bytes]], None], *,
     """Write through ``write(file)`` into a temp file beside ``path``, then rename.
 
     The rename makes the new file appear whole or not at all, whatever kills the
-    process; ``durable`` adds the fsyncs that also survive power loss. Returns the size.
+    process; ``durable`` adds the fsyncs that also survive power loss. The file gets the
+    mode any new file gets (0666 less the umask: 0644 under umask 022). Returns the size.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _create_temp(path)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -39,6 +40,23 @@ def write_atomically(path: Path, write: Callable[[IO[bytes]], None], *,
     finally:
         os.close(dir_fd)
     return size
+
+
+def _create_temp(path: Path) -> tuple[int, str]:
+    """A new, empty temp file ``.NAME.XXXXXXXX.tmp`` beside ``path``, opened for writing.
+
+    Not tempfile.mkstemp: it creates files 0600. Created with 0666, the kernel applies
+    the umask (and a default ACL) as it does for any new file; O_EXCL makes the name ours.
+    """
+    flags = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+             | getattr(os, "O_BINARY", 0))
+    for _ in range(100):
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{path.parent}: no free temp file name for {path.name}")
 
 
 def remove_temp_files(folder: Path) -> list[Path]:
