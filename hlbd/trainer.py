@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -210,11 +211,19 @@ def train(config: TrainConfig, examples: Examples, tokenizer: Tokenizer,
     # State at the end of the last epoch with no checkpoint on disk, kept so that a
     # Ctrl-C mid-epoch can still save a checkpoint at an epoch boundary.
     unsaved = _copy_state(state(start_epoch)) if resume is None else None
-    last_done = start_epoch
-    bar = tqdm(total=config.epochs * math.ceil(len(examples) / config.batch_size),
-               initial=start_epoch * math.ceil(len(examples) / config.batch_size),
-               disable=not (progress and place.is_main), unit="batch",
-               dynamic_ncols=True, leave=False)
+    last_done, last_saved = start_epoch, None
+    per_epoch = math.ceil(len(examples) / config.batch_size)
+    # A bar redraws itself with carriage returns: on a terminal only. A log file or a
+    # pipe (`2>&1 | tee log`) gets the lines alone: start, one per epoch, end.
+    bar = tqdm(total=config.epochs * per_epoch, initial=start_epoch * per_epoch,
+               disable=not (progress and place.is_main and on_terminal(sys.stderr)),
+               unit="batch", dynamic_ncols=True, leave=False)
+    began = time.perf_counter()
+    if place.is_main:
+        begin = f"from the epoch {start_epoch} checkpoint" if resume else "from scratch"
+        log.info(f"run {run_id} attempt {segment}: epochs {start_epoch + 1}-{config.epochs} "
+                 f"{begin} on {device}; {len(examples)} pairs, {per_epoch} batches of "
+                 f"{config.batch_size} per epoch")
     try:
         for epoch in range(start_epoch + 1, config.epochs + 1):
             started = time.perf_counter()
@@ -295,17 +304,36 @@ def train(config: TrainConfig, examples: Examples, tokenizer: Tokenizer,
                                           and epoch % config.save_interval == 0):
                 snapshot = state(epoch)
                 if place.is_main:
-                    save(epoch, snapshot)
+                    last_saved = save(epoch, snapshot)
                 unsaved = None
             else:
                 unsaved = _copy_state(state(epoch))
         stop_requested.close()
     except _Stop:
         path = save(last_done, unsaved) if unsaved is not None else None
+        _log_end(place, run_id, "stopped", start_epoch, last_done, began, path or last_saved)
         raise TrainingInterrupted(last_done, path) from None
     finally:
         bar.close()
+    _log_end(place, run_id, "finished", start_epoch, last_done, began, last_saved)
     return TrainResult(last_done, history)
+
+
+def on_terminal(stream) -> bool:
+    """Whether ``stream`` is a terminal (a closed or unusual stream is not)."""
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+def _log_end(place: Dist, run_id: str, how: str, start_epoch: int, last_done: int,
+             began: float, checkpoint: Path | None) -> None:
+    if place.is_main:
+        trained = (f"epochs {start_epoch + 1}-{last_done}" if last_done > start_epoch
+                   else "no epoch")
+        log.info(f"run {run_id}: {how}, {trained} in {time.perf_counter() - began:.1f}s; "
+                 f"newest checkpoint {checkpoint.name if checkpoint else 'none'}")
 
 
 class _Stop(Exception):
