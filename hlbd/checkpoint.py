@@ -7,6 +7,8 @@ checkpoint loads with ``torch.load(path, weights_only=True)``.
 
 from __future__ import annotations
 
+import logging
+import os
 import pickle
 import re
 from pathlib import Path
@@ -16,6 +18,8 @@ import torch
 
 from hlbd.errors import CheckpointError
 from hlbd.fileio import write_atomically
+
+log = logging.getLogger(__name__)
 
 FORMAT = "hlbd-checkpoint"
 FORMAT_VERSION = 1
@@ -71,6 +75,54 @@ class _WriteErrors:
 
     def flush(self) -> None:
         self._file.flush()
+
+
+def prune_checkpoints(store, run_id: str, segment: int, keep: int) -> list[Path]:
+    """Delete the checkpoint files of ``run_id`` beyond the newest ``keep`` that a resume
+    could use (0: none deleted); returns the files deleted.
+
+    Called by attempt ``segment`` after its newest checkpoint is written and recorded.
+    Counted are ``store.checkpoint_candidates`` (the effective history's, newest first)
+    whose file is there at its recorded size: a missing or damaged file is kept but not
+    counted, so the newest good ones stay. The rows are marked pruned before their
+    files go: a kill in between leaves a marked file, which the next call deletes, and
+    never a listed resume point without its file. A file a kept candidate names, or not
+    named as hlbd names checkpoints, is never deleted.
+    """
+    if keep <= 0:
+        return []
+    kept, good = set(), 0
+    for candidate in store.checkpoint_candidates(run_id):
+        if good == keep:
+            break
+        kept.add(candidate["path"])
+        good += _intact(candidate)
+    rows = store.checkpoints(run_id)
+    store.mark_checkpoints_pruned(run_id, segment, [
+        r["id"] for r in rows if r["pruned_at"] is None and r["path"] not in kept])
+    doomed = {r["path"] for r in rows if r["path"] not in kept
+              and Path(r["path"]).name == checkpoint_path(Path(), r["epoch"]).name}
+    deleted = []
+    for path in sorted(doomed, key=str):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            continue
+        except OSError as error:  # the next checkpoint tries again
+            log.warning("could not delete pruned checkpoint %s: %s", path,
+                        error.strerror or error)
+            continue
+        deleted.append(Path(path))
+    return deleted
+
+
+def _intact(candidate: dict) -> bool:
+    """Whether a candidate's file is there, at its recorded size when one was recorded."""
+    try:
+        size = os.path.getsize(candidate["path"])
+    except OSError:
+        return False
+    return candidate["size_bytes"] is None or size == candidate["size_bytes"]
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

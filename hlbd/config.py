@@ -32,6 +32,9 @@ class TrainConfig:
     max_seq_len: int = 256
     dropout: float = 0.1
     save_interval: int = 5
+    # Checkpoint files kept: the newest N a resume could use (0: all); older ones are
+    # deleted once a newer one is written and recorded, and marked pruned in the store.
+    keep_checkpoints: int = 3
     device: str = "auto"
     amp: bool = True
     step_flush_interval: int = 500
@@ -81,6 +84,8 @@ class TrainConfig:
             (finite(self.eta_min) and self.eta_min >= 0,
              f"--eta-min must be a number >= 0, not {self.eta_min}"),
             (self.save_interval >= 0, "--save-interval must be >= 0"),
+            (isinstance(self.keep_checkpoints, int) and self.keep_checkpoints >= 0,
+             f"--keep-checkpoints must be >= 0 (0: keep all), not {self.keep_checkpoints}"),
             (self.d_model >= 1, "--d-model must be at least 1"),
             (self.n_layers >= 1, "--n-layers must be at least 1"),
             (self.n_heads >= 1, "--n-heads must be at least 1"),

@@ -8,8 +8,9 @@ files stay where they are: their paths are copied as text.
 Each run is copied in one transaction of the destination. Copying again is a no-op; a
 run that went on at the source after an earlier copy brings what is new (segments,
 epochs, steps, ...) and the columns a running run updates (its status, heartbeat,
-``superseded_by`` marks). A destination run with a different history (a row the source
-does not have, or a recorded value that differs) is refused, not merged.
+``superseded_by`` marks, checkpoints' ``pruned_at``). A destination run with a different
+history (a row the source does not have, or a recorded value that differs) is refused,
+not merged.
 """
 
 from __future__ import annotations
@@ -30,8 +31,11 @@ from hlbd.store import Store
 MUTABLE = {
     "runs": {"status", "finished_at", "heartbeat_at", "config", "error"},
     "segments": {"status", "ended_at"},
+    "checkpoints": {"pruned_at"},
 }
 MUTABLE_ANYWHERE = {"superseded_by"}
+# Marks that are set once and never cleared: a copy does not clear one the destination has.
+SET_ONCE = {"pruned_at"}
 
 
 @dataclass
@@ -236,7 +240,8 @@ def _plan(src: dict[str, list[dict]], dst: dict[str, list[dict]]):
                     return (f"the destination's run has a different history: "
                             f"{table.name} {_describe(table, row)}: {column} is "
                             f"{row[column]!r} there, {match[column]!r} here")
-            values = {c: match[c] for c in mutable if not _same(row[c], match[c])}
+            values = {c: match[c] for c in mutable if not _same(row[c], match[c])
+                      and not (c in SET_ONCE and match[c] is None)}
             if values:
                 key = ((row[surrogate],) if surrogate else
                        tuple(row[c.name] for c in table.primary_key.columns))

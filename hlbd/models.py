@@ -156,6 +156,8 @@ class Checkpoint(Base):
     path: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime)
     size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    # When hlbd deleted the file (--keep-checkpoints); NULL: not pruned.
+    pruned_at: Mapped[datetime | None] = mapped_column(DateTime)
 
 
 class Anomaly(Base):

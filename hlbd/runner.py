@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from hlbd.checkpoint import load_checkpoint
+from hlbd.checkpoint import load_checkpoint, prune_checkpoints
 from hlbd.config import TrainConfig
 from hlbd.data import Pair, load_datasets, mix
 from hlbd.distributed import Dist
@@ -127,7 +127,8 @@ def _run(config, store, run_id, segment, run_dir, examples, tokenizer, dataset_s
             place.launch({"run_id": run_id, "segment": segment, "run_dir": str(run_dir),
                           "config": config.to_dict(), "vocab": tokenizer.vocab,
                           "examples": examples, "resume": resume})
-            result = train(config, examples, tokenizer, recorder, run_dir, run_id,
+            result = train(config, examples, tokenizer,
+                           _Pruning(recorder, config.keep_checkpoints), run_dir, run_id,
                            resume=resume, segment=segment, should_stop=should_stop,
                            progress=progress, place=place)
         finally:
@@ -151,6 +152,23 @@ def _run(config, store, run_id, segment, run_dir, examples, tokenizer, dataset_s
     _close(store, run_id, segment, "finished")
     place.barrier()
     return RunOutcome(run_id, "finished", result.last_epoch, run_dir)
+
+
+class _Pruning:
+    """The recorder, with the run's older checkpoint files pruned to the newest ``keep``
+    (--keep-checkpoints) each time a new checkpoint is written and recorded."""
+
+    def __init__(self, recorder: StoreRecorder, keep: int):
+        self._recorder = recorder
+        self._keep = keep
+
+    def on_checkpoint(self, epoch: int, path: Path, size_bytes: int) -> None:
+        self._recorder.on_checkpoint(epoch, path, size_bytes)  # recorded when it returns
+        recorder = self._recorder
+        prune_checkpoints(recorder.store, recorder.run_id, recorder.segment, self._keep)
+
+    def __getattr__(self, name: str):
+        return getattr(self._recorder, name)
 
 
 def follow(place: Dist, *, should_stop: Callable[[], bool] = lambda: False) -> RunOutcome:
@@ -187,7 +205,15 @@ def _close(store: Store, run_id: str, segment: int, status: str,
 
 # What a resume may change; every other flag must match the checkpoint's config, since
 # the restored model, optimizer and scheduler states were made under it.
-RESUME_SETTABLE = ("epochs", "save_interval", "device", "step_flush_interval")
+RESUME_SETTABLE = ("epochs", "save_interval", "keep_checkpoints", "device",
+                   "step_flush_interval")
+
+
+def check_overrides(overrides: dict) -> None:
+    """HlbdError naming the first resume flag (RESUME_SETTABLE) whose value is bad."""
+    given = {k: v for k, v in overrides.items() if k in RESUME_SETTABLE and v is not None}
+    for message in TrainConfig(**given).problems():
+        raise HlbdError(message)
 
 
 def resume_run(store: Store, run_id: str, *, epochs: int | None = None,

@@ -298,6 +298,18 @@ class Store:
                 run_id=run_id, segment=segment, epoch=epoch, path=path,
                 created_at=utcnow(), size_bytes=size_bytes))
 
+    def mark_checkpoints_pruned(self, run_id: str, segment: int, ids: Sequence[int]) -> None:
+        """Mark checkpoint rows ``ids`` of ``run_id`` as pruned (their files are about to
+        be deleted), by attempt ``segment``, which must still hold the run."""
+        if not ids:
+            return
+        now = utcnow()
+        with self.engine.begin() as conn:
+            self._hold(conn, run_id, segment, now)
+            conn.execute(update(Checkpoint).where(
+                Checkpoint.run_id == run_id, Checkpoint.id.in_(list(ids)),
+                Checkpoint.pruned_at.is_(None)).values(pruned_at=now))
+
     def record_anomalies(self, run_id: str, segment: int, flags: Sequence[dict]) -> None:
         if not flags:
             return
@@ -423,7 +435,8 @@ class Store:
     def newest_checkpoint(self, run_id: str) -> dict | None:
         """The checkpoint to resume ``run_id`` from: the newest on its effective history.
 
-        Returns ``{"segment", "epoch", "path"}`` or None (see checkpoint_candidates).
+        Returns ``{"segment", "epoch", "path", "size_bytes"}`` or None (see
+        checkpoint_candidates).
         """
         return next(iter(self.checkpoint_candidates(run_id)), None)
 
@@ -431,13 +444,18 @@ class Store:
         """The checkpoints ``run_id`` could resume from, newest first.
 
         Candidates are the run's checkpoints and the files its segments resumed from,
-        less those a later segment superseded. Each is ``{"segment", "epoch", "path"}``.
+        less those a later segment superseded and those pruned (their files deleted).
+        Each is ``{"segment", "epoch", "path", "size_bytes"}`` (size: None for a file
+        only a segment names).
         """
         segments = self.segments(run_id)
-        candidates = [{"segment": c["segment"], "epoch": c["epoch"], "path": c["path"]}
-                      for c in self.checkpoints(run_id)]
+        rows = self.checkpoints(run_id)
+        candidates = [{"segment": c["segment"], "epoch": c["epoch"], "path": c["path"],
+                       "size_bytes": c["size_bytes"]} for c in rows if c["pruned_at"] is None]
         candidates += [{"segment": s["segment"], "epoch": s["start_epoch"],
-                        "path": s["resumed_from"]} for s in segments if s["resumed_from"]]
+                        "path": s["resumed_from"], "size_bytes": None}
+                       for s in segments
+                       if s["resumed_from"] and not _pruned_start(rows, s)]
         effective = [c for c in candidates
                      if not superseded(segments, c["segment"], c["epoch"])]
         newest_first, seen = [], set()
@@ -457,6 +475,14 @@ class Store:
             query = query.where(Anomaly.superseded_by.is_(None))
         with self.engine.connect() as conn:
             return [_join_nans(dict(r), "anomalies") for r in conn.execute(query).mappings()]
+
+
+def _pruned_start(checkpoints: Sequence[dict], segment: dict) -> bool:
+    """Whether the file ``segment`` resumed from is a checkpoint of the run that was
+    pruned since: the newest row of that path and epoch written before the segment."""
+    written = [c for c in checkpoints if c["path"] == segment["resumed_from"]
+               and c["epoch"] == segment["start_epoch"] and c["segment"] < segment["segment"]]
+    return bool(written) and written[-1]["pruned_at"] is not None
 
 
 def superseded(segments: Sequence[dict], segment: int, epoch: int) -> bool:

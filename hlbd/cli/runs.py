@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import click
 
@@ -67,9 +68,23 @@ def show(run_id: str, all_segments: bool, db: str | None) -> None:
     epochs = store.epochs(run["run_id"], include_superseded=all_segments)
     if not epochs:
         click.echo("no epochs recorded")
-        return
-    columns = EPOCH_COLUMNS + (["superseded_by"] if all_segments else [])
-    click.echo(table(columns, [[e.get(c) for c in columns] for e in epochs]))
+    else:
+        columns = EPOCH_COLUMNS + (["superseded_by"] if all_segments else [])
+        click.echo(table(columns, [[e.get(c) for c in columns] for e in epochs]))
+    checkpoints = store.checkpoints(run["run_id"])
+    if checkpoints:
+        click.echo("checkpoints")
+        click.echo(table(["epoch", "segment", "created (UTC)", "size_bytes", "file", "path"],
+                         [[c["epoch"], c["segment"], f"{c['created_at']:%Y-%m-%d %H:%M:%S}",
+                           c["size_bytes"], _file_state(c), c["path"]]
+                          for c in checkpoints]))
+
+
+def _file_state(checkpoint: dict) -> str:
+    """``pruned <when>`` (deleted by --keep-checkpoints), ``on disk`` or ``missing``."""
+    if checkpoint["pruned_at"] is not None:
+        return f"pruned {checkpoint['pruned_at']:%Y-%m-%d %H:%M:%S}"
+    return "on disk" if os.path.isfile(checkpoint["path"]) else "missing"
 
 
 COMMANDS = [runs, show]

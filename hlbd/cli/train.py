@@ -34,6 +34,8 @@ TRAIN_FLAGS = [
     ("--t-mult", "t_mult", int, "CosineAnnealingWarmRestarts T_mult."),
     ("--eta-min", "eta_min", float, "CosineAnnealingWarmRestarts eta_min."),
     ("--save-interval", "save_interval", int, "Checkpoint every N epochs (and at the end)."),
+    ("--keep-checkpoints", "keep_checkpoints", int,
+     "Keep the newest N checkpoint files (0: all); older ones go once a newer one is saved."),
     ("--d-model", "d_model", int, "Model width."),
     ("--n-layers", "n_layers", int, "Transformer layers."),
     ("--n-heads", "n_heads", int, "Attention heads."),
@@ -285,6 +287,8 @@ def train(dataset, datasets, name, resume, force, quiet, runs_dir, ddp_timeout, 
         if paths:
             config.datasets = paths
         runner.check_config(config)  # before the database is even opened
+    else:
+        runner.check_overrides(given)
 
     def lead(place, should_stop) -> runner.RunOutcome:
         if not resume and int(os.environ.get("TORCHELASTIC_RESTART_COUNT") or 0) > 0:
@@ -323,6 +327,8 @@ def resume(run_id, epochs, force, quiet, ddp_timeout, db, **flags) -> None:
 
     Example: hlbd resume --run-id 3f2a --epochs 10
     """
+    runner.check_overrides(flags)  # before the database is even opened
+
     def lead(place, should_stop) -> runner.RunOutcome:
         store = Store.open(db)
         return runner.resume_run(store, run_id, epochs=epochs, force=force,
