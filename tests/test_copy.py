@@ -140,6 +140,30 @@ def test_a_run_that_went_on_brings_its_new_segments(laptop, source, db_url):
     assert every_row(db_url) == every_row_of(source, laptop["wild"])
 
 
+def test_a_checkpoint_pruned_after_a_copy_is_marked_by_the_next_and_never_unmarked(
+        laptop, source, db_url):
+    run_id = laptop["resumed"]
+    copy_runs(source, db_url, [run_id])
+    store = Store.open(source)
+    first = store.checkpoints(run_id)[0]
+    store.mark_checkpoints_pruned(run_id, 2, [first["id"]])  # as --keep-checkpoints does
+    store.close()
+
+    (outcome,) = copy_runs(source, db_url, [run_id])
+
+    assert outcome.outcome == "updated" and outcome.changed["checkpoints"] == 1
+    assert every_row(db_url) == every_row_of(source, run_id)
+    # A source without the mark (say, an older copy of the file) does not clear it.
+    store = Store.open(source)
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE checkpoints SET pruned_at = NULL")
+    store.close()
+    assert copy_runs(source, db_url, [run_id])[0].outcome == "already copied"
+    dst = Store.open(db_url)
+    assert dst.checkpoints(run_id)[0]["pruned_at"] is not None
+    dst.close()
+
+
 def every_row_of(db: str, run_id: str) -> dict[str, list]:
     rows = every_row(db)
     return {name: [r for r in rows[name] if run_id in r] for name in rows}
