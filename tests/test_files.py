@@ -138,6 +138,17 @@ def test_on_a_terminal_the_progress_bar_is_drawn(tmp_path, procs):
     assert "epoch 2/2" in text
 
 
+def test_a_stderr_closed_before_the_start_does_not_fail_the_run(tmp_path, procs):
+    db = tmp_path / "runs.db"
+    argv = ["sh", "-c", 'exec "$0" -m hlbd "$@" 2>&-', sys.executable, "train", "--db",
+            str(db), "--runs-dir", str(tmp_path / "runs"), *LOUD, "--epochs", "1"]
+    code, out, _ = finish(procs.start(argv))
+    assert code == 0, out
+    store = Store.open_read_only(str(db))
+    assert [r["status"] for r in store.list_runs()] == ["finished"]
+    store.close()
+
+
 # -- file modes ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("umask, mode, folder_mode", [(0o022, 0o644, 0o755),

@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import click
 
@@ -173,11 +173,16 @@ class TolerantStream:
 def tolerant_output():
     """stdout and stderr as TolerantStreams for the length of a run."""
     streams = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = TolerantStream(sys.stdout), TolerantStream(sys.stderr)
-    try:
-        yield sys.stdout, sys.stderr
-    finally:
-        sys.stdout, sys.stderr = streams
+    with ExitStack() as files:
+        # A stream closed before the start (`2>&-`) is None: it writes to /dev/null, which
+        # also takes the free descriptor, so no file opened later (the database) gets it.
+        sys.stdout, sys.stderr = (TolerantStream(
+            stream if stream is not None else files.enter_context(open(os.devnull, "w")))
+            for stream in streams)
+        try:
+            yield sys.stdout, sys.stderr
+        finally:
+            sys.stdout, sys.stderr = streams
 
 
 def _print_run_id(run_id: str) -> None:
