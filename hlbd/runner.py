@@ -307,6 +307,9 @@ def resume_checkpoint(store: Store, path: str | Path, *, epochs: int | None = No
                 "two attempts in one history (`hlbd resume` picks the newest current one)")
     place = place or Dist()
     plan = _plan_resume(run, state, str(path), epochs, overrides or {}, place)
+    # Recorded absolute, as checkpoint rows are: a later resume or pruning, from another
+    # working directory, must find (or recognise) the same file.
+    plan.path = os.path.abspath(path)
     if run is None:  # the imported run is created only if no stop was asked for
         _stop_if_asked(kwargs.get("should_stop", lambda: False), "run")
         run = _import_checkpoint_run(store, plan, name, runs_root or runs_dir())

@@ -28,7 +28,7 @@ from conftest import tiny_config
 from hlbd import database
 from hlbd.checkpoint import load_checkpoint, prune_checkpoints
 from hlbd.cli import main
-from hlbd.runner import resume_run, start_run
+from hlbd.runner import resume_checkpoint, resume_run, start_run
 from hlbd.store import Store
 
 LOUD = [flag for flag in TINY if flag != "--quiet"]  # the tiny model, progress as usual
@@ -187,6 +187,22 @@ def test_a_missing_or_damaged_file_is_not_counted_so_the_newest_good_one_stays(
     assert "checkpoint_epoch_3.pt: not a loadable checkpoint" in caplog.text
     assert resumed.status == "finished"
     assert [e["epoch"] for e in store.epochs(run.run_id)] == [1, 2, 3, 4]
+    store.close()
+
+
+def test_a_resume_from_a_relative_path_records_it_absolute_so_pruning_knows_the_file(
+        tmp_path, monkeypatch):
+    store = Store.open(str(tmp_path / "runs.db"))
+    run = start_run(tiny_config(epochs=2, save_interval=1, keep_checkpoints=1), store,
+                    runs_root=tmp_path / "runs", progress=False)
+    monkeypatch.chdir(run.run_dir)
+
+    resume_checkpoint(store, "checkpoint_epoch_2.pt", epochs=3, progress=False)
+
+    assert store.segments(run.run_id)[1]["resumed_from"] == str(
+        run.run_dir / "checkpoint_epoch_2.pt")
+    assert files(run.run_dir) == ["checkpoint_epoch_3.pt", "experiment_report.json"]
+    assert [c["epoch"] for c in store.checkpoint_candidates(run.run_id)] == [3]
     store.close()
 
 
