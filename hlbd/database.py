@@ -224,7 +224,11 @@ def migrations_dir() -> Path:
     """The folder of hlbd's Alembic environment, found with importlib.resources: in a
     checkout (``pip install -e .``) the top-level migrations/, in a wheel install its copy
     inside the package."""
-    folder = resources.files(MIGRATIONS_PACKAGE)
+    try:
+        folder = resources.files(MIGRATIONS_PACKAGE)
+    except ModuleNotFoundError:  # hlbd on sys.path by hand, never installed
+        raise StoreError(f"hlbd's migrations ({MIGRATIONS_PACKAGE}) are not installed; "
+                         "install hlbd with pip (in a checkout: pip install -e .)") from None
     # Alembic reads a folder on disk: pip installs hlbd unpacked, so files() is one (what
     # as_file would hand back unchanged); a zipped hlbd is refused rather than extracted.
     if not isinstance(folder, Path) or not (folder / "env.py").is_file():

@@ -26,7 +26,11 @@ LOCAL = ("--browser.gatherUsageStats", "false", "--server.address", "localhost",
 def app_script() -> Path:
     """The explorer's page script, found with importlib.resources: app/main.py of a
     checkout, or its copy inside an installed hlbd."""
-    folder = resources.files(APP_PACKAGE)
+    try:
+        folder = resources.files(APP_PACKAGE)
+    except ModuleNotFoundError:  # hlbd on sys.path by hand, never installed
+        raise HlbdError(f"the explorer ({APP_PACKAGE}) is not installed; install hlbd with "
+                        "pip (in a checkout: pip install -e .)") from None
     # Streamlit runs a file and imports its siblings from that folder: a real one (pip
     # installs hlbd unpacked); a zipped hlbd is refused rather than extracted.
     if not isinstance(folder, Path) or not (folder / "main.py").is_file():
@@ -41,8 +45,8 @@ def app_script() -> Path:
 def ui(db: str | None, streamlit_args: tuple[str, ...]) -> None:
     """Open the explorer: compare runs, flag anomalies, query with SQL (read-only).
 
-    Runs `streamlit run app/main.py` with HLBD_DB set to the database; further
-    arguments go to streamlit (e.g. --server.port 8502).
+    Runs `streamlit run app/main.py` (the copy installed with hlbd) with HLBD_DB set to
+    the database, local only; further arguments go to streamlit (e.g. --server.port 8502).
 
     Example: hlbd ui --db runs.db --server.port 8502
     """
