@@ -282,8 +282,10 @@ def train(dataset, datasets, name, resume, force, quiet, runs_dir, ddp_timeout, 
 
     Under torchrun the processes train one run together (DDP); rank 0 records it.
 
-    Example: hlbd train --datasets data/HLBD_Hardcore_Full.json data/HLBD_Full_V2.json
-    --epochs 3 --name both
+    The real HLBD files are in ../shared/data beside the checkout (run from the checkout).
+
+    Example: hlbd train --datasets ../shared/data/HLBD_Hardcore_Full.json
+    ../shared/data/HLBD_Full_V2.json --epochs 3 --name both
     """
     from hlbd import runner
 
