@@ -82,15 +82,17 @@ def expected_lrs(config: dict, epochs: int) -> list[float] | None:
 @functools.lru_cache(maxsize=32)
 def _scheduler_lrs(base: float, t_0: int, t_mult: int, eta_min: float,
                    epochs: int) -> tuple[float, ...]:
-    import torch  # the real scheduler class, not a re-derived formula
-
-    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=base)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
-        optimizer, T_0=t_0, T_mult=t_mult, eta_min=eta_min)
+    # torch's CosineAnnealingWarmRestarts stepped once per epoch, statement for statement
+    # (its get_lr and step), in plain floats: the same numbers to the last bit, without
+    # importing torch into `hlbd anomalies` (tests/test_anomalies.py holds the two equal).
     lrs = []
+    t_cur, t_i = 0, t_0
     for _ in range(epochs):
-        lrs.append(optimizer.param_groups[0]["lr"])
-        scheduler.step()
+        lrs.append(eta_min + (base - eta_min) * (1 + math.cos(math.pi * t_cur / t_i)) / 2)
+        t_cur += 1
+        if t_cur >= t_i:
+            t_cur %= t_i
+            t_i *= t_mult
     return tuple(lrs)
 
 

@@ -116,3 +116,21 @@ def name_problem(name: str | None) -> str | None:
         return f"--name is {len(name)} characters long; at most {NAME_MAX}"
     return None
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
+
+# What a resume may change; every other flag must match the checkpoint's config, since
+# the restored model, optimizer and scheduler states were made under it. (Here, not in
+# hlbd.runner, so the CLI builds its flags without importing torch.)
+RESUME_SETTABLE = ("epochs", "save_interval", "keep_checkpoints", "device",
+                   "step_flush_interval")
+
+
+def check_overrides(overrides: dict) -> None:
+    """HlbdError naming the first resume flag (RESUME_SETTABLE) whose value is bad."""
+    from hlbd.errors import HlbdError
+
+    given = {k: v for k, v in overrides.items() if k in RESUME_SETTABLE and v is not None}
+    for message in TrainConfig(**given).problems():
+        raise HlbdError(message)
+
+# Under torchrun: seconds a rank waits for the others in any collective (--ddp-timeout).
+DDP_TIMEOUT_SECONDS = 300

@@ -24,6 +24,7 @@ import sqlite3
 import time
 import urllib.parse
 from collections.abc import Iterator
+from importlib import resources
 from pathlib import Path
 
 from alembic import command
@@ -39,7 +40,9 @@ from hlbd.errors import NoDatabaseError, SchemaTooNewError, StoreError
 
 DEFAULT_DB_FILE = "hlbd.db"
 BUSY_TIMEOUT_MS = 30_000
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+# The Alembic environment: the top-level migrations/ folder of a checkout, shipped inside
+# the package as hlbd.migrations (pyproject's package-dir), so an installed hlbd has it.
+MIGRATIONS_PACKAGE = "hlbd.migrations"
 
 
 def resolve_db_url(db: str | None = None) -> str:
@@ -217,12 +220,26 @@ def read_engine(url: str) -> Engine:
                          poolclass=QueuePool)
 
 
+def migrations_dir() -> Path:
+    """The folder of hlbd's Alembic environment, found with importlib.resources: in a
+    checkout (``pip install -e .``) the top-level migrations/, in a wheel install its copy
+    inside the package."""
+    try:
+        folder = resources.files(MIGRATIONS_PACKAGE)
+    except ModuleNotFoundError:  # hlbd on sys.path by hand, never installed
+        raise StoreError(f"hlbd's migrations ({MIGRATIONS_PACKAGE}) are not installed; "
+                         "install hlbd with pip (in a checkout: pip install -e .)") from None
+    # Alembic reads a folder on disk: pip installs hlbd unpacked, so files() is one (what
+    # as_file would hand back unchanged); a zipped hlbd is refused rather than extracted.
+    if not isinstance(folder, Path) or not (folder / "env.py").is_file():
+        raise StoreError(f"hlbd's migrations are not a folder with env.py at {folder} (a "
+                         "broken or zipped install); reinstall hlbd with pip")
+    return folder
+
+
 def _alembic_config(connection=None) -> Config:
-    if not (MIGRATIONS_DIR / "env.py").exists():
-        raise StoreError(f"migrations not found at {MIGRATIONS_DIR}; install hlbd with "
-                         "`pip install -e .` from its source tree")
     cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("script_location", str(migrations_dir()))
     if connection is not None:
         cfg.attributes["connection"] = connection
     return cfg

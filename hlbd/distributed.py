@@ -25,10 +25,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from hlbd.config import DDP_TIMEOUT_SECONDS
 from hlbd.errors import HlbdError
 
 log = logging.getLogger(__name__)
-DEFAULT_TIMEOUT_SECONDS = 300
 
 
 class LeaderFailed(HlbdError):
@@ -130,7 +130,7 @@ class Dist:
             dist.destroy_process_group()
 
 
-def from_environment(timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS) -> Dist:
+def from_environment(timeout_seconds: float = DDP_TIMEOUT_SECONDS) -> Dist:
     """This process's Dist: under torchrun (``WORLD_SIZE`` > 1) joins the process group,
     with ``timeout_seconds`` on every collective; else the single process."""
     try:

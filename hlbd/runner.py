@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hlbd.checkpoint import load_checkpoint, prune_checkpoints
-from hlbd.config import TrainConfig
+from hlbd.config import RESUME_SETTABLE, TrainConfig
 from hlbd.data import Pair, load_datasets, mix
 from hlbd.distributed import Dist
 from hlbd.errors import CheckpointError, ClaimLostError, HlbdError, UnknownRunError
@@ -201,19 +201,6 @@ def _close(store: Store, run_id: str, segment: int, status: str,
         raise RunFailed(f"run {run_id} was taken over by a later attempt while attempt "
                         f"{segment} ran; this process stopped ({status}) without changing "
                         "the run's status")
-
-
-# What a resume may change; every other flag must match the checkpoint's config, since
-# the restored model, optimizer and scheduler states were made under it.
-RESUME_SETTABLE = ("epochs", "save_interval", "keep_checkpoints", "device",
-                   "step_flush_interval")
-
-
-def check_overrides(overrides: dict) -> None:
-    """HlbdError naming the first resume flag (RESUME_SETTABLE) whose value is bad."""
-    given = {k: v for k, v in overrides.items() if k in RESUME_SETTABLE and v is not None}
-    for message in TrainConfig(**given).problems():
-        raise HlbdError(message)
 
 
 def resume_run(store: Store, run_id: str, *, epochs: int | None = None,

@@ -7,7 +7,7 @@ import math
 import torch
 from click.testing import CliRunner
 
-from hlbd.anomalies import Thresholds, detect
+from hlbd.anomalies import Thresholds, detect, expected_lrs
 from hlbd.checkpoint import load_checkpoint, save_checkpoint
 from hlbd.cli import main
 from hlbd.config import TrainConfig
@@ -124,3 +124,18 @@ def test_an_epoch_with_only_a_mean_grad_norm_is_still_checked_for_explosion():
                "lr": None}]
     (flag,) = detect(run, epochs)
     assert (flag["rule"], flag["value"], flag["step"]) == ("grad_explosion", 12.5, None)
+
+
+def test_the_expected_lrs_are_the_trainers_scheduler_to_the_last_bit():
+    # The LR rule computes the schedule without torch (so `hlbd anomalies` starts fast):
+    # it must be exactly what the trainer's CosineAnnealingWarmRestarts sets.
+    for lr, t_0, t_mult, eta_min in [(2e-3, 10, 2, 1e-5), (0.1, 1, 1, 0.0), (3e-4, 3, 3, 0.0),
+                                     (1.0, 7, 1, 0.5), (5e-2, 2, 2, 1e-6)]:
+        config = TrainConfig(lr=lr, t_0=t_0, t_mult=t_mult, eta_min=eta_min, epochs=150)
+        optimizer = torch.optim.AdamW([torch.zeros(1, requires_grad=True)], lr=lr)
+        scheduler = make_scheduler(optimizer, config)
+        used = []
+        for _ in range(config.epochs):
+            used.append(optimizer.param_groups[0]["lr"])
+            scheduler.step()
+        assert expected_lrs(config.to_dict(), config.epochs) == used

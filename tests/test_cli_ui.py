@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -11,7 +12,10 @@ from explorer_helpers import APP, free_port, streamlit_flags, wait_until_serving
 
 from hlbd import database
 from hlbd.cli import main
+from hlbd.cli.ui import LOCAL
 from hlbd.store import Store
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_hlbd_ui_serves_the_explorer_with_hlbd_db_set_to_the_database(tmp_path):
@@ -37,3 +41,13 @@ def test_hlbd_ui_help_ends_with_an_example():
     result = CliRunner().invoke(main, ["ui", "--help"])
     assert result.exit_code == 0
     assert "Example: hlbd ui" in result.output
+
+
+def test_hlbd_ui_passes_every_setting_of_the_projects_streamlit_config():
+    # .streamlit/config.toml is read only when streamlit starts in the project folder;
+    # hlbd ui, started anywhere, passes the same settings as flags.
+    config = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text())
+    settings = {f"--{section}.{key}": str(value).lower() if isinstance(value, bool) else value
+                for section, values in config.items() for key, value in values.items()}
+    flags = dict(zip(LOCAL[::2], LOCAL[1::2]))
+    assert flags == settings

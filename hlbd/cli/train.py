@@ -9,14 +9,26 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack, contextmanager
+from typing import TYPE_CHECKING
 
 import click
 
-from hlbd import distributed, runner
 from hlbd.cli.options import db_option
-from hlbd.config import TrainConfig, name_problem
+from hlbd.config import (
+    DDP_TIMEOUT_SECONDS,
+    RESUME_SETTABLE,
+    TrainConfig,
+    check_overrides,
+    name_problem,
+)
 from hlbd.errors import HlbdError
 from hlbd.store import Store
+
+if TYPE_CHECKING:
+    from hlbd import runner
+
+# hlbd.runner and hlbd.distributed import torch: they are imported where a run starts, so
+# every other command (and --help) starts without it.
 
 DEFAULTS = TrainConfig()
 
@@ -60,7 +72,7 @@ def train_options(func, fields: Sequence[str] | None = None, default: str | None
 
 def resume_options(func):
     """The training flags a resume may change; the others are the checkpoint's."""
-    return train_options(func, [f for f in runner.RESUME_SETTABLE if f != "epochs"],
+    return train_options(func, [f for f in RESUME_SETTABLE if f != "epochs"],
                          default="as in the checkpoint")
 
 
@@ -72,7 +84,7 @@ def runs_dir_option(func):
 def ddp_timeout_option(func):
     return click.option(
         "--ddp-timeout", type=click.FloatRange(min=1), show_default=True,
-        default=distributed.DEFAULT_TIMEOUT_SECONDS,
+        default=DDP_TIMEOUT_SECONDS,
         help="Under torchrun: seconds a rank waits for the others in any collective before "
              "the run fails (a rank that died or hangs).")(func)
 
@@ -200,6 +212,8 @@ def recorded_run(main: bool = True):
     exits 141 (a closed pipe, as SIGPIPE would) or 1 (another write error).
     ``main``: False on torchrun ranks other than 0, which say nothing (rank 0 does).
     """
+    from hlbd import runner
+
     with tolerant_output() as (out, err), stop_on_signals(announce=main) as should_stop:
         outcome: list[runner.RunOutcome] = []
         say = err.write if main else len
@@ -239,6 +253,8 @@ def run_as_rank(timeout: float, lead: Callable[..., runner.RunOutcome]) -> None:
     An error of rank 0 before training is raised on rank 0 and on the first process of
     every other machine (the rest exit 1 quietly: one line per machine, not per rank).
     """
+    from hlbd import distributed, runner
+
     place = distributed.from_environment(timeout)
     try:
         with recorded_run(main=place.is_main) as (should_stop, report):
@@ -279,9 +295,13 @@ def train(dataset, datasets, name, resume, force, quiet, runs_dir, ddp_timeout, 
 
     Under torchrun the processes train one run together (DDP); rank 0 records it.
 
-    Example: hlbd train --datasets data/HLBD_Hardcore_Full.json data/HLBD_Full_V2.json
-    --epochs 3 --name both
+    The real HLBD files are in ../shared/data beside the checkout (run from the checkout).
+
+    Example: hlbd train --datasets ../shared/data/HLBD_Hardcore_Full.json
+    ../shared/data/HLBD_Full_V2.json --epochs 3 --name both
     """
+    from hlbd import runner
+
     given = {k: v for k, v in flags.items() if v is not None}
     paths = [*dataset, *datasets, *more_datasets]
     config = None
@@ -293,7 +313,7 @@ def train(dataset, datasets, name, resume, force, quiet, runs_dir, ddp_timeout, 
             config.datasets = paths
         runner.check_config(config)  # before the database is even opened
     else:
-        runner.check_overrides(given)
+        check_overrides(given)
 
     def lead(place, should_stop) -> runner.RunOutcome:
         if not resume and int(os.environ.get("TORCHELASTIC_RESTART_COUNT") or 0) > 0:
@@ -332,7 +352,8 @@ def resume(run_id, epochs, force, quiet, ddp_timeout, db, **flags) -> None:
 
     Example: hlbd resume --run-id 3f2a --epochs 10
     """
-    runner.check_overrides(flags)  # before the database is even opened
+    check_overrides(flags)  # before the database is even opened
+    from hlbd import runner
 
     def lead(place, should_stop) -> runner.RunOutcome:
         store = Store.open(db)
