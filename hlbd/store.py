@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, exc, exists, func, insert, select, update
+from sqlalchemy import Engine, and_, bindparam, exc, exists, func, insert, select, update
 from sqlalchemy.orm import aliased
 
 from hlbd import database
@@ -34,6 +34,16 @@ STALE_AFTER = timedelta(seconds=120)
 # Steps per row of step_rollups (the explorer reads long runs from there, see
 # hlbd.compare); migration 0003 filled it for steps recorded before it existed.
 ROLLUP_STEPS = 32
+
+
+# Store._hold's statements, built once (building them per write cost more than the write).
+_HOLD_SEGMENT = (update(Segment)
+                 .where(Segment.run_id == bindparam("hold_run"),
+                        Segment.segment == bindparam("hold_segment"),
+                        Segment.status != "crashed")
+                 .values(status=Segment.status))
+_HEARTBEAT = (update(Run).where(Run.run_id == bindparam("beat_run"))
+              .values(heartbeat_at=bindparam("beat_at", type_=Run.heartbeat_at.type)))
 
 
 def utcnow() -> datetime:
@@ -203,14 +213,13 @@ class Store:
         own segment row, so on a server it waits for a takeover in progress and then
         sees its outcome (a condition on another row could read an older snapshot).
         """
-        mine = conn.execute(update(Segment).where(
-            Segment.run_id == run_id, Segment.segment == segment,
-            Segment.status != "crashed").values(status=Segment.status)).rowcount
+        mine = conn.execute(_HOLD_SEGMENT, {"hold_run": run_id,
+                                            "hold_segment": segment}).rowcount
         if mine != 1:
             raise ClaimLostError(f"run {run_id} was taken over by a later attempt while "
                                  f"attempt {segment} (process {os.getpid()}) was running; "
                                  "this process stopped without recording more")
-        conn.execute(update(Run).where(Run.run_id == run_id).values(heartbeat_at=now))
+        conn.execute(_HEARTBEAT, {"beat_run": run_id, "beat_at": now})
 
     def record_epoch(self, run_id: str, segment: int, epoch: dict[str, Any],
                      steps: Sequence[dict[str, Any]] = ()) -> None:
