@@ -45,6 +45,10 @@ _HOLD_SEGMENT = (update(Segment)
 _HEARTBEAT = (update(Run).where(Run.run_id == bindparam("beat_run"))
               .values(heartbeat_at=bindparam("beat_at", type_=Run.heartbeat_at.type)))
 
+# Store.steps' columns, in the order it unpacks them.
+_STEPS_READ = ("SELECT segment, step, epoch, loss, loss_is_nan, grad_norm, grad_norm_is_nan, "
+               "lr, lr_is_nan, superseded_by FROM steps")
+
 
 def utcnow() -> datetime:
     """Naive UTC time, the form every timestamp in the store takes."""
@@ -402,16 +406,38 @@ class Store:
 
     def steps(self, run_id: str, *, include_superseded: bool = False,
               epochs: Sequence[int] | None = None) -> list[dict]:
-        """Per-step rows of a run in step order (only those of ``epochs`` when given)."""
-        query = select(Step).where(Step.run_id == run_id)
-        if epochs is not None:
-            query = query.where(Step.epoch.in_(list(epochs)))
-        if not include_superseded:
-            query = query.where(Step.superseded_by.is_(None))
-        query = query.order_by(Step.step, Step.segment)
+        """Per-step rows of a run in step order (only those of ``epochs`` when given).
+
+        Each row: run_id, segment, step, epoch, loss, grad_norm, lr (NaN for a measured
+        NaN, None for a value not recorded) and superseded_by.
+        """
         with self.engine.connect() as conn:
-            rows = [dict(r) for r in conn.execute(query).mappings()]
-        return [_join_nans(r, "steps") for r in rows]
+            mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+            sql, params = f"{_STEPS_READ} WHERE run_id = {mark}", [run_id]
+            if epochs is not None:
+                epochs = list(epochs)
+                if not epochs:
+                    return []
+                sql += f" AND epoch IN ({', '.join([mark] * len(epochs))})"
+                params += epochs
+            if not include_superseded:
+                sql += " AND superseded_by IS NULL"
+            # The driver's own cursor and plain tuples: a 100,000-step run is read whole
+            # for an export or the anomaly rules, and SQLAlchemy's rows (ORM or Core)
+            # cost more than the query itself.
+            cursor = conn.connection.dbapi_connection.cursor()
+            try:
+                cursor.execute(f"{sql} ORDER BY step, segment", params)
+                rows = cursor.fetchall()
+            finally:
+                cursor.close()
+        nan = math.nan
+        return [{"run_id": run_id, "segment": segment, "step": step, "epoch": epoch,
+                 "loss": nan if loss_nan else loss,
+                 "grad_norm": nan if norm_nan else norm,
+                 "lr": nan if lr_nan else lr, "superseded_by": superseded_by}
+                for (segment, step, epoch, loss, loss_nan, norm, norm_nan, lr, lr_nan,
+                     superseded_by) in rows]
 
     def segments(self, run_id: str) -> list[dict]:
         """A run's attempts in order; ``hosts`` decoded (a list in rank order, or None)."""
