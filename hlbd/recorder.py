@@ -110,8 +110,8 @@ class BackgroundWriter:
                 if not self._said_behind:
                     self._said_behind = True
                     log.warning("recording is behind: %d rows wait for the store (slow or "
-                                "locked by another process); training waits until they "
-                                "are written", self._pending)
+                                "locked by another process); training waits for room "
+                                "in the queue", self._pending)
                 started = time.perf_counter()
                 self._changed.wait_for(lambda: not self._pending
                                        or self._pending + rows <= self.max_pending)
@@ -159,8 +159,8 @@ class BackgroundWriter:
                     started = time.perf_counter()
                     write(*args)
                     self.busy_seconds += time.perf_counter() - started
-            except Exception as exc:  # noqa: BLE001 - raised in the training thread
-                self._error = exc
+            except Exception as error:  # noqa: BLE001 - raised in the training thread
+                self._error = error
             finally:
                 with self._changed:
                     self._pending -= rows
@@ -254,10 +254,6 @@ class StoreRecorder:
             self._writer.submit(wait_out_locks, self.store.heartbeat, self.run_id,
                                 self.segment)
             self._last_beat = time.monotonic()
-
-    def drain(self) -> None:
-        """Wait until every row handed over is in the store (or its error raised)."""
-        self._writer.drain()
 
     def close(self) -> None:
         self._writer.close()
