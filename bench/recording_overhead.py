@@ -8,9 +8,10 @@ far steadier than wall time on a machine others share). Goal: <= 1.01.
 
     python bench/recording_overhead.py [--epochs 10] [--repeats 5] [--dataset FILE] [--threads N]
 
-Recording costs a fixed ~2-3 ms of work per epoch (one transaction, the report, the
-rules), done in the recorder's thread; the ratio is worst for the bundled data's very
-short epochs (~75 ms on 2 cores), where that thread competes for the same cores.
+Recording costs about 1 ms of CPU per epoch (one transaction, the report, the rules;
+the report's JSON was 3 ms of it until it went through json's C encoder), done in the
+recorder's thread; the ratio is worst for the bundled data's very short epochs (~75 ms
+on 2 idle cores), where that thread competes for the same cores.
 """
 
 from __future__ import annotations
