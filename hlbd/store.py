@@ -227,9 +227,13 @@ class Store:
 
     def record_epoch(self, run_id: str, segment: int, epoch: dict[str, Any],
                      steps: Sequence[dict[str, Any]] = ()) -> None:
-        """Write one epoch's row, its not yet written steps and a heartbeat, atomically."""
-        now = utcnow()
+        """Write one epoch's row, its not yet written steps and a heartbeat, atomically.
+
+        ``recorded_at`` is when the transaction holds the write lock, so a row that
+        waited for another process's lock says when it really reached the store.
+        """
         with self.engine.begin() as conn:
+            now = utcnow()
             self._hold(conn, run_id, segment, now)
             self._insert_steps(conn, run_id, segment, steps)
             conn.execute(insert(Epoch), [_epoch_values(run_id, segment, epoch, now)])
