@@ -9,12 +9,15 @@ records nothing (benchmarks, and the ranks other than 0).
 from __future__ import annotations
 
 import logging
-import queue
+import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
+
+from sqlalchemy import exc
 
 from hlbd.anomalies import Thresholds, detect
 from hlbd.report import build_report, write_report
@@ -65,25 +68,58 @@ class RecordingFailed(Exception):
     """A write to the store or the report failed in the recording thread."""
 
 
+# What may wait in memory for the store (a slow or locked database): step rows (about
+# half a kilobyte each as dicts) plus one per write. Beyond it the loop waits.
+MAX_PENDING_ROWS = 200_000
+# How long a write waits between tries while another process holds the store's lock
+# (each try already waits the busy timeout inside the database driver).
+LOCKED_RETRY_SECONDS = 0.05
+
+
 class BackgroundWriter:
     """One thread that runs the writes handed to it, in order, off the caller's thread.
 
-    The first error stops the writing (nothing after a gap is written, so the record
-    stays in order) and is raised in the caller at its next ``submit``, ``drain`` or
-    ``close``.
+    At most ``max_pending`` rows wait (each write counts its ``rows``, at least 1);
+    beyond that ``submit`` waits for the thread, and says so once. The first error stops
+    the writing (nothing after a gap is written, so the record stays in order) and is
+    raised in the caller at its next ``submit``, ``drain`` or ``close``.
     """
 
-    def __init__(self, name: str = "hlbd-recorder"):
-        self._queue: queue.Queue = queue.Queue()
+    def __init__(self, name: str = "hlbd-recorder", max_pending: int = MAX_PENDING_ROWS):
+        self.max_pending = max_pending
+        self._items: deque = deque()
+        self._pending = 0  # rows submitted and not yet written (or skipped)
+        self._unfinished = 0  # writes submitted and not yet done
+        self._changed = threading.Condition()
+        self._closing = False
         self._error: BaseException | None = None
         self._reported = False
+        self._said_behind = False
         self.busy_seconds = 0.0  # spent writing (benchmarks read it)
+        self.waited_seconds = 0.0  # the caller spent waiting for room in the queue
         self._thread = threading.Thread(target=self._work, name=name, daemon=True)
         self._thread.start()
 
-    def submit(self, write: Callable[..., Any], *args: Any) -> None:
+    def submit(self, write: Callable[..., Any], *args: Any, rows: int = 1) -> None:
+        """Hand ``write(*args)`` to the thread; waits only while the queue is full."""
         self.check()
-        self._queue.put((write, args))
+        rows = max(1, rows)
+        with self._changed:
+            # A write larger than the bound alone still goes in, once the queue is empty.
+            if self._pending and self._pending + rows > self.max_pending:
+                if not self._said_behind:
+                    self._said_behind = True
+                    log.warning("recording is behind: %d rows wait for the store (slow or "
+                                "locked by another process); training waits for room "
+                                "in the queue", self._pending)
+                started = time.perf_counter()
+                self._changed.wait_for(lambda: not self._pending
+                                       or self._pending + rows <= self.max_pending)
+                self.waited_seconds += time.perf_counter() - started
+            self._items.append((write, args, rows))
+            self._pending += rows
+            self._unfinished += 1
+            self._changed.notify_all()
 
     def check(self) -> None:
         """Raise the writer's error, if it has one (cheap: an attribute test)."""
@@ -92,14 +128,16 @@ class BackgroundWriter:
 
     def drain(self) -> None:
         """Wait until everything submitted is written."""
-        self._queue.join()
+        with self._changed:
+            self._changed.wait_for(lambda: not self._unfinished)
         self._raise_error()
 
     def close(self) -> None:
         """Write what is left and end the thread; idempotent."""
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()
+        with self._changed:
+            self._closing = True
+            self._changed.notify_all()
+        self._thread.join()
         self._raise_error()
 
     def _raise_error(self) -> None:
@@ -111,19 +149,58 @@ class BackgroundWriter:
 
     def _work(self) -> None:
         while True:
-            item = self._queue.get()
+            with self._changed:
+                self._changed.wait_for(lambda: self._items or self._closing)
+                if not self._items:
+                    return  # closing, and everything handed over is done
+                write, args, rows = self._items.popleft()
             try:
-                if item is None:
-                    return
-                write, args = item
                 if self._error is None:
                     started = time.perf_counter()
                     write(*args)
                     self.busy_seconds += time.perf_counter() - started
-            except Exception as exc:  # noqa: BLE001 - raised in the training thread
-                self._error = exc
+            except Exception as error:  # noqa: BLE001 - raised in the training thread
+                self._error = error
             finally:
-                self._queue.task_done()
+                with self._changed:
+                    self._pending -= rows
+                    self._unfinished -= 1
+                    self._changed.notify_all()
+
+
+def store_locked(error: BaseException) -> bool:
+    """Whether ``error`` says only that another process holds the database's lock.
+
+    SQLite: "database is locked" (or busy) after its busy timeout; PostgreSQL: the
+    session's lock_timeout ran out (SQLSTATE 55P03). Nothing was written: the
+    transaction rolled back, so the same write can be tried again.
+    """
+    if not isinstance(error, exc.OperationalError):
+        return False
+    original = error.orig
+    if getattr(original, "sqlstate", None) == "55P03":
+        return True
+    message = str(original).lower()
+    return isinstance(original, sqlite3.OperationalError) and (
+        "database is locked" in message or "database is busy" in message)
+
+
+def wait_out_locks(write: Callable[..., Any], *args: Any) -> Any:
+    """``write(*args)`` (one store transaction), tried again for as long as another
+    process holds the store's lock: a long import, a copy or a backup delays the
+    record, never ends it. Any other error is raised at once."""
+    said = False
+    while True:
+        try:
+            return write(*args)
+        except exc.OperationalError as error:
+            if not store_locked(error):
+                raise
+            if not said:
+                said = True
+                log.warning("the run database is locked by another process; the record "
+                            "waits for it (training goes on)")
+            time.sleep(LOCKED_RETRY_SECONDS)
 
 
 class StoreRecorder:
@@ -131,13 +208,17 @@ class StoreRecorder:
 
     After each epoch it applies the anomaly rules to the run so far: each flag is a
     warning line and a row in ``anomalies``. The writes run in a ``BackgroundWriter``,
-    in the order they were handed over; they are drained before a checkpoint is
-    recorded and by ``close`` (which the runner calls on every exit).
+    in the order they were handed over, each waiting out another process's lock on the
+    store. A checkpoint's row is one of those writes: it is written after every row
+    handed over before it, so an epoch's rows are committed when its checkpoint is,
+    without the loop waiting for them. ``close`` (which the runner calls on every exit)
+    writes what is left.
     """
 
     def __init__(self, store: Store, run_id: str, segment: int, run_dir: Path,
                  dataset_stats: dict, config: dict,
-                 thresholds: Thresholds | None = None):
+                 thresholds: Thresholds | None = None,
+                 max_pending: int = MAX_PENDING_ROWS):
         self.store = store
         self.run_id = run_id
         self.segment = segment
@@ -148,27 +229,30 @@ class StoreRecorder:
         self._epochs = store.epochs(run_id)  # the effective history this segment extends
         self._epoch_steps: list[dict] = []  # touched by the writer thread only
         self._last_beat = time.monotonic()
-        self._writer = BackgroundWriter()
+        self._writer = BackgroundWriter(max_pending=max_pending)
 
     def on_steps(self, steps: list[dict]) -> None:
-        self._writer.submit(self._write_steps, steps)
+        self._writer.submit(self._write_steps, steps, rows=len(steps))
         self._last_beat = time.monotonic()
 
     def on_epoch(self, epoch: dict, steps: list[dict], history: dict) -> None:
         # The loop goes on appending to the history lists: hand over their lengths now.
         lengths = {key: len(history[key]) for key in REPORT_LISTS}
-        self._writer.submit(self._write_epoch, epoch, steps, history, lengths)
+        self._writer.submit(self._write_epoch, epoch, steps, history, lengths,
+                            rows=1 + len(steps))
         self._last_beat = time.monotonic()
 
     def on_checkpoint(self, epoch: int, path: Path, size_bytes: int) -> None:
-        # Every epoch up to the checkpoint is in the store before the checkpoint is.
-        self._writer.drain()
-        self.store.record_checkpoint(self.run_id, self.segment, epoch, str(path), size_bytes)
+        # Queued behind every row handed over before it: in the store, no checkpoint is
+        # ahead of its epoch's rows.
+        self._writer.submit(wait_out_locks, self.store.record_checkpoint, self.run_id,
+                            self.segment, epoch, str(path), size_bytes)
 
     def on_alive(self) -> None:
         self._writer.check()  # a failed write stops training at the next step
         if time.monotonic() - self._last_beat >= HEARTBEAT_SECONDS:
-            self._writer.submit(self.store.heartbeat, self.run_id, self.segment)
+            self._writer.submit(wait_out_locks, self.store.heartbeat, self.run_id,
+                                self.segment)
             self._last_beat = time.monotonic()
 
     def close(self) -> None:
@@ -179,13 +263,18 @@ class StoreRecorder:
         """Time the recording thread has spent writing (off the training thread)."""
         return self._writer.busy_seconds
 
+    @property
+    def waited_seconds(self) -> float:
+        """Time the training thread spent waiting for room in a full queue."""
+        return self._writer.waited_seconds
+
     def _write_steps(self, steps: list[dict]) -> None:
-        self.store.record_steps(self.run_id, self.segment, steps)
+        wait_out_locks(self.store.record_steps, self.run_id, self.segment, steps)
         self._epoch_steps.extend(steps)
 
     def _write_epoch(self, epoch: dict, steps: list[dict], history: dict,
                      lengths: dict[str, int]) -> None:
-        self.store.record_epoch(self.run_id, self.segment, epoch, steps)
+        wait_out_locks(self.store.record_epoch, self.run_id, self.segment, epoch, steps)
         until_now = {key: history[key][:n] for key, n in lengths.items()}
         write_report(self.run_dir, build_report(self.run_id, until_now, self.dataset_stats))
         self._epochs.append({**epoch, "segment": self.segment})
@@ -194,4 +283,4 @@ class StoreRecorder:
         self._epoch_steps = []
         for flag in flags:
             log.warning("anomaly [%s] %s", flag["rule"], flag["message"])
-        self.store.record_anomalies(self.run_id, self.segment, flags)
+        wait_out_locks(self.store.record_anomalies, self.run_id, self.segment, flags)

@@ -23,7 +23,7 @@ from hlbd.data import Pair, load_datasets, mix
 from hlbd.distributed import Dist
 from hlbd.errors import CheckpointError, ClaimLostError, HlbdError, UnknownRunError
 from hlbd.fileio import remove_temp_files
-from hlbd.recorder import NullRecorder, StoreRecorder
+from hlbd.recorder import NullRecorder, StoreRecorder, wait_out_locks
 from hlbd.store import Store, superseded
 from hlbd.tokenizer import Tokenizer
 from hlbd.trainer import Examples, TrainingInterrupted, check_device, check_resumable, train
@@ -197,7 +197,8 @@ def follow(place: Dist, *, should_stop: Callable[[], bool] = lambda: False) -> R
 
 def _close(store: Store, run_id: str, segment: int, status: str,
            error: str | None = None) -> None:
-    if not store.finish_run(run_id, segment, status, error):
+    # The last write of the run: like the recorder's, it waits out another process's lock.
+    if not wait_out_locks(store.finish_run, run_id, segment, status, error):
         raise RunFailed(f"run {run_id} was taken over by a later attempt while attempt "
                         f"{segment} ran; this process stopped ({status}) without changing "
                         "the run's status")

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, exc, exists, func, insert, select, update
+from sqlalchemy import Engine, and_, bindparam, exc, exists, func, insert, select, update
 from sqlalchemy.orm import aliased
 
 from hlbd import database
@@ -34,6 +34,20 @@ STALE_AFTER = timedelta(seconds=120)
 # Steps per row of step_rollups (the explorer reads long runs from there, see
 # hlbd.compare); migration 0003 filled it for steps recorded before it existed.
 ROLLUP_STEPS = 32
+
+
+# Store._hold's statements, built once (building them per write cost more than the write).
+_HOLD_SEGMENT = (update(Segment)
+                 .where(Segment.run_id == bindparam("hold_run"),
+                        Segment.segment == bindparam("hold_segment"),
+                        Segment.status != "crashed")
+                 .values(status=Segment.status))
+_HEARTBEAT = (update(Run).where(Run.run_id == bindparam("beat_run"))
+              .values(heartbeat_at=bindparam("beat_at", type_=Run.heartbeat_at.type)))
+
+# Store.steps' columns, in the order it unpacks them.
+_STEPS_READ = ("SELECT segment, step, epoch, loss, loss_is_nan, grad_norm, grad_norm_is_nan, "
+               "lr, lr_is_nan, superseded_by FROM steps")
 
 
 def utcnow() -> datetime:
@@ -203,20 +217,23 @@ class Store:
         own segment row, so on a server it waits for a takeover in progress and then
         sees its outcome (a condition on another row could read an older snapshot).
         """
-        mine = conn.execute(update(Segment).where(
-            Segment.run_id == run_id, Segment.segment == segment,
-            Segment.status != "crashed").values(status=Segment.status)).rowcount
+        mine = conn.execute(_HOLD_SEGMENT, {"hold_run": run_id,
+                                            "hold_segment": segment}).rowcount
         if mine != 1:
             raise ClaimLostError(f"run {run_id} was taken over by a later attempt while "
                                  f"attempt {segment} (process {os.getpid()}) was running; "
                                  "this process stopped without recording more")
-        conn.execute(update(Run).where(Run.run_id == run_id).values(heartbeat_at=now))
+        conn.execute(_HEARTBEAT, {"beat_run": run_id, "beat_at": now})
 
     def record_epoch(self, run_id: str, segment: int, epoch: dict[str, Any],
                      steps: Sequence[dict[str, Any]] = ()) -> None:
-        """Write one epoch's row, its not yet written steps and a heartbeat, atomically."""
-        now = utcnow()
+        """Write one epoch's row, its not yet written steps and a heartbeat, atomically.
+
+        ``recorded_at`` is when the transaction holds the write lock, so a row that
+        waited for another process's lock says when it really reached the store.
+        """
         with self.engine.begin() as conn:
+            now = utcnow()
             self._hold(conn, run_id, segment, now)
             self._insert_steps(conn, run_id, segment, steps)
             conn.execute(insert(Epoch), [_epoch_values(run_id, segment, epoch, now)])
@@ -405,16 +422,38 @@ class Store:
 
     def steps(self, run_id: str, *, include_superseded: bool = False,
               epochs: Sequence[int] | None = None) -> list[dict]:
-        """Per-step rows of a run in step order (only those of ``epochs`` when given)."""
-        query = select(Step).where(Step.run_id == run_id)
-        if epochs is not None:
-            query = query.where(Step.epoch.in_(list(epochs)))
-        if not include_superseded:
-            query = query.where(Step.superseded_by.is_(None))
-        query = query.order_by(Step.step, Step.segment)
+        """Per-step rows of a run in step order (only those of ``epochs`` when given).
+
+        Each row: run_id, segment, step, epoch, loss, grad_norm, lr (NaN for a measured
+        NaN, None for a value not recorded) and superseded_by.
+        """
         with self.engine.connect() as conn:
-            rows = [dict(r) for r in conn.execute(query).mappings()]
-        return [_join_nans(r, "steps") for r in rows]
+            mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+            sql, params = f"{_STEPS_READ} WHERE run_id = {mark}", [run_id]
+            if epochs is not None:
+                epochs = list(epochs)
+                if not epochs:
+                    return []
+                sql += f" AND epoch IN ({', '.join([mark] * len(epochs))})"
+                params += epochs
+            if not include_superseded:
+                sql += " AND superseded_by IS NULL"
+            # The driver's own cursor and plain tuples: a 100,000-step run is read whole
+            # for an export or the anomaly rules, and SQLAlchemy's rows (ORM or Core)
+            # cost more than the query itself.
+            cursor = conn.connection.dbapi_connection.cursor()
+            try:
+                cursor.execute(f"{sql} ORDER BY step, segment", params)
+                rows = cursor.fetchall()
+            finally:
+                cursor.close()
+        nan = math.nan
+        return [{"run_id": run_id, "segment": segment, "step": step, "epoch": epoch,
+                 "loss": nan if loss_nan else loss,
+                 "grad_norm": nan if norm_nan else norm,
+                 "lr": nan if lr_nan else lr, "superseded_by": superseded_by}
+                for (segment, step, epoch, loss, loss_nan, norm, norm_nan, lr, lr_nan,
+                     superseded_by) in rows]
 
     def segments(self, run_id: str) -> list[dict]:
         """A run's attempts in order; ``hosts`` decoded (a list in rank order, or None)."""
