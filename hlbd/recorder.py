@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from sqlalchemy import exc
 
 from hlbd.anomalies import Thresholds, detect
+from hlbd.checkpoint import prune_checkpoints
 from hlbd.report import build_report, write_report
 from hlbd.store import HEARTBEAT_SECONDS, Store
 
@@ -218,13 +219,14 @@ class StoreRecorder:
     def __init__(self, store: Store, run_id: str, segment: int, run_dir: Path,
                  dataset_stats: dict, config: dict,
                  thresholds: Thresholds | None = None,
-                 max_pending: int = MAX_PENDING_ROWS):
+                 max_pending: int = MAX_PENDING_ROWS, keep_checkpoints: int = 0):
         self.store = store
         self.run_id = run_id
         self.segment = segment
         self.run_dir = Path(run_dir)
         self.dataset_stats = dataset_stats
         self.thresholds = thresholds or Thresholds()
+        self.keep_checkpoints = keep_checkpoints  # --keep-checkpoints; 0 keeps all
         self._run = {"run_id": run_id, "config": config}
         self._epochs = store.epochs(run_id)  # the effective history this segment extends
         self._epoch_steps: list[dict] = []  # touched by the writer thread only
@@ -247,6 +249,10 @@ class StoreRecorder:
         # ahead of its epoch's rows.
         self._writer.submit(wait_out_locks, self.store.record_checkpoint, self.run_id,
                             self.segment, epoch, str(path), size_bytes)
+        if self.keep_checkpoints:
+            # Behind the new checkpoint's row: older files go only once it is recorded.
+            self._writer.submit(wait_out_locks, prune_checkpoints, self.store, self.run_id,
+                                self.segment, self.keep_checkpoints)
 
     def on_alive(self) -> None:
         self._writer.check()  # a failed write stops training at the next step

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from hlbd.checkpoint import load_checkpoint, prune_checkpoints
+from hlbd.checkpoint import load_checkpoint
 from hlbd.config import RESUME_SETTABLE, TrainConfig
 from hlbd.data import Pair, load_datasets, mix
 from hlbd.distributed import Dist
@@ -122,13 +122,12 @@ def _run(config, store, run_id, segment, run_dir, examples, tokenizer, dataset_s
         for partial in remove_temp_files(run_dir):
             log.info("removed %s, left by an attempt killed while writing it", partial.name)
         recorder = StoreRecorder(store, run_id, segment, run_dir, dataset_stats,
-                                 config.to_dict())
+                                 config.to_dict(), keep_checkpoints=config.keep_checkpoints)
         try:
             place.launch({"run_id": run_id, "segment": segment, "run_dir": str(run_dir),
                           "config": config.to_dict(), "vocab": tokenizer.vocab,
                           "examples": examples, "resume": resume})
-            result = train(config, examples, tokenizer,
-                           _Pruning(recorder, config.keep_checkpoints), run_dir, run_id,
+            result = train(config, examples, tokenizer, recorder, run_dir, run_id,
                            resume=resume, segment=segment, should_stop=should_stop,
                            progress=progress, place=place)
         finally:
@@ -152,23 +151,6 @@ def _run(config, store, run_id, segment, run_dir, examples, tokenizer, dataset_s
     _close(store, run_id, segment, "finished")
     place.barrier()
     return RunOutcome(run_id, "finished", result.last_epoch, run_dir)
-
-
-class _Pruning:
-    """The recorder, with the run's older checkpoint files pruned to the newest ``keep``
-    (--keep-checkpoints) each time a new checkpoint is written and recorded."""
-
-    def __init__(self, recorder: StoreRecorder, keep: int):
-        self._recorder = recorder
-        self._keep = keep
-
-    def on_checkpoint(self, epoch: int, path: Path, size_bytes: int) -> None:
-        self._recorder.on_checkpoint(epoch, path, size_bytes)  # recorded when it returns
-        recorder = self._recorder
-        prune_checkpoints(recorder.store, recorder.run_id, recorder.segment, self._keep)
-
-    def __getattr__(self, name: str):
-        return getattr(self._recorder, name)
 
 
 def follow(place: Dist, *, should_stop: Callable[[], bool] = lambda: False) -> RunOutcome:

@@ -127,7 +127,7 @@ def test_training_goes_on_while_another_process_holds_the_write_lock_and_every_r
 
     caplog.set_level(logging.WARNING, logger="hlbd.recorder")
     try:
-        outcome = start_run(tiny_config(epochs=10_000, save_interval=1), store,
+        outcome = start_run(tiny_config(epochs=10_000, save_interval=1, keep_checkpoints=0), store,
                             runs_root=tmp_path / "runs", progress=False,
                             should_stop=should_stop)
     finally:
