@@ -24,7 +24,6 @@ import sqlite3
 import time
 import urllib.parse
 from collections.abc import Iterator
-from importlib import resources
 from pathlib import Path
 
 from alembic import command
@@ -37,6 +36,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import QueuePool
 
 from hlbd.errors import NoDatabaseError, SchemaTooNewError, StoreError
+from hlbd.fileio import installed_folder
 
 DEFAULT_DB_FILE = "hlbd.db"
 BUSY_TIMEOUT_MS = 30_000
@@ -221,20 +221,9 @@ def read_engine(url: str) -> Engine:
 
 
 def migrations_dir() -> Path:
-    """The folder of hlbd's Alembic environment, found with importlib.resources: in a
-    checkout (``pip install -e .``) the top-level migrations/, in a wheel install its copy
-    inside the package."""
-    try:
-        folder = resources.files(MIGRATIONS_PACKAGE)
-    except ModuleNotFoundError:  # hlbd on sys.path by hand, never installed
-        raise StoreError(f"hlbd's migrations ({MIGRATIONS_PACKAGE}) are not installed; "
-                         "install hlbd with pip (in a checkout: pip install -e .)") from None
-    # Alembic reads a folder on disk: pip installs hlbd unpacked, so files() is one (what
-    # as_file would hand back unchanged); a zipped hlbd is refused rather than extracted.
-    if not isinstance(folder, Path) or not (folder / "env.py").is_file():
-        raise StoreError(f"hlbd's migrations are not a folder with env.py at {folder} (a "
-                         "broken or zipped install); reinstall hlbd with pip")
-    return folder
+    """The folder of hlbd's Alembic environment: migrations/ of a checkout, or its copy
+    inside an installed hlbd."""
+    return installed_folder(MIGRATIONS_PACKAGE, "env.py", "hlbd's migrations")
 
 
 def _alembic_config(connection=None) -> Config:

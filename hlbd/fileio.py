@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of one."""
+"""Files: atomic writes (a reader sees the old file or the new one, never half of one),
+and the folders hlbd ships inside its package."""
 
 from __future__ import annotations
 
@@ -6,8 +7,11 @@ import json
 import os
 import secrets
 from collections.abc import Callable
+from importlib import resources
 from pathlib import Path
 from typing import IO
+
+from hlbd.errors import HlbdError
 
 
 def write_atomically(path: Path, write: Callable[[IO[bytes]], None], *,
@@ -93,3 +97,20 @@ def read_json_file(path: Path, error: type[Exception], what: str) -> tuple[bytes
     except json.JSONDecodeError as exc:
         raise error(f"{path}: not JSON: {exc.msg} at line {exc.lineno} column "
                     f"{exc.colno}") from None
+
+
+def installed_folder(package: str, needed: str, what: str) -> Path:
+    """The folder of ``package`` (the explorer, the migrations), found with
+    importlib.resources: the top-level folder of a checkout (``pip install -e .``) or its
+    copy inside an installed hlbd. Streamlit and Alembic read files from a real folder:
+    pip installs hlbd unpacked, so ``files()`` is one; a zipped hlbd is refused rather
+    than extracted. HlbdError when ``needed`` is not in it."""
+    try:
+        folder = resources.files(package)
+    except ModuleNotFoundError:  # hlbd on sys.path by hand, never installed
+        raise HlbdError(f"{what} ({package}) is not installed; install hlbd with pip (in a "
+                        "checkout: pip install -e .)") from None
+    if not isinstance(folder, Path) or not (folder / needed).is_file():
+        raise HlbdError(f"{what} is not a folder with {needed} at {folder} (a broken or "
+                        "zipped install); reinstall hlbd with pip")
+    return folder

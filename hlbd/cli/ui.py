@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 import sys
-from importlib import resources
 from pathlib import Path
 
 import click
 
 from hlbd import database
 from hlbd.cli.options import db_option
-from hlbd.errors import HlbdError
+from hlbd.fileio import installed_folder
 
 # The explorer ships inside the package (hlbd.app: app/ of a checkout).
 APP_PACKAGE = "hlbd.app"
@@ -24,19 +23,8 @@ LOCAL = ("--browser.gatherUsageStats", "false", "--server.address", "localhost",
 
 
 def app_script() -> Path:
-    """The explorer's page script, found with importlib.resources: app/main.py of a
-    checkout, or its copy inside an installed hlbd."""
-    try:
-        folder = resources.files(APP_PACKAGE)
-    except ModuleNotFoundError:  # hlbd on sys.path by hand, never installed
-        raise HlbdError(f"the explorer ({APP_PACKAGE}) is not installed; install hlbd with "
-                        "pip (in a checkout: pip install -e .)") from None
-    # Streamlit runs a file and imports its siblings from that folder: a real one (pip
-    # installs hlbd unpacked); a zipped hlbd is refused rather than extracted.
-    if not isinstance(folder, Path) or not (folder / "main.py").is_file():
-        raise HlbdError(f"the explorer is not a folder with main.py at {folder} (a broken "
-                        "or zipped install); reinstall hlbd with pip")
-    return folder / "main.py"
+    """The explorer's page script: app/main.py of a checkout, or its installed copy."""
+    return installed_folder(APP_PACKAGE, "main.py", "the explorer") / "main.py"
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
