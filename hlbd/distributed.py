@@ -13,6 +13,7 @@ that dies or hangs ends the others with an error instead of a wait without end.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
@@ -127,6 +128,11 @@ class Dist:
 
     def close(self) -> None:
         if self.active and dist.is_initialized():
+            # The DDP model and its reducer hold the process group; freed here, while the
+            # interpreter is whole, not in its teardown, where a gloo thread still running
+            # ends the process with SIGABRT ("terminate called without an active
+            # exception", seen on rank 1 after a finished run).
+            gc.collect()
             dist.destroy_process_group()
 
 
