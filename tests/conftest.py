@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from _backends import BACKENDS, PgServer, db_snapshot, is_sqlite, pg_required, pg_unavailable
+from _edges import Procs
 
 from hlbd.config import TrainConfig
 from hlbd.runner import start_run
@@ -145,3 +146,11 @@ def train_run(store, tmp_path):
         return outcome.run_id, outcome
 
     return run
+
+
+@pytest.fixture
+def procs():
+    """Subprocesses started by a test (``Procs``), their process groups killed at its end."""
+    started = Procs()
+    yield started
+    started.kill_all()

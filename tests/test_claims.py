@@ -11,20 +11,13 @@ import time
 from datetime import timedelta
 
 import pytest
-from _edges import TINY, Procs, finish, rows, wait_for
+from _edges import TINY, finish, rows, wait_for
 from conftest import tiny_config
 from sqlalchemy import text
 
 from hlbd.errors import RunClaimedError
 from hlbd.runner import start_run
 from hlbd.store import utcnow
-
-
-@pytest.fixture
-def procs():
-    started = Procs()
-    yield started
-    started.kill_all()
 
 
 @pytest.fixture

@@ -8,17 +8,10 @@ import os
 import signal
 
 import pytest
-from _edges import TINY, Procs, finish, rows, wait_for
+from _edges import TINY, finish, rows, wait_for
 
 from hlbd.checkpoint import checkpoint_path, load_checkpoint
 from hlbd.store import Store
-
-
-@pytest.fixture
-def procs():
-    started = Procs()
-    yield started
-    started.kill_all()
 
 
 @pytest.fixture

@@ -18,8 +18,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import pytest
-from _edges import TINY, Procs, finish, rows, wait_for
+from _edges import TINY, finish, rows, wait_for
 from _resume_helpers import exact_metrics
 from click.testing import CliRunner
 
@@ -35,13 +34,6 @@ PHASES = ("resume start", "steps", "epoch commit", "checkpoint write")
 # Small batches and frequent step flushes: many steps, step commits and checkpoints.
 FLAGS = [*TINY, "--batch-size", "8", "--save-interval", "2", "--step-flush-interval", "3",
          "--seed", "3", "--dropout", "0.1"]
-
-
-@pytest.fixture
-def procs():
-    started = Procs()
-    yield started
-    started.kill_all()
 
 
 def _segments(db: Path) -> int:

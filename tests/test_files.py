@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from _edges import TINY, Procs, finish
+from _edges import TINY, finish
 from alembic import command
 from click.testing import CliRunner
 from conftest import tiny_config
@@ -32,13 +32,6 @@ from hlbd.runner import resume_checkpoint, resume_run, start_run
 from hlbd.store import Store
 
 LOUD = [flag for flag in TINY if flag != "--quiet"]  # the tiny model, progress as usual
-
-
-@pytest.fixture
-def procs():
-    started = Procs()
-    yield started
-    started.kill_all()
 
 
 def files(folder: Path) -> list[str]:

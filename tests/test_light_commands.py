@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from _edges import Procs, finish
+from _edges import finish
 from conftest import tiny_config
 
 from hlbd.runner import start_run
@@ -33,13 +33,6 @@ def trained(tmp_path_factory) -> tuple[Path, str, Path]:
     finally:
         store.close()
     return db, outcome.run_id, Path(outcome.run_dir) / "experiment_report.json"
-
-
-@pytest.fixture
-def procs():
-    started = Procs()
-    yield started
-    started.kill_all()
 
 
 def imported_top_level(importtime_log: str) -> set[str]:

@@ -5,21 +5,13 @@ from __future__ import annotations
 
 import logging
 
-import pytest
-from _edges import TINY, Procs, rows, wait_for
+from _edges import TINY, rows, wait_for
 from _resume_helpers import exact_metrics, tiny
 from click.testing import CliRunner
 
 from hlbd.checkpoint import checkpoint_path
 from hlbd.cli import main
 from hlbd.runner import resume_run, start_run
-
-
-@pytest.fixture
-def procs():
-    started = Procs()
-    yield started
-    started.kill_all()
 
 
 def run(store, root, **overrides):
