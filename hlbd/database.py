@@ -26,11 +26,6 @@ import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from alembic.util import CommandError
 from sqlalchemy import Engine, create_engine, event, exc, inspect, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import QueuePool
@@ -43,6 +38,11 @@ BUSY_TIMEOUT_MS = 30_000
 # The Alembic environment: the top-level migrations/ folder of a checkout, shipped inside
 # the package as hlbd.migrations (pyproject's package-dir), so an installed hlbd has it.
 MIGRATIONS_PACKAGE = "hlbd.migrations"
+# The newest revision in migrations/versions, so that opening a store reads one row
+# instead of importing Alembic and parsing every migration (about 70 ms a command);
+# tests/test_store.py holds it equal to what Alembic finds. Alembic itself is imported
+# only to create, upgrade or judge an unknown revision.
+HEAD_REVISION = "0006"
 
 
 def resolve_db_url(db: str | None = None) -> str:
@@ -226,7 +226,9 @@ def migrations_dir() -> Path:
     return installed_folder(MIGRATIONS_PACKAGE, "env.py", "hlbd's migrations")
 
 
-def _alembic_config(connection=None) -> Config:
+def _alembic_config(connection=None):
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(migrations_dir()))
     if connection is not None:
@@ -236,7 +238,25 @@ def _alembic_config(connection=None) -> Config:
 
 def head_revision() -> str:
     """The newest schema revision this hlbd knows."""
+    return HEAD_REVISION
+
+
+def script_head() -> str:
+    """The newest revision as Alembic reads it from the migration scripts."""
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(_alembic_config()).get_current_head()
+
+
+def _stored_revision(conn) -> str | None:
+    """What ``alembic_version`` holds (as Alembic's MigrationContext reads it), or None."""
+    if not inspect(conn).has_table("alembic_version"):
+        return None
+    revisions = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    if len(revisions) > 1:
+        raise StoreError(f"the database has several schema revisions "
+                         f"({', '.join(sorted(revisions))}); hlbd keeps one")
+    return revisions[0] if revisions else None
 
 
 def current_revision(engine: Engine, url: str | None = None) -> str | None:
@@ -248,7 +268,7 @@ def current_revision(engine: Engine, url: str | None = None) -> str | None:
     where = (sqlite_path(url) or url) if url else engine.url.render_as_string()
     try:
         with engine.connect() as conn:
-            revision = MigrationContext.configure(conn).get_current_revision()
+            revision = _stored_revision(conn)
             if revision is None and conn.dialect.name == "sqlite":
                 tables = sorted(inspect(conn).get_table_names())
                 if tables:
@@ -263,8 +283,11 @@ def current_revision(engine: Engine, url: str | None = None) -> str | None:
 
 
 def _check_known(revision: str | None, url: str) -> None:
-    if revision is None:
+    if revision is None or revision == HEAD_REVISION:
         return
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+
     script = ScriptDirectory.from_config(_alembic_config())
     try:
         known = script.get_revision(revision) is not None
@@ -308,9 +331,11 @@ def upgrade(engine: Engine, url: str) -> str:
             if conn.dialect.name == "postgresql":
                 conn.execute(text("SELECT pg_advisory_xact_lock(:key)"),
                              {"key": SCHEMA_LOCK_KEY})
-            revision = MigrationContext.configure(conn).get_current_revision()
+            revision = _stored_revision(conn)
             _check_known(revision, url)
             if revision != head_revision():
+                from alembic import command
+
                 command.upgrade(_alembic_config(conn), "head")
         return head_revision()
     check_database_file(url, must_exist=False)
@@ -322,6 +347,8 @@ def upgrade(engine: Engine, url: str) -> str:
         _check_known(revision, url)
         _use_wal(engine)
         if revision != head_revision():
+            from alembic import command
+
             with engine.begin() as conn:
                 command.upgrade(_alembic_config(conn), "head")
         return head_revision()

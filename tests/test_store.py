@@ -64,6 +64,12 @@ def test_new_database_is_created_at_the_newest_revision_with_the_public_views(tm
             "dataset_stats"} <= run_columns
 
 
+def test_the_head_revision_constant_is_the_newest_migration():
+    # Stores read the head from a constant (no Alembic import per command): a new
+    # migration must move it, or new databases would be refused as "older than head".
+    assert database.head_revision() == database.script_head()
+
+
 def test_db_commands_report_and_apply_the_revision(tmp_path):
     db = str(tmp_path / "cli.db")
     result = CliRunner().invoke(main, ["db", "upgrade", "--db", db])
