@@ -248,26 +248,22 @@ class Store:
     @staticmethod
     def _insert_steps(conn, run_id: str, segment: int,
                       steps: Iterable[dict[str, Any]]) -> None:
-        # NaN != NaN: the flag is set and NULL stored (inlined: this is the hot path).
-        rows = [(run_id, segment, s["step"], s["epoch"],
-                 None if s["loss"] != s["loss"] else s["loss"], s["loss"] != s["loss"],
-                 None if s["grad_norm"] != s["grad_norm"] else s["grad_norm"],
-                 s["grad_norm"] != s["grad_norm"],
-                 None if s["lr"] != s["lr"] else s["lr"], s["lr"] != s["lr"])
-                for s in steps]
-        if rows and conn.dialect.driver == "psycopg":
+        columns = step_columns(run_id, segment, steps)
+        if columns is None:
+            return
+        rows = list(zip(*columns))
+        if conn.dialect.driver == "psycopg":
             # COPY: several times faster than any INSERT on PostgreSQL.
             cursor = conn.connection.dbapi_connection.cursor()
             with cursor.copy(f"COPY steps ({STEP_COLUMNS}) FROM STDIN") as copy:
                 for row in rows:
                     copy.write_row(row)
-        elif rows:
+        else:
             # Positional executemany: the per-step path must stay close to raw sqlite3.
             mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
             conn.exec_driver_sql(f"INSERT INTO steps ({STEP_COLUMNS}) "
-                                 f"VALUES ({', '.join([mark] * len(rows[0]))})", rows)
-        if rows:
-            _insert_rollups(conn, rollup_rows(rows))
+                                 f"VALUES ({', '.join([mark] * len(columns))})", rows)
+        _insert_rollups(conn, rollup_rows(columns))
 
     def import_runs(self, runs: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
         """Insert runs recorded elsewhere, with their epochs and steps, in ONE transaction.
@@ -575,21 +571,50 @@ _ROLLUP_COLUMNS = ("run_id, segment, first_step, last_step, epoch, steps, "
                                for a in ("count", "sum", "min", "max", "nonfinite")))
 
 
-def rollup_rows(rows: Sequence[tuple]) -> list[tuple]:
-    """step_rollups rows for step rows as ``_insert_steps`` writes them.
+def step_columns(run_id: str, segment: int,
+                 steps: Iterable[dict[str, Any]]) -> list[Sequence] | None:
+    """The columns of the steps rows (STEP_COLUMNS' order) for ``steps``, or None for
+    no steps. A NaN is stored as NULL with its flag set; ``None`` (not recorded) as
+    NULL without it.
+
+    Built a column at a time: a metric whose sum is finite holds no NaN, so its flags
+    are all false without a test per value (the hot path of every trainer's write).
+    """
+    steps = steps if isinstance(steps, Sequence) else list(steps)
+    n = len(steps)
+    if not n:
+        return None
+    columns: list[Sequence] = [[run_id] * n, [segment] * n, [s["step"] for s in steps],
+                               [s["epoch"] for s in steps]]
+    for name in ("loss", "grad_norm", "lr"):
+        values = [s[name] for s in steps]
+        try:
+            clean = math.isfinite(sum(values))
+        except TypeError:  # a None: not recorded
+            clean = False
+        if clean:
+            columns += (values, [False] * n)
+        else:
+            flags = [isinstance(v, float) and math.isnan(v) for v in values]
+            columns += ([None if nan else v for v, nan in zip(values, flags)], flags)
+    return columns
+
+
+def rollup_rows(columns: Sequence[Sequence]) -> list[tuple]:
+    """step_rollups rows for the steps rows whose columns ``step_columns`` built.
 
     One row per run of consecutive steps sharing an epoch and a ROLLUP_STEPS-aligned
     stretch (``(step - 1) // ROLLUP_STEPS``). Per metric: count, sum, min and max of
     the finite values and the number of NaN/Inf ones; a value not recorded (None
     without its NaN flag) is in neither.
     """
-    if not rows:
-        return []
-    columns = list(zip(*rows))
     steps, epochs = columns[2], columns[3]
-    first, n = steps[0], len(rows)
-    if steps != tuple(range(first, first + n)) or list(epochs) != sorted(epochs):
-        return _rollup_rows_one_by_one(rows)
+    if not steps:
+        return []
+    first, n = steps[0], len(steps)
+    if steps != list(range(first, first + n)) or epochs != sorted(epochs):
+        # In step order, so a row's first and last steps bound its steps.
+        return _rollup_rows_one_by_one(sorted(zip(*columns), key=lambda row: row[2]))
     # Consecutive steps, epochs in order (what the trainer writes): cut where a stretch
     # or an epoch starts, then summarise each piece's columns at C speed.
     cuts = {0, n, *range(ROLLUP_STEPS - (first - 1) % ROLLUP_STEPS, n, ROLLUP_STEPS)}
@@ -598,19 +623,21 @@ def rollup_rows(rows: Sequence[tuple]) -> list[tuple]:
     metrics = [(columns[4], columns[5]), (columns[6], columns[7]), (columns[8], columns[9])]
     # A column with every value finite (the usual case) needs no checks per piece.
     clean = [None not in values and math.isfinite(sum(values)) for values, _ in metrics]
+    run_id, segment = columns[0][0], columns[1][0]
     out = []
     for a, b in itertools.pairwise(bounds):
-        row = [rows[a][0], rows[a][1], steps[a], steps[b - 1], epochs[a], b - a]
+        row = [run_id, segment, steps[a], steps[b - 1], epochs[a], b - a]
         for (values, flags), fine in zip(metrics, clean):
             part = values[a:b]
             row += ((b - a, sum(part), min(part), max(part), 0) if fine else
-                    _summary(part, flags[a:b] if flags else None))
+                    _summary(part, flags[a:b]))
         out.append(tuple(row))
     return out
 
 
 def _rollup_rows_one_by_one(rows: Sequence[tuple]) -> list[tuple]:
-    """rollup_rows for steps in any order: a row per run of rows sharing a stretch."""
+    """rollup_rows for rows in step order, epochs in any order: a row per run of rows
+    sharing an epoch and a stretch."""
     out, start, n = [], 0, len(rows)
     while start < n:
         first = rows[start]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import math
+import random
 import sqlite3
 
 import pytest
@@ -142,6 +144,39 @@ def test_long_series_read_from_rollups_equal_the_steps_themselves(store, train_r
     assert [b["step"] for b in part] == [65, 129, 193]
     assert same_buckets(part, [b for b in compare.step_buckets(engine, [run_id], width=64)
                                if 65 <= b["step"] <= 193])
+
+
+def test_rollups_written_with_awkward_batches_equal_the_steps_themselves(store):
+    # The store summarises each batch column by column, with a fast path for batches
+    # whose metrics are all finite: batches that cross stretches and epochs, hold NaN,
+    # +-Inf and values not recorded (None), or come out of order, must roll up to what
+    # the steps themselves say.
+    rng = random.Random(7)
+    run_id = store.create_run("awkward", {}, {})
+    steps = []
+    for n in range(1, 401):
+        step = {"step": n, "epoch": 1 + (n - 1) // 90, "loss": rng.uniform(0.1, 3.0),
+                "grad_norm": rng.uniform(0.0, 9.0), "lr": 1e-3 * (1 + n % 7)}
+        if n % 37 == 0:
+            step["loss"] = math.nan
+        if n % 53 == 0:
+            step["grad_norm"] = rng.choice([math.inf, -math.inf])
+        if 200 < n <= 230:
+            step["lr"] = None
+        steps.append(step)
+    cuts = [0, 1, 33, 100, 131, 250, 251, 320, 400]
+    for a, b in itertools.pairwise(cuts):
+        batch = steps[a:b]
+        store.record_steps(run_id, 1, batch[::-1] if a == 131 else batch)
+    engine = read_engine(store)
+    for width in (compare.ROLLUP_STEPS, 3 * compare.ROLLUP_STEPS):
+        rolled = compare.step_buckets(engine, [run_id], width=width, source="rollups")
+        assert same_buckets(rolled, compare.step_buckets(engine, [run_id], width=width,
+                                                         source="steps"))
+    # The NaN steps keep their flag and store NULL, the others their values.
+    stored = {s["step"]: s for s in store.steps(run_id)}
+    assert math.isnan(stored[37]["loss"]) and stored[36]["loss"] == steps[35]["loss"]
+    assert math.isinf(stored[53]["grad_norm"]) and stored[201]["lr"] is None
 
 
 def test_rollups_of_superseded_steps_are_left_out_too(store, train_run):
