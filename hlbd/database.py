@@ -263,23 +263,45 @@ def current_revision(engine: Engine, url: str | None = None) -> str | None:
     """The revision the database is at, or None for a database without our schema.
 
     A SQLite file with tables but no revision is someone else's database and is refused
-    (never migrated into); ``url`` names the database in errors.
+    (never migrated into); ``url`` names the database in errors. On SQLite this reads
+    outside any transaction: a reader of a WAL database never waits for a writer, so
+    opening a store does not wait for another process's long write.
     """
     where = (sqlite_path(url) or url) if url else engine.url.render_as_string()
     try:
-        with engine.connect() as conn:
-            revision = _stored_revision(conn)
-            if revision is None and conn.dialect.name == "sqlite":
-                tables = sorted(inspect(conn).get_table_names())
-                if tables:
-                    shown = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
-                    raise StoreError(f"{where}: not an hlbd run database (it has tables "
-                                     f"{shown} and no hlbd schema revision); pass another "
-                                     "--db")
-            return revision
-    except exc.DatabaseError as error:
-        reason = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
+        if engine.dialect.name != "sqlite":
+            with engine.connect() as conn:
+                return _stored_revision(conn)
+        revision, tables = _sqlite_schema(engine)
+    except (exc.DatabaseError, sqlite3.DatabaseError) as error:
+        original = getattr(error, "orig", None) or error
+        reason = str(original).strip().splitlines()[0]
         raise StoreError(f"{where}: cannot be read as a database ({reason})") from None
+    if revision is None and tables:
+        shown = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
+        raise StoreError(f"{where}: not an hlbd run database (it has tables {shown} and "
+                         "no hlbd schema revision); pass another --db")
+    return revision
+
+
+def _sqlite_schema(engine: Engine) -> tuple[str | None, list[str]]:
+    """(revision, table names) of a SQLite database, read in autocommit mode."""
+    connection = engine.raw_connection()  # the driver's own: no BEGIN IMMEDIATE
+    try:
+        cursor = connection.cursor()
+        tables = sorted(row[0] for row in cursor.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' "
+            "AND name NOT LIKE 'sqlite%'"))
+        revisions = ([row[0] for row in cursor.execute(
+            "SELECT version_num FROM alembic_version")]
+            if "alembic_version" in tables else [])
+        cursor.close()
+    finally:
+        connection.close()
+    if len(revisions) > 1:
+        raise StoreError(f"the database has several schema revisions "
+                         f"({', '.join(sorted(revisions))}); hlbd keeps one")
+    return (revisions[0] if revisions else None), tables
 
 
 def _check_known(revision: str | None, url: str) -> None:

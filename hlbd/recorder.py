@@ -186,21 +186,24 @@ def store_locked(error: BaseException) -> bool:
         "database is locked" in message or "database is busy" in message)
 
 
-def wait_out_locks(write: Callable[..., Any], *args: Any) -> Any:
+def wait_out_locks(write: Callable[..., Any], *args: Any,
+                   give_up: Callable[[], bool] = lambda: False,
+                   meanwhile: str = "the record waits for it (training goes on)") -> Any:
     """``write(*args)`` (one store transaction), tried again for as long as another
     process holds the store's lock: a long import, a copy or a backup delays the
-    record, never ends it. Any other error is raised at once."""
+    record, never ends it. Any other error is raised at once, and the lock error once
+    ``give_up()`` says so (a stop asked for while waiting). ``meanwhile``: what the
+    line said once says happens while it waits."""
     said = False
     while True:
         try:
             return write(*args)
         except exc.OperationalError as error:
-            if not store_locked(error):
+            if not store_locked(error) or give_up():
                 raise
             if not said:
                 said = True
-                log.warning("the run database is locked by another process; the record "
-                            "waits for it (training goes on)")
+                log.warning("the run database is locked by another process; %s", meanwhile)
             time.sleep(LOCKED_RETRY_SECONDS)
 
 

@@ -10,12 +10,16 @@ launches the other ranks with everything they need to train; they run ``follow``
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from sqlalchemy.exc import OperationalError
 
 from hlbd.checkpoint import load_checkpoint
 from hlbd.config import RESUME_SETTABLE, TrainConfig
@@ -23,7 +27,7 @@ from hlbd.data import Pair, load_datasets, mix
 from hlbd.distributed import Dist
 from hlbd.errors import CheckpointError, ClaimLostError, HlbdError, UnknownRunError
 from hlbd.fileio import remove_temp_files
-from hlbd.recorder import NullRecorder, StoreRecorder, wait_out_locks
+from hlbd.recorder import NullRecorder, StoreRecorder, store_locked, wait_out_locks
 from hlbd.store import Store, superseded
 from hlbd.tokenizer import Tokenizer
 from hlbd.trainer import Examples, TrainingInterrupted, check_device, check_resumable, train
@@ -63,6 +67,20 @@ def _stop_if_asked(should_stop: Callable[[], bool], what: str) -> None:
         raise StoppedBeforeStart(f"stopped before the {what} started: nothing was recorded")
 
 
+def _when_unlocked(should_stop: Callable[[], bool], what: str,
+                   write: Callable[[], Any]) -> Any:
+    """``write()``, the first write of a run, once no other process holds the store's
+    lock (a long import, a copy, a backup: the start waits, and says so); a stop asked
+    for while waiting ends it with nothing recorded."""
+    try:
+        return wait_out_locks(write, give_up=should_stop,
+                              meanwhile=f"the {what} starts when it is free (Ctrl-C stops)")
+    except OperationalError as error:
+        if store_locked(error):
+            _stop_if_asked(should_stop, what)
+        raise
+
+
 @dataclass
 class RunOutcome:
     run_id: str
@@ -98,9 +116,9 @@ def start_run(config: TrainConfig, store: Store, *, runs_root: Path | None = Non
     _stop_if_asked(should_stop, "run")
     run_id = uuid.uuid4().hex
     run_dir = (runs_root or runs_dir()) / run_id
-    store.create_run(config.name or "run", config.to_dict(), data.dataset_stats,
-                     vocab=tokenizer.vocab, run_dir=str(run_dir), run_id=run_id,
-                     hosts=place.hosts)
+    _when_unlocked(should_stop, "run", functools.partial(
+        store.create_run, config.name or "run", config.to_dict(), data.dataset_stats,
+        vocab=tokenizer.vocab, run_dir=str(run_dir), run_id=run_id, hosts=place.hosts))
     return _run(config, store, run_id, 1, run_dir, examples, tokenizer,
                 data.dataset_stats, None, should_stop, progress, on_run_id, place)
 
@@ -367,9 +385,9 @@ def _resume(store: Store, run: dict, plan: _ResumePlan, place: Dist, *,
         _stop_if_asked(should_stop, "resume")
     # The claim: atomic in the database, so of several resumes started at once exactly
     # one gets here; the others raise RunClaimedError having written nothing.
-    segment = store.begin_segment(run_id, plan.start_epoch, resumed_from=plan.path,
-                                  config=plan.config.to_dict(), hosts=place.hosts,
-                                  force=force)
+    segment = _when_unlocked(should_stop, "resume", functools.partial(
+        store.begin_segment, run_id, plan.start_epoch, resumed_from=plan.path,
+        config=plan.config.to_dict(), hosts=place.hosts, force=force))
     run_dir = Path(run["run_dir"]) if run.get("run_dir") else runs_dir() / run_id
     return _run(plan.config, store, run_id, segment, run_dir, plan.examples, plan.tokenizer,
                 plan.data.dataset_stats, plan.state, should_stop, progress, on_run_id,

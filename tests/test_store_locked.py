@@ -14,11 +14,12 @@ import threading
 import time
 from datetime import UTC, datetime
 
+import pytest
 from conftest import tiny_config
 
 from hlbd import database
 from hlbd.recorder import StoreRecorder
-from hlbd.runner import start_run
+from hlbd.runner import StoppedBeforeStart, start_run
 from hlbd.store import Store
 
 # Holds the write lock from "locked" until at least HOLD seconds have passed and a line
@@ -211,3 +212,56 @@ def test_beyond_its_bound_the_queue_makes_the_loop_wait_and_says_so_once(
     assert inserted == list(range(1, 101))
     behind = [r for r in caplog.records if "recording is behind" in r.getMessage()]
     assert len(behind) == 1
+
+
+START_HOLD_SECONDS = 3
+
+
+def test_a_run_started_while_another_process_holds_the_lock_waits_for_it_and_then_starts(
+        tmp_path, monkeypatch, caplog):
+    # Opening the store reads without the lock; the run's first write waits it out.
+    monkeypatch.setattr(database, "BUSY_TIMEOUT_MS", 200)
+    db = tmp_path / "runs.db"
+    Store.open(str(db)).close()
+    caplog.set_level(logging.WARNING, logger="hlbd.recorder")
+    locker = Locker(db, START_HOLD_SECONDS)
+    releasing = threading.Thread(target=locker.release, daemon=True)
+    try:
+        store = Store.open(str(db))
+        releasing.start()
+        outcome = start_run(tiny_config(epochs=1), store, runs_root=tmp_path / "runs",
+                            progress=False)
+    finally:
+        locker.kill()
+    releasing.join(timeout=30)
+    assert not locker.gave_up and locker.released_at - locker.locked_at >= START_HOLD_SECONDS
+    run = store.get_run(outcome.run_id)
+    assert run["status"] == "finished" and run["created_at"] >= utc(locker.released_at)
+    waits = [r.getMessage() for r in caplog.records
+             if "locked by another process" in r.getMessage()]
+    assert waits == [("the run database is locked by another process; the run starts "
+                      "when it is free (Ctrl-C stops)")]
+
+
+def test_a_stop_while_the_start_waits_for_the_lock_records_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(database, "BUSY_TIMEOUT_MS", 200)
+    db = tmp_path / "runs.db"
+    store = Store.open(str(db))
+    locker = Locker(db, 0)
+    asked = []
+
+    def should_stop() -> bool:
+        asked.append(time.monotonic())
+        return time.monotonic() - asked[0] > 1.0  # Ctrl-C a second into the wait
+
+    try:
+        with pytest.raises(StoppedBeforeStart, match="nothing was recorded"):
+            start_run(tiny_config(epochs=1), store, runs_root=tmp_path / "runs",
+                      progress=False, should_stop=should_stop)
+    finally:
+        locker.release()
+        locker.kill()
+    assert len(asked) > 3  # it did wait, asking each time the lock said no
+    assert store.list_runs() == []
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM segments").fetchone() == (0,)
