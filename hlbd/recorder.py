@@ -8,7 +8,9 @@ records nothing (benchmarks, and the ranks other than 0).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import sqlite3
 import threading
 import time
@@ -72,6 +74,10 @@ class RecordingFailed(Exception):
 # What may wait in memory for the store (a slow or locked database): step rows (about
 # half a kilobyte each as dicts) plus one per write. Beyond it the loop waits.
 MAX_PENDING_ROWS = 200_000
+# The JSON report is rewritten at most this often while training (as TensorBoard's
+# writer flushes every flush_secs), and always when the recorder closes: rewriting the
+# whole history every epoch cost more than the epoch's rows, and grows with the run.
+REPORT_SECONDS = 2.0
 # How long a write waits between tries while another process holds the store's lock
 # (each try already waits the busy timeout inside the database driver).
 LOCKED_RETRY_SECONDS = 0.05
@@ -211,7 +217,8 @@ class StoreRecorder:
     """Writes steps, epochs, checkpoints and heartbeats to the store, and the report.
 
     After each epoch it applies the anomaly rules to the run so far: each flag is a
-    warning line and a row in ``anomalies``. The writes run in a ``BackgroundWriter``,
+    warning line and a row in ``anomalies``; the report is rewritten at most every
+    REPORT_SECONDS, and at ``close``. The writes run in a ``BackgroundWriter``,
     in the order they were handed over, each waiting out another process's lock on the
     store. A checkpoint's row is one of those writes: it is written after every row
     handed over before it, so an epoch's rows are committed when its checkpoint is,
@@ -234,6 +241,9 @@ class StoreRecorder:
         self._epochs = store.epochs(run_id)  # the effective history this segment extends
         self._epoch_steps: list[dict] = []  # touched by the writer thread only
         self._last_beat = time.monotonic()
+        self._report_due: tuple[dict, dict[str, int]] | None = None  # writer thread only
+        self._report_written = -math.inf  # time.monotonic() of the last report
+        self._closed = False
         self._writer = BackgroundWriter(max_pending=max_pending)
 
     def on_steps(self, steps: list[dict]) -> None:
@@ -265,7 +275,17 @@ class StoreRecorder:
             self._last_beat = time.monotonic()
 
     def close(self) -> None:
-        self._writer.close()
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._writer.close()
+        except BaseException:
+            with contextlib.suppress(Exception):  # the first error is the one to tell
+                self._write_report(True)
+            raise
+        # The thread has ended: the report of every epoch recorded, once.
+        self._write_report(True)
 
     @property
     def busy_seconds(self) -> float:
@@ -277,6 +297,17 @@ class StoreRecorder:
         """Time the training thread spent waiting for room in a full queue."""
         return self._writer.waited_seconds
 
+    def _write_report(self, now: bool) -> None:
+        """The report of the epochs recorded so far, if due (``now``: if not written)."""
+        if self._report_due is None:
+            return
+        if not now and time.monotonic() - self._report_written < REPORT_SECONDS:
+            return
+        history, lengths = self._report_due
+        until_now = {key: history[key][:n] for key, n in lengths.items()}
+        write_report(self.run_dir, build_report(self.run_id, until_now, self.dataset_stats))
+        self._report_due, self._report_written = None, time.monotonic()
+
     def _write_steps(self, steps: list[dict]) -> None:
         wait_out_locks(self.store.record_steps, self.run_id, self.segment, steps)
         self._epoch_steps.extend(steps)
@@ -284,8 +315,8 @@ class StoreRecorder:
     def _write_epoch(self, epoch: dict, steps: list[dict], history: dict,
                      lengths: dict[str, int]) -> None:
         wait_out_locks(self.store.record_epoch, self.run_id, self.segment, epoch, steps)
-        until_now = {key: history[key][:n] for key, n in lengths.items()}
-        write_report(self.run_dir, build_report(self.run_id, until_now, self.dataset_stats))
+        self._report_due = history, lengths
+        self._write_report(False)
         self._epochs.append({**epoch, "segment": self.segment})
         flags = detect(self._run, self._epochs, [*self._epoch_steps, *steps],
                        self.thresholds, only_epoch=epoch["epoch"])

@@ -10,6 +10,8 @@ import threading
 import pytest
 from conftest import tiny_config
 
+from hlbd import recorder as recorder_module
+from hlbd.recorder import REPORT_LISTS, StoreRecorder
 from hlbd.report import REPORT_NAME
 from hlbd.runner import RunFailed, start_run
 from hlbd.store import Store
@@ -66,3 +68,33 @@ def test_every_row_is_in_the_store_before_the_checkpoint_row_and_at_the_end(
     assert [s["step"] for s in store.steps(run_id)] == list(range(1, 4 * 9 + 1))
     assert store.get_run(run_id)["status"] == "finished"
     assert recorder_threads() == []
+
+
+def test_the_report_is_rewritten_at_most_every_few_seconds_and_whole_at_close(
+        tmp_path, monkeypatch):
+    monkeypatch.setattr(recorder_module, "REPORT_SECONDS", 3600.0)
+    store = Store.open(str(tmp_path / "runs.db"))
+    run_id = store.create_run("report", {}, {"pairs": 1})
+    recorder = StoreRecorder(store, run_id, 1, tmp_path / "run", {"pairs": 1}, {})
+    history = {key: [] for key in REPORT_LISTS}
+    report = tmp_path / "run" / REPORT_NAME
+
+    def epoch(n: int) -> None:
+        steps = [{"step": n, "epoch": n, "loss": 1.0 / n, "grad_norm": 0.5, "lr": 1e-3}]
+        history["control_losses"].append(1.0 / n)
+        history["batch_losses"].append(1.0 / n)
+        history["grad_norms"].append(0.5)
+        history["learning_rates"].append(1e-3)
+        recorder.on_epoch({"epoch": n, "loss": 1.0 / n, "grad_norm": 0.5, "lr": 1e-3},
+                          steps, history)
+        recorder._writer.drain()
+
+    epoch(1)  # the first epoch's report at once: the run's folder shows it from the start
+    assert json.loads(report.read_text())["current_epoch"] == 1
+    epoch(2)
+    epoch(3)
+    assert json.loads(report.read_text())["current_epoch"] == 1  # not due yet
+    assert [e["epoch"] for e in store.epochs(run_id)] == [1, 2, 3]  # the store is
+    recorder.close()
+    written = json.loads(report.read_text())
+    assert written["current_epoch"] == 3 and written["control_losses"] == [1.0, 0.5, 1 / 3]
