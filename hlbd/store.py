@@ -12,6 +12,7 @@ import json
 import math
 import os
 import socket
+import time
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -42,6 +43,16 @@ _HOLD_SEGMENT = (update(Segment)
                         Segment.segment == bindparam("hold_segment"),
                         Segment.status != "crashed")
                  .values(status=Segment.status))
+# On SQLite a write transaction holds the database's write lock from its BEGIN
+# IMMEDIATE, so reading the segment's row sees the last committed claim and no other
+# process can change it before the commit: a read is enough, and keeps the row's page
+# out of every commit. A server needs the UPDATE's row lock (see Store._hold).
+_HOLD_SEGMENT_READ = select(Segment.segment).where(
+    Segment.run_id == bindparam("hold_run"), Segment.segment == bindparam("hold_segment"),
+    Segment.status != "crashed")
+# Writes closer together than this refresh the heartbeat once (it is judged in minutes,
+# STALE_AFTER): a trainer writing many small batches a second dirties the run's row once.
+BEAT_EVERY_SECONDS = 1.0
 _HEARTBEAT = (update(Run).where(Run.run_id == bindparam("beat_run"))
               .values(heartbeat_at=bindparam("beat_at", type_=Run.heartbeat_at.type)))
 
@@ -84,6 +95,7 @@ class Store:
     def __init__(self, url: str, engine: Engine):
         self.url = url
         self.engine = engine
+        self._beats: dict[tuple[str, int], float] = {}  # (run, segment): last beat's time
 
     @classmethod
     def open(cls, db: str | None = None) -> Store:
@@ -208,22 +220,31 @@ class Store:
             hostname=socket.gethostname(), **_processes(hosts)))
         return segment
 
-    def _hold(self, conn, run_id: str, segment: int, now: datetime) -> None:
+    def _hold(self, conn, run_id: str, segment: int, now: datetime, *,
+              beat: bool = False) -> None:
         """Refresh the heartbeat, or raise ClaimLostError if a later attempt took over.
 
         Every write of a training attempt runs this in its transaction, so an attempt
         that was taken over (``--force``, or judged dead while it was only paused)
         cannot add a row after the new attempt started. The check updates the attempt's
         own segment row, so on a server it waits for a takeover in progress and then
-        sees its outcome (a condition on another row could read an older snapshot).
+        sees its outcome (a condition on another row could read an older snapshot); on
+        SQLite the write lock makes a read enough. The heartbeat is refreshed when
+        ``beat`` or when this store's last refresh is BEAT_EVERY_SECONDS old.
         """
-        mine = conn.execute(_HOLD_SEGMENT, {"hold_run": run_id,
-                                            "hold_segment": segment}).rowcount
+        held = {"hold_run": run_id, "hold_segment": segment}
+        if conn.dialect.name == "sqlite":
+            mine = len(conn.execute(_HOLD_SEGMENT_READ, held).all())
+        else:
+            mine = conn.execute(_HOLD_SEGMENT, held).rowcount
         if mine != 1:
             raise ClaimLostError(f"run {run_id} was taken over by a later attempt while "
                                  f"attempt {segment} (process {os.getpid()}) was running; "
                                  "this process stopped without recording more")
-        conn.execute(_HEARTBEAT, {"beat_run": run_id, "beat_at": now})
+        at = time.monotonic()
+        if beat or at - self._beats.get((run_id, segment), -math.inf) >= BEAT_EVERY_SECONDS:
+            conn.execute(_HEARTBEAT, {"beat_run": run_id, "beat_at": now})
+            self._beats[(run_id, segment)] = at
 
     def record_epoch(self, run_id: str, segment: int, epoch: dict[str, Any],
                      steps: Sequence[dict[str, Any]] = ()) -> None:
@@ -301,7 +322,7 @@ class Store:
     def heartbeat(self, run_id: str, segment: int) -> None:
         """Say attempt ``segment`` of ``run_id`` is alive (ClaimLostError if taken over)."""
         with self.engine.begin() as conn:
-            self._hold(conn, run_id, segment, utcnow())
+            self._hold(conn, run_id, segment, utcnow(), beat=True)
 
     def record_checkpoint(self, run_id: str, segment: int, epoch: int, path: str,
                           size_bytes: int | None) -> None:
