@@ -121,10 +121,9 @@ with reads.errors_shown():
         data = [charts.metric_data(series, m, x_axis, smoothing=view.get("smooth"),
                                    log_scale=m in view.get("log"), robust=view.get("robust"),
                                    x_range=x_range) for m in metrics]
-        st.vega_lite_chart(charts.spec(data, series, x_axis, smoothing=view.get("smooth"),
-                                       log_metrics=tuple(view.get("log"))),
-                           key="charts", on_select="rerun", selection_mode=["zoom"],
-                           width="stretch")
+        charts.draw(charts.spec(data, series, x_axis, smoothing=view.get("smooth"),
+                                log_metrics=tuple(view.get("log"))),
+                    key="charts", on_select="rerun", selection_mode=["zoom"])
         notes = [("Drag across a chart to zoom all of them (double-click: back); hover for "
                  "every run's value; click a legend entry to hide that run."),
                  ("Triangles on the top edge: NaN/Inf (the line breaks there). Filled "
