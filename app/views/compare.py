@@ -15,8 +15,12 @@ import sidebar
 import view
 from hlbd import compare
 
-POINTS = 6_000           # points per chart, shared by the picked runs ...
-POINTS_PER_RUN = (250, 1000)   # ... each getting at least / at most this many
+# Step buckets per chart, shared by the picked runs, each getting at least / at most
+# POINTS_PER_RUN. A full-width plot is 850-1000 px wide on a 1400-1600 px window: 500
+# buckets is one per two pixels or so, and each bucket's min-max band shows every
+# extreme in it; zooming in reads finer buckets. The browser's time grows with points.
+POINTS = 6_000
+POINTS_PER_RUN = (250, 500)
 
 st.title("Compare runs")
 url = sidebar.database_url()
