@@ -374,8 +374,9 @@ def spec(data: list[MetricData], series: list[RunSeries], x_axis: str, *,
     # draw, resume lines and markers included; a zoom filtered the data to its range.
     x = {"field": "x", "type": "quantitative", "title": x_title(x_axis, series),
          "scale": {"zero": False, "nice": False},
+         # labelFlush: the last x label stays inside the plot's width, not past it.
          "axis": {"format": "~s" if x_axis == "step" else ("d" if counted else "~g"),
-                  "tickMinStep": 1 if counted else None}}
+                  "tickMinStep": 1 if counted else None, "labelFlush": True}}
     if not counted:
         x["axis"].pop("tickMinStep")
     datasets, charts, views, hover_views = {}, [], [], []
@@ -418,8 +419,6 @@ def spec(data: list[MetricData], series: list[RunSeries], x_axis: str, *,
                    # x axis for all), and the room the axes take is known beforehand.
                    "axisY": {"format": "~g", "minExtent": Y_AXIS_EXTENT,
                              "maxExtent": Y_AXIS_EXTENT, "labelLimit": Y_AXIS_EXTENT - 8},
-                   # The last x label stays inside the plot's width, not past it.
-                   "axisX": {"labelFlush": True},
                    "view": {"stroke": None},
                    "mark": {"aria": False}},
     }
