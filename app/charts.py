@@ -42,7 +42,7 @@ PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#c9a227", "#b
            "#ff9da7", "#9c755f", "#79706e", "#1f3a93", "#8c6d31", "#17becf", "#843c39",
            "#7b4173", "#637939", "#e7ba52", "#393b79", "#d6616b", "#31a354")
 NUMBER = ".6~g"   # significant digits in tooltips
-Y_AXIS_EXTENT = 56          # pixels for a y axis' ticks and labels ...
+Y_AXIS_EXTENT = 64          # pixels for a y axis' ticks and labels (up to ~9 characters) ...
 Y_AXIS_ROOM = Y_AXIS_EXTENT + 32   # ... and its title: what a chart takes left of its plot
 
 
