@@ -431,7 +431,7 @@ def draw(chart: dict, **kwargs):
     Y_AXIS_ROOM more to their left; so the chart sits beside a blank of that width,
     and the whole is as wide as the page. ``kwargs`` go to st.vega_lite_chart.
     """
-    with st.container(horizontal=True, gap=None):
+    with st.container(horizontal=True, gap=None, wrap=False):
         state = st.vega_lite_chart(chart, width="stretch", **kwargs)
         st.space(Y_AXIS_ROOM)
     return state
