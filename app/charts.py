@@ -27,6 +27,7 @@ from datetime import datetime
 
 import numpy as np
 import pandas as pd
+import streamlit as st
 
 METRICS = {"loss": "Loss", "grad_norm": "Gradient norm", "lr": "Learning rate",
            "token_accuracy": "Token accuracy", "tokens_per_second": "Tokens per second"}
@@ -41,6 +42,8 @@ PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#c9a227", "#b
            "#ff9da7", "#9c755f", "#79706e", "#1f3a93", "#8c6d31", "#17becf", "#843c39",
            "#7b4173", "#637939", "#e7ba52", "#393b79", "#d6616b", "#31a354")
 NUMBER = ".6~g"   # significant digits in tooltips
+Y_AXIS_EXTENT = 64          # pixels for a y axis' ticks and labels (up to ~9 characters) ...
+Y_AXIS_ROOM = Y_AXIS_EXTENT + 32   # ... and its title: what a chart takes left of its plot
 
 
 @dataclass
@@ -371,8 +374,9 @@ def spec(data: list[MetricData], series: list[RunSeries], x_axis: str, *,
     # draw, resume lines and markers included; a zoom filtered the data to its range.
     x = {"field": "x", "type": "quantitative", "title": x_title(x_axis, series),
          "scale": {"zero": False, "nice": False},
+         # labelFlush: the last x label stays inside the plot's width, not past it.
          "axis": {"format": "~s" if x_axis == "step" else ("d" if counted else "~g"),
-                  "tickMinStep": 1 if counted else None}}
+                  "tickMinStep": 1 if counted else None, "labelFlush": True}}
     if not counted:
         x["axis"].pop("tickMinStep")
     datasets, charts, views, hover_views = {}, [], [], []
@@ -396,9 +400,12 @@ def spec(data: list[MetricData], series: list[RunSeries], x_axis: str, *,
     ]
     return {
         "$schema": "https://vega.github.io/schema/vega-lite/v6.json",
-        # Fit the page's width (Streamlit would pad a stack of layered charts, and
-        # the axes would then run past the right edge).
-        "autosize": {"type": "fit-x", "contains": "padding"},
+        # Plain "pad" sizing: each plot is the width Streamlit gives the chart and the y
+        # axes take Y_AXIS_ROOM left of it (the page leaves that room beside the chart).
+        # "fit-x" fitted the page by itself, but only by laying the charts out twice:
+        # every point was encoded again at the narrower width, half the browser's time.
+        "autosize": {"type": "pad"},
+        "padding": {"left": 0, "right": 0, "top": 5, "bottom": 20},
         # Canvas draws thousands of points faster than SVG; no per-mark ARIA labels.
         "usermeta": {"embedOptions": {"renderer": "canvas"}},
         "datasets": datasets,
@@ -408,9 +415,26 @@ def spec(data: list[MetricData], series: list[RunSeries], x_axis: str, *,
         "config": {"legend": {"orient": "top", "labelLimit": 0, "columns": 4,
                               "symbolOpacity": 1,
                               "symbolType": "stroke", "symbolStrokeWidth": 3},
-                   "axisY": {"format": "~g"}, "view": {"stroke": None},
+                   # A fixed y-axis width: every chart's plot starts at the same x (one
+                   # x axis for all), and the room the axes take is known beforehand.
+                   "axisY": {"format": "~g", "minExtent": Y_AXIS_EXTENT,
+                             "maxExtent": Y_AXIS_EXTENT, "labelLimit": Y_AXIS_EXTENT - 8},
+                   "view": {"stroke": None},
                    "mark": {"aria": False}},
     }
+
+
+def draw(chart: dict, **kwargs):
+    """Show a spec() chart across the page's width, its y axes included.
+
+    Streamlit gives the plots the width of their container, and the y axes take
+    Y_AXIS_ROOM more to their left; so the chart sits beside a blank of that width,
+    and the whole is as wide as the page. ``kwargs`` go to st.vega_lite_chart.
+    """
+    with st.container(horizontal=True, gap=None, wrap=False):
+        state = st.vega_lite_chart(chart, width="stretch", **kwargs)
+        st.space(Y_AXIS_ROOM)
+    return state
 
 
 def _metric_chart(d: MetricData, i: int, x: dict, color: dict, labels: list[str],

@@ -14,8 +14,14 @@ shows no data, on the same warm server, and prints each time's ratio to it.
 
 Goals (issue 11): 20 runs warm <= 1.5 s, cold <= 4 s; 4 runs <= 1 s.
 
+With --split it also says where each load's time went: from navigation until the
+largest websocket message (the charts' spec and data) arrived (the app's scripts, the
+server's script run, the transfer), then until the charts were drawn (the browser:
+decoding the data, Vega-Lite and Vega). For that a page script notes when each
+websocket message arrives; without --split pages load untouched.
+
 Usage: python bench/explorer_browser.py [--runs 20] [--steps 100000] [--db PATH]
-       [--repeat 3]    (--db keeps the database between bench runs)
+       [--repeat 3] [--split]    (--db keeps the database between bench runs)
 """
 
 from __future__ import annotations
@@ -42,6 +48,19 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update",
                  "--disable-sync"]
+# --split: note the largest websocket message (its size, when it arrived).
+SPLIT_SCRIPT = """(() => {
+  const Base = window.WebSocket, seen = window.__hlbdLargest = {bytes: 0, at: null};
+  window.WebSocket = class extends Base {
+    constructor(...args) {
+      super(...args);
+      this.addEventListener("message", e => {
+        const bytes = e.data.byteLength ?? e.data.size ?? e.data.length;
+        if (bytes > seen.bytes) { seen.bytes = bytes; seen.at = performance.now(); }
+      });
+    }
+  };
+})();"""
 EPOCH_STEPS = 1000
 BATCH = 10_000
 
@@ -141,20 +160,25 @@ def stop(server: subprocess.Popen) -> None:
         server.wait(timeout=30)
 
 
-def timed_load(context, url: str, ready: str) -> float:
+def timed_load(context, url: str, ready: str) -> tuple[float, tuple | None]:
     """Seconds from navigation until ``ready`` shows and the app has finished running,
-    in a new page (a new Streamlit session) of ``context``."""
+    in a new page (a new Streamlit session) of ``context``; with SPLIT_SCRIPT in the
+    context also (seconds until the largest websocket message, its bytes, seconds
+    from it until drawn)."""
     page = context.new_page()
     started = time.perf_counter()
     page.goto(url)
     page.locator(ready).first.wait_for(timeout=120_000)
     page.wait_for_function(
         "() => !document.querySelector('[data-testid=stStatusWidget]')", timeout=120_000)
-    page.evaluate("() => new Promise(r => requestAnimationFrame(() => "
-                  "requestAnimationFrame(r)))")  # the charts drawn on screen
+    drawn = page.evaluate("() => new Promise(r => requestAnimationFrame(() => "
+                          "requestAnimationFrame(() => r(performance.now()))))")
     elapsed = time.perf_counter() - started
+    largest = page.evaluate("() => window.__hlbdLargest || null")
     page.close()
-    return elapsed
+    if not largest or largest["at"] is None:
+        return elapsed, None
+    return elapsed, (largest["at"] / 1000, largest["bytes"], (drawn - largest["at"]) / 1000)
 
 
 def main() -> None:
@@ -163,6 +187,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100_000)
     parser.add_argument("--db", type=Path, default=None)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--split", action="store_true",
+                        help="also say how long until the charts' message came, and after")
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -173,7 +199,7 @@ def main() -> None:
         print(f"database: {len(ids)} runs x {args.steps:,} steps ({db}), ready in "
               f"{time.perf_counter() - started:.1f} s")
         ready = ".vega-embed canvas, .vega-embed svg.marks"
-        results = []
+        results, splits = [], []
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM,
                                                  args=CHROMIUM_ARGS)
@@ -188,10 +214,17 @@ def main() -> None:
                         # reload does.
                         context = browser.new_context(viewport={"width": 1400,
                                                                 "height": 1100})
+                        if args.split:
+                            context.add_init_script(SPLIT_SCRIPT)
                         try:
-                            cold.append(timed_load(context, url + link, ready))
-                            warm.append(timed_load(context, url + link, ready))
-                            base.append(timed_load(context, f"{url}/sql", "textarea"))
+                            for times, link_url, shows in ((cold, url + link, ready),
+                                                           (warm, url + link, ready),
+                                                           (base, f"{url}/sql", "textarea")):
+                                elapsed, split = timed_load(context, link_url, shows)
+                                times.append(elapsed)
+                                if split and times is not base:
+                                    splits.append((count, "cold" if times is cold else "warm",
+                                                   *split))
                         finally:
                             context.close()
                             stop(server)
@@ -206,6 +239,14 @@ def main() -> None:
         print(f"{count:4d}   {cold:6.2f}   {warm:6.2f}   {base:10.2f}   {cold / base:9.1f}"
               f"   {warm / base:9.1f}")
     print("goals: 20 runs warm <= 1.5 s, cold <= 4 s; 4 runs <= 1 s")
+    if splits:
+        print("where it went (medians): seconds from navigation until the largest websocket "
+              "message arrived, its size, seconds from it until the charts were drawn")
+        for count, kind in sorted({(c, k) for c, k, *_ in splits}):
+            mine = [s[2:] for s in splits if s[:2] == (count, kind)]
+            print(f"{count:4d} {kind}: {statistics.median(m[0] for m in mine):5.2f} s until "
+                  f"the message ({statistics.median(m[1] for m in mine) / 1e6:.2f} MB), "
+                  f"then {statistics.median(m[2] for m in mine):5.2f} s drawing")
     print(f"a cold start on a database of hlbd runs adds the first LR-schedule check: "
           f"{first_lr_check_seconds():.2f} s here (importing torch)")
 

@@ -150,6 +150,14 @@ def test_a_compare_link_opens_that_view_and_charts_zoom_and_hover_together(serve
     assert page.get_by_test_id("stSlider").first.inner_text().count("0.30") == 1
     assert query(page) == {"runs": picked, "x": "step", "smooth": "0.3"}
     page.screenshot(path=tmp_path / "compare_step.png", full_page=True)
+    # The charts, y axes included, fit the page's width: nothing runs past its right
+    # edge (the plots take the chart's width, the axes the room left beside it).
+    right, edge = page.evaluate("""() => {
+        const main = document.querySelector('[data-testid=stMainBlockContainer]');
+        const canvas = document.querySelector('.vega-embed canvas');
+        return [canvas.getBoundingClientRect().right, main.getBoundingClientRect().right
+                - parseFloat(getComputedStyle(main).paddingRight)]}""")
+    assert right <= edge + 16
     box = chart.bounding_box()
     # Hover over the first chart: one tooltip names every picked run's value there.
     page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + 160)

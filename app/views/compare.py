@@ -15,8 +15,12 @@ import sidebar
 import view
 from hlbd import compare
 
-POINTS = 6_000           # points per chart, shared by the picked runs ...
-POINTS_PER_RUN = (250, 1000)   # ... each getting at least / at most this many
+# Step buckets per chart, shared by the picked runs, each getting at least / at most
+# POINTS_PER_RUN. A full-width plot is 850-1000 px wide on a 1400-1600 px window: 500
+# buckets is one per two pixels or so, and each bucket's min-max band shows every
+# extreme in it; zooming in reads finer buckets. The browser's time grows with points.
+POINTS = 6_000
+POINTS_PER_RUN = (250, 500)
 
 st.title("Compare runs")
 url = sidebar.database_url()
@@ -71,28 +75,45 @@ def points_per_run(count: int) -> int:
     return max(low, min(high, POINTS // max(count, 1)))
 
 
-def load_series(picked: list[dict], x_axis: str, x_range) -> list[charts.RunSeries]:
-    """The picked runs' records, re-read only for runs whose version changed."""
-    colors = charts.colors({r["run_id"]: r["rank"] for r in runs.values()},
-                           [r["run_id"] for r in picked])
+def load_series(url: str, picked: tuple, x_axis: str, x_range, thresholds: tuple
+                ) -> list[charts.RunSeries]:
+    """The picked runs' records, re-read only for runs whose version changed.
+
+    ``picked``: each run's (run_id, version, label, created_at, color)."""
     width, steps = None, None
     if x_axis == "step":
-        spans = [reads.step_span(url, r["run_id"], r["version"]) for r in picked]
+        spans = [reads.step_span(url, run_id, version) for run_id, version, *_ in picked]
         last = max((s["last_step"] for s in spans if s), default=1)
         low, high = (max(1, int(x_range[0])), int(x_range[1]) + 1) if x_range else (1, last)
         width = compare.bucket_width(high - low + 1, points_per_run(len(picked)))
         steps = (low, high) if x_range else None
     return [charts.RunSeries(
-        run_id=r["run_id"], label=sidebar.label(r), created_at=r["created_at"],
-        epochs=reads.epochs(url, r["run_id"], r["version"]),
-        buckets=(reads.step_buckets(url, r["run_id"], r["version"], width, steps)
-                 if width else None),
-        segments=reads.segments(url, r["run_id"], r["version"]),
-        flags=reads.flags(url, r["run_id"], r["version"], thresholds),
-        epoch_steps=(reads.epoch_steps(url, r["run_id"], r["version"])
-                     if x_axis == "step" else []),
-        color=colors[r["run_id"]],
-    ) for r in picked]
+        run_id=run_id, label=label, created_at=created_at,
+        epochs=reads.epochs(url, run_id, version),
+        buckets=reads.step_buckets(url, run_id, version, width, steps) if width else None,
+        segments=reads.segments(url, run_id, version),
+        flags=reads.flags(url, run_id, version, thresholds),
+        epoch_steps=reads.epoch_steps(url, run_id, version) if x_axis == "step" else [],
+        color=color,
+    ) for run_id, version, label, created_at, color in picked]
+
+
+@st.cache_data(ttl=reads.RUN_TTL, max_entries=32, show_spinner=False)
+def chart(url: str, picked: tuple, x_axis: str, x_range, metrics: tuple, smoothing: float,
+          log: tuple, robust: bool, thresholds: tuple) -> tuple[dict | None, list]:
+    """The charts' spec (None without metrics) and the series they draw.
+
+    Cached across sessions and keyed by everything the charts show, the picked runs'
+    versions included (``picked`` as in load_series): a new session opening the same
+    link gets the spec built once, and a run with news is read and drawn anew.
+    """
+    series = load_series(url, picked, x_axis, x_range, thresholds)
+    if not metrics:
+        return None, series
+    data = [charts.metric_data(series, m, x_axis, smoothing=smoothing,
+                               log_scale=m in log, robust=robust, x_range=x_range)
+            for m in metrics]
+    return charts.spec(data, series, x_axis, smoothing=smoothing, log_metrics=log), series
 
 
 def config_table(run_ids: list[str]) -> pd.DataFrame:
@@ -113,18 +134,17 @@ def _cell(value) -> str:
 with reads.errors_shown():
     zoom_from_chart()
     x_range = view.get("range")
-    series = load_series(chosen, x_axis, x_range)
-    metrics = [m for m in charts.METRICS if m in view.get("charts")]
-    if not metrics:
+    colors = charts.colors({r["run_id"]: r["rank"] for r in runs.values()},
+                           [r["run_id"] for r in chosen])
+    spec, series = chart(
+        url, tuple((r["run_id"], r["version"], sidebar.label(r), r["created_at"],
+                    colors[r["run_id"]]) for r in chosen),
+        x_axis, x_range, tuple(m for m in charts.METRICS if m in view.get("charts")),
+        view.get("smooth"), tuple(view.get("log")), view.get("robust"), thresholds)
+    if spec is None:
         st.info("Pick at least one chart above.")
     else:
-        data = [charts.metric_data(series, m, x_axis, smoothing=view.get("smooth"),
-                                   log_scale=m in view.get("log"), robust=view.get("robust"),
-                                   x_range=x_range) for m in metrics]
-        st.vega_lite_chart(charts.spec(data, series, x_axis, smoothing=view.get("smooth"),
-                                       log_metrics=tuple(view.get("log"))),
-                           key="charts", on_select="rerun", selection_mode=["zoom"],
-                           width="stretch")
+        charts.draw(spec, key="charts", on_select="rerun", selection_mode=["zoom"])
         notes = [("Drag across a chart to zoom all of them (double-click: back); hover for "
                  "every run's value; click a legend entry to hide that run."),
                  ("Triangles on the top edge: NaN/Inf (the line breaks there). Filled "

@@ -96,7 +96,7 @@ with reads.errors_shown():
                               reads.epochs(url, run_id, version), None, segments, flags,
                               color=charts.colors({run_id: summary["rank"]}, [run_id])[run_id])
     data = [charts.metric_data([series], m, "epoch") for m in ("loss", "grad_norm", "lr")]
-    st.vega_lite_chart(charts.spec(data, [series], "epoch", zoomable=False), width="stretch")
+    charts.draw(charts.spec(data, [series], "epoch", zoomable=False))
 
     st.subheader(f"Anomalies ({len(flags)})")
     if flags:
