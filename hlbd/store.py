@@ -47,9 +47,8 @@ _HOLD_SEGMENT = (update(Segment)
 # IMMEDIATE, so reading the segment's row sees the last committed claim and no other
 # process can change it before the commit: a read is enough, and keeps the row's page
 # out of every commit. A server needs the UPDATE's row lock (see Store._hold).
-_HOLD_SEGMENT_READ = select(Segment.segment).where(
-    Segment.run_id == bindparam("hold_run"), Segment.segment == bindparam("hold_segment"),
-    Segment.status != "crashed")
+_HOLD_SEGMENT_READ = ("SELECT segment FROM segments WHERE run_id = ? AND segment = ? "
+                      "AND status != 'crashed'")
 # Writes closer together than this refresh the heartbeat once (it is judged in minutes,
 # STALE_AFTER): a trainer writing many small batches a second dirties the run's row once.
 BEAT_EVERY_SECONDS = 1.0
@@ -232,11 +231,11 @@ class Store:
         SQLite the write lock makes a read enough. The heartbeat is refreshed when
         ``beat`` or when this store's last refresh is BEAT_EVERY_SECONDS old.
         """
-        held = {"hold_run": run_id, "hold_segment": segment}
         if conn.dialect.name == "sqlite":
-            mine = len(conn.execute(_HOLD_SEGMENT_READ, held).all())
+            mine = len(conn.exec_driver_sql(_HOLD_SEGMENT_READ, (run_id, segment)).all())
         else:
-            mine = conn.execute(_HOLD_SEGMENT, held).rowcount
+            mine = conn.execute(_HOLD_SEGMENT, {"hold_run": run_id,
+                                                "hold_segment": segment}).rowcount
         if mine != 1:
             raise ClaimLostError(f"run {run_id} was taken over by a later attempt while "
                                  f"attempt {segment} (process {os.getpid()}) was running; "
