@@ -1,14 +1,14 @@
 """Step writes through the store against raw sqlite3 executemany, in one run.
 
-Writes 100,000 optimizer steps x 3 metrics (loss, grad norm, LR) in batches of 1,000
-(the trainer's flush) through Store.record_steps, and the same rows with raw sqlite3
-executemany into an identical schema in the same WAL mode and pragmas, for a run created
+Writes 100,000 optimizer steps x 3 metrics (loss, grad norm, LR) in batches of 100, 500
+(the trainer's flush, --step-flush-interval) and 1,000 through Store.record_steps, and
+the same rows with raw sqlite3 executemany into an identical schema in the same WAL mode and pragmas, for a run created
 the same way (so the rows, run id included, are the same), alternating which goes first,
 and prints the ratio of the median rates (wall time; CPU time too, steadier on a busy
 machine). The store also writes the steps' rollups and checks the run's claim in each
 transaction; raw inserts the steps alone. Goal: store rate >= 0.8 of raw.
 
-    python bench/store_writes.py [--steps 100000] [--batch 1000] [--repeats 7]
+    python bench/store_writes.py [--steps 100000] [--batch 100 500 1000] [--repeats 7]
 """
 
 from __future__ import annotations
@@ -74,32 +74,36 @@ def raw(path: Path, batches: list[list[dict]]) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=100_000)
-    parser.add_argument("--batch", type=int, default=1_000)
+    parser.add_argument("--batch", type=int, nargs="+", default=[100, 500, 1_000],
+                        help="steps per write (the trainer writes 500 at most, or the "
+                        "rest of an epoch)")
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
     rng = random.Random(0)
     steps = [{"step": i + 1, "epoch": i // 5000 + 1, "loss": rng.random(),
               "grad_norm": rng.random() * 3, "lr": 1e-3} for i in range(args.steps)]
-    batches = [steps[i:i + args.batch] for i in range(0, len(steps), args.batch)]
-    times: dict[str, list[tuple[float, float]]] = {"store": [], "raw": []}
-    with tempfile.TemporaryDirectory() as tmp:
-        for i in range(args.repeats):
-            # Alternate which goes first, so drift on a shared machine hits both alike.
-            for mode in ("store", "raw")[::1 if i % 2 == 0 else -1]:
-                write = through_store if mode == "store" else raw
-                times[mode].append(write(Path(tmp) / f"{mode}{i}.db", batches))
     n = args.steps
-    print(f"{n} steps x 3 metrics in batches of {args.batch}, {args.repeats} repeats each")
-    medians = {}
-    for mode, label in (("store", "store (SQLAlchemy)"), ("raw", "raw sqlite3")):
-        wall = statistics.median(t[0] for t in times[mode])
-        cpu = statistics.median(t[1] for t in times[mode])
-        medians[mode] = wall, cpu
-        print(f"{label:19} wall median {wall:.3f} s ({n / wall:,.0f} steps/s), "
-              f"CPU median {cpu:.3f} s  runs {[round(t[0], 3) for t in times[mode]]}")
-    print(f"ratio store/raw rate: wall median {medians['raw'][0] / medians['store'][0]:.2f}, "
-          f"CPU median {medians['raw'][1] / medians['store'][1]:.2f}  (goal >= 0.8)")
-
+    print(f"{n} steps x 3 metrics, {args.repeats} repeats each")
+    for size in args.batch:
+        batches = [steps[i:i + size] for i in range(0, len(steps), size)]
+        times: dict[str, list[tuple[float, float]]] = {"store": [], "raw": []}
+        with tempfile.TemporaryDirectory() as tmp:
+            for i in range(args.repeats):
+                # Alternate which goes first, so drift on a shared machine hits both alike.
+                for mode in ("store", "raw")[::1 if i % 2 == 0 else -1]:
+                    write = through_store if mode == "store" else raw
+                    times[mode].append(write(Path(tmp) / f"{mode}{i}.db", batches))
+        print(f"batches of {size}:")
+        medians = {}
+        for mode, label in (("store", "store (SQLAlchemy)"), ("raw", "raw sqlite3")):
+            wall = statistics.median(t[0] for t in times[mode])
+            cpu = statistics.median(t[1] for t in times[mode])
+            medians[mode] = wall, cpu
+            print(f"  {label:19} wall median {wall:.3f} s ({n / wall:,.0f} steps/s), "
+                  f"CPU median {cpu:.3f} s  runs {[round(t[0], 3) for t in times[mode]]}")
+        print(f"  ratio store/raw rate: wall median "
+              f"{medians['raw'][0] / medians['store'][0]:.2f}, CPU median "
+              f"{medians['raw'][1] / medians['store'][1]:.2f}  (goal >= 0.8)")
 
 if __name__ == "__main__":
     main()
