@@ -6,14 +6,18 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+from datetime import timedelta
 
 import pytest
 from click.testing import CliRunner
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import text
 
 from hlbd import database
 from hlbd.cli import main
-from hlbd.errors import UnknownRunError
-from hlbd.store import Store
+from hlbd.errors import ClaimLostError, UnknownRunError
+from hlbd.recorder import store_locked
+from hlbd.store import Store, live_status, utcnow
 
 OPEN_AND_WRITE = textwrap.dedent("""
     import sys, time
@@ -95,3 +99,47 @@ def test_unique_prefix_finds_a_run_and_ambiguous_prefix_lists_candidates(store):
     assert store.resolve_run_id("abc1") == a
     with pytest.raises(UnknownRunError, match="ambiguous: abc111, abc222"):
         store.resolve_run_id("abc")
+
+
+def some_steps(first: int, last: int) -> list[dict]:
+    return [{"step": n, "epoch": 1, "loss": 1.0 / n, "grad_norm": 0.5, "lr": 1e-3}
+            for n in range(first, last + 1)]
+
+
+def test_step_writes_refresh_the_heartbeat_and_stop_once_the_claim_is_lost(store):
+    # On SQLite the step writes go through the driver's connection: the heartbeat they
+    # store must read back as the time it is, and the claim check must still hold.
+    run_id = store.create_run("beat", {}, {})
+    with store.engine.begin() as conn:
+        conn.execute(text("UPDATE runs SET heartbeat_at = :then"),
+                     {"then": utcnow() - timedelta(minutes=3)})
+    assert live_status(store.get_run(run_id)) == "stale"
+    store.record_steps(run_id, 1, some_steps(1, 3))
+    run = store.get_run(run_id)
+    assert abs(run["heartbeat_at"] - utcnow()) < timedelta(seconds=60)
+    assert live_status(run) == "running"
+    with store.engine.begin() as conn:  # a later attempt judged this one crashed
+        conn.execute(text("UPDATE segments SET status = 'crashed'"))
+    with pytest.raises(ClaimLostError, match="taken over by a later attempt"):
+        store.record_steps(run_id, 1, some_steps(4, 6))
+    assert [s["step"] for s in store.steps(run_id)] == [1, 2, 3]
+
+
+def test_a_step_write_that_finds_the_store_locked_says_so_and_writes_nothing(
+        tmp_path, monkeypatch):
+    monkeypatch.setattr(database, "BUSY_TIMEOUT_MS", 100)
+    db = tmp_path / "locked.db"
+    store = Store.open(str(db))
+    run_id = store.create_run("locked", {}, {})
+    other = sqlite3.connect(db, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(sa_exc.OperationalError) as caught:
+            store.record_steps(run_id, 1, some_steps(1, 3))
+        assert store_locked(caught.value)  # what the recorder waits out
+    finally:
+        other.execute("COMMIT")
+        other.close()
+    assert store.steps(run_id) == []
+    store.record_steps(run_id, 1, some_steps(1, 3))  # the same write, once it is free
+    assert [s["step"] for s in store.steps(run_id)] == [1, 2, 3]
