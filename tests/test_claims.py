@@ -53,22 +53,30 @@ def test_three_resumes_started_at_once_record_each_epoch_once(db, tmp_path, stor
 
 
 CLAIM = textwrap.dedent("""
-    import sys, time
+    import os, sys, time
+    from pathlib import Path
     from hlbd.errors import RunClaimedError
     from hlbd.store import Store
     store = Store.open(sys.argv[1])
-    start = float(sys.argv[3])
+    start, said = float(sys.argv[3]), Path(sys.argv[4])
     while time.time() < start:
         pass
     try:
         print("won", store.begin_segment(sys.argv[2], 1), flush=True)
     except RunClaimedError as lost:
         print("lost", lost, flush=True)
+    # Alive until every claimant has decided, as a trainer that won would be: a winner
+    # gone before a slower claimant looks is a crashed holder, rightly taken over.
+    (said / str(os.getpid())).touch()
+    deadline = time.time() + 60
+    while len(list(said.iterdir())) < int(sys.argv[5]) and time.time() < deadline:
+        time.sleep(0.01)
 """)
 
 
 @pytest.mark.parametrize("holder", ["dead process", "none"])
-def test_claims_made_at_the_same_instant_have_exactly_one_winner(db, store, procs, holder):
+def test_claims_made_at_the_same_instant_have_exactly_one_winner(db, store, procs, holder,
+                                                                  tmp_path):
     """The claim itself, not a check before it: processes released at one instant."""
     run_id = store.create_run("r", {}, {})
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -80,7 +88,9 @@ def test_claims_made_at_the_same_instant_have_exactly_one_winner(db, store, proc
     else:
         store.finish_run(run_id, 1, "interrupted")
     start = time.time() + 2.5  # every process has imported hlbd and opened the store
-    claimants = [procs.python(CLAIM, db, run_id, start) for _ in range(4)]
+    said = tmp_path / "decided"
+    said.mkdir()
+    claimants = [procs.python(CLAIM, db, run_id, start, said, 4) for _ in range(4)]
     outputs = [finish(p, timeout=120) for p in claimants]
 
     assert [code for code, _, _ in outputs] == [0] * 4, outputs
