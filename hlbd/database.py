@@ -252,7 +252,12 @@ def _stored_revision(conn) -> str | None:
     """What ``alembic_version`` holds (as Alembic's MigrationContext reads it), or None."""
     if not inspect(conn).has_table("alembic_version"):
         return None
-    revisions = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    return _one_revision(
+        conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all())
+
+
+def _one_revision(revisions: list[str]) -> str | None:
+    """The revision ``alembic_version`` holds, or None when it holds none."""
     if len(revisions) > 1:
         raise StoreError(f"the database has several schema revisions "
                          f"({', '.join(sorted(revisions))}); hlbd keeps one")
@@ -298,10 +303,7 @@ def _sqlite_schema(engine: Engine) -> tuple[str | None, list[str]]:
         cursor.close()
     finally:
         connection.close()
-    if len(revisions) > 1:
-        raise StoreError(f"the database has several schema revisions "
-                         f"({', '.join(sorted(revisions))}); hlbd keeps one")
-    return (revisions[0] if revisions else None), tables
+    return _one_revision(revisions), tables
 
 
 def _check_known(revision: str | None, url: str) -> None:

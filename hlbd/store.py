@@ -97,7 +97,9 @@ class Store:
         self.url = url
         self.engine = engine
         self._beats: dict[tuple[str, int], float] = {}  # (run, segment): last beat's time
-        self._time_to_db: Callable[[datetime], Any] | None = None
+        # A datetime as SQLAlchemy stores it in this database (for the driver-level path).
+        self._time_to_db: Callable[[datetime], Any] = (
+            Run.heartbeat_at.type.bind_processor(engine.dialect) or (lambda at: at))
 
     @classmethod
     def open(cls, db: str | None = None) -> Store:
@@ -241,10 +243,17 @@ class Store:
                                                 "hold_segment": segment}).rowcount
         if mine != 1:
             raise _claim_lost(run_id, segment)
-        at = time.monotonic()
-        if beat or at - self._beats.get((run_id, segment), -math.inf) >= BEAT_EVERY_SECONDS:
+        if self._beat_due(run_id, segment, force=beat):
             conn.execute(_HEARTBEAT, {"beat_run": run_id, "beat_at": now})
-            self._beats[(run_id, segment)] = at
+
+    def _beat_due(self, run_id: str, segment: int, *, force: bool = False) -> bool:
+        """Whether this write refreshes the heartbeat (``force``, or BEAT_EVERY_SECONDS
+        since this store last did); if so, its time is taken as the last refresh."""
+        at = time.monotonic()
+        if not force and at - self._beats.get((run_id, segment), -math.inf) < BEAT_EVERY_SECONDS:
+            return False
+        self._beats[(run_id, segment)] = at
+        return True
 
     def record_epoch(self, run_id: str, segment: int, epoch: dict[str, Any],
                      steps: Sequence[dict[str, Any]] = ()) -> None:
@@ -288,19 +297,15 @@ class Store:
                 statement, params = _HOLD_SEGMENT_READ, (run_id, segment)
                 if len(cursor.execute(statement, params).fetchall()) != 1:
                     raise _claim_lost(run_id, segment)
-                at = time.monotonic()
-                if at - self._beats.get((run_id, segment), -math.inf) >= BEAT_EVERY_SECONDS:
+                if self._beat_due(run_id, segment):
                     statement = "UPDATE runs SET heartbeat_at = ? WHERE run_id = ?"
-                    params = (self._stored_time(utcnow()), run_id)
+                    params = (self._time_to_db(utcnow()), run_id)
                     cursor.execute(statement, params)
-                    self._beats[(run_id, segment)] = at
                 if columns is not None:
-                    statement = (f"INSERT INTO steps ({STEP_COLUMNS}) "
-                                 f"VALUES ({', '.join(['?'] * len(columns))})")
-                    params = list(zip(*columns))
+                    statement, params = _insert_sql("steps", STEP_COLUMNS, "?"), list(
+                        zip(*columns))
                     cursor.executemany(statement, params)
-                    statement = (f"INSERT INTO step_rollups ({_ROLLUP_COLUMNS}) "
-                                 f"VALUES ({', '.join(['?'] * 21)})")
+                    statement = _insert_sql("step_rollups", _ROLLUP_COLUMNS, "?")
                     params = rollup_rows(columns)
                     cursor.executemany(statement, params)
                 statement, params = "COMMIT", ()
@@ -317,12 +322,6 @@ class Store:
         finally:
             connection.close()
 
-    def _stored_time(self, at: datetime) -> Any:
-        """``at`` as SQLAlchemy stores a DateTime in this database."""
-        if self._time_to_db is None:
-            self._time_to_db = Run.heartbeat_at.type.bind_processor(self.engine.dialect)
-        return self._time_to_db(at) if self._time_to_db else at
-
     @staticmethod
     def _insert_steps(conn, run_id: str, segment: int,
                       steps: Iterable[dict[str, Any]]) -> None:
@@ -338,9 +337,7 @@ class Store:
                     copy.write_row(row)
         else:
             # Positional executemany: the per-step path must stay close to raw sqlite3.
-            mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-            conn.exec_driver_sql(f"INSERT INTO steps ({STEP_COLUMNS}) "
-                                 f"VALUES ({', '.join([mark] * len(columns))})", rows)
+            conn.exec_driver_sql(_insert_sql("steps", STEP_COLUMNS, _mark(conn)), rows)
         _insert_rollups(conn, rollup_rows(columns))
 
     def import_runs(self, runs: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
@@ -502,7 +499,7 @@ class Store:
         NaN, None for a value not recorded) and superseded_by.
         """
         with self.engine.connect() as conn:
-            mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+            mark = _mark(conn)
             sql, params = f"{_STEPS_READ} WHERE run_id = {mark}", [run_id]
             if epochs is not None:
                 epochs = list(epochs)
@@ -747,9 +744,18 @@ def _summary(values: tuple, nan_flags: tuple | None) -> tuple:
 
 def _insert_rollups(conn, rows: list[tuple]) -> None:
     if rows:
-        mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-        conn.exec_driver_sql(f"INSERT INTO step_rollups ({_ROLLUP_COLUMNS}) VALUES "
-                             f"({', '.join([mark] * 21)})", rows)
+        conn.exec_driver_sql(_insert_sql("step_rollups", _ROLLUP_COLUMNS, _mark(conn)), rows)
+
+
+def _mark(conn) -> str:
+    """The driver's positional parameter marker."""
+    return "?" if conn.dialect.paramstyle == "qmark" else "%s"
+
+
+def _insert_sql(table: str, columns: str, mark: str) -> str:
+    """A positional INSERT of every column named in ``columns`` (comma-separated)."""
+    count = len(columns.split(","))
+    return f"INSERT INTO {table} ({columns}) VALUES ({', '.join([mark] * count)})"
 
 
 def _claim_lost(run_id: str, segment: int) -> ClaimLostError:
