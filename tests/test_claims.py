@@ -4,6 +4,7 @@ holders taken over, a taken-over holder that wakes up writes nothing."""
 from __future__ import annotations
 
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -15,6 +16,7 @@ from _edges import TINY, finish, rows, wait_for
 from conftest import tiny_config
 from sqlalchemy import text
 
+from hlbd import database
 from hlbd.errors import RunClaimedError
 from hlbd.runner import start_run
 from hlbd.store import utcnow
@@ -119,6 +121,37 @@ def test_a_stale_holder_on_another_host_is_taken_over_and_a_fresh_one_is_not(db,
         (1, "crashed"), (2, "running")]
 
 
+def inside_a_write(db: str) -> bool:
+    """Whether some process holds a write transaction open on the store: SQLite's write
+    lock, or a server session idle inside a transaction."""
+    path = database.sqlite_path(database.resolve_db_url(str(db)))
+    if path is None:
+        return bool(rows(db, "SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                             "current_database() AND state = 'idle in transaction'")[0][0])
+    probe = sqlite3.connect(path, timeout=0.2, isolation_level=None)
+    try:
+        probe.execute("BEGIN IMMEDIATE")
+        probe.execute("ROLLBACK")
+        return False
+    except sqlite3.OperationalError:
+        return True
+    finally:
+        probe.close()
+
+
+def pause_between_writes(proc: subprocess.Popen, db: str) -> None:
+    """SIGSTOP ``proc`` at a moment it is not inside a write, trying again until so: a
+    process paused inside one holds its locks and every other writer waits on it (on
+    SQLite, even a reader through a write engine), which is not what is tested here."""
+    for _ in range(100):
+        proc.send_signal(signal.SIGSTOP)
+        if not inside_a_write(db):
+            return
+        proc.send_signal(signal.SIGCONT)
+        time.sleep(0.01)
+    raise AssertionError("the holder was inside a write at every try")
+
+
 def test_a_taken_over_holder_that_wakes_up_stops_without_writing(db, tmp_path, store,
                                                                  procs):
     holder = procs.hlbd("train", "--db", db, "--runs-dir", tmp_path / "runs", *TINY,
@@ -126,7 +159,7 @@ def test_a_taken_over_holder_that_wakes_up_stops_without_writing(db, tmp_path, s
                         "--name", "paused")
     wait_for(lambda: rows(db, "SELECT 1 FROM checkpoints WHERE epoch = "
                               "(SELECT max(epoch) FROM epochs)"), holder)
-    holder.send_signal(signal.SIGSTOP)  # paused right after a checkpoint row
+    pause_between_writes(holder, db)  # paused soon after a checkpoint row
     (run_id,) = [r[0] for r in rows(db, "SELECT run_id FROM runs")]
     paused_rows = rows(db, "SELECT count(*) FROM epochs WHERE segment = 1")[0][0]
     target = store.newest_checkpoint(run_id)["epoch"] + 1
