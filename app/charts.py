@@ -15,7 +15,8 @@ creation order), so it keeps it whichever runs are picked; clicking a legend ent
 hides that run.
 
 Chart data is built with pandas, column at a time: 20 runs x 1,000 points per chart is
-a few milliseconds, not seconds.
+a few milliseconds, not seconds. The spec is drawn by vega_component (Vega with compiled
+expressions, the data sent as Arrow tables).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from datetime import datetime
 
 import numpy as np
 import pandas as pd
-import streamlit as st
+
+import vega_component
 
 METRICS = {"loss": "Loss", "grad_norm": "Gradient norm", "lr": "Learning rate",
            "token_accuracy": "Token accuracy", "tokens_per_second": "Tokens per second"}
@@ -400,14 +402,14 @@ def spec(data: list[MetricData], series: list[RunSeries], x_axis: str, *,
     ]
     return {
         "$schema": "https://vega.github.io/schema/vega-lite/v6.json",
-        # Plain "pad" sizing: each plot is the width Streamlit gives the chart and the y
-        # axes take Y_AXIS_ROOM left of it (the page leaves that room beside the chart).
-        # "fit-x" fitted the page by itself, but only by laying the charts out twice:
-        # every point was encoded again at the narrower width, half the browser's time.
+        # Plain "pad" sizing: draw() sets each plot's width to the page's less
+        # Y_AXIS_ROOM, which the y axes take left of it. "fit-x" fitted the page by
+        # itself, but only by laying the charts out twice: every point was encoded again
+        # at the narrower width, half the browser's time.
         "autosize": {"type": "pad"},
         "padding": {"left": 0, "right": 0, "top": 5, "bottom": 20},
-        # Canvas draws thousands of points faster than SVG; no per-mark ARIA labels.
-        "usermeta": {"embedOptions": {"renderer": "canvas"}},
+        # The runs in colour order: the datasets name a run by its index in this list.
+        "usermeta": {"runs": labels},
         "datasets": datasets,
         "vconcat": charts,
         "resolve": {"scale": {"x": "shared", "color": "shared"}},
@@ -424,17 +426,13 @@ def spec(data: list[MetricData], series: list[RunSeries], x_axis: str, *,
     }
 
 
-def draw(chart: dict, **kwargs):
-    """Show a spec() chart across the page's width, its y axes included.
-
-    Streamlit gives the plots the width of their container, and the y axes take
-    Y_AXIS_ROOM more to their left; so the chart sits beside a blank of that width,
-    and the whole is as wide as the page. ``kwargs`` go to st.vega_lite_chart.
-    """
-    with st.container(horizontal=True, gap=None, wrap=False):
-        state = st.vega_lite_chart(chart, width="stretch", **kwargs)
-        st.space(Y_AXIS_ROOM)
-    return state
+def draw(chart: dict, key: str | None = None) -> None:
+    """Show a spec() chart across the page's width, its y axes included (the plots take
+    the width less Y_AXIS_ROOM); a zoomable one's drags come back as
+    vega_component.zoom_event(key)."""
+    zoomable = any(p["name"] == "zoom" for p in chart.get("params", []))
+    data = vega_component.payload(chart, chart["usermeta"]["runs"], Y_AXIS_ROOM, zoomable)
+    vega_component.draw(data, key=key)
 
 
 def _metric_chart(d: MetricData, i: int, x: dict, color: dict, labels: list[str],

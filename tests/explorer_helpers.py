@@ -1,4 +1,4 @@
-"""Driving the explorer in tests: AppTest on app/main.py, and reading its Altair charts."""
+"""Driving the explorer in tests: AppTest on app/main.py, and reading its Vega-Lite charts."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import urllib.request
 from pathlib import Path
 
 import pandas as pd
+from streamlit.components.v2.bidi_component.constants import ARROW_REF_KEY
 from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 from streamlit.testing.v1 import AppTest
 
@@ -107,11 +108,19 @@ class Chart:
 
 
 def chart_spec(at: AppTest) -> tuple[dict, dict[str, pd.DataFrame]]:
-    """The compare page's one Vega-Lite element: its spec and named datasets."""
-    element = at.get("vega_lite_chart")[0]
-    datasets = {d.name: convert_arrow_bytes_to_pandas_df(d.data.data)
-                for d in element.proto.datasets}
-    return json.loads(element.proto.spec), datasets
+    """The page's chart, as the browser gets it (app/vega_component.py): its Vega-Lite
+    spec and its named datasets, each run named by its label again."""
+    element = next(e for e in at.get("bidi_component")
+                   if e.proto.component_name == "hlbd_chart" and e.proto.HasField("mixed"))
+    data = json.loads(element.proto.mixed.json)
+    blobs = element.proto.mixed.arrow_blobs
+    datasets = {}
+    for name in data["datasets"]:
+        frame = convert_arrow_bytes_to_pandas_df(blobs[data[name][ARROW_REF_KEY]].data)
+        if "run" in frame:
+            frame["run"] = [data["labels"][i] for i in frame["run"]]
+        datasets[name] = frame
+    return data["spec"], datasets
 
 
 def charts(at: AppTest) -> dict[str, Chart]:

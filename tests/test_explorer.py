@@ -287,7 +287,7 @@ def test_all_charts_of_the_page_share_one_x_range(explored, monkeypatch):
                   for m in c.marks() if "x" in m["encoding"]]
         assert all(s == {"zero": False, "nice": False} for s in scales)
         # ... and the zoom is the same on every chart: the data of each is cut to it.
-        at.session_state["charts"] = {"selection": {"zoom": {"x": [1.5, 2.5]}}}
+        at.session_state["charts"] = {"zoom": {"x": [1.5, 2.5]}}
         at.run()
         for chart in charts(at).values():
             assert chart.points["x"].between(1.5, 2.5).all()

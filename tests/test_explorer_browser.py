@@ -195,3 +195,24 @@ def test_every_page_opens_by_its_url(served, page, path, title):
     if path == "/compare":
         page.locator(".vega-embed").first.wait_for(timeout=WAIT_MS)
     assert page.errors == []
+
+
+def test_the_charts_in_the_browser_hold_exactly_the_stored_numbers(served, page):
+    """What Vega draws is what the store holds: every effective step's loss to the last
+    bit, and no band where a step has none (null stays null, never a made-up 0)."""
+    url, ids, db = served
+    page.goto(f"{url}/compare?runs={ids['first'][:8]},{ids['second'][:8]}&x=step")
+    page.wait_for_function("() => document.querySelector('.vega-embed')?.hlbdView",
+                           timeout=WAIT_MS)
+    drawn = page.evaluate("""() => document.querySelector('.vega-embed').hlbdView
+        .data('points_loss').map(d => [d.run, d.x, d.value, d.lo, d.hi])""")
+    store = Store.open(str(db))
+    try:
+        expected = sorted([f"{name} · {ids[name][:8]}", float(s["step"]), s["loss"], None,
+                           None] for name in ("first", "second")
+                          for s in store.steps(ids[name]))
+    finally:
+        store.close()
+    assert len(expected) > 30  # the resumed run's superseded steps are not among them
+    assert sorted(drawn) == expected
+    assert page.errors == []

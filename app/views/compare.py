@@ -12,6 +12,7 @@ import formats
 import live
 import reads
 import sidebar
+import vega_component
 import view
 from hlbd import compare
 
@@ -23,6 +24,7 @@ POINTS = 6_000
 POINTS_PER_RUN = (250, 500)
 
 st.title("Compare runs")
+vega_component.preload()
 url = sidebar.database_url()
 thresholds = sidebar.thresholds()
 runs = {r["run_id"]: r for r in reads.runs(url, thresholds)}
@@ -58,16 +60,10 @@ view.put("log", bottom[1].pills(
 
 def zoom_from_chart() -> None:
     """A drag on a chart zooms every chart to its x range; a double-click goes back."""
-    state = st.session_state.get("charts")
-    try:
-        selected = dict(state["selection"]["zoom"]) if state else {}
-    except (KeyError, TypeError):
-        selected = {}
-    if selected == st.session_state.get("zoom_seen", {}):
-        return  # not the user's doing (a redraw keeps the last selection)
-    st.session_state["zoom_seen"] = selected
-    span = selected.get("x")
-    view.put("range", (float(min(span)), float(max(span))) if span else None)
+    event = vega_component.zoom_event("charts")
+    if event is not None:
+        span = event.get("x")
+        view.put("range", (float(min(span)), float(max(span))) if span else None)
 
 
 def points_per_run(count: int) -> int:
@@ -144,7 +140,7 @@ with reads.errors_shown():
     if spec is None:
         st.info("Pick at least one chart above.")
     else:
-        charts.draw(spec, key="charts", on_select="rerun", selection_mode=["zoom"])
+        charts.draw(spec, key="charts")
         notes = [("Drag across a chart to zoom all of them (double-click: back); hover for "
                  "every run's value; click a legend entry to hide that run."),
                  ("Triangles on the top edge: NaN/Inf (the line breaks there). Filled "

@@ -1,0 +1,187 @@
+// The explorer's charts: a Vega-Lite spec drawn in the page by vega-embed (app/vega/),
+// with Vega's compiled expressions (Streamlit's own chart element forces Vega's slower
+// expression interpreter; see vega_component.py). The data comes as Arrow tables, so
+// no number is written out as text on the way.
+//
+// data (from vega_component.py): assets (the URL folder of the Vega scripts), and when
+// there is a chart: spec (without its datasets), datasets (their names; each is an
+// Arrow table under its own name, its "run" column the index into labels), labels,
+// axis_room (pixels the y axes take left of the plots), zoomable, and fingerprint (a
+// hash of all that: the chart is drawn again only when it changes). With assets alone
+// the scripts are only fetched, so they load while the server still builds the charts.
+//
+// Events sent back (Streamlit triggers: a value for the one rerun they cause): "zoom",
+// the x interval dragged across a chart ({x: [lo, hi]}), {} after a double-click on it.
+
+const SCRIPTS = ["vega.min.js", "vega-lite.min.js", "vega-embed.min.js"];
+
+// Fetched at once, run in order (async = false), once per page; after a failure (the
+// server was away) the next chart tries again.
+function loadVega(assets) {
+  window.__hlbdVega ??= Promise.all(SCRIPTS.map((name) => new Promise((resolve, reject) => {
+    const script = document.createElement("script");
+    script.src = assets + name;
+    script.async = false;
+    script.onload = resolve;
+    script.onerror = () => reject(new Error(`could not load ${assets}${name}`));
+    document.head.appendChild(script);
+  }))).catch((error) => {
+    window.__hlbdVega = null;
+    throw error;
+  });
+  return window.__hlbdVega;
+}
+
+// One Arrow column as plain values: null where Arrow says null (never a made-up 0),
+// 64-bit integers as numbers.
+function values(vector) {
+  const raw = vector.toArray();
+  const out = ArrayBuffer.isView(raw) ? Array.from(raw, (v) => (typeof v === "bigint"
+    ? Number(v) : v)) : Array.from(raw);
+  if (vector.nullCount) {
+    for (let i = 0; i < out.length; i++) if (!vector.isValid(i)) out[i] = null;
+  }
+  return out;
+}
+
+// An Arrow table as the row objects Vega reads; "run" back from its index to its label.
+function rows(table, labels) {
+  const names = table.schema.fields.map((f) => f.name)
+    .filter((n) => !n.startsWith("__index_level_"));
+  const columns = names.map((n) => values(table.getChild(n)));
+  const run = names.indexOf("run");
+  if (run >= 0) columns[run] = columns[run].map((i) => (i === null || i < 0 ? null : labels[i]));
+  const out = new Array(table.numRows);
+  for (let i = 0; i < out.length; i++) {
+    const row = {};
+    for (let k = 0; k < names.length; k++) row[names[k]] = columns[k][i];
+    out[i] = row;
+  }
+  return out;
+}
+
+// The look of Streamlit's own charts, from the page's theme variables.
+function themeConfig(element) {
+  const css = getComputedStyle(element);
+  const get = (name, fallback) => css.getPropertyValue(name).trim() || fallback;
+  const text = get("--st-text-color", "#31333f");
+  const grid = get("--st-border-color-light", "#e6eaf1");
+  const font = get("--st-font", "sans-serif");
+  const label = {labelFontSize: 12, labelFontWeight: "normal", labelColor: text,
+                 titleFontSize: 14, titleFontWeight: "normal", titleColor: text};
+  return {
+    font, background: "transparent",
+    title: {color: get("--st-heading-color", text), fontSize: 16, fontWeight: 600,
+            subtitleColor: text, subtitleFontSize: 13, anchor: "start", offset: 12},
+    axis: {...label, ticks: false, domain: false, gridColor: grid, labelPadding: 8,
+           titlePadding: 12},
+    legend: {...label, labelFontSize: 14, padding: 8, rowPadding: 2},
+  };
+}
+
+function chartWidth(element, axisRoom) {
+  return Math.max(120, Math.floor(element.getBoundingClientRect().width) - axisRoom);
+}
+
+// box: a block as wide as the page's column; el inside it, for vega-embed.
+function draw(box, el, data, zoomed) {
+  const spec = {...data.spec, datasets: {}};
+  for (const name of data.datasets) spec.datasets[name] = rows(data[name], data.labels);
+  const width = chartWidth(box, data.axis_room);
+  for (const chart of spec.vconcat ?? []) chart.width = width;
+  spec.config = vega.mergeConfig(themeConfig(el), spec.config ?? {});
+  // Canvas draws thousands of points faster than SVG.
+  return vegaEmbed(el, spec, {actions: false, renderer: "canvas"}).then((result) => {
+    el.hlbdView = result.view;  // for tests and the browser's console
+    if (!data.zoomable) return {result, width};
+    // The interval follows the pointer while it drags; it is sent once, when the
+    // button is let go (anywhere on the page).
+    let dragged = null;
+    result.view.addSignalListener("zoom", (_, value) => {
+      const x = value?.x;
+      dragged = x && x.length === 2 && x[0] !== x[1] ? value : null;
+    });
+    const release = () => {
+      if (dragged) zoomed(dragged);
+      dragged = null;
+    };
+    window.addEventListener("pointerup", release);
+    return {result, width, release};
+  });
+}
+
+// One chart per element Streamlit gives it. Streamlit calls the default export again
+// with the same parentElement whenever the data changes (and the cleanup it returns
+// only when the element goes), so the chart lives on the element and is redrawn.
+function mount(parentElement) {
+  const box = document.createElement("div");
+  const el = document.createElement("div");
+  box.appendChild(el);
+  parentElement.appendChild(box);
+  const chart = {data: null, trigger: null, drawn: null, generation: 0};
+  const zoomed = (value) => chart.trigger("zoom", value);
+  // A double-click on a chart goes back to the whole x range.
+  box.addEventListener("dblclick", () => chart.data?.zoomable && zoomed({}));
+  const drop = () => {
+    if (!chart.drawn) return;
+    window.removeEventListener("pointerup", chart.drawn.release);
+    chart.drawn.result.finalize();
+    chart.drawn = null;
+  };
+  // A newer redraw (new data, a new width) wins over one still in flight.
+  chart.redraw = (loading) => {
+    const generation = ++chart.generation;
+    return loading.then(() => {
+      if (generation !== chart.generation) return null;
+      // The page keeps its height while the chart is drawn again (nothing below jumps).
+      box.style.minHeight = `${box.offsetHeight}px`;
+      drop();
+      el.replaceChildren();
+      return draw(box, el, chart.data, zoomed).then((drawn) => {
+        if (generation !== chart.generation) {
+          window.removeEventListener("pointerup", drawn.release);
+          drawn.result.finalize();
+        } else {
+          chart.drawn = drawn;
+          box.style.minHeight = "";
+        }
+      });
+    }).catch((error) => {
+      box.style.minHeight = "";
+      if (generation === chart.generation) {
+        el.textContent = `The charts could not be drawn: ${error.message}`;
+      }
+    });
+  };
+  // The plots take the page's width: drawn again when it changes (the sidebar opens).
+  let resizing = null;
+  const observer = new ResizeObserver(() => {
+    const drawn = chart.drawn;
+    if (!drawn || Math.abs(chartWidth(box, chart.data.axis_room) - drawn.width) < 2) return;
+    clearTimeout(resizing);
+    resizing = setTimeout(() => chart.redraw(loadVega(chart.data.assets)), 150);
+  });
+  observer.observe(box);
+  chart.close = () => {
+    chart.generation++;
+    observer.disconnect();
+    clearTimeout(resizing);
+    drop();
+    box.remove();
+    delete parentElement.__hlbdChart;
+  };
+  return chart;
+}
+
+export default function ({data, parentElement, setTriggerValue}) {
+  const loading = loadVega(data.assets);
+  if (!data.spec) return undefined;
+  parentElement.__hlbdChart ??= mount(parentElement);
+  const chart = parentElement.__hlbdChart;
+  chart.trigger = setTriggerValue;
+  if (chart.data?.fingerprint !== data.fingerprint) {
+    chart.data = data;
+    chart.redraw(loading);
+  }
+  return chart.close;
+}
