@@ -90,6 +90,10 @@ function draw(box, el, data, zoomed) {
   const width = chartWidth(box, data.axis_room);
   for (const chart of spec.vconcat ?? []) chart.width = width;
   spec.config = vega.mergeConfig(themeConfig(el), spec.config ?? {});
+  // As many legend columns as fit (a label is up to ~30 characters), at most the spec's.
+  const legend = spec.config.legend ?? {};
+  legend.columns = Math.max(1, Math.min(legend.columns ?? 4, Math.floor(width / 240)));
+  spec.config.legend = legend;
   // Canvas draws thousands of points faster than SVG.
   return vegaEmbed(el, spec, {actions: false, renderer: "canvas"}).then((result) => {
     el.hlbdView = result.view;  // for tests and the browser's console

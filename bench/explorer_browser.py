@@ -10,9 +10,11 @@ For 4 and for 20 runs the bench starts `streamlit run app/main.py` afresh (no ca
 opens /compare?runs=...&x=step in headless Chromium (a fresh profile) and waits until
 the charts are drawn: that is "cold". Then it opens the same link in a new page, a new
 session: "warm" (the server's caches hold the data, the browser's the app's scripts). As a baseline it then times the SQL page, which
-shows no data, on the same warm server, and prints each time's ratio to it. Last, "in
+shows no data, on the same warm server, and prints each time's ratio to it. Then "in
 the page": in an open Compare page the x axis is switched to epoch and back, and the
-switch back is timed, click to charts drawn (an interaction, no new session).
+switch back is timed, click to charts drawn (an interaction, no new session). Last, the
+floor: a new session of a one-line Streamlit app (st.write) on the same machine, the
+least any Streamlit page costs here.
 
 Goals (issue 11): 20 runs warm <= 1.5 s, cold <= 4 s; 4 runs <= 1 s.
 
@@ -134,10 +136,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve(db: Path) -> tuple[subprocess.Popen, str]:
+def serve(db: Path, app: Path = ROOT / "app" / "main.py") -> tuple[subprocess.Popen, str]:
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "main.py"),
+        [sys.executable, "-m", "streamlit", "run", str(app),
          "--server.headless", "true", "--server.port", str(port),
          "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
         cwd=ROOT, env={**os.environ, "HLBD_DB": str(db)}, stdout=subprocess.DEVNULL,
@@ -182,6 +184,24 @@ def timed_load(context, url: str, ready: str) -> tuple[float, tuple | None]:
     if not largest or largest["at"] is None:
         return elapsed, None
     return elapsed, (largest["at"] / 1000, largest["bytes"], (drawn - largest["at"]) / 1000)
+
+
+def floor_seconds(browser, db: Path, root: Path, repeat: int) -> float:
+    """A new session of a one-line Streamlit app (``st.write``), warm, on a server of its
+    own with the same settings: what any Streamlit page costs on this machine."""
+    app = root / "floor.py"
+    app.write_text('import streamlit as st\n\nst.write("floor")\n')
+    times = []
+    for _ in range(repeat):
+        server, url = serve(db, app)
+        context = browser.new_context(viewport={"width": 1400, "height": 1100})
+        try:
+            timed_load(context, url, "text=floor")  # cold: the scripts come into the cache
+            times.append(timed_load(context, url, "text=floor")[0])
+        finally:
+            context.close()
+            stop(server)
+    return statistics.median(times)
 
 
 def timed_switch(context, url: str, ready: str) -> float:
@@ -266,6 +286,7 @@ def main() -> None:
                     results.append((count, statistics.median(cold),
                                     statistics.median(warm), statistics.median(base),
                                     statistics.median(inside)))
+                floor = floor_seconds(browser, db, Path(tmp), args.repeat)
             finally:
                 browser.close()
     print(f"Compare page by step, {args.steps:,} steps per run (median of {args.repeat}; "
@@ -276,6 +297,8 @@ def main() -> None:
               f"   {warm / base:9.1f}   {inside:13.2f}")
     print("in the page: an open Compare page switched to epoch and back to step, the "
           "switch back timed (click to charts drawn)")
+    print(f"a one-line Streamlit app (st.write), warm, on the same machine: {floor:.2f} s "
+          "(Streamlit's own floor for any page)")
     print("goals: 20 runs warm <= 1.5 s, cold <= 4 s; 4 runs <= 1 s")
     if splits:
         print("where it went (medians): seconds from navigation until the largest websocket "
