@@ -94,8 +94,10 @@ function draw(box, el, data, zoomed) {
   const legend = spec.config.legend ?? {};
   legend.columns = Math.max(1, Math.min(legend.columns ?? 4, Math.floor(width / 240)));
   spec.config.legend = legend;
-  // Canvas draws thousands of points faster than SVG.
-  return vegaEmbed(el, spec, {actions: false, renderer: "canvas"}).then((result) => {
+  // Canvas draws thousands of points faster than SVG. The "..." menu saves the charts
+  // as PNG or SVG (its links to the online Vega editor are left out: a local tool).
+  const actions = {export: true, source: false, compiled: false, editor: false};
+  return vegaEmbed(el, spec, {actions, renderer: "canvas"}).then((result) => {
     el.hlbdView = result.view;  // for tests and the browser's console
     if (!data.zoomable) return {result, width};
     // The interval follows the pointer while it drags; it is sent once, when the

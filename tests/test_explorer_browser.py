@@ -81,6 +81,8 @@ def page(browser):
     page.on("console", lambda m: m.type == "error" and not any(
         n in m.text for n in KNOWN_NOISE) and page.errors.append(m.text))
     page.on("pageerror", lambda e: page.errors.append(str(e)))
+    page.requested = []
+    page.on("request", lambda r: page.requested.append(r.url))
     yield page
     context.close()
 
@@ -182,6 +184,10 @@ def test_a_compare_link_opens_that_view_and_charts_zoom_and_hover_together(serve
     page.mouse.dblclick(box["x"] + box["width"] * 0.5, box["y"] + 160)
     page.wait_for_function("() => !location.search.includes('range=')", timeout=WAIT_MS)
     assert page.errors == []
+    # The charts' scripts came from the explorer's own server, like everything else.
+    assert any(u.endswith("/vega.min.js") for u in page.requested)
+    assert {urllib.parse.urlparse(u).netloc for u in page.requested
+            if u.startswith("http")} == {urllib.parse.urlparse(url).netloc}
 
 
 @pytest.mark.parametrize("path, title", [("/run", "Run detail"), ("/sql", "SQL"),
