@@ -4,9 +4,9 @@
 // no number is written out as text on the way.
 //
 // data (from vega_component.py): assets (the URL folder of the Vega scripts), and when
-// there is a chart: spec (without its datasets), datasets (their names; each is an
-// Arrow table under its own name, its "run" column the index into labels), labels,
-// axis_room (pixels the y axes take left of the plots), zoomable, and fingerprint (a
+// there is a chart: spec (without its datasets; usermeta.runs lists the runs),
+// datasets (their names; each is an Arrow table under its own name, its "run" column
+// the index into spec.usermeta.runs), axis_room (pixels the y axes take left of the plots), zoomable, and fingerprint (a
 // hash of all that: the chart is drawn again only when it changes). With assets alone
 // the scripts are only fetched, so they load while the server still builds the charts.
 //
@@ -86,7 +86,8 @@ function chartWidth(element, axisRoom) {
 // box: a block as wide as the page's column; el inside it, for vega-embed.
 function draw(box, el, data, zoomed) {
   const spec = {...data.spec, datasets: {}};
-  for (const name of data.datasets) spec.datasets[name] = rows(data[name], data.labels);
+  const labels = data.spec.usermeta?.runs ?? [];
+  for (const name of data.datasets) spec.datasets[name] = rows(data[name], labels);
   const width = chartWidth(box, data.axis_room);
   for (const chart of spec.vconcat ?? []) chart.width = width;
   spec.config = vega.mergeConfig(themeConfig(el), spec.config ?? {});
@@ -128,10 +129,12 @@ function mount(parentElement) {
   const zoomed = (value) => chart.trigger("zoom", value);
   // A double-click on a chart goes back to the whole x range.
   box.addEventListener("dblclick", () => chart.data?.zoomable && zoomed({}));
+  const discard = (drawn) => {
+    window.removeEventListener("pointerup", drawn.release);
+    drawn.result.finalize();
+  };
   const drop = () => {
-    if (!chart.drawn) return;
-    window.removeEventListener("pointerup", chart.drawn.release);
-    chart.drawn.result.finalize();
+    if (chart.drawn) discard(chart.drawn);
     chart.drawn = null;
   };
   // A newer redraw (new data, a new width) wins over one still in flight.
@@ -145,8 +148,7 @@ function mount(parentElement) {
       el.replaceChildren();
       return draw(box, el, chart.data, zoomed).then((drawn) => {
         if (generation !== chart.generation) {
-          window.removeEventListener("pointerup", drawn.release);
-          drawn.result.finalize();
+          discard(drawn);
         } else {
           chart.drawn = drawn;
           box.style.minHeight = "";

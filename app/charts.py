@@ -430,9 +430,7 @@ def draw(chart: dict, key: str | None = None) -> None:
     """Show a spec() chart across the page's width, its y axes included (the plots take
     the width less Y_AXIS_ROOM); a zoomable one's drags come back as
     vega_component.zoom_event(key)."""
-    zoomable = any(p["name"] == "zoom" for p in chart.get("params", []))
-    data = vega_component.payload(chart, chart["usermeta"]["runs"], Y_AXIS_ROOM, zoomable)
-    vega_component.draw(data, key=key)
+    vega_component.draw(vega_component.payload(chart, Y_AXIS_ROOM), key=key)
 
 
 def _metric_chart(d: MetricData, i: int, x: dict, color: dict, labels: list[str],

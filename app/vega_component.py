@@ -43,13 +43,15 @@ def assets_url() -> str:
     return f"/{base + '/' if base else ''}component/{files.name}/"
 
 
-def payload(spec: dict, labels: list[str], axis_room: int, zoomable: bool) -> dict:
+def payload(spec: dict, axis_room: int) -> dict:
     """What the component draws: the spec without its datasets, each dataset an Arrow
-    table under its own name (its "run" column as the index into ``labels``, so a label
-    is not sent once per point), and the layout facts."""
+    table under its own name (its "run" column as the index into the spec's
+    ``usermeta.runs``, so a label is not sent once per point), and the layout facts.
+    The chart is zoomable when the spec has a "zoom" selection."""
+    labels = spec["usermeta"]["runs"]
     data = {"spec": {k: v for k, v in spec.items() if k != "datasets"},
-            "datasets": list(spec.get("datasets", {})), "labels": list(labels),
-            "axis_room": axis_room, "zoomable": zoomable}
+            "datasets": list(spec.get("datasets", {})), "axis_room": axis_room,
+            "zoomable": any(p["name"] == "zoom" for p in spec.get("params", []))}
     digest = hashlib.blake2b(json.dumps(data, sort_keys=True, default=str).encode(),
                              digest_size=16)
     for name, frame in spec.get("datasets", {}).items():

@@ -118,7 +118,7 @@ def chart_spec(at: AppTest) -> tuple[dict, dict[str, pd.DataFrame]]:
     for name in data["datasets"]:
         frame = convert_arrow_bytes_to_pandas_df(blobs[data[name][ARROW_REF_KEY]].data)
         if "run" in frame:
-            frame["run"] = [data["labels"][i] for i in frame["run"]]
+            frame["run"] = [data["spec"]["usermeta"]["runs"][i] for i in frame["run"]]
         datasets[name] = frame
     return data["spec"], datasets
 
