@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy import Engine, bindparam, select, text
 
-from hlbd.models import Segment
+from hlbd.store.tables import Segment
 from hlbd.store import ROLLUP_STEPS
 
 DEFAULT_MAX_POINTS = 1000

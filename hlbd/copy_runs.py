@@ -23,7 +23,7 @@ from sqlalchemy import Connection, Table, and_, insert, select, text, update
 
 from hlbd import database
 from hlbd.errors import StoreError
-from hlbd.models import Base
+from hlbd.store.tables import Base
 from hlbd.store import Store
 
 # Columns a run's rows may change after they were written (so after a copy): everything

@@ -7,7 +7,7 @@ hlbd runs migrations itself (hlbd.store) and hands over an open connection in
 from alembic import context
 from sqlalchemy import create_engine
 
-from hlbd.models import Base
+from hlbd.store.tables import Base
 
 config = context.config
 target_metadata = Base.metadata

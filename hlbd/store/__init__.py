@@ -25,7 +25,7 @@ from sqlalchemy.orm import aliased
 
 from hlbd import database
 from hlbd.errors import ClaimLostError, RunClaimedError, UnknownRunError
-from hlbd.models import Anomaly, Checkpoint, Epoch, Run, Segment, Step, StepRollup
+from hlbd.store.tables import Anomaly, Checkpoint, Epoch, Run, Segment, Step, StepRollup
 
 # The steps columns in the order of the rows _insert_steps builds (its COPY names them).
 STEP_COLUMNS = ("run_id, segment, step, epoch, loss, loss_is_nan, grad_norm, "

@@ -1,4 +1,4 @@
-"""SQLAlchemy models of the run store.
+"""The run store's tables as SQLAlchemy models (the newest schema revision).
 
 The schema itself changes only through Alembic (migrations/versions); these models
 mirror the newest revision so the store can build statements from them.
