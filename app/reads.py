@@ -1,7 +1,7 @@
 """What the explorer reads: plain functions over hlbd's read-only store, cached.
 
 The engine of each database is a cached resource opened read-only
-(``hlbd.database.read_engine``), so the explorer never holds a write lock and a
+(``hlbd.store.connect.read_engine``), so the explorer never holds a write lock and a
 trainer writing at the same time never sees ``database is locked``. The run list is
 cached for ``LIVE_TTL`` seconds; everything about one run is keyed by its ``version``
 (status, heartbeat, epoch count), which changes whenever the trainer writes, so a
@@ -20,11 +20,11 @@ import pandas as pd
 import streamlit as st
 from sqlalchemy.exc import SQLAlchemyError
 
-from hlbd import compare, database
+from hlbd import compare
 from hlbd.anomalies import STEP_RULES, Thresholds, detect
 from hlbd.errors import HlbdError
 from hlbd.query import QueryResult, run_query
-from hlbd.store import Store, utcnow
+from hlbd.store import Store, connect, schema, utcnow
 
 LIVE_TTL = 2.0        # seconds a run list may be old
 RUN_TTL = 600.0       # per-run data is keyed by version; the TTL only bounds memory
@@ -39,22 +39,22 @@ FIRST_RUN_HELP = ("Start a first run with `hlbd train` (it trains on the bundled
 @st.cache_resource(show_spinner=False)
 def store(url: str) -> Store:
     """A store whose engine cannot write (one per database URL, shared by sessions)."""
-    return Store(url, database.read_engine(url))
+    return Store(url, connect.read_engine(url))
 
 
 @st.cache_resource(show_spinner=False)
 def schema_head() -> str:
-    return database.head_revision()
+    return schema.head_revision()
 
 
 @st.cache_data(ttl=LIVE_TTL, show_spinner=False)
 def database_problem(url: str) -> str | None:
     """Why ``url`` cannot be explored (a message saying what to do), or None."""
-    path = database.sqlite_path(url)
+    path = connect.sqlite_path(url)
     if path is not None and not path.is_file():
         return f"There is no run database at `{path}` yet. {FIRST_RUN_HELP}"
     try:
-        revision = database.current_revision(store(url).engine)
+        revision = schema.current_revision(store(url).engine)
     except (HlbdError, SQLAlchemyError) as exc:
         return f"`{url}` cannot be read as a run database: {error_message(exc)}"
     if revision is None:

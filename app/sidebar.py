@@ -9,18 +9,18 @@ import streamlit as st
 
 import reads
 import view
-from hlbd import database
 from hlbd.anomalies import THRESHOLD_HELP
+from hlbd.store import connect
 
 
 def database_url() -> str:
     """The database the explorer reads: the sidebar field, else HLBD_DB, else ./hlbd.db."""
-    return database.resolve_db_url((st.session_state.get("db") or "").strip() or None)
+    return connect.resolve_db_url((st.session_state.get("db") or "").strip() or None)
 
 
 def choose_database() -> str:
-    default = database.resolve_db_url(None)
-    shown = str(database.sqlite_path(default) or default)
+    default = connect.resolve_db_url(None)
+    shown = str(connect.sqlite_path(default) or default)
     st.sidebar.text_input(
         "Run database", value=shown, key="db",
         help="A SQLite file or a SQLAlchemy URL; opened read-only. Default: HLBD_DB, "

@@ -18,10 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from hlbd import compare, database
+from hlbd import compare
 from hlbd.config import TrainConfig
 from hlbd.runner import start_run
-from hlbd.store import Store
+from hlbd.store import Store, connect
 
 BATCH = 10_000
 
@@ -76,7 +76,7 @@ def main() -> None:
         print(f"wrote {args.runs} runs x {args.steps:,} steps ({rows:,} rows) through the "
               f"store's step writer in {written:.1f} s")
 
-        engine = database.read_engine(database.resolve_db_url(str(path)))
+        engine = connect.read_engine(connect.resolve_db_url(str(path)))
         raw = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         marks = ",".join("?" * len(ids))
         raw_sql = ("SELECT run_id, step, epoch, loss, loss_is_nan, grad_norm, "

@@ -1,6 +1,6 @@
 """Reads for comparing runs: downsampled step series, step spans, grad-norm extremes, config diffs.
 
-Everything here takes a read engine (``hlbd.database.read_engine``) and returns plain
+Everything here takes a read engine (``hlbd.store.connect.read_engine``) and returns plain
 dicts. Step series are downsampled in the database into buckets of ``width``
 consecutive steps on one grid for every run (bucket ``b`` holds steps ``b * width + 1``
 to ``(b + 1) * width``), so the runs of a chart line up at the same x. Each bucket keeps
@@ -18,8 +18,8 @@ from typing import Any
 
 from sqlalchemy import Engine, bindparam, select, text
 
-from hlbd.store.tables import Segment
 from hlbd.store import ROLLUP_STEPS
+from hlbd.store.tables import Segment
 
 DEFAULT_MAX_POINTS = 1000
 METRICS = ("loss", "grad_norm", "lr")

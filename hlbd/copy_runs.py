@@ -21,10 +21,9 @@ from typing import Any
 
 from sqlalchemy import Connection, Table, and_, insert, select, text, update
 
-from hlbd import database
 from hlbd.errors import StoreError
+from hlbd.store import Store, connect, schema
 from hlbd.store.tables import Base
-from hlbd.store import Store
 
 # Columns a run's rows may change after they were written (so after a copy): everything
 # else is history, and must be equal in both stores.
@@ -77,10 +76,10 @@ def run_tables() -> list[Table]:
 def copy_runs(src: str, dst: str, run_ids: list[str] | None = None) -> list[CopyOutcome]:
     """Copy runs (``run_ids``: ids or unique prefixes; None: all) from the database
     ``src`` to ``dst`` (URLs or SQLite paths; ``dst`` is created if new)."""
-    src_url, dst_url = database.resolve_db_url(src), database.resolve_db_url(dst)
+    src_url, dst_url = connect.resolve_db_url(src), connect.resolve_db_url(dst)
     if _same_database(src_url, dst_url):
         raise StoreError(f"source and destination are the same database ({src_url})")
-    reader = database.read_engine(src_url)
+    reader = connect.read_engine(src_url)
     try:
         _check_schema(reader, src_url)
         source = Store(src_url, reader)
@@ -99,18 +98,18 @@ def copy_runs(src: str, dst: str, run_ids: list[str] | None = None) -> list[Copy
 
 
 def _same_database(a: str, b: str) -> bool:
-    path_a, path_b = database.sqlite_path(a), database.sqlite_path(b)
+    path_a, path_b = connect.sqlite_path(a), connect.sqlite_path(b)
     if path_a is not None and path_b is not None:
         return path_a.resolve() == path_b.resolve()
     return a == b
 
 
 def _check_schema(engine, url: str) -> None:
-    revision = database.current_revision(engine)
-    head = database.head_revision()
+    revision = schema.current_revision(engine)
+    head = schema.head_revision()
     if revision == head:
         return
-    database._check_known(revision, url)
+    schema._check_known(revision, url)
     if revision is None:
         raise StoreError(f"{url} holds no hlbd run database (no schema revision)")
     raise StoreError(f"database {url} is at schema revision {revision!r}, older than "
@@ -172,7 +171,7 @@ def _copy_one(reader, writer, run_id: str) -> CopyOutcome:
     with writer.begin() as conn:
         if conn.dialect.name == "postgresql":  # two copies of one run wait for each other
             conn.execute(text("SELECT pg_advisory_xact_lock(:key, hashtext(:run_id))"),
-                         {"key": database.SCHEMA_LOCK_KEY, "run_id": run_id})
+                         {"key": schema.SCHEMA_LOCK_KEY, "run_id": run_id})
         there = _read_run(conn, run_id)
         if not there["runs"]:
             clash = _source_hash_clash(conn, rows)

@@ -32,8 +32,8 @@ from itertools import chain
 
 from sqlalchemy import Engine, exc
 
-from hlbd import database
 from hlbd.errors import QueryError, QueryInterrupted, QueryTooLarge
+from hlbd.store import connect
 
 DEFAULT_TIME_LIMIT = 5.0
 DEFAULT_MEMORY_LIMIT = 512 * 2**20
@@ -65,7 +65,7 @@ def run_query(db: str | Engine, sql: str, *, time_limit: float = DEFAULT_TIME_LI
         raise QueryError(f"the memory limit must be at least 1 MB, not {memory_limit} bytes")
     if isinstance(db, Engine):
         return _run(db, sql, time_limit, max_rows, memory_limit)
-    engine = database.read_engine(database.resolve_db_url(db))
+    engine = connect.read_engine(connect.resolve_db_url(db))
     try:
         return _run(engine, sql, time_limit, max_rows, memory_limit)
     finally:

@@ -1,5 +1,5 @@
 """The Alembic environment, shipped inside the package as ``hlbd.migrations``.
 
-``hlbd.database`` points Alembic's ``script_location`` at this folder, found with
+``hlbd.store.schema`` points Alembic's ``script_location`` at this folder, found with
 ``importlib.resources``, so an installed hlbd migrates without its source tree.
 """

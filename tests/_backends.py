@@ -24,8 +24,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
-from hlbd import database
-from hlbd.store import Store
+from hlbd.store import Store, connect
 
 BACKENDS = ("sqlite", "postgresql")
 READER_ROLE = "hlbd_reader"  # .ci/pg-server creates it: LOGIN, no rights of its own
@@ -123,12 +122,12 @@ class PgServer:
 
 
 def is_sqlite(db: str | Path) -> bool:
-    return database.sqlite_path(database.resolve_db_url(str(db))) is not None
+    return connect.sqlite_path(connect.resolve_db_url(str(db))) is not None
 
 
 def rows(db: str | Path, sql: str, **params) -> list[tuple]:
     """Rows of ``sql`` (``:name`` parameters) read from ``db`` through a read-only engine."""
-    engine = database.read_engine(database.resolve_db_url(str(db)))
+    engine = connect.read_engine(connect.resolve_db_url(str(db)))
     try:
         with engine.connect() as conn:
             return [tuple(r) for r in conn.execute(text(sql), params)]

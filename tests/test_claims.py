@@ -16,10 +16,9 @@ from _edges import TINY, finish, rows, wait_for
 from conftest import tiny_config
 from sqlalchemy import text
 
-from hlbd import database
 from hlbd.errors import RunClaimedError
 from hlbd.runner import start_run
-from hlbd.store import utcnow
+from hlbd.store import connect, utcnow
 
 
 @pytest.fixture
@@ -124,7 +123,7 @@ def test_a_stale_holder_on_another_host_is_taken_over_and_a_fresh_one_is_not(db,
 def inside_a_write(db: str) -> bool:
     """Whether some process holds a write transaction open on the store: SQLite's write
     lock, or a server session idle inside a transaction."""
-    path = database.sqlite_path(database.resolve_db_url(str(db)))
+    path = connect.sqlite_path(connect.resolve_db_url(str(db)))
     if path is None:
         return bool(rows(db, "SELECT count(*) FROM pg_stat_activity WHERE datname = "
                              "current_database() AND state = 'idle in transaction'")[0][0])

@@ -10,10 +10,9 @@ from pathlib import Path
 from click.testing import CliRunner
 from explorer_helpers import APP, free_port, streamlit_flags, wait_until_serving
 
-from hlbd import database
 from hlbd.cli import main
 from hlbd.cli.ui import LOCAL
-from hlbd.store import Store
+from hlbd.store import Store, connect
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,7 +32,7 @@ def test_hlbd_ui_serves_the_explorer_with_hlbd_db_set_to_the_database(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
-    assert f"HLBD_DB={database.resolve_db_url(str(db))}".encode() in environ
+    assert f"HLBD_DB={connect.resolve_db_url(str(db))}".encode() in environ
     assert str(APP).encode() in cmdline and b"streamlit" in cmdline
 
 

@@ -11,13 +11,13 @@ import pytest
 from alembic import command
 from conftest import sqlite_only
 
-from hlbd import compare, database
+from hlbd import compare
 from hlbd.runner import resume_checkpoint
-from hlbd.store import Store
+from hlbd.store import Store, connect, schema
 
 
 def read_engine(store):
-    return database.read_engine(store.url)
+    return connect.read_engine(store.url)
 
 
 def effective_steps_by_bucket(store, run_id, buckets):
@@ -206,13 +206,13 @@ def test_upgrading_a_0001_database_fills_rollups_and_forgets_invented_import_tim
     importer wrote it (its epochs stamped with the import time), upgraded to head."""
     run_id, _ = train_run(epochs=2, batch_size=2)
     old = tmp_path / "old.db"
-    url = database.resolve_db_url(str(old))
-    engine = database.write_engine(url)
+    url = connect.resolve_db_url(str(old))
+    engine = connect.write_engine(url)
     with engine.begin() as conn:
-        command.upgrade(database._alembic_config(conn), "0001")
+        command.upgrade(schema._alembic_config(conn), "0001")
     engine.dispose()
     with sqlite3.connect(old) as conn:
-        conn.execute("ATTACH DATABASE ? AS new", (str(database.sqlite_path(store.url)),))
+        conn.execute("ATTACH DATABASE ? AS new", (str(connect.sqlite_path(store.url)),))
         for table in ("runs", "segments", "epochs", "steps", "checkpoints", "anomalies"):
             # The columns 0001 has (the run was recorded at the newest schema).
             columns = ", ".join(r[1] for r in conn.execute(f"PRAGMA table_info({table})"))
@@ -228,8 +228,8 @@ def test_upgrading_a_0001_database_fills_rollups_and_forgets_invented_import_tim
                      "recorded_at) SELECT 'imp', 1, epoch, loss, 0, "
                      "'2026-01-02 03:04:05.000000' FROM new.epochs WHERE run_id = ?",
                      (run_id,))
-    engine = database.write_engine(url)
-    database.upgrade(engine, url)
+    engine = connect.write_engine(url)
+    schema.upgrade(engine, url)
     engine.dispose()
     upgraded = Store.open(str(old))
     engine = read_engine(upgraded)

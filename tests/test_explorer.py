@@ -14,10 +14,10 @@ from conftest import sqlite_only, tiny_config
 from explorer_helpers import APP, chart_spec, charts, column_formats, compare, open_app
 from streamlit.testing.v1 import AppTest
 
-from hlbd import database, importer
+from hlbd import importer
 from hlbd.anomalies import detect
 from hlbd.runner import resume_run, start_run
-from hlbd.store import Store
+from hlbd.store import Store, connect
 
 
 @pytest.fixture(scope="module")
@@ -559,7 +559,7 @@ def test_sidebar_field_opens_another_database(explored, tmp_path, monkeypatch):
     assert "hlbd train" in at.info[0].value
     at.sidebar.text_input(key="db").set_value(str(db)).run()
     assert set(at.dataframe[0].value["id"]) == set(ids.values())
-    assert database.resolve_db_url(str(db)) in at.sidebar.caption[-1].value
+    assert connect.resolve_db_url(str(db)) in at.sidebar.caption[-1].value
 
 
 @sqlite_only

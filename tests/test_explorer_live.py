@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from hlbd import compare, database
-from hlbd.store import Store
+from hlbd import compare
+from hlbd.store import Store, connect
 
 APP_DIR = Path(__file__).resolve().parents[1] / "app"
 TINY_FLAGS = ["--d-model", "32", "--n-layers", "1", "--n-heads", "2", "--d-ff", "64",
@@ -29,7 +29,7 @@ def app_reads(monkeypatch):
 def test_explorer_reads_while_a_trainer_writes_and_the_run_finishes(tmp_path, app_reads):
     db = tmp_path / "live.db"
     Store.open(str(db)).close()
-    url = database.resolve_db_url(str(db))
+    url = connect.resolve_db_url(str(db))
     # Every step is its own write transaction: as many chances to collide as there can be.
     trainer = subprocess.Popen(
         [sys.executable, "-m", "hlbd", "train", "--db", str(db), "--name", "live",

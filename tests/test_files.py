@@ -25,11 +25,10 @@ from alembic import command
 from click.testing import CliRunner
 from conftest import tiny_config
 
-from hlbd import database
 from hlbd.checkpoint import load_checkpoint, prune_checkpoints
 from hlbd.cli import main
 from hlbd.runner import resume_checkpoint, resume_run, start_run
-from hlbd.store import Store
+from hlbd.store import Store, connect, schema
 
 LOUD = [flag for flag in TINY if flag != "--quiet"]  # the tiny model, progress as usual
 
@@ -279,9 +278,9 @@ def test_a_negative_keep_checkpoints_is_one_line_before_anything_exists(tmp_path
 
 def test_migration_0006_adds_pruned_at_and_keeps_every_checkpoint_row(tmp_path):
     db = tmp_path / "old.db"
-    engine = database.write_engine(database.resolve_db_url(str(db)))
+    engine = connect.write_engine(connect.resolve_db_url(str(db)))
     with engine.begin() as conn:
-        command.upgrade(database._alembic_config(conn), "0005")
+        command.upgrade(schema._alembic_config(conn), "0005")
     engine.dispose()
     conn = sqlite3.connect(db)
     conn.executescript(

@@ -15,11 +15,11 @@ from alembic import command
 from click.testing import CliRunner
 from sqlalchemy.exc import IntegrityError
 
-from hlbd import database, exporter, importer
+from hlbd import exporter, importer
 from hlbd.checkpoint import checkpoint_path
 from hlbd.cli import main
 from hlbd.runner import resume_checkpoint, start_run
-from hlbd.store import Store
+from hlbd.store import Store, connect, schema
 
 
 def test_a_nan_learning_rate_is_stored_flagged_and_comes_back_as_nan(tmp_path, store,
@@ -93,9 +93,9 @@ VALUES ('raced', 1, 2, 'grad_explosion', 11.0, 'm', '2026-01-01'),
 
 def test_the_migration_upgrades_a_database_written_by_the_previous_revision(tmp_path):
     db = tmp_path / "old.db"
-    engine = database.write_engine(database.resolve_db_url(str(db)))
+    engine = connect.write_engine(connect.resolve_db_url(str(db)))
     with engine.begin() as conn:
-        command.upgrade(database._alembic_config(conn), "0001")
+        command.upgrade(schema._alembic_config(conn), "0001")
     engine.dispose()
     conn = sqlite3.connect(db)
     conn.executescript(OLD_REVISION_ROWS)

@@ -23,12 +23,11 @@ from conftest import postgres_only
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
-from hlbd import database
 from hlbd.cli import main
 from hlbd.errors import SchemaTooNewError
 from hlbd.report import REPORT_NAME
 from hlbd.runner import start_run
-from hlbd.store import Store
+from hlbd.store import Store, schema
 
 pytestmark = postgres_only
 
@@ -77,7 +76,7 @@ def test_processes_creating_a_new_server_database_at_once_all_succeed(backend, p
     assert rows(url, "SELECT count(*) FROM runs WHERE status = 'finished'") == [(8,)]
     assert rows(url, "SELECT count(*) FROM epoch_metrics") == [(80,)]
     assert rows(url, "SELECT version_num FROM alembic_version") == [
-        (database.head_revision(),)]
+        (schema.head_revision(),)]
     pg_server().drop(url)
 
 

@@ -22,12 +22,12 @@ from click.testing import CliRunner
 from conftest import db_snapshot, postgres_only, sqlite_only, tiny_config
 from sqlalchemy.engine import make_url
 
-from hlbd import database, importer
+from hlbd import importer
 from hlbd.cli import main
 from hlbd.errors import QueryError, QueryInterrupted
 from hlbd.query import run_query
 from hlbd.runner import resume_checkpoint, start_run
-from hlbd.store import Store
+from hlbd.store import Store, connect
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 RUNAWAY = ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) "
@@ -140,7 +140,7 @@ def test_every_write_attempt_is_refused_on_postgresql_and_the_store_is_unchanged
     """READ ONLY, one statement, a query only; the role decides what functions may do
     to other sessions, so the store's own role may only end its own session here."""
     url = db["path"] if role == "store role" else reader_url
-    victim_engine = database.write_engine(db["path"])  # a trainer's session
+    victim_engine = connect.write_engine(db["path"])  # a trainer's session
     victim = victim_engine.connect()
     victim_pid = victim.exec_driver_sql("SELECT pg_backend_pid()").scalar()
     victim.rollback()
@@ -166,7 +166,7 @@ def test_every_write_attempt_is_refused_on_postgresql_and_the_store_is_unchanged
 
 @postgres_only
 def test_a_setting_made_by_one_query_does_not_outlive_it(db):
-    engine = database.read_engine(database.resolve_db_url(db["path"]))
+    engine = connect.read_engine(connect.resolve_db_url(db["path"]))
     assert run_query(engine, "SELECT set_config('default_transaction_read_only', 'off', "
                              "false), set_config('application_name', 'leaked', false)"
                      ).rows == [("off", "leaked")]
@@ -222,7 +222,7 @@ def test_the_cli_refuses_a_write_with_one_line_and_exit_status_1(db):
 
 
 def test_a_runaway_recursive_query_is_stopped_by_the_time_limit(db):
-    engine = database.read_engine(database.resolve_db_url(str(db["path"])))
+    engine = connect.read_engine(connect.resolve_db_url(str(db["path"])))
     with pytest.raises(QueryInterrupted, match="ran past the 0.2 s time limit"):
         run_query(engine, RUNAWAY, time_limit=0.2)
     # The connection it ran on is usable again afterwards.

@@ -13,11 +13,10 @@ from click.testing import CliRunner
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 
-from hlbd import database
 from hlbd.cli import main
 from hlbd.errors import ClaimLostError, UnknownRunError
 from hlbd.recorder import store_locked
-from hlbd.store import Store, live_status, utcnow
+from hlbd.store import Store, connect, live_status, schema, utcnow
 
 OPEN_AND_WRITE = textwrap.dedent("""
     import sys, time
@@ -51,7 +50,7 @@ def test_processes_opening_a_brand_new_database_at_once_all_succeed(tmp_path):
     assert conn.execute("SELECT count(*) FROM epoch_metrics").fetchone() == (120,)
     assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == (
-        database.head_revision(),)
+        schema.head_revision(),)
 
 
 def test_new_database_is_created_at_the_newest_revision_with_the_public_views(tmp_path):
@@ -71,7 +70,7 @@ def test_new_database_is_created_at_the_newest_revision_with_the_public_views(tm
 def test_the_head_revision_constant_is_the_newest_migration():
     # Stores read the head from a constant (no Alembic import per command): a new
     # migration must move it, or new databases would be refused as "older than head".
-    assert database.head_revision() == database.script_head()
+    assert schema.head_revision() == schema.script_head()
 
 
 def test_db_commands_report_and_apply_the_revision(tmp_path):
@@ -79,7 +78,7 @@ def test_db_commands_report_and_apply_the_revision(tmp_path):
     result = CliRunner().invoke(main, ["db", "upgrade", "--db", db])
     assert result.exit_code == 0 and "(head)" in result.output
     result = CliRunner().invoke(main, ["db", "current", "--db", db])
-    head = database.head_revision()
+    head = schema.head_revision()
     assert result.exit_code == 0 and f"revision {head}; head {head}" in result.output
 
 
@@ -87,10 +86,10 @@ def test_db_setting_comes_from_flag_then_environment_then_working_directory(
         tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("HLBD_DB", raising=False)
-    assert database.resolve_db_url() == f"sqlite:///{tmp_path / 'hlbd.db'}"
+    assert connect.resolve_db_url() == f"sqlite:///{tmp_path / 'hlbd.db'}"
     monkeypatch.setenv("HLBD_DB", str(tmp_path / "env.db"))
-    assert database.resolve_db_url() == f"sqlite:///{tmp_path / 'env.db'}"
-    assert database.resolve_db_url("postgresql://h/db") == "postgresql://h/db"
+    assert connect.resolve_db_url() == f"sqlite:///{tmp_path / 'env.db'}"
+    assert connect.resolve_db_url("postgresql://h/db") == "postgresql://h/db"
 
 
 def test_unique_prefix_finds_a_run_and_ambiguous_prefix_lists_candidates(store):
@@ -127,7 +126,7 @@ def test_step_writes_refresh_the_heartbeat_and_stop_once_the_claim_is_lost(store
 
 def test_a_step_write_that_finds_the_store_locked_says_so_and_writes_nothing(
         tmp_path, monkeypatch):
-    monkeypatch.setattr(database, "BUSY_TIMEOUT_MS", 100)
+    monkeypatch.setattr(connect, "BUSY_TIMEOUT_MS", 100)
     db = tmp_path / "locked.db"
     store = Store.open(str(db))
     run_id = store.create_run("locked", {}, {})

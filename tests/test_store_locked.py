@@ -17,10 +17,9 @@ from datetime import UTC, datetime
 import pytest
 from conftest import tiny_config
 
-from hlbd import database
 from hlbd.recorder import StoreRecorder
 from hlbd.runner import StoppedBeforeStart, start_run
-from hlbd.store import Store
+from hlbd.store import Store, connect
 
 # Holds the write lock from "locked" until at least HOLD seconds have passed and a line
 # arrives on stdin (or stdin closes), then prints "released". Times are time.time().
@@ -91,7 +90,7 @@ def test_training_goes_on_while_another_process_holds_the_write_lock_and_every_r
         tmp_path, monkeypatch, caplog):
     # A busy timeout far shorter than the lock, so the writer's own waiting (try again
     # while the database says "locked") is what carries it through, not SQLite's.
-    monkeypatch.setattr(database, "BUSY_TIMEOUT_MS", 200)
+    monkeypatch.setattr(connect, "BUSY_TIMEOUT_MS", 200)
     db = tmp_path / "runs.db"
     store = Store.open(str(db))
     reader = sqlite3.connect(f"file:{db}?mode=ro", uri=True, check_same_thread=False)
@@ -174,7 +173,7 @@ def test_training_goes_on_while_another_process_holds_the_write_lock_and_every_r
 
 def test_beyond_its_bound_the_queue_makes_the_loop_wait_and_says_so_once(
         tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(database, "BUSY_TIMEOUT_MS", 200)
+    monkeypatch.setattr(connect, "BUSY_TIMEOUT_MS", 200)
     db = tmp_path / "runs.db"
     store = Store.open(str(db))
     run_id = store.create_run("bound", {}, {})
@@ -220,7 +219,7 @@ START_HOLD_SECONDS = 3
 def test_a_run_started_while_another_process_holds_the_lock_waits_for_it_and_then_starts(
         tmp_path, monkeypatch, caplog):
     # Opening the store reads without the lock; the run's first write waits it out.
-    monkeypatch.setattr(database, "BUSY_TIMEOUT_MS", 200)
+    monkeypatch.setattr(connect, "BUSY_TIMEOUT_MS", 200)
     db = tmp_path / "runs.db"
     Store.open(str(db)).close()
     caplog.set_level(logging.WARNING, logger="hlbd.recorder")
@@ -244,7 +243,7 @@ def test_a_run_started_while_another_process_holds_the_lock_waits_for_it_and_the
 
 
 def test_a_stop_while_the_start_waits_for_the_lock_records_nothing(tmp_path, monkeypatch):
-    monkeypatch.setattr(database, "BUSY_TIMEOUT_MS", 200)
+    monkeypatch.setattr(connect, "BUSY_TIMEOUT_MS", 200)
     db = tmp_path / "runs.db"
     store = Store.open(str(db))
     locker = Locker(db, 0)

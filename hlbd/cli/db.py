@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from hlbd import database
 from hlbd.cli.options import db_option
+from hlbd.store import connect, schema
 
 
 @click.group()
@@ -20,8 +20,8 @@ def upgrade(db: str | None) -> None:
 
     Example: hlbd db upgrade --db runs.db
     """
-    url = database.resolve_db_url(db)
-    revision = database.upgrade(database.write_engine(url), url)
+    url = connect.resolve_db_url(db)
+    revision = schema.upgrade(connect.write_engine(url), url)
     click.echo(f"{url}: at revision {revision} (head)")
 
 
@@ -32,14 +32,14 @@ def current(db: str | None) -> None:
 
     Example: hlbd db current
     """
-    url = database.resolve_db_url(db)
-    engine = database.read_engine(url)  # creates nothing; refuses a missing file
+    url = connect.resolve_db_url(db)
+    engine = connect.read_engine(url)  # creates nothing; refuses a missing file
     try:
-        revision = database.current_revision(engine, url)
+        revision = schema.current_revision(engine, url)
     finally:
         engine.dispose()
     click.echo(f"{url}: revision {revision or 'none (empty database)'}; "
-               f"head {database.head_revision()}")
+               f"head {schema.head_revision()}")
 
 
 COMMANDS = [db]

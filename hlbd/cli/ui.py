@@ -8,9 +8,9 @@ from pathlib import Path
 
 import click
 
-from hlbd import database
 from hlbd.cli.options import db_option
 from hlbd.fileio import installed_folder
+from hlbd.store import connect
 
 # The explorer ships inside the package (hlbd.app: app/ of a checkout).
 APP_PACKAGE = "hlbd.app"
@@ -39,7 +39,7 @@ def ui(db: str | None, streamlit_args: tuple[str, ...]) -> None:
     Example: hlbd ui --db runs.db --server.port 8502
     """
     app = app_script()
-    env = {**os.environ, "HLBD_DB": database.resolve_db_url(db)}
+    env = {**os.environ, "HLBD_DB": connect.resolve_db_url(db)}
     argv = [sys.executable, "-m", "streamlit", "run", str(app), *LOCAL, *streamlit_args]
     os.execve(sys.executable, argv, env)
 

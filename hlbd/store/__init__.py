@@ -23,8 +23,8 @@ from typing import Any
 from sqlalchemy import Engine, and_, bindparam, exc, exists, func, insert, select, update
 from sqlalchemy.orm import aliased
 
-from hlbd import database
 from hlbd.errors import ClaimLostError, RunClaimedError, UnknownRunError
+from hlbd.store import connect, schema
 from hlbd.store.tables import Anomaly, Checkpoint, Epoch, Run, Segment, Step, StepRollup
 
 # The steps columns in the order of the rows _insert_steps builds (its COPY names them).
@@ -104,10 +104,10 @@ class Store:
     @classmethod
     def open(cls, db: str | None = None) -> Store:
         """Open (and on first use create) the database that ``db``/``HLBD_DB`` names."""
-        url = database.resolve_db_url(db)
-        database.check_database_file(url, must_exist=False)
-        engine = database.write_engine(url)
-        database.ensure_schema(engine, url)
+        url = connect.resolve_db_url(db)
+        connect.check_database_file(url, must_exist=False)
+        engine = connect.write_engine(url)
+        schema.ensure_schema(engine, url)
         return cls(url, engine)
 
     @classmethod
@@ -117,9 +117,9 @@ class Store:
         Raises NoDatabaseError where there is none, StoreError for a file that is not
         an hlbd database; only the read methods work on the store returned.
         """
-        url = database.resolve_db_url(db)
-        engine = database.read_engine(url)
-        database.check_schema(engine, url)
+        url = connect.resolve_db_url(db)
+        engine = connect.read_engine(url)
+        schema.check_schema(engine, url)
         return cls(url, engine)
 
     def close(self) -> None:
