@@ -20,11 +20,10 @@ import pandas as pd
 import streamlit as st
 from sqlalchemy.exc import SQLAlchemyError
 
-from hlbd import compare
 from hlbd.anomalies import STEP_RULES, Thresholds, detect
 from hlbd.errors import HlbdError
 from hlbd.query import QueryResult, run_query
-from hlbd.store import Store, connect, schema, utcnow
+from hlbd.store import Store, buckets, connect, schema, utcnow
 
 LIVE_TTL = 2.0        # seconds a run list may be old
 RUN_TTL = 600.0       # per-run data is keyed by version; the TTL only bounds memory
@@ -82,8 +81,8 @@ def runs(url: str, thresholds: tuple = ()) -> list[dict]:
     (seconds its attempts ran, None if not recorded) and ``planned_epochs``.
     """
     rows = store(url).list_runs()
-    extremes = compare.grad_norm_extremes(store(url).engine)
-    times = compare.segment_times(store(url).engine)
+    extremes = buckets.grad_norm_extremes(store(url).engine)
+    times = buckets.segment_times(store(url).engine)
     by_age = sorted(rows, key=lambda r: (r["created_at"], r["run_id"]))
     ranks = {r["run_id"]: i for i, r in enumerate(by_age)}
     now = utcnow()
@@ -155,21 +154,21 @@ def epochs(url: str, run_id: str, version: tuple, include_superseded: bool = Fal
 @st.cache_data(ttl=RUN_TTL, max_entries=1000, show_spinner=False)
 def step_span(url: str, run_id: str, version: tuple) -> dict | None:
     """The run's effective steps: first_step, last_step, steps; None without steps."""
-    return compare.step_spans(store(url).engine, [run_id]).get(run_id)
+    return buckets.step_spans(store(url).engine, [run_id]).get(run_id)
 
 
 @st.cache_data(ttl=RUN_TTL, max_entries=1000, show_spinner=False)
 def step_buckets(url: str, run_id: str, version: tuple, width: int,
                  steps: tuple[int, int] | None = None) -> pd.DataFrame:
-    """One run's effective steps in buckets of ``width`` (hlbd.compare.step_buckets),
+    """One run's effective steps in buckets of ``width`` (hlbd.store.buckets.step_buckets),
     as a frame; ``steps``: only the buckets that overlap this step range."""
-    rows = compare.step_buckets(store(url).engine, [run_id], width=width, steps=steps)
-    return pd.DataFrame.from_records(rows, columns=compare.BUCKET_FIELDS)
+    rows = buckets.step_buckets(store(url).engine, [run_id], width=width, steps=steps)
+    return pd.DataFrame.from_records(rows, columns=buckets.BUCKET_FIELDS)
 
 
 @st.cache_data(ttl=RUN_TTL, max_entries=500, show_spinner=False)
 def epoch_steps(url: str, run_id: str, version: tuple) -> list[dict]:
-    return compare.epoch_steps(store(url).engine, run_id)
+    return buckets.epoch_steps(store(url).engine, run_id)
 
 
 @st.cache_data(ttl=RUN_TTL, max_entries=500, show_spinner=False)

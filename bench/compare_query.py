@@ -2,7 +2,7 @@
 
 The steps are the real per-step rows of one tiny training run, repeated to length and
 written through the store's step writer into a temporary database. The bench times
-``hlbd.compare.step_buckets`` (downsampled in SQL, each bucket's extremes kept) against
+``hlbd.store.buckets.step_buckets`` (downsampled in SQL, each bucket's extremes kept) against
 plain sqlite3 reading the same rows, and prints both and their ratio (best of --repeat).
 
 Usage: python bench/compare_query.py [--runs 20] [--steps 100000] [--repeat 5]
@@ -18,10 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from hlbd import compare
 from hlbd.config import TrainConfig
 from hlbd.runner import start_run
 from hlbd.store import Store, connect
+from hlbd.store.buckets import DEFAULT_MAX_POINTS, step_buckets
 
 BATCH = 10_000
 
@@ -63,7 +63,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--steps", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--max-points", type=int, default=compare.DEFAULT_MAX_POINTS)
+    parser.add_argument("--max-points", type=int, default=DEFAULT_MAX_POINTS)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.db"
@@ -82,10 +82,10 @@ def main() -> None:
         raw_sql = ("SELECT run_id, step, epoch, loss, loss_is_nan, grad_norm, "
                    f"grad_norm_is_nan, lr FROM step_metrics WHERE run_id IN ({marks})")
         # Warm the page cache for both before timing either.
-        compare.step_buckets(engine, ids, args.max_points)
+        step_buckets(engine, ids, args.max_points)
         raw.execute(raw_sql, ids).fetchall()
         ours, buckets = best_of(args.repeat,
-                                lambda: compare.step_buckets(engine, ids, args.max_points))
+                                lambda: step_buckets(engine, ids, args.max_points))
         theirs, raw_rows = best_of(args.repeat, lambda: raw.execute(raw_sql, ids).fetchall())
         assert len(raw_rows) == rows and sum(b["steps"] for b in buckets) == rows
         print(f"compare query, downsampled in SQL to {len(buckets):,} buckets "

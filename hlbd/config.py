@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from hlbd.data import BUNDLED
 
@@ -134,3 +136,17 @@ def check_overrides(overrides: dict) -> None:
 
 # Under torchrun: seconds a rank waits for the others in any collective (--ddp-timeout).
 DDP_TIMEOUT_SECONDS = 300
+
+
+def config_diff(configs: dict[str, dict]) -> dict[str, dict[str, Any]]:
+    """The config keys whose values differ between runs: {key: {label: value}}.
+
+    A key one run's config lacks is shown as None for it (it was not recorded).
+    """
+    keys = sorted({k for config in configs.values() for k in (config or {})})
+    diff = {}
+    for key in keys:
+        values = {label: (config or {}).get(key) for label, config in configs.items()}
+        if len({json.dumps(v, sort_keys=True, default=str) for v in values.values()}) > 1:
+            diff[key] = values
+    return diff

@@ -11,9 +11,16 @@ import pytest
 from alembic import command
 from conftest import sqlite_only
 
-from hlbd import compare
+from hlbd.config import config_diff
 from hlbd.runner import resume_checkpoint
 from hlbd.store import Store, connect, schema
+from hlbd.store.buckets import (
+    ROLLUP_STEPS,
+    bucket_width,
+    grad_norm_extremes,
+    step_buckets,
+    step_spans,
+)
 
 
 def read_engine(store):
@@ -30,7 +37,7 @@ def effective_steps_by_bucket(store, run_id, buckets):
 def test_short_series_come_back_one_bucket_per_step_exactly(store, train_run):
     run_id, _ = train_run(epochs=2)
     steps = store.steps(run_id)
-    buckets = compare.step_buckets(read_engine(store), [run_id], max_points=len(steps))
+    buckets = step_buckets(read_engine(store), [run_id], max_points=len(steps))
     assert [b["step"] for b in buckets] == [s["step"] for s in steps]
     for b, s in zip(buckets, steps):
         assert (b["width"], b["steps"], b["epoch"]) == (1, 1, s["epoch"])
@@ -44,7 +51,7 @@ def test_downsampling_keeps_each_buckets_extremes_so_a_one_step_spike_survives(s
     # A learning rate of 50 without clipping makes real, wildly uneven grad norms.
     run_id, _ = train_run(epochs=4, lr=50.0, max_grad_norm=0.0)
     steps = store.steps(run_id)
-    buckets = compare.step_buckets(read_engine(store), [run_id], max_points=5)
+    buckets = step_buckets(read_engine(store), [run_id], max_points=5)
     assert len(buckets) <= 6 and all(b["width"] > 1 for b in buckets)
     assert sum(b["steps"] for b in buckets) == len(steps)
     for b, inside in effective_steps_by_bucket(store, run_id, buckets):
@@ -63,7 +70,7 @@ def test_nan_and_inf_steps_are_counted_never_averaged(store, train_run):
     run_id, _ = train_run(epochs=2, lr=1e8, max_grad_norm=0, weight_decay=0.0)
     steps = store.steps(run_id)
     assert any(not math.isfinite(s["grad_norm"]) for s in steps)
-    buckets = compare.step_buckets(read_engine(store), [run_id], max_points=4)
+    buckets = step_buckets(read_engine(store), [run_id], max_points=4)
     for b, inside in effective_steps_by_bucket(store, run_id, buckets):
         bad = [s for s in inside if not math.isfinite(s["grad_norm"])]
         assert b["grad_norm_nonfinite"] == len(bad)
@@ -78,14 +85,14 @@ def test_superseded_steps_of_an_earlier_attempt_are_left_out(store, train_run, t
                       progress=False)
     effective = store.steps(run_id)
     assert len(store.steps(run_id, include_superseded=True)) > len(effective)
-    buckets = compare.step_buckets(read_engine(store), [run_id], max_points=10_000)
+    buckets = step_buckets(read_engine(store), [run_id], max_points=10_000)
     assert [(b["step"], b["segment"]) for b in buckets] == [(s["step"], s["segment"])
                                                              for s in effective]
 
 
 def test_grad_norm_extremes_are_the_largest_recorded_epoch_values(store, train_run):
     run_id, _ = train_run(epochs=2)
-    extremes = compare.grad_norm_extremes(read_engine(store))[run_id]
+    extremes = grad_norm_extremes(read_engine(store))[run_id]
     epochs = store.epochs(run_id)
     assert extremes["max_grad_norm"] == max(e["grad_norm_max"] for e in epochs)
     assert extremes["nonfinite_steps"] == sum(e["nonfinite_steps"] for e in epochs)
@@ -95,10 +102,10 @@ def test_config_diff_keeps_only_keys_that_differ(store, train_run):
     first, _ = train_run(epochs=1)
     second, _ = train_run(epochs=1, lr=5e-3, name="other")
     configs = {"a": store.get_run(first)["config"], "b": store.get_run(second)["config"]}
-    diff = compare.config_diff(configs)
+    diff = config_diff(configs)
     assert set(diff) == {k for k in configs["a"] if configs["a"][k] != configs["b"][k]}
     assert diff["lr"] == {"a": configs["a"]["lr"], "b": 5e-3}
-    assert compare.config_diff({"a": configs["a"], "c": {**configs["a"]}}) == {}
+    assert config_diff({"a": configs["a"], "c": {**configs["a"]}}) == {}
 
 
 def test_infinite_steps_are_counted_and_leave_no_infinite_aggregate(store):
@@ -108,7 +115,7 @@ def test_infinite_steps_are_counted_and_leave_no_infinite_aggregate(store):
         {"step": 1, "epoch": 1, "loss": 1.0, "grad_norm": 2.0, "lr": 1e-3},
         {"step": 2, "epoch": 1, "loss": math.inf, "grad_norm": math.inf, "lr": 1e-3},
         {"step": 3, "epoch": 1, "loss": 3.0, "grad_norm": 4.0, "lr": 1e-3}])
-    (bucket,) = compare.step_buckets(read_engine(store), [run_id], max_points=1)
+    (bucket,) = step_buckets(read_engine(store), [run_id], max_points=1)
     assert (bucket["steps"], bucket["loss_nonfinite"], bucket["grad_norm_nonfinite"]) == (
         3, 1, 1)
     # The extremes are those of the finite values; the Inf steps are counted apart.
@@ -134,15 +141,15 @@ def test_long_series_read_from_rollups_equal_the_steps_themselves(store, train_r
     # LR of 50 without clipping gives uneven, exploding norms.
     run_id, _ = train_run(epochs=2, batch_size=1, lr=50.0, max_grad_norm=0.0)
     engine = read_engine(store)
-    for width in (compare.ROLLUP_STEPS, 2 * compare.ROLLUP_STEPS, 3 * compare.ROLLUP_STEPS):
-        rolled = compare.step_buckets(engine, [run_id], width=width, source="rollups")
-        assert same_buckets(rolled, compare.step_buckets(engine, [run_id], width=width,
+    for width in (ROLLUP_STEPS, 2 * ROLLUP_STEPS, 3 * ROLLUP_STEPS):
+        rolled = step_buckets(engine, [run_id], width=width, source="rollups")
+        assert same_buckets(rolled, step_buckets(engine, [run_id], width=width,
                                                          source="steps"))
         assert sum(b["steps"] for b in rolled) == len(store.steps(run_id))
     # A zoomed range reads only its buckets, the same ones.
-    part = compare.step_buckets(engine, [run_id], width=64, steps=(100, 200))
+    part = step_buckets(engine, [run_id], width=64, steps=(100, 200))
     assert [b["step"] for b in part] == [65, 129, 193]
-    assert same_buckets(part, [b for b in compare.step_buckets(engine, [run_id], width=64)
+    assert same_buckets(part, [b for b in step_buckets(engine, [run_id], width=64)
                                if 65 <= b["step"] <= 193])
 
 
@@ -169,9 +176,9 @@ def test_rollups_written_with_awkward_batches_equal_the_steps_themselves(store):
         batch = steps[a:b]
         store.record_steps(run_id, 1, batch[::-1] if a == 131 else batch)
     engine = read_engine(store)
-    for width in (compare.ROLLUP_STEPS, 3 * compare.ROLLUP_STEPS):
-        rolled = compare.step_buckets(engine, [run_id], width=width, source="rollups")
-        assert same_buckets(rolled, compare.step_buckets(engine, [run_id], width=width,
+    for width in (ROLLUP_STEPS, 3 * ROLLUP_STEPS):
+        rolled = step_buckets(engine, [run_id], width=width, source="rollups")
+        assert same_buckets(rolled, step_buckets(engine, [run_id], width=width,
                                                          source="steps"))
     # The NaN steps keep their flag and store NULL, the others their values.
     stored = {s["step"]: s for s in store.steps(run_id)}
@@ -184,19 +191,19 @@ def test_rollups_of_superseded_steps_are_left_out_too(store, train_run):
     resume_checkpoint(store, outcome.run_dir / "checkpoint_epoch_1.pt", epochs=3,
                       progress=False)
     engine = read_engine(store)
-    width = 2 * compare.ROLLUP_STEPS
-    rolled = compare.step_buckets(engine, [run_id], width=width, source="rollups")
-    assert same_buckets(rolled, compare.step_buckets(engine, [run_id], width=width,
+    width = 2 * ROLLUP_STEPS
+    rolled = step_buckets(engine, [run_id], width=width, source="rollups")
+    assert same_buckets(rolled, step_buckets(engine, [run_id], width=width,
                                                      source="steps"))
     assert sum(b["steps"] for b in rolled) == len(store.steps(run_id))
-    spans = compare.step_spans(engine, [run_id])[run_id]
+    spans = step_spans(engine, [run_id])[run_id]
     assert spans["steps"] == len(store.steps(run_id)) == spans["last_step"]
 
 
 def test_bucket_widths_grow_in_whole_rollups():
-    assert compare.bucket_width(500, 1000) == 1
-    assert compare.bucket_width(100_000, 1000) % compare.ROLLUP_STEPS == 0
-    assert 100_000 / compare.bucket_width(100_000, 1000) <= 1000
+    assert bucket_width(500, 1000) == 1
+    assert bucket_width(100_000, 1000) % ROLLUP_STEPS == 0
+    assert 100_000 / bucket_width(100_000, 1000) <= 1000
 
 
 @sqlite_only
@@ -234,8 +241,8 @@ def test_upgrading_a_0001_database_fills_rollups_and_forgets_invented_import_tim
     upgraded = Store.open(str(old))
     engine = read_engine(upgraded)
     assert same_buckets(
-        compare.step_buckets(engine, [run_id], width=compare.ROLLUP_STEPS, source="rollups"),
-        compare.step_buckets(engine, [run_id], width=compare.ROLLUP_STEPS, source="steps"))
+        step_buckets(engine, [run_id], width=ROLLUP_STEPS, source="rollups"),
+        step_buckets(engine, [run_id], width=ROLLUP_STEPS, source="steps"))
     assert [e["recorded_at"] for e in upgraded.epochs("imp")] == [None, None]
     assert all(e["recorded_at"] is not None for e in upgraded.epochs(run_id))
     with sqlite3.connect(old) as conn:

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hlbd import compare
-from hlbd.store import Store, connect
+from hlbd.store import Store, buckets, connect
 
 APP_DIR = Path(__file__).resolve().parents[1] / "app"
 TINY_FLAGS = ["--d-model", "32", "--n-layers", "1", "--n-heads", "2", "--d-ff", "64",
@@ -46,7 +45,7 @@ def test_explorer_reads_while_a_trainer_writes_and_the_run_finishes(tmp_path, ap
                 span = app_reads.step_span.__wrapped__(url, run["run_id"], run["version"])
                 if span:
                     app_reads.step_buckets.__wrapped__(url, run["run_id"], run["version"],
-                                                       compare.bucket_width(span["last_step"]))
+                                                       buckets.bucket_width(span["last_step"]))
                 app_reads.flags.__wrapped__(url, run["run_id"], run["version"])
             app_reads.sql(url, "SELECT count(*) FROM step_metrics")
             rounds += 1

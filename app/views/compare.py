@@ -14,7 +14,8 @@ import reads
 import sidebar
 import vega_component
 import view
-from hlbd import compare
+from hlbd.config import config_diff
+from hlbd.store.buckets import bucket_width
 
 # Step buckets per chart, shared by the picked runs, each getting at least / at most
 # POINTS_PER_RUN. A full-width plot is 850-1000 px wide on a 1400-1600 px window: 500
@@ -81,7 +82,7 @@ def load_series(url: str, picked: tuple, x_axis: str, x_range, thresholds: tuple
         spans = [reads.step_span(url, run_id, version) for run_id, version, *_ in picked]
         last = max((s["last_step"] for s in spans if s), default=1)
         low, high = (max(1, int(x_range[0])), int(x_range[1]) + 1) if x_range else (1, last)
-        width = compare.bucket_width(high - low + 1, points_per_run(len(picked)))
+        width = bucket_width(high - low + 1, points_per_run(len(picked)))
         steps = (low, high) if x_range else None
     return [charts.RunSeries(
         run_id=run_id, label=label, created_at=created_at,
@@ -115,7 +116,7 @@ def chart(url: str, picked: tuple, x_axis: str, x_range, metrics: tuple, smoothi
 def config_table(run_ids: list[str]) -> pd.DataFrame:
     configs = {sidebar.label(runs[i]): reads.run(url, i, runs[i]["version"])["config"]
                for i in run_ids}
-    diff = compare.config_diff(configs)
+    diff = config_diff(configs)
     return pd.DataFrame(
         [[_cell(v) for v in values.values()] for values in diff.values()],
         index=list(diff), columns=list(configs))

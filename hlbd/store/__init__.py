@@ -35,7 +35,7 @@ HEARTBEAT_SECONDS = 30.0
 # ... so a "running" run whose heartbeat is older than this has stopped without saying so.
 STALE_AFTER = timedelta(seconds=120)
 # Steps per row of step_rollups (the explorer reads long runs from there, see
-# hlbd.compare); migration 0003 filled it for steps recorded before it existed.
+# hlbd.store.buckets); migration 0003 filled it for steps recorded before it existed.
 ROLLUP_STEPS = 32
 
 

@@ -1,4 +1,5 @@
-"""Reads for comparing runs: downsampled step series, step spans, grad-norm extremes, config diffs.
+"""Reads for charting runs of any length: step series downsampled into buckets, and the
+spans, segment times and grad-norm extremes the charts need.
 
 Everything here takes a read engine (``hlbd.store.connect.read_engine``) and returns plain
 dicts. Step series are downsampled in the database into buckets of ``width``
@@ -11,7 +12,6 @@ to a row), short ones from ``steps`` itself; both give the same numbers.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -186,16 +186,3 @@ def grad_norm_extremes(engine: Engine) -> dict[str, dict[str, Any]]:
                        "nonfinite_steps": nonfinite}
     return out
 
-
-def config_diff(configs: dict[str, dict]) -> dict[str, dict[str, Any]]:
-    """The config keys whose values differ between runs: {key: {label: value}}.
-
-    A key one run's config lacks is shown as None for it (it was not recorded).
-    """
-    keys = sorted({k for config in configs.values() for k in (config or {})})
-    diff = {}
-    for key in keys:
-        values = {label: (config or {}).get(key) for label, config in configs.items()}
-        if len({json.dumps(v, sort_keys=True, default=str) for v in values.values()}) > 1:
-            diff[key] = values
-    return diff
