@@ -22,8 +22,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from hlbd.anomalies import STEP_RULES, Thresholds, detect
 from hlbd.errors import HlbdError
-from hlbd.query import QueryResult, run_query
 from hlbd.store import Store, buckets, connect, schema, utcnow
+from hlbd.store.query import QueryResult, run_query
 
 LIVE_TTL = 2.0        # seconds a run list may be old
 RUN_TTL = 600.0       # per-run data is keyed by version; the TTL only bounds memory
@@ -201,7 +201,7 @@ def flags(url: str, run_id: str, version: tuple, thresholds: tuple = (),
 
 
 def sql(url: str, query: str) -> QueryResult:
-    """User SQL, read-only and under hlbd.query's time limit (never cached)."""
+    """User SQL, read-only and under hlbd.store.query's time limit (never cached)."""
     return run_query(store(url).engine, query, max_rows=SQL_MAX_ROWS)
 
 

@@ -25,9 +25,9 @@ from sqlalchemy.engine import make_url
 from hlbd import importer
 from hlbd.cli import main
 from hlbd.errors import QueryError, QueryInterrupted
-from hlbd.query import run_query
 from hlbd.runner import resume_checkpoint, start_run
 from hlbd.store import Store, connect
+from hlbd.store.query import run_query
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 RUNAWAY = ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) "

@@ -7,7 +7,7 @@ import formats
 import reads
 import sidebar
 from hlbd.errors import HlbdError
-from hlbd.query import DEFAULT_TIME_LIMIT
+from hlbd.store.query import DEFAULT_TIME_LIMIT
 
 EXAMPLE = ("SELECT run_id, epoch, loss, grad_norm, grad_norm_max, lr\n"
            "FROM epoch_metrics\nORDER BY run_id, epoch\nLIMIT 100")

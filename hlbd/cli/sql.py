@@ -13,7 +13,7 @@ import click
 
 from hlbd.cli.options import db_option, table
 from hlbd.errors import QueryError
-from hlbd.query import DEFAULT_MEMORY_LIMIT, DEFAULT_TIME_LIMIT, QueryResult, run_query
+from hlbd.store.query import DEFAULT_MEMORY_LIMIT, DEFAULT_TIME_LIMIT, QueryResult, run_query
 
 
 def _json_value(value):
