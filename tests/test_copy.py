@@ -21,9 +21,9 @@ from conftest import db_snapshot, tiny_config
 
 from hlbd import importer
 from hlbd.cli import main
-from hlbd.copy_runs import _identity, _read_run, copy_runs, run_tables
 from hlbd.runner import resume_checkpoint, resume_run, start_run
 from hlbd.store import Store
+from hlbd.store.copy import _identity, _read_run, copy_runs, run_tables
 
 
 def every_row(db: str) -> dict[str, list]:

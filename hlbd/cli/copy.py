@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from hlbd.copy_runs import copy_runs
+from hlbd.store.copy import copy_runs
 
 
 @click.command("copy")
