@@ -29,6 +29,7 @@ from hlbd.errors import CheckpointError, ClaimLostError, HlbdError, UnknownRunEr
 from hlbd.fileio import remove_temp_files
 from hlbd.recorder import NullRecorder, StoreRecorder, store_locked, wait_out_locks
 from hlbd.store import Store, superseded
+from hlbd.store.claims import still_being_written
 from hlbd.tokenizer import Tokenizer
 from hlbd.trainer import Examples, TrainingInterrupted, check_device, check_resumable, train
 
@@ -307,9 +308,7 @@ def resume_checkpoint(store: Store, path: str | Path, *, epochs: int | None = No
 
 def _refuse_if_live(run: dict, force: bool) -> None:
     if run["display_status"] == "running" and not force:
-        raise HlbdError(f"run {run['run_id']} is still being written by process "
-                        f"{run.get('pid')} on {run.get('hostname')}; stop it first, or pass "
-                        "--force if that process is gone")
+        raise HlbdError(still_being_written(run["run_id"], run.get("pid"), run.get("hostname")))
 
 
 @dataclass

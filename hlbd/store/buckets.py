@@ -18,46 +18,23 @@ from typing import Any
 
 from sqlalchemy import Engine, bindparam, select, text
 
-from hlbd.store import ROLLUP_STEPS
+from hlbd.store.rows import ROLLUP_STEPS, STEP_SERIES, rollup_sql
 from hlbd.store.tables import Segment
 
 DEFAULT_MAX_POINTS = 1000
-METRICS = ("loss", "grad_norm", "lr")
-
-
-def _finite(column: str) -> str:
-    return f"CASE WHEN {column} > -:inf AND {column} < :inf THEN {column} END"
-
-
-def _steps_aggregates() -> str:
-    parts = []
-    for metric, flag in (("loss", "loss_is_nan"), ("grad_norm", "grad_norm_is_nan"),
-                         ("lr", "lr_is_nan")):
-        finite = _finite(metric)
-        nan = f"{flag} OR "
-        parts += [f"COUNT({finite})", f"SUM({finite})", f"MIN({finite})", f"MAX({finite})",
-                  f"SUM(CASE WHEN {nan}{metric} >= :inf OR {metric} <= -:inf THEN 1 ELSE 0 END)"]
-    return ", ".join(parts)
-
-
-def _rollup_aggregates() -> str:
-    return ", ".join(f"{agg}({metric}_{part})" for metric in METRICS for agg, part in (
-        ("SUM", "count"), ("SUM", "sum"), ("MIN", "min"), ("MAX", "max"),
-        ("SUM", "nonfinite")))
-
 
 # One row per bucket: run, bucket, its first and last step present, epochs, segments,
 # the number of steps, then per metric: finite count, sum, min, max and NaN/Inf count.
 _FROM_STEPS = f"""
 SELECT run_id, (step - 1) / :width AS bucket, MIN(step), MAX(step), MIN(epoch), MAX(epoch),
-       MIN(segment), MAX(segment), COUNT(*), {_steps_aggregates()}
+       MIN(segment), MAX(segment), COUNT(*), {rollup_sql("steps")}
 FROM steps WHERE run_id IN :run_ids AND superseded_by IS NULL
   AND step BETWEEN :low AND :high
 GROUP BY run_id, bucket
 """
 _FROM_ROLLUPS = f"""
 SELECT run_id, (first_step - 1) / :width AS bucket, MIN(first_step), MAX(last_step),
-       MIN(epoch), MAX(epoch), MIN(segment), MAX(segment), SUM(steps), {_rollup_aggregates()}
+       MIN(epoch), MAX(epoch), MIN(segment), MAX(segment), SUM(steps), {rollup_sql("step_rollups")}
 FROM step_rollups WHERE run_id IN :run_ids AND superseded_by IS NULL
   AND first_step BETWEEN :low AND :high
 GROUP BY run_id, bucket
@@ -67,7 +44,7 @@ _HEAD = ("run_id", "bucket", "first_step", "last_step", "epoch", "last_epoch", "
 # The fields of each bucket step_buckets returns, in order.
 BUCKET_FIELDS = ("run_id", "step", "width", "first_step", "last_step", "epoch", "last_epoch",
                  "segment", "last_segment", "steps",
-                 *(f"{metric}{part}" for metric in METRICS
+                 *(f"{metric}{part}" for metric in STEP_SERIES
                    for part in ("", "_min", "_max", "_nonfinite")))
 
 
@@ -121,7 +98,7 @@ def step_buckets(engine: Engine, run_ids: Sequence[str],
         bucket = {"run_id": head["run_id"], "step": head["bucket"] * width + 1,
                   "width": width}
         bucket.update((k, head[k]) for k in _HEAD[2:])
-        for i, metric in enumerate(METRICS):
+        for i, metric in enumerate(STEP_SERIES):
             count, total, low, high, bad = row[len(_HEAD) + 5 * i:len(_HEAD) + 5 * i + 5]
             count = int(count or 0)
             bucket[metric] = total / count if count else None

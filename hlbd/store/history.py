@@ -1,0 +1,66 @@
+"""The effective history of a run: what a resume supersedes and where it may start.
+
+Nothing is deleted: a segment that resumes from epoch E marks the rows earlier segments
+recorded after E as superseded by it (SUPERSEDED_TABLES), so each epoch and step is once
+on the effective history. A run resumes from the newest checkpoint on that history that
+was not pruned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import update
+
+from hlbd.store.tables import Anomaly, Epoch, Step, StepRollup
+
+# The tables whose rows belong to an epoch of a segment, and can be superseded.
+SUPERSEDED_TABLES = (Epoch, Step, StepRollup, Anomaly)
+
+
+def supersede_after(conn, run_id: str, start_epoch: int, segment: int) -> None:
+    """Inside ``conn``'s transaction: mark the rows of ``run_id`` after ``start_epoch`` that
+    are still effective as superseded by ``segment``."""
+    for table in SUPERSEDED_TABLES:
+        conn.execute(update(table).where(
+            table.run_id == run_id, table.epoch > start_epoch,
+            table.superseded_by.is_(None)).values(superseded_by=segment))
+
+
+def superseded(segments: Sequence[dict], segment: int, epoch: int) -> bool:
+    """Whether the state segment ``segment`` reached at ``epoch`` is off the effective
+    history: a later segment started from an earlier epoch and superseded it."""
+    return any(s["segment"] > segment and s["start_epoch"] < epoch for s in segments)
+
+
+def checkpoint_candidates(segments: Sequence[dict], rows: Sequence[dict]) -> list[dict]:
+    """The checkpoints a run could resume from, newest first, given its ``segments`` and
+    checkpoint ``rows`` (Store.segments, Store.checkpoints).
+
+    Candidates are the run's checkpoints and the files its segments resumed from,
+    less those a later segment superseded and those pruned (their files deleted).
+    Each is ``{"segment", "epoch", "path", "size_bytes"}`` (size: None for a file
+    only a segment names).
+    """
+    candidates = [{"segment": c["segment"], "epoch": c["epoch"], "path": c["path"],
+                   "size_bytes": c["size_bytes"]} for c in rows if c["pruned_at"] is None]
+    candidates += [{"segment": s["segment"], "epoch": s["start_epoch"],
+                    "path": s["resumed_from"], "size_bytes": None}
+                   for s in segments
+                   if s["resumed_from"] and not _pruned_start(rows, s)]
+    effective = [c for c in candidates
+                 if not superseded(segments, c["segment"], c["epoch"])]
+    newest_first, seen = [], set()
+    for c in sorted(effective, key=lambda c: (c["epoch"], c["segment"]), reverse=True):
+        if c["path"] not in seen:
+            seen.add(c["path"])
+            newest_first.append(c)
+    return newest_first
+
+
+def _pruned_start(checkpoints: Sequence[dict], segment: dict) -> bool:
+    """Whether the file ``segment`` resumed from is a checkpoint of the run that was
+    pruned since: the newest row of that path and epoch written before the segment."""
+    written = [c for c in checkpoints if c["path"] == segment["resumed_from"]
+               and c["epoch"] == segment["start_epoch"] and c["segment"] < segment["segment"]]
+    return bool(written) and written[-1]["pruned_at"] is not None

@@ -1,0 +1,174 @@
+"""The store's reads: runs, their segments, epochs, steps, checkpoints and anomaly flags,
+as plain dicts (never ORM objects), the effective history unless asked otherwise."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import and_, func, select
+from sqlalchemy.orm import aliased
+
+from hlbd.errors import UnknownRunError
+from hlbd.store import history
+from hlbd.store.claims import live_status
+from hlbd.store.rows import STEP_SERIES, join_nan, join_nans, mark
+from hlbd.store.tables import Anomaly, Checkpoint, Epoch, Run, Segment
+
+# Reads.steps' columns, in the order it unpacks them.
+_STEPS_READ = ("SELECT segment, step, epoch, "
+               + ", ".join(f"{series}, {series}_is_nan" for series in STEP_SERIES)
+               + ", superseded_by FROM steps")
+
+
+class Reads:
+    """The read half of Store (``self.engine``, ``self.url``)."""
+
+    def resolve_run_id(self, run_id: str) -> str:
+        """The full id for an id or unique prefix; an ambiguous one lists candidates."""
+        with self.engine.connect() as conn:
+            matches = conn.scalars(select(Run.run_id).where(
+                Run.run_id.startswith(run_id, autoescape=True)).limit(11)).all()
+        if not run_id or not matches:
+            raise UnknownRunError(f"no run with id {run_id!r} in {self.url}; "
+                                  "`hlbd runs` lists the runs")
+        if run_id in matches:
+            return run_id
+        if len(matches) > 1:
+            shown = ", ".join(matches[:10]) + (", ..." if len(matches) > 10 else "")
+            raise UnknownRunError(f"run id prefix {run_id!r} is ambiguous: {shown}")
+        return matches[0]
+
+    def get_run(self, run_id: str) -> dict[str, Any]:
+        """One run as a dict (config, dataset_stats, vocab and extra decoded)."""
+        run_id = self.resolve_run_id(run_id)
+        with self.engine.connect() as conn:
+            row = conn.execute(select(Run, *_latest_segment_columns())
+                               .where(Run.run_id == run_id)).mappings().one()
+        return _decode_run(dict(row))
+
+    def list_runs(self) -> list[dict[str, Any]]:
+        """All runs, newest first, with epoch count, last and best loss, live status."""
+        effective = Epoch.superseded_by.is_(None)
+        agg = (select(Epoch.run_id, func.count().label("epochs"),
+                      func.min(Epoch.loss).label("best_loss"),
+                      func.max(Epoch.epoch).label("last_epoch"))
+               .where(effective).group_by(Epoch.run_id).subquery())
+        last = aliased(Epoch)
+        query = (select(Run, func.coalesce(agg.c.epochs, 0).label("epochs"),
+                        agg.c.best_loss, last.loss.label("last_loss"),
+                        last.loss_is_nan.label("last_loss_is_nan"),
+                        *_latest_segment_columns())
+                 .outerjoin(agg, agg.c.run_id == Run.run_id)
+                 .outerjoin(last, and_(last.run_id == Run.run_id,
+                                       last.epoch == agg.c.last_epoch,
+                                       last.superseded_by.is_(None)))
+                 .order_by(Run.created_at.desc()))
+        with self.engine.connect() as conn:
+            rows = [dict(r) for r in conn.execute(query).mappings()]
+        for r in rows:
+            r["last_loss"] = join_nan(r["last_loss"], bool(r.pop("last_loss_is_nan")))
+        return [_decode_run(r) for r in rows]
+
+    def epochs(self, run_id: str, *, include_superseded: bool = False) -> list[dict]:
+        """Per-epoch rows of a run in epoch order (effective history unless asked)."""
+        query = select(Epoch).where(Epoch.run_id == run_id)
+        if not include_superseded:
+            query = query.where(Epoch.superseded_by.is_(None))
+        query = query.order_by(Epoch.epoch, Epoch.segment)
+        with self.engine.connect() as conn:
+            rows = [dict(r) for r in conn.execute(query).mappings()]
+        return [join_nans(r, "epochs") for r in rows]
+
+    def steps(self, run_id: str, *, include_superseded: bool = False,
+              epochs: Sequence[int] | None = None) -> list[dict]:
+        """Per-step rows of a run in step order (only those of ``epochs`` when given).
+
+        Each row: run_id, segment, step, epoch, loss, grad_norm, lr (NaN for a measured
+        NaN, None for a value not recorded) and superseded_by.
+        """
+        with self.engine.connect() as conn:
+            marker = mark(conn)
+            sql, params = f"{_STEPS_READ} WHERE run_id = {marker}", [run_id]
+            if epochs is not None:
+                epochs = list(epochs)
+                if not epochs:
+                    return []
+                sql += f" AND epoch IN ({', '.join([marker] * len(epochs))})"
+                params += epochs
+            if not include_superseded:
+                sql += " AND superseded_by IS NULL"
+            # The driver's own cursor and plain tuples: a 100,000-step run is read whole
+            # for an export or the anomaly rules, and SQLAlchemy's rows (ORM or Core)
+            # cost more than the query itself.
+            cursor = conn.connection.dbapi_connection.cursor()
+            try:
+                cursor.execute(f"{sql} ORDER BY step, segment", params)
+                rows = cursor.fetchall()
+            finally:
+                cursor.close()
+        nan = math.nan
+        return [{"run_id": run_id, "segment": segment, "step": step, "epoch": epoch,
+                 "loss": nan if loss_nan else loss,
+                 "grad_norm": nan if norm_nan else norm,
+                 "lr": nan if lr_nan else lr, "superseded_by": superseded_by}
+                for (segment, step, epoch, loss, loss_nan, norm, norm_nan, lr, lr_nan,
+                     superseded_by) in rows]
+
+    def segments(self, run_id: str) -> list[dict]:
+        """A run's attempts in order; ``hosts`` decoded (a list in rank order, or None)."""
+        with self.engine.connect() as conn:
+            rows = [dict(r) for r in conn.execute(
+                select(Segment).where(Segment.run_id == run_id)
+                .order_by(Segment.segment)).mappings()]
+        for r in rows:
+            r["hosts"] = json.loads(r["hosts"]) if r["hosts"] else None
+        return rows
+
+    def checkpoints(self, run_id: str) -> list[dict]:
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(
+                select(Checkpoint).where(Checkpoint.run_id == run_id)
+                .order_by(Checkpoint.epoch, Checkpoint.id)).mappings()]
+
+    def newest_checkpoint(self, run_id: str) -> dict | None:
+        """The checkpoint to resume ``run_id`` from: the newest on its effective history.
+
+        Returns ``{"segment", "epoch", "path", "size_bytes"}`` or None (see
+        checkpoint_candidates).
+        """
+        return next(iter(self.checkpoint_candidates(run_id)), None)
+
+    def checkpoint_candidates(self, run_id: str) -> list[dict]:
+        """The checkpoints ``run_id`` could resume from, newest first (see
+        hlbd.store.history.checkpoint_candidates)."""
+        return history.checkpoint_candidates(self.segments(run_id), self.checkpoints(run_id))
+
+    def anomalies(self, run_id: str | None = None, *,
+                  include_superseded: bool = False) -> list[dict]:
+        """Flags raised while training (the effective history's, unless asked)."""
+        query = select(Anomaly).order_by(Anomaly.run_id, Anomaly.id)
+        if run_id is not None:
+            query = query.where(Anomaly.run_id == run_id)
+        if not include_superseded:
+            query = query.where(Anomaly.superseded_by.is_(None))
+        with self.engine.connect() as conn:
+            return [join_nans(dict(r), "anomalies") for r in conn.execute(query).mappings()]
+
+
+def _latest_segment_columns():
+    latest = (select(Segment).where(Segment.run_id == Run.run_id)
+              .order_by(Segment.segment.desc()).limit(1))
+    return (latest.with_only_columns(Segment.segment).scalar_subquery().label("segment"),
+            latest.with_only_columns(Segment.pid).scalar_subquery().label("pid"),
+            latest.with_only_columns(Segment.hostname).scalar_subquery().label("hostname"))
+
+
+def _decode_run(row: dict[str, Any]) -> dict[str, Any]:
+    for key in ("config", "dataset_stats", "vocab", "extra"):
+        if row.get(key) is not None:
+            row[key] = json.loads(row[key])
+    row["display_status"] = live_status(row)
+    return row
