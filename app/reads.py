@@ -21,7 +21,7 @@ import streamlit as st
 from sqlalchemy.exc import SQLAlchemyError
 
 from hlbd.anomalies import STEP_RULES, Thresholds, detect
-from hlbd.errors import HlbdError
+from hlbd.errors import HlbdError, NoDatabaseError
 from hlbd.store import Store, buckets, connect, schema, utcnow
 from hlbd.store.query import QueryResult, run_query
 
@@ -41,11 +41,6 @@ def store(url: str) -> Store:
     return Store(url, connect.read_engine(url))
 
 
-@st.cache_resource(show_spinner=False)
-def schema_head() -> str:
-    return schema.head_revision()
-
-
 @st.cache_data(ttl=LIVE_TTL, show_spinner=False)
 def database_problem(url: str) -> str | None:
     """Why ``url`` cannot be explored (a message saying what to do), or None."""
@@ -53,15 +48,11 @@ def database_problem(url: str) -> str | None:
     if path is not None and not path.is_file():
         return f"There is no run database at `{path}` yet. {FIRST_RUN_HELP}"
     try:
-        revision = schema.current_revision(store(url).engine)
+        schema.check_schema(store(url).engine, url)
+    except NoDatabaseError:
+        return f"`{url}` holds no runs yet. {FIRST_RUN_HELP}"
     except (HlbdError, SQLAlchemyError) as exc:
         return f"`{url}` cannot be read as a run database: {error_message(exc)}"
-    if revision is None:
-        return f"`{url}` holds no runs yet. {FIRST_RUN_HELP}"
-    if revision != schema_head():
-        return (f"`{url}` is at schema revision {revision!r}; this explorer reads "
-                f"{schema_head()!r}. Run `hlbd db upgrade --db {url}` (or, if the database "
-                "is newer, upgrade hlbd).")
     return None
 
 

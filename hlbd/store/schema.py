@@ -190,6 +190,12 @@ def upgrade(engine: Engine, url: str) -> str:
         return head_revision()
 
 
+def older_than_head(url: str, revision: str) -> str:
+    """What to do about a database at an older revision (the message for a user)."""
+    return (f"database {url} is at schema revision {revision!r}, older than "
+            f"{head_revision()!r}; run `hlbd db upgrade --db {url}` first")
+
+
 def check_schema(engine: Engine, url: str) -> None:
     """For a reader: the database is hlbd's, at the newest revision (creates nothing)."""
     revision = current_revision(engine, url)
@@ -198,8 +204,7 @@ def check_schema(engine: Engine, url: str) -> None:
                               "schema yet); `hlbd train` or `hlbd db upgrade` sets it up")
     if revision != head_revision():
         _check_known(revision, url)
-        raise StoreError(f"database {url} is at schema revision {revision!r}, older than "
-                         f"{head_revision()!r}; run `hlbd db upgrade --db {url}` first")
+        raise StoreError(older_than_head(url, revision))
 
 
 def _use_wal(engine: Engine) -> None:
@@ -232,5 +237,4 @@ def ensure_schema(engine: Engine, url: str) -> None:
     if revision is None:
         upgrade(engine, url)
         return
-    raise StoreError(f"database {url} is at schema revision {revision!r}, older than "
-                     f"{head!r}; run `hlbd db upgrade --db {url}` first")
+    raise StoreError(older_than_head(url, revision))
