@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -66,8 +65,7 @@ def runs(url: str, thresholds: tuple = ()) -> list[dict]:
     """All runs, newest first, with what the runs table shows about each.
 
     Besides Store.list_runs' fields: ``version``, ``rank`` (creation order, which fixes
-    the run's colour), ``last_loss``/``best_loss`` from the epoch rows (a measured NaN
-    is NaN), ``max_grad_norm``, ``nonfinite_steps``, ``anomalies`` (flags under
+    the run's colour), ``max_grad_norm``, ``nonfinite_steps``, ``anomalies`` (flags under
     ``thresholds``), ``started`` (None for an imported run: not recorded), ``duration``
     (seconds its attempts ran, None if not recorded) and ``planned_epochs``.
     """
@@ -82,10 +80,6 @@ def runs(url: str, thresholds: tuple = ()) -> list[dict]:
         run["rank"] = ranks[run["run_id"]]
         run.update(extremes.get(run["run_id"], {"max_grad_norm": None,
                                                  "nonfinite_steps": None}))
-        losses = [e["loss"] for e in epochs(url, run["run_id"], run["version"])]
-        finite = [v for v in losses if v is not None and math.isfinite(v)]
-        run["last_loss"] = losses[-1] if losses else None
-        run["best_loss"] = min(finite) if finite else (math.nan if losses else None)
         run["anomalies"] = len(flags(url, run["run_id"], run["version"], thresholds,
                                      with_steps=False))
         imported = run["source"] == "imported"

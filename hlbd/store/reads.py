@@ -8,7 +8,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import and_, case, func, select
 from sqlalchemy.orm import aliased
 
 from hlbd.errors import UnknownRunError
@@ -50,10 +50,16 @@ class Reads:
         return _decode_run(dict(row))
 
     def list_runs(self) -> list[dict[str, Any]]:
-        """All runs, newest first, with epoch count, last and best loss, live status."""
+        """All runs, newest first, with epoch count, last and best loss, live status.
+
+        ``last_loss``: the last effective epoch's loss (NaN when it measured NaN);
+        ``best_loss``: the lowest finite epoch loss, NaN when every epoch's was NaN/Inf,
+        None when the run has no epochs.
+        """
         effective = Epoch.superseded_by.is_(None)
+        finite = case((and_(Epoch.loss > -math.inf, Epoch.loss < math.inf), Epoch.loss))
         agg = (select(Epoch.run_id, func.count().label("epochs"),
-                      func.min(Epoch.loss).label("best_loss"),
+                      func.min(finite).label("best_loss"),
                       func.max(Epoch.epoch).label("last_epoch"))
                .where(effective).group_by(Epoch.run_id).subquery())
         last = aliased(Epoch)
@@ -70,6 +76,8 @@ class Reads:
             rows = [dict(r) for r in conn.execute(query).mappings()]
         for r in rows:
             r["last_loss"] = join_nan(r["last_loss"], bool(r.pop("last_loss_is_nan")))
+            if r["best_loss"] is None and r["epochs"]:
+                r["best_loss"] = math.nan
         return [_decode_run(r) for r in rows]
 
     def epochs(self, run_id: str, *, include_superseded: bool = False) -> list[dict]:
