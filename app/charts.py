@@ -1,44 +1,26 @@
-"""The compare charts: one Vega-Lite spec, a chart per metric, stacked on one x axis.
+"""The compare charts as one Vega-Lite spec over series.py's frames: a chart per metric,
+stacked on one shared x axis, drawn by vega_component.
 
-How they stay honest: a value that was not recorded is not drawn, and the chart says
-"not recorded" for that run; a NaN/Inf is a marker on the chart's top edge and the line
-breaks there (lines never bridge a gap); smoothing (TensorBoard's debiased EMA) is drawn
-over the faint raw line, never instead of it, and only for loss and grad norm (an LR is
-always drawn as recorded); downsampled steps show each bucket's min-max band, so a
-one-step spike stays visible. A robust y range keeps one exploded run from flattening
-the others: the points it leaves out are marked on the edge they left by.
-
-How they work for a user: the charts share one x range (drag across any chart to zoom
-all of them, double-click to go back); hovering shows a vertical rule on every chart and
-each run's value there; a run's colour comes from its place in the database (its
-creation order), so it keeps it whichever runs are picked; clicking a legend entry
-hides that run.
-
-Chart data is built with pandas, column at a time: 20 runs x 1,000 points per chart is
-a few milliseconds, not seconds. The spec is drawn by vega_component (Vega with compiled
-expressions, the data sent as Arrow tables).
+Drag across any chart to zoom all of them (double-click: back); hovering shows a rule and
+each run's value on every chart; NaN/Inf, flags and resumes are marked on the edges; a
+run's colour comes from its creation order, so it keeps it whichever runs are picked;
+clicking a legend entry hides that run.
 """
 
 from __future__ import annotations
 
 import json
-import math
-from dataclasses import dataclass, field
-from datetime import datetime
 
-import numpy as np
 import pandas as pd
 
 import vega_component
+from series import SMOOTHED, MetricData, RunSeries, wall_scale
 
 METRICS = {"loss": "Loss", "grad_norm": "Gradient norm", "lr": "Learning rate",
            "token_accuracy": "Token accuracy", "tokens_per_second": "Tokens per second"}
-STEP_METRICS = ("loss", "grad_norm", "lr")      # recorded per optimizer step too
-SMOOTHED = ("loss", "grad_norm")                # smoothing never touches the LR
 X_AXES = {"epoch": "epoch", "step": "step", "wall": "wall time"}
 HEIGHT = 220
 VISIBLE_POINTS = 300        # up to this many points per chart, each is drawn as a dot
-OUTLIER_RATIO = 100.0       # robust range: values this far above the runs' typical top
 # Distinct colours, one per run in creation order (tableau10, then ten more).
 PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#c9a227", "#b07aa1",
            "#ff9da7", "#9c755f", "#79706e", "#1f3a93", "#8c6d31", "#17becf", "#843c39",
@@ -46,37 +28,6 @@ PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#c9a227", "#b
 NUMBER = ".6~g"   # significant digits in tooltips
 Y_AXIS_EXTENT = 64          # pixels for a y axis' ticks and labels (up to ~9 characters) ...
 Y_AXIS_ROOM = Y_AXIS_EXTENT + 32   # ... and its title: what a chart takes left of its plot
-
-
-@dataclass
-class RunSeries:
-    """One run's records, as the explorer read them."""
-
-    run_id: str
-    label: str
-    created_at: datetime
-    epochs: list[dict]
-    buckets: pd.DataFrame | None = None     # hlbd.compare.step_buckets, one run
-    segments: list[dict] = field(default_factory=list)
-    flags: list[dict] = field(default_factory=list)
-    epoch_steps: list[dict] = field(default_factory=list)  # epoch -> its steps
-    color: str = PALETTE[0]
-
-
-@dataclass
-class MetricData:
-    """Everything one metric's chart draws, as frames (column names as in the spec)."""
-
-    metric: str
-    points: pd.DataFrame      # run, x, value, lo, hi, smooth, piece
-    hover: pd.DataFrame       # x, x_lo, x_hi, at, one column per run (v0, v1, ...)
-    nonfinite: pd.DataFrame   # run, x, at, what
-    clipped: pd.DataFrame     # run, x, at, what, edge (1 top, 0 bottom)
-    flags: pd.DataFrame       # run, x, rule, message
-    resumes: pd.DataFrame     # run, x, what
-    missing: list[str]        # labels of runs that did not record it (on this axis)
-    domain: list[float] | None = None   # the y range, when the robust range cut some
-    notes: list[str] = field(default_factory=list)
 
 
 def colors(ranks: dict[str, int], picked: list[str]) -> dict[str, str]:
@@ -90,270 +41,6 @@ def colors(ranks: dict[str, int], picked: list[str]) -> dict[str, str]:
         out[run_id] = PALETTE[slot]
         taken.add(PALETTE[slot])
     return out
-
-
-def smooth(values: np.ndarray, weight: float) -> np.ndarray:
-    """TensorBoard's smoothing: an exponential moving average, debiased at the start
-    (pandas' adjusted EWM is exactly that). A constant series is returned as is."""
-    if weight <= 0 or len(values) == 0 or np.all(values == values[0]):
-        return values.copy()
-    return pd.Series(values).ewm(alpha=1 - weight, adjust=True).mean().to_numpy()
-
-
-def wall_unit(seconds: float) -> tuple[str, float]:
-    """A readable unit for a wall-time axis that spans ``seconds``, and its size."""
-    if seconds < 120:
-        return "s", 1.0
-    if seconds < 7200:
-        return "min", 60.0
-    return "h", 3600.0
-
-
-def rule_metric(rule: str) -> str:
-    """Which chart an anomaly rule's flag is marked on."""
-    if "loss" in rule:
-        return "loss"
-    if rule.startswith("lr"):
-        return "lr"
-    return "grad_norm"
-
-
-def _float(values) -> np.ndarray:
-    """A float array where None (not recorded) is NaN; use with a recorded mask."""
-    return np.array([np.nan if v is None else v for v in values], dtype=float)
-
-
-def _recorded(values) -> np.ndarray:
-    return np.array([v is not None for v in values], dtype=bool)
-
-
-def _epoch_rows(s: RunSeries, metric: str, x_axis: str, scale: float) -> dict:
-    """x, value, lo, hi, recorded, bad (NaN/Inf count), at, epoch for one run's epochs."""
-    rows = s.epochs
-    epochs = np.array([e["epoch"] for e in rows], dtype=float)
-    raw = [e.get(metric) for e in rows]
-    value, recorded = _float(raw), _recorded(raw)
-    bad = (recorded & ~np.isfinite(value)).astype(int)
-    if metric == "grad_norm":
-        bad = bad + np.array([e.get("nonfinite_steps") or 0 for e in rows])
-        lo, hi = _float([e.get("grad_norm_min") for e in rows]), _float(
-            [e.get("grad_norm_max") for e in rows])
-    else:
-        lo = hi = np.full(len(rows), np.nan)
-    if x_axis == "epoch":
-        x = epochs
-        at = [f"epoch {int(n)}" for n in epochs]
-    elif x_axis == "wall":
-        x = np.array([(e["recorded_at"] - s.created_at).total_seconds() / scale
-                      if e.get("recorded_at") is not None else np.nan for e in rows])
-        at = [f"epoch {int(n)}" for n in epochs]
-    else:  # an epoch's number belongs at its last step
-        last = {e["epoch"]: e["last_step"] for e in s.epoch_steps}
-        x = np.array([last.get(e["epoch"], np.nan) for e in rows], dtype=float)
-        at = [f"epoch {int(n)} (ends at step {int(v)})" if math.isfinite(v) else ""
-              for n, v in zip(epochs, x)]
-    return {"x": x, "value": value, "lo": lo, "hi": hi, "recorded": recorded,
-            "bad": bad, "at": at}
-
-
-def _bucket_rows(s: RunSeries, metric: str) -> dict:
-    b = s.buckets
-    if b is None or b.empty:
-        empty = np.array([], dtype=float)
-        return {"x": empty, "value": empty, "lo": empty, "hi": empty,
-                "recorded": np.array([], dtype=bool), "bad": empty, "at": []}
-    width = b["width"].to_numpy()
-    value = b[metric].to_numpy(dtype=float)
-    bad = b[f"{metric}_nonfinite"].to_numpy()
-    ranged = width > 1
-    lo = np.where(ranged, b[f"{metric}_min"].to_numpy(dtype=float), np.nan)
-    hi = np.where(ranged, b[f"{metric}_max"].to_numpy(dtype=float), np.nan)
-    first, last = b["first_step"].to_numpy(), b["last_step"].to_numpy()
-    at = [f"step {f:,}" if w == 1 else f"steps {f:,}–{t:,} ({n:,} recorded, mean)"
-          for f, t, w, n in zip(first, last, width, b["steps"].to_numpy())]
-    return {"x": b["step"].to_numpy(dtype=float), "value": value, "lo": lo, "hi": hi,
-            "recorded": ~np.isnan(value) | (bad > 0), "bad": bad, "at": at}
-
-
-def metric_data(series: list[RunSeries], metric: str, x_axis: str, *, smoothing: float = 0.0,
-                log_scale: bool = False, robust: bool = True,
-                x_range: tuple[float, float] | None = None) -> MetricData:
-    """The frames of one metric's chart."""
-    scale = wall_scale(series)[1]
-    points, hover_cols, nonfinite, missing, notes = [], {}, [], [], []
-    dropped_nonpositive = 0
-    for i, s in enumerate(series):
-        by_step = x_axis == "step" and metric in STEP_METRICS
-        r = _bucket_rows(s, metric) if by_step else _epoch_rows(s, metric, x_axis, scale)
-        x, value = r["x"], r["value"]
-        placed = np.isfinite(x)
-        if not (placed & r["recorded"]).any():
-            where = {"step": " (no per-step records)" if by_step else
-                     " (no step records to place its epochs)",
-                     "wall": " (no recording times)"}.get(x_axis, "")
-            missing.append(s.label + (where if r["recorded"].any() else ""))
-        drawable = placed & np.isfinite(value)
-        if log_scale:
-            dropped_nonpositive += int((drawable & ~(value > 0)).sum())
-            drawable &= value > 0
-        # Smoothed over the whole series, then cut to the zoom (as TensorBoard does).
-        smoothed = (smooth(value[drawable], smoothing) if smoothing > 0 and metric in SMOOTHED
-                    else None)
-        if x_range is not None:
-            placed &= (x >= x_range[0]) & (x <= x_range[1])
-        finite = drawable & placed
-        bad = placed & (r["bad"] > 0)
-        at = np.array(r["at"], dtype=object)
-        for j in np.flatnonzero(bad):
-            count = int(r["bad"][j]) if by_step or metric == "grad_norm" else 1
-            what = (f"{METRICS[metric].lower()} is {value[j]}" if not by_step and
-                    metric != "grad_norm" else
-                    f"{count} step(s) with a NaN/Inf {METRICS[metric].lower()}")
-            nonfinite.append({"run": s.label, "x": x[j], "at": at[j], "what": what})
-        # Lines break wherever a value is missing: a new piece starts after each gap.
-        piece = np.cumsum(~finite)[finite]
-        frame = pd.DataFrame({"run": s.label, "x": x[finite], "value": value[finite],
-                              "lo": r["lo"][finite], "hi": r["hi"][finite],
-                              "piece": piece.astype(np.int32) + 100_000 * i})
-        if log_scale:
-            frame.loc[~(frame["lo"] > 0), ["lo", "hi"]] = np.nan
-        if smoothed is not None:
-            frame["smooth"] = smoothed[placed[drawable]]
-        points.append(frame)
-        hover_cols[f"v{i}"] = pd.Series(value[finite], index=x[finite])
-        hover_cols.setdefault("_at", pd.Series(dtype=object))
-        hover_cols["_at"] = pd.concat([hover_cols["_at"],
-                                       pd.Series(at[finite], index=x[finite])])
-    frame = (pd.concat(points, ignore_index=True) if points else
-             pd.DataFrame(columns=["run", "x", "value", "lo", "hi", "piece"]))
-    if "smooth" not in frame and smoothing > 0 and metric in SMOOTHED:
-        frame["smooth"] = frame["value"]
-    if dropped_nonpositive:
-        notes.append(f"{dropped_nonpositive} value(s) at or below 0 are not drawn on the "
-                     "log scale")
-    domain = robust_domain(frame, [s.label for s in series]) if robust and not log_scale \
-        else None
-    clipped = _clipped(frame, domain)
-    if domain is not None and len(clipped):
-        notes.append(f"{len(clipped)} point(s) outside the robust y range are marked on "
-                     "its edge (turn off 'Robust y range' to see them all)")
-    return MetricData(
-        metric=metric, points=frame, hover=_hover_frame(hover_cols, x_axis),
-        nonfinite=pd.DataFrame(nonfinite, columns=["run", "x", "at", "what"]),
-        clipped=clipped, flags=_flags(series, metric, x_axis, scale, x_range),
-        resumes=_resumes(series, x_axis, scale, x_range), missing=missing, domain=domain,
-        notes=notes)
-
-
-def robust_domain(frame: pd.DataFrame, labels: list[str]) -> list[float] | None:
-    """A y range that leaves out values far above the runs' typical top, or None when
-    nothing is far out.
-
-    A run's typical top is the 90th percentile of its values; "far" is more than
-    OUTLIER_RATIO times the lowest typical top of the runs on the chart. So an exploded
-    run (loss 1e9 next to runs near 1) no longer flattens the others, while runs that
-    differ by a factor of a few keep their full range.
-    """
-    values = frame[["run", "value"]].dropna()
-    if values.empty:
-        return None
-    tops = values.groupby("run", observed=True)["value"].quantile(0.9)
-    limit = OUTLIER_RATIO * max(abs(tops.min()), 1e-12)
-    extremes = pd.concat([frame["value"], frame["lo"], frame["hi"],
-                          frame.get("smooth", frame["value"])]).dropna()
-    kept = extremes[extremes <= limit]
-    if kept.empty or len(kept) == len(extremes):
-        return None
-    low, high = float(kept.min()), float(kept.max())
-    pad = (high - low) * 0.05 or abs(high) * 0.05 or 1.0
-    return [low - pad if low - pad > 0 or low < 0 else 0.0, high + pad]
-
-
-def _clipped(frame: pd.DataFrame, domain: list[float] | None) -> pd.DataFrame:
-    columns = ["run", "x", "at", "what", "edge"]
-    if domain is None or frame.empty:
-        return pd.DataFrame(columns=columns)
-    out = frame[(frame["value"] > domain[1]) | (frame["value"] < domain[0])]
-    return pd.DataFrame({"run": out["run"], "x": out["x"], "at": "",
-                         "what": [f"{v:.6g} (off the chart)" for v in out["value"]],
-                         "edge": np.where(out["value"] > domain[1], 0.97, 0.03)},
-                        columns=columns)
-
-
-def _hover_frame(columns: dict, x_axis: str) -> pd.DataFrame:
-    """One row per x: each run's value there (v0, v1, ...) and the x's hover band."""
-    at = columns.pop("_at", pd.Series(dtype=object))
-    if not columns:
-        return pd.DataFrame(columns=["x", "x_lo", "x_hi", "at"])
-    table = pd.DataFrame({k: v[~v.index.duplicated()] for k, v in columns.items()})
-    table = table.sort_index()
-    if table.empty:
-        return pd.DataFrame(columns=["x", "x_lo", "x_hi", "at", *columns])
-    xs = table.index.to_numpy(dtype=float)
-    mids = (xs[1:] + xs[:-1]) / 2
-    half = (xs[-1] - xs[0]) / max(len(xs) - 1, 1) / 2 if len(xs) > 1 else 0.5
-    table.insert(0, "x_hi", np.r_[mids, xs[-1] + half])
-    table.insert(0, "x_lo", np.r_[xs[0] - half, mids])
-    at = at[~at.index.duplicated()]
-    table.insert(0, "at", at.reindex(table.index).fillna("").to_numpy()
-                 if x_axis != "wall" else [f"{v:.4g}" for v in xs])
-    table.insert(0, "x", xs)
-    return table.reset_index(drop=True)
-
-
-def wall_scale(series: list[RunSeries]) -> tuple[str, float]:
-    elapsed = [(e["recorded_at"] - s.created_at).total_seconds()
-               for s in series for e in s.epochs if e.get("recorded_at") is not None]
-    return wall_unit(max(elapsed, default=0.0))
-
-
-def _inside(x: float, x_range) -> bool:
-    return x_range is None or x_range[0] <= x <= x_range[1]
-
-
-def _flags(series, metric, x_axis, scale, x_range) -> pd.DataFrame:
-    out = []
-    for s in series:
-        recorded = {e["epoch"]: e.get("recorded_at") for e in s.epochs}
-        last = {e["epoch"]: e["last_step"] for e in s.epoch_steps}
-        for f in s.flags:
-            if rule_metric(f["rule"]) != metric:
-                continue
-            if x_axis == "epoch":
-                x = f["epoch"]
-            elif x_axis == "wall":
-                when = recorded.get(f["epoch"])
-                x = (when - s.created_at).total_seconds() / scale if when else None
-            else:  # the step the rule named, else the end of the flagged epoch
-                x = f.get("step") or last.get(f["epoch"])
-            if x is None or not _inside(x, x_range):
-                continue
-            out.append({"run": s.label, "x": float(x), "rule": f["rule"],
-                        "message": f["message"]})
-    return pd.DataFrame(out, columns=["run", "x", "rule", "message"])
-
-
-def _resumes(series, x_axis, scale, x_range) -> pd.DataFrame:
-    out = []
-    for s in series:
-        first = {}
-        for e in s.epoch_steps:
-            first[e["segment"]] = min(first.get(e["segment"], e["first_step"]), e["first_step"])
-        for seg in s.segments:
-            if seg["segment"] <= 1:
-                continue
-            if x_axis == "epoch":
-                x = seg["start_epoch"] + 0.5
-            elif x_axis == "wall":
-                x = (seg["started_at"] - s.created_at).total_seconds() / scale
-            else:
-                x = first[seg["segment"]] - 0.5 if seg["segment"] in first else None
-            if x is None or not _inside(x, x_range):
-                continue
-            out.append({"run": s.label, "x": float(x),
-                        "what": f"resumed (attempt {seg['segment']}) from the epoch "
-                                f"{seg['start_epoch']} checkpoint"})
-    return pd.DataFrame(out, columns=["run", "x", "what"])
 
 
 def x_title(x_axis: str, series: list[RunSeries]) -> str:

@@ -16,6 +16,7 @@ import vega_component
 import view
 from hlbd.config import config_diff
 from hlbd.store.buckets import bucket_width
+from series import RunSeries, metric_data
 
 # Step buckets per chart, shared by the picked runs, each getting at least / at most
 # POINTS_PER_RUN. A full-width plot is 850-1000 px wide on a 1400-1600 px window: 500
@@ -73,7 +74,7 @@ def points_per_run(count: int) -> int:
 
 
 def load_series(url: str, picked: tuple, x_axis: str, x_range, thresholds: tuple
-                ) -> list[charts.RunSeries]:
+                ) -> list[RunSeries]:
     """The picked runs' records, re-read only for runs whose version changed.
 
     ``picked``: each run's (run_id, version, label, created_at, color)."""
@@ -84,7 +85,7 @@ def load_series(url: str, picked: tuple, x_axis: str, x_range, thresholds: tuple
         low, high = (max(1, int(x_range[0])), int(x_range[1]) + 1) if x_range else (1, last)
         width = bucket_width(high - low + 1, points_per_run(len(picked)))
         steps = (low, high) if x_range else None
-    return [charts.RunSeries(
+    return [RunSeries(
         run_id=run_id, label=label, created_at=created_at,
         epochs=reads.epochs(url, run_id, version),
         buckets=reads.step_buckets(url, run_id, version, width, steps) if width else None,
@@ -107,8 +108,8 @@ def chart(url: str, picked: tuple, x_axis: str, x_range, metrics: tuple, smoothi
     series = load_series(url, picked, x_axis, x_range, thresholds)
     if not metrics:
         return None, series
-    data = [charts.metric_data(series, m, x_axis, smoothing=smoothing,
-                               log_scale=m in log, robust=robust, x_range=x_range)
+    data = [metric_data(series, m, x_axis, title=charts.METRICS[m], smoothing=smoothing,
+                        log_scale=m in log, robust=robust, x_range=x_range)
             for m in metrics]
     return charts.spec(data, series, x_axis, smoothing=smoothing, log_metrics=log), series
 

@@ -11,6 +11,7 @@ import live
 import reads
 import sidebar
 import view
+from series import RunSeries, metric_data
 
 EPOCH_MEASURES = ("loss", "grad_norm", "grad_norm_max", "grad_norm_min", "lr",
                   "token_accuracy", "wall_seconds", "tokens_per_second")
@@ -92,10 +93,11 @@ with reads.errors_shown():
                "superseded, and hidden from the charts.")
 
     flags = reads.flags(url, run_id, version, thresholds)
-    series = charts.RunSeries(run_id, sidebar.label(summary), run["created_at"],
-                              reads.epochs(url, run_id, version), None, segments, flags,
-                              color=charts.colors({run_id: summary["rank"]}, [run_id])[run_id])
-    data = [charts.metric_data([series], m, "epoch") for m in ("loss", "grad_norm", "lr")]
+    series = RunSeries(run_id, sidebar.label(summary), run["created_at"],
+                       reads.epochs(url, run_id, version), None, segments, flags,
+                       color=charts.colors({run_id: summary["rank"]}, [run_id])[run_id])
+    data = [metric_data([series], m, "epoch", title=charts.METRICS[m])
+            for m in ("loss", "grad_norm", "lr")]
     charts.draw(charts.spec(data, [series], "epoch", zoomable=False))
 
     st.subheader(f"Anomalies ({len(flags)})")
