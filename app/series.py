@@ -70,6 +70,32 @@ def wall_unit(seconds: float) -> tuple[str, float]:
     return "h", 3600.0
 
 
+def wall_scale(series: list[RunSeries]) -> tuple[str, float]:
+    """The wall-time axis' unit for these runs (wall_unit over their longest time)."""
+    elapsed = [wall_time(e["recorded_at"], s.created_at)
+               for s in series for e in s.epochs if e.get("recorded_at") is not None]
+    return wall_unit(max(elapsed, default=0.0))
+
+
+def wall_time(when: datetime | None, start: datetime, scale: float = 1.0) -> float:
+    """The time from ``start`` to ``when`` in units of ``scale`` seconds (wall_unit's
+    size); NaN when ``when`` was not recorded."""
+    if when is None:
+        return math.nan
+    return (when - start).total_seconds() / scale
+
+
+def x_position(x_axis: str, *, epoch: float | None, step: float | None,
+               when: datetime | None, start: datetime, scale: float) -> float:
+    """Where a point goes on ``x_axis``: at its ``epoch``, at its optimizer ``step``, or
+    ("wall") at ``when`` as wall_time since ``start``. NaN where it has no place on that
+    axis (it is not drawn)."""
+    if x_axis == "wall":
+        return wall_time(when, start, scale)
+    place = epoch if x_axis == "epoch" else step
+    return math.nan if place is None else float(place)
+
+
 def rule_metric(rule: str) -> str:
     """Which chart an anomaly rule's flag is marked on."""
     if "loss" in rule:
@@ -101,18 +127,15 @@ def _epoch_rows(s: RunSeries, metric: str, x_axis: str, scale: float) -> dict:
             [e.get("grad_norm_max") for e in rows])
     else:
         lo = hi = np.full(len(rows), np.nan)
-    if x_axis == "epoch":
-        x = epochs
-        at = [f"epoch {int(n)}" for n in epochs]
-    elif x_axis == "wall":
-        x = np.array([(e["recorded_at"] - s.created_at).total_seconds() / scale
-                      if e.get("recorded_at") is not None else np.nan for e in rows])
-        at = [f"epoch {int(n)}" for n in epochs]
-    else:  # an epoch's number belongs at its last step
-        last = {e["epoch"]: e["last_step"] for e in s.epoch_steps}
-        x = np.array([last.get(e["epoch"], np.nan) for e in rows], dtype=float)
+    last = {e["epoch"]: e["last_step"] for e in s.epoch_steps}  # an epoch ends at its last step
+    x = np.array([x_position(x_axis, epoch=e["epoch"], step=last.get(e["epoch"]),
+                             when=e.get("recorded_at"), start=s.created_at, scale=scale)
+                  for e in rows], dtype=float)
+    if x_axis == "step":
         at = [f"epoch {int(n)} (ends at step {int(v)})" if math.isfinite(v) else ""
               for n, v in zip(epochs, x)]
+    else:
+        at = [f"epoch {int(n)}" for n in epochs]
     return {"x": x, "value": value, "lo": lo, "hi": hi, "recorded": recorded,
             "bad": bad, "at": at}
 
@@ -263,12 +286,6 @@ def _hover_frame(columns: dict, x_axis: str) -> pd.DataFrame:
     return table.reset_index(drop=True)
 
 
-def wall_scale(series: list[RunSeries]) -> tuple[str, float]:
-    elapsed = [(e["recorded_at"] - s.created_at).total_seconds()
-               for s in series for e in s.epochs if e.get("recorded_at") is not None]
-    return wall_unit(max(elapsed, default=0.0))
-
-
 def _inside(x: float, x_range) -> bool:
     return x_range is None or x_range[0] <= x <= x_range[1]
 
@@ -281,16 +298,12 @@ def _flags(series, metric, x_axis, scale, x_range) -> pd.DataFrame:
         for f in s.flags:
             if rule_metric(f["rule"]) != metric:
                 continue
-            if x_axis == "epoch":
-                x = f["epoch"]
-            elif x_axis == "wall":
-                when = recorded.get(f["epoch"])
-                x = (when - s.created_at).total_seconds() / scale if when else None
-            else:  # the step the rule named, else the end of the flagged epoch
-                x = f.get("step") or last.get(f["epoch"])
-            if x is None or not _inside(x, x_range):
+            # On steps: the step the rule named, else the end of the flagged epoch.
+            x = x_position(x_axis, epoch=f["epoch"], step=f.get("step") or last.get(f["epoch"]),
+                           when=recorded.get(f["epoch"]), start=s.created_at, scale=scale)
+            if not math.isfinite(x) or not _inside(x, x_range):
                 continue
-            out.append({"run": s.label, "x": float(x), "rule": f["rule"],
+            out.append({"run": s.label, "x": x, "rule": f["rule"],
                         "message": f["message"]})
     return pd.DataFrame(out, columns=["run", "x", "rule", "message"])
 
@@ -304,15 +317,13 @@ def _resumes(series, x_axis, scale, x_range) -> pd.DataFrame:
         for seg in s.segments:
             if seg["segment"] <= 1:
                 continue
-            if x_axis == "epoch":
-                x = seg["start_epoch"] + 0.5
-            elif x_axis == "wall":
-                x = (seg["started_at"] - s.created_at).total_seconds() / scale
-            else:
-                x = first[seg["segment"]] - 0.5 if seg["segment"] in first else None
-            if x is None or not _inside(x, x_range):
+            # Between the epoch (step) it started from and the next one.
+            step = first[seg["segment"]] - 0.5 if seg["segment"] in first else None
+            x = x_position(x_axis, epoch=seg["start_epoch"] + 0.5, step=step,
+                           when=seg["started_at"], start=s.created_at, scale=scale)
+            if not math.isfinite(x) or not _inside(x, x_range):
                 continue
-            out.append({"run": s.label, "x": float(x),
+            out.append({"run": s.label, "x": x,
                         "what": f"resumed (attempt {seg['segment']}) from the epoch "
                                 f"{seg['start_epoch']} checkpoint"})
     return pd.DataFrame(out, columns=["run", "x", "what"])
