@@ -2,16 +2,16 @@
 
 It reads the database the trainer writes (`HLBD_DB`, else ./hlbd.db; the sidebar can
 open another), read-only. Pages live in views/; data access in reads.py; the view a
-link reproduces in view.py.
+link reproduces in link.py.
 """
 
 import streamlit as st
 
 import charts
+import link
 import reads
 import sidebar
 import table_picks
-import view
 
 st.set_page_config(page_title="hlbd explorer", layout="wide")
 PAGES = {
@@ -21,7 +21,7 @@ PAGES = {
     "sql": st.Page("views/sql.py", title="SQL", url_path="sql"),
 }
 page = st.navigation(list(PAGES.values()))
-view.start(tuple(charts.METRICS), reads.threshold_defaults())
+link.start(tuple(charts.METRICS), reads.threshold_defaults())
 url = sidebar.choose_database()
 problem = reads.database_problem(url)
 if problem:
@@ -38,5 +38,5 @@ with reads.errors_shown():
         page.run()
     finally:  # a page may st.stop(); its link is still brought up to date
         name = next(k for k, p in PAGES.items() if p.url_path == page.url_path)
-        view.write_url(name, sidebar.picked(), [r["run_id"] for r in all_runs],
+        link.write_url(name, sidebar.picked(), [r["run_id"] for r in all_runs],
                        dict(sidebar.thresholds()), reads.threshold_defaults())

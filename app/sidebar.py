@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import streamlit as st
 
+import link
 import reads
-import view
 from hlbd.anomalies import THRESHOLD_HELP
 from hlbd.store import connect
 
@@ -38,7 +38,7 @@ def pick_runs(runs: list[dict]) -> list[str]:
     labels = {r["run_id"]: label(r) for r in runs}
     if "picked" not in st.session_state:
         # A link can name runs: ?runs=3f2a,9bc1 (ids or unique id prefixes), in its order.
-        wanted = view.get("runs")
+        wanted = link.get("runs")
         st.session_state["picked"] = [next(i for i in labels if i.startswith(w))
                                       for w in wanted
                                       if sum(i.startswith(w) for i in labels) == 1]
@@ -58,17 +58,17 @@ def choose_thresholds() -> None:
     with st.sidebar.expander("Anomaly thresholds"):
         st.caption("Each rule's threshold; hover the ? for what it means. Changed values "
                    "go into the page's link.")
-        wanted = view.get("thresholds")
+        wanted = link.get("thresholds")
         for name, default in reads.threshold_defaults().items():
             st.number_input(name.replace("_", " "), value=wanted.get(name, default),
                             key=f"threshold_{name}", help=THRESHOLD_HELP.get(name),
                             step=1 if isinstance(default, int) else None,
-                            min_value=view.INT_MINIMUM.get(name),
+                            min_value=link.INT_MINIMUM.get(name),
                             format=None if isinstance(default, int) else "%g")
 
 
 def thresholds() -> tuple:
     """The thresholds set in the sidebar, as (name, value) pairs (hashable for caches)."""
-    wanted = view.get("thresholds") if "view" in st.session_state else {}
+    wanted = link.get("thresholds") if "view" in st.session_state else {}
     return tuple((name, st.session_state.get(f"threshold_{name}", wanted.get(name, default)))
                  for name, default in reads.threshold_defaults().items())

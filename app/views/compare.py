@@ -9,11 +9,11 @@ import streamlit as st
 
 import charts
 import formats
+import link
 import live
 import reads
 import sidebar
 import vega_component
-import view
 from hlbd.config import config_diff
 from hlbd.store.buckets import bucket_width
 from series import RunSeries, metric_data
@@ -38,25 +38,25 @@ if not chosen:
 
 top = st.columns([3, 3, 2])
 x_axis = top[0].segmented_control("x axis", list(charts.X_AXES), format_func=charts.X_AXES.get,
-                                  default=view.get("x"), key="x_axis") or view.get("x")
-if x_axis != view.get("x"):
-    view.put("range", None)  # a zoom in epochs means nothing in steps
-view.put("x", x_axis)
-view.put("smooth", top[1].slider(
+                                  default=link.get("x"), key="x_axis") or link.get("x")
+if x_axis != link.get("x"):
+    link.put("range", None)  # a zoom in epochs means nothing in steps
+link.put("x", x_axis)
+link.put("smooth", top[1].slider(
     "Smoothing of loss and grad norm (TensorBoard's debiased EMA; 0 = off)", 0.0, 0.99,
-    view.get("smooth"), 0.01, key="smoothing",
+    link.get("smooth"), 0.01, key="smoothing",
     help="The smoothed line is drawn over the faint raw one. The LR is never smoothed."))
-view.put("robust", top[2].toggle(
-    "Robust y range", value=view.get("robust"), key="robust",
+link.put("robust", top[2].toggle(
+    "Robust y range", value=link.get("robust"), key="robust",
     help="Leave out values far above the runs' typical range (one exploded run no longer "
          "flattens the others); the points left out are marked on the chart's edge."))
 bottom = st.columns([3, 2])
-view.put("charts", bottom[0].pills(
-    "Charts", list(charts.METRICS), selection_mode="multi", default=view.get("charts"),
+link.put("charts", bottom[0].pills(
+    "Charts", list(charts.METRICS), selection_mode="multi", default=link.get("charts"),
     format_func=charts.METRICS.get, key="metrics") or [])
-view.put("log", bottom[1].pills(
-    "Log scale", view.get("charts"), selection_mode="multi",
-    default=[m for m in view.get("log") if m in view.get("charts")],
+link.put("log", bottom[1].pills(
+    "Log scale", link.get("charts"), selection_mode="multi",
+    default=[m for m in link.get("log") if m in link.get("charts")],
     format_func=charts.METRICS.get, key="log_scale") or [])
 
 
@@ -65,7 +65,7 @@ def zoom_from_chart() -> None:
     event = vega_component.zoom_event("charts")
     if event is not None:
         span = event.get("x")
-        view.put("range", (float(min(span)), float(max(span))) if span else None)
+        link.put("range", (float(min(span)), float(max(span))) if span else None)
 
 
 def points_per_run(count: int) -> int:
@@ -131,14 +131,14 @@ def _cell(value) -> str:
 
 with reads.errors_shown():
     zoom_from_chart()
-    x_range = view.get("range")
+    x_range = link.get("range")
     colors = charts.colors({r["run_id"]: r["rank"] for r in runs.values()},
                            [r["run_id"] for r in chosen])
     spec, series = chart(
         url, tuple((r["run_id"], r["version"], sidebar.label(r), r["created_at"],
                     colors[r["run_id"]]) for r in chosen),
-        x_axis, x_range, tuple(m for m in charts.METRICS if m in view.get("charts")),
-        view.get("smooth"), tuple(view.get("log")), view.get("robust"), thresholds)
+        x_axis, x_range, tuple(m for m in charts.METRICS if m in link.get("charts")),
+        link.get("smooth"), tuple(link.get("log")), link.get("robust"), thresholds)
     if spec is None:
         st.info("Pick at least one chart above.")
     else:

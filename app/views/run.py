@@ -7,10 +7,10 @@ import streamlit as st
 
 import charts
 import formats
+import link
 import live
 import reads
 import sidebar
-import view
 from series import RunSeries, metric_data
 
 EPOCH_MEASURES = ("loss", "grad_norm", "grad_norm_max", "grad_norm_min", "lr",
@@ -24,12 +24,12 @@ if not runs:
     st.info(f"No runs in `{url}` yet. {reads.FIRST_RUN_HELP}")
     st.stop()
 options = list(runs)
-wanted = view.get("run") or ""
+wanted = link.get("run") or ""
 first = next((i for i in options if wanted and i.startswith(wanted)),
              next((i for i in sidebar.picked() if i in runs), options[0]))
 run_id = st.selectbox("Run", options, index=options.index(first), key="detail_run",
                       format_func=lambda i: sidebar.label(runs[i]))
-view.put("run", run_id)
+link.put("run", run_id)
 
 
 def when(value) -> str:
