@@ -18,7 +18,6 @@ from series import SMOOTHED, MetricData, RunSeries, wall_scale
 
 METRICS = {"loss": "Loss", "grad_norm": "Gradient norm", "lr": "Learning rate",
            "token_accuracy": "Token accuracy", "tokens_per_second": "Tokens per second"}
-X_AXES = {"epoch": "epoch", "step": "step", "wall": "wall time"}
 HEIGHT = 220
 VISIBLE_POINTS = 300        # up to this many points per chart, each is drawn as a dot
 # Distinct colours, one per run in creation order (tableau10, then ten more).

@@ -17,10 +17,11 @@ import math
 
 import streamlit as st
 
+from series import X_AXES
+
 DEFAULT_CHARTS = ("loss", "grad_norm", "lr")
 # The smallest value a whole-number threshold can take (a window of 0 epochs is none).
 INT_MINIMUM = {"spike_window": 1, "rising_epochs": 1, "restart_grace": 0}
-X_AXES = ("epoch", "step", "wall")
 
 
 def _floats(text: str, count: int) -> list[float] | None:

@@ -17,7 +17,11 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 
-STEP_METRICS = ("loss", "grad_norm", "lr")      # recorded per optimizer step too
+from hlbd.store.rows import STEP_SERIES
+
+STEP_METRICS = STEP_SERIES                     # recorded per optimizer step too
+# The x axes a point can be placed on, with their titles.
+X_AXES = {"epoch": "epoch", "step": "step", "wall": "wall time"}
 SMOOTHED = ("loss", "grad_norm")                # smoothing never touches the LR
 OUTLIER_RATIO = 100.0       # robust range: values this far above the runs' typical top
 

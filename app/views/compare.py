@@ -12,6 +12,7 @@ import formats
 import link
 import live
 import reads
+import series
 import sidebar
 import vega_component
 from hlbd.config import config_diff
@@ -37,7 +38,7 @@ if not chosen:
     st.stop()
 
 top = st.columns([3, 3, 2])
-x_axis = top[0].segmented_control("x axis", list(charts.X_AXES), format_func=charts.X_AXES.get,
+x_axis = top[0].segmented_control("x axis", list(series.X_AXES), format_func=series.X_AXES.get,
                                   default=link.get("x"), key="x_axis") or link.get("x")
 if x_axis != link.get("x"):
     link.put("range", None)  # a zoom in epochs means nothing in steps
