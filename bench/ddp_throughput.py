@@ -48,38 +48,38 @@ def worker(args: argparse.Namespace) -> None:
     from hlbd.tokenizer import Tokenizer
     from hlbd.trainer import Examples, train
 
-    place = from_environment(120)
+    ranks = from_environment(120)
     config = TrainConfig(datasets=[args.dataset], epochs=args.epochs, save_interval=0,
-                         device="cpu", world_size=place.world_size)
+                         device="cpu", world_size=ranks.world_size)
     data = prepare_data(config)
     tokenizer = Tokenizer.build(t for p in data.pairs for t in (p.input, p.output))
     examples = Examples.encode(data.pairs, tokenizer, config.max_seq_len)
     out = Path(args.out)
-    store = Store.open(str(out / "bench.db")) if args.record == "on" and place.is_main \
+    store = Store.open(str(out / "bench.db")) if args.record == "on" and ranks.is_main \
         else None
 
     def recorder_for(run_config: TrainConfig) -> tuple[str, object]:
         if store is None:
             return "untracked", NullRecorder()
         run_id = store.create_run("bench", run_config.to_dict(), data.dataset_stats,
-                                  hosts=place.hosts)
+                                  hosts=ranks.hosts)
         return run_id, Timed(StoreRecorder(store, run_id, 1, out / run_id,
                                            data.dataset_stats, run_config.to_dict()))
 
     # Warm-up, not timed: first-call costs of torch, and of the store when recording.
     warm = TrainConfig(**{**config.to_dict(), "epochs": 1})
     run_id, recorder = recorder_for(warm)
-    train(warm, examples, tokenizer, recorder, out / f"warm{place.rank}", run_id,
-          progress=False, place=place)
+    train(warm, examples, tokenizer, recorder, out / f"warm{ranks.rank}", run_id,
+          progress=False, ranks=ranks)
     recorder.close()
     run_id, recorder = recorder_for(config)
-    place.barrier()
+    ranks.barrier()
     started, cpu_started = time.perf_counter(), time.process_time()
     train(config, examples, tokenizer, recorder, out / run_id, run_id, progress=False,
-          place=place)
+          ranks=ranks)
     recorder.close()
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
-    if place.is_main:
+    if ranks.is_main:
         tokens = sum(examples.lengths) * config.epochs
         calls, writes = (recorder.seconds, recorder.inner.busy_seconds) \
             if isinstance(recorder, Timed) else (0.0, 0.0)
@@ -87,7 +87,7 @@ def worker(args: argparse.Namespace) -> None:
                           "call_seconds": calls, "write_seconds": writes}), flush=True)
     if store is not None:
         store.close()
-    place.close()
+    ranks.close()
 
 
 class Timed:

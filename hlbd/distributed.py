@@ -3,7 +3,7 @@ collectives the training loop and the runner need.
 
 Under torchrun (``WORLD_SIZE`` > 1) every process runs the same loop on its share of
 each global batch, and rank 0 alone creates the run, writes the store, the report and
-the checkpoints. Without torchrun ``Dist()`` is the one process and every collective is
+the checkpoints. Without torchrun ``Ranks()`` is the one process and every collective is
 a no-op, so the loop reads the same either way.
 
 The process group is ``gloo`` for CPU tensors and, where CUDA is available, ``nccl``
@@ -37,8 +37,9 @@ class LeaderFailed(HlbdError):
 
 
 @dataclass
-class Dist:
-    """This process's place among the training processes (one, without torchrun)."""
+class Ranks:
+    """Where this process is among the training processes: its rank, the world size, the
+    hosts (one process, without torchrun)."""
 
     rank: int = 0
     world_size: int = 1
@@ -136,13 +137,13 @@ class Dist:
             dist.destroy_process_group()
 
 
-def from_environment(timeout_seconds: float = DDP_TIMEOUT_SECONDS) -> Dist:
-    """This process's Dist: under torchrun (``WORLD_SIZE`` > 1) joins the process group,
+def from_environment(timeout_seconds: float = DDP_TIMEOUT_SECONDS) -> Ranks:
+    """This process's Ranks: under torchrun (``WORLD_SIZE`` > 1) joins the process group,
     with ``timeout_seconds`` on every collective; else the single process."""
     try:
         world_size = int(os.environ.get("WORLD_SIZE") or 1)
         if world_size <= 1:
-            return Dist()
+            return Ranks()
         rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK") or 0)
         if torch.cuda.is_available():
             # One group for both: gloo carries CPU tensors (the stop vote, objects), NCCL
@@ -158,9 +159,9 @@ def from_environment(timeout_seconds: float = DDP_TIMEOUT_SECONDS) -> Dist:
         raise HlbdError(f"WORLD_SIZE is {os.environ.get('WORLD_SIZE')!r}, but this process "
                         f"could not join the others ({type(exc).__name__}: {reason}); start "
                         "the processes with torchrun") from None
-    place = Dist(rank=rank, world_size=world_size, local_rank=local_rank)
-    place.hosts = place.gather(socket.gethostname())
-    return place
+    ranks = Ranks(rank=rank, world_size=world_size, local_rank=local_rank)
+    ranks.hosts = ranks.gather(socket.gethostname())
+    return ranks
 
 
 class StopVote:
@@ -173,13 +174,13 @@ class StopVote:
     was seen, at the same batch. Without a process group it is the request itself.
     """
 
-    def __init__(self, place: Dist, requested: Callable[[], bool]):
-        self._place = place
+    def __init__(self, ranks: Ranks, requested: Callable[[], bool]):
+        self._ranks = ranks
         self._requested = requested
         self._pending: tuple[Any, torch.Tensor] | None = None
 
     def __call__(self) -> bool:
-        if not self._place.active:
+        if not self._ranks.active:
             return self._requested()
         if self._pending is not None:
             work, votes = self._pending

@@ -24,7 +24,7 @@ from sqlalchemy.exc import OperationalError
 from hlbd.checkpoint import load_checkpoint
 from hlbd.config import RESUME_SETTABLE, TrainConfig
 from hlbd.data import Pair, load_datasets, mix
-from hlbd.distributed import Dist
+from hlbd.distributed import Ranks
 from hlbd.errors import CheckpointError, ClaimLostError, HlbdError, UnknownRunError
 from hlbd.fileio import remove_temp_files
 from hlbd.recorder import NullRecorder, StoreRecorder, store_locked, wait_out_locks
@@ -99,16 +99,16 @@ def check_config(config: TrainConfig) -> None:
 def start_run(config: TrainConfig, store: Store, *, runs_root: Path | None = None,
               on_run_id: Callable[[str], None] = lambda _id: None,
               should_stop: Callable[[], bool] = lambda: False,
-              progress: bool = True, place: Dist | None = None) -> RunOutcome:
+              progress: bool = True, ranks: Ranks | None = None) -> RunOutcome:
     """Train a new run recorded in ``store``; returns how it ended.
 
     Everything is checked and loaded before the run exists: a bad flag or dataset, or a
     stop asked for meanwhile (``should_stop``), leaves no trace. From the moment the
-    run exists, every way out sets its status. ``place``: under torchrun, rank 0's Dist
+    run exists, every way out sets its status. ``ranks``: under torchrun, rank 0's Ranks
     (the other ranks run ``follow``).
     """
-    place = place or Dist()
-    _set_processes(config, place)
+    ranks = ranks or Ranks()
+    _set_processes(config, ranks)
     check_config(config)
     data = prepare_data(config)
     _stop_if_asked(should_stop, "run")
@@ -119,19 +119,19 @@ def start_run(config: TrainConfig, store: Store, *, runs_root: Path | None = Non
     run_dir = (runs_root or runs_dir()) / run_id
     _when_unlocked(should_stop, "run", functools.partial(
         store.create_run, config.name or "run", config.to_dict(), data.dataset_stats,
-        vocab=tokenizer.vocab, run_dir=str(run_dir), run_id=run_id, hosts=place.hosts))
+        vocab=tokenizer.vocab, run_dir=str(run_dir), run_id=run_id, hosts=ranks.hosts))
     return _run(config, store, run_id, 1, run_dir, examples, tokenizer,
-                data.dataset_stats, None, should_stop, progress, on_run_id, place)
+                data.dataset_stats, None, should_stop, progress, on_run_id, ranks)
 
 
-def _set_processes(config: TrainConfig, place: Dist) -> None:
+def _set_processes(config: TrainConfig, ranks: Ranks) -> None:
     """Record in the config how many processes train and the backend between them."""
-    config.world_size = place.world_size
-    config.backend = place.backend(check_device(config.device))
+    config.world_size = ranks.world_size
+    config.backend = ranks.backend(check_device(config.device))
 
 
 def _run(config, store, run_id, segment, run_dir, examples, tokenizer, dataset_stats,
-         resume, should_stop, progress, on_run_id, place) -> RunOutcome:
+         resume, should_stop, progress, on_run_id, ranks) -> RunOutcome:
     """Train attempt ``segment`` (already claimed) and set how it ended."""
     try:
         on_run_id(run_id)
@@ -143,17 +143,17 @@ def _run(config, store, run_id, segment, run_dir, examples, tokenizer, dataset_s
         recorder = StoreRecorder(store, run_id, segment, run_dir, dataset_stats,
                                  config.to_dict(), keep_checkpoints=config.keep_checkpoints)
         try:
-            place.launch({"run_id": run_id, "segment": segment, "run_dir": str(run_dir),
+            ranks.launch({"run_id": run_id, "segment": segment, "run_dir": str(run_dir),
                           "config": config.to_dict(), "vocab": tokenizer.vocab,
                           "examples": examples, "resume": resume})
             result = train(config, examples, tokenizer, recorder, run_dir, run_id,
                            resume=resume, segment=segment, should_stop=should_stop,
-                           progress=progress, place=place)
+                           progress=progress, ranks=ranks)
         finally:
             recorder.close()  # every row handed over is in the store before the status
     except TrainingInterrupted as stop:
         _close(store, run_id, segment, "interrupted")
-        place.barrier()  # the other ranks exit once the run's status says so
+        ranks.barrier()  # the other ranks exit once the run's status says so
         return RunOutcome(run_id, "interrupted", stop.epoch, run_dir)
     except ClaimLostError as lost:
         raise RunFailed(str(lost)) from None  # the run is the later attempt's now
@@ -168,31 +168,31 @@ def _run(config, store, run_id, segment, run_dir, examples, tokenizer, dataset_s
         _close(store, run_id, segment, "failed", error)
         raise RunFailed(f"run {run_id} failed: {error.splitlines()[0]}") from exc
     _close(store, run_id, segment, "finished")
-    place.barrier()
+    ranks.barrier()
     return RunOutcome(run_id, "finished", result.last_epoch, run_dir)
 
 
-def follow(place: Dist, *, should_stop: Callable[[], bool] = lambda: False) -> RunOutcome:
+def follow(ranks: Ranks, *, should_stop: Callable[[], bool] = lambda: False) -> RunOutcome:
     """A rank other than 0 under torchrun: train on what rank 0 launched, record nothing.
 
     Raises LeaderFailed when rank 0 failed before training (it reports why), HlbdError
     when training stopped with an error (a rank died, a collective timed out).
     """
-    launch = place.await_launch()
+    launch = ranks.await_launch()
     run_id, run_dir = launch["run_id"], Path(launch["run_dir"])
     try:
         result = train(TrainConfig.from_dict(launch["config"]), launch["examples"],
                        Tokenizer(launch["vocab"]), NullRecorder(), run_dir, run_id,
                        resume=launch["resume"], segment=launch["segment"],
-                       should_stop=should_stop, progress=False, place=place)
+                       should_stop=should_stop, progress=False, ranks=ranks)
     except TrainingInterrupted as stop:
-        place.barrier()
+        ranks.barrier()
         return RunOutcome(run_id, "interrupted", stop.epoch, run_dir)
     except RuntimeError as exc:  # torch's distributed errors (a peer died, a timeout)
         reason = (str(exc).strip().splitlines() or [""])[0][:300]
-        raise HlbdError(f"rank {place.rank} of run {run_id} stopped: "
+        raise HlbdError(f"rank {ranks.rank} of run {run_id} stopped: "
                         f"{type(exc).__name__}: {reason}") from exc
-    place.barrier()
+    ranks.barrier()
     return RunOutcome(run_id, "finished", result.last_epoch, run_dir)
 
 
@@ -207,7 +207,7 @@ def _close(store: Store, run_id: str, segment: int, status: str,
 
 def resume_run(store: Store, run_id: str, *, epochs: int | None = None,
                overrides: dict | None = None, force: bool = False,
-               place: Dist | None = None, **kwargs) -> RunOutcome:
+               ranks: Ranks | None = None, **kwargs) -> RunOutcome:
     """Continue run ``run_id`` (an id or unique prefix) from its newest checkpoint.
 
     ``epochs`` is the new total; ``overrides`` may set the fields in RESUME_SETTABLE. A
@@ -217,18 +217,18 @@ def resume_run(store: Store, run_id: str, *, epochs: int | None = None,
     """
     run = store.get_run(run_id)
     _refuse_if_live(run, force)
-    place = place or Dist()
+    ranks = ranks or Ranks()
     plan = None
     for candidate in store.checkpoint_candidates(run["run_id"]):
         try:
             plan = _plan_resume(run, _load_own_checkpoint(run, candidate),
-                                candidate["path"], epochs, overrides or {}, place)
+                                candidate["path"], epochs, overrides or {}, ranks)
             break
         except CheckpointError as unusable:
             log.warning("cannot resume from it: %s", unusable)
     if plan is None:
-        plan = _plan_restart(run, epochs, overrides or {}, place)
-    return _resume(store, run, plan, place, force=force, **kwargs)
+        plan = _plan_restart(run, epochs, overrides or {}, ranks)
+    return _resume(store, run, plan, ranks, force=force, **kwargs)
 
 
 def _load_own_checkpoint(run: dict, candidate: dict) -> dict:
@@ -245,7 +245,7 @@ def _load_own_checkpoint(run: dict, candidate: dict) -> dict:
 
 
 def _plan_restart(run: dict, epochs: int | None, overrides: dict,
-                  place: Dist) -> _ResumePlan:
+                  ranks: Ranks) -> _ResumePlan:
     """A resume from epoch 0, for a run none of whose checkpoints loads (or that died
     before its first): its recorded config, datasets and vocabulary, checked."""
     config_values = run.get("config") or {}
@@ -257,7 +257,7 @@ def _plan_restart(run: dict, epochs: int | None, overrides: dict,
     for key, value in {**overrides, **({"epochs": epochs} if epochs else {})}.items():
         if key in RESUME_SETTABLE:
             setattr(config, key, value)
-    _set_processes(config, place)
+    _set_processes(config, ranks)
     check_config(config)
     data = prepare_data(config)
     _check_same_datasets(run, data)
@@ -274,7 +274,7 @@ def _plan_restart(run: dict, epochs: int | None, overrides: dict,
 def resume_checkpoint(store: Store, path: str | Path, *, epochs: int | None = None,
                       overrides: dict | None = None, force: bool = False,
                       name: str | None = None, runs_root: Path | None = None,
-                      place: Dist | None = None, **kwargs) -> RunOutcome:
+                      ranks: Ranks | None = None, **kwargs) -> RunOutcome:
     """Continue from a checkpoint file; the run id comes from the checkpoint.
 
     A checkpoint of the older tool (no run id) starts a new run, marked imported, whose
@@ -294,16 +294,16 @@ def resume_checkpoint(store: Store, path: str | Path, *, epochs: int | None = No
                 f"{path}: epoch {state['epoch']} of segment {state.get('segment', 1)} of run "
                 f"{run['run_id']} was superseded by a later resume; continuing it would mix "
                 "two attempts in one history (`hlbd resume` picks the newest current one)")
-    place = place or Dist()
-    plan = _plan_resume(run, state, str(path), epochs, overrides or {}, place)
+    ranks = ranks or Ranks()
+    plan = _plan_resume(run, state, str(path), epochs, overrides or {}, ranks)
     # Recorded absolute, as checkpoint rows are: a later resume or pruning, from another
     # working directory, must find (or recognise) the same file.
     plan.path = os.path.abspath(path)
     if run is None:  # the imported run is created only if no stop was asked for
         _stop_if_asked(kwargs.get("should_stop", lambda: False), "run")
         run = _import_checkpoint_run(store, plan, name, runs_root or runs_dir())
-        return _resume(store, run, plan, place, force=force, stop_checked=True, **kwargs)
-    return _resume(store, run, plan, place, force=force, **kwargs)
+        return _resume(store, run, plan, ranks, force=force, stop_checked=True, **kwargs)
+    return _resume(store, run, plan, ranks, force=force, **kwargs)
 
 
 def _refuse_if_live(run: dict, force: bool) -> None:
@@ -328,7 +328,7 @@ class _ResumePlan:
 
 
 def _plan_resume(run: dict | None, state: dict, path: str, epochs: int | None,
-                 overrides: dict, place: Dist) -> _ResumePlan:
+                 overrides: dict, ranks: Ranks) -> _ResumePlan:
     """Check everything a resume needs, reading only; raises on the first problem."""
     config = TrainConfig.from_dict(state["config"])
     trained_on = config.world_size
@@ -346,7 +346,7 @@ def _plan_resume(run: dict | None, state: dict, path: str, epochs: int | None,
     for key in RESUME_SETTABLE:
         if key in overrides:
             setattr(config, key, overrides[key])
-    _set_processes(config, place)
+    _set_processes(config, ranks)
     config.validate()
     if config.epochs <= state["epoch"]:
         raise HlbdError(f"{path} is at epoch {state['epoch']} and the run's total is "
@@ -374,7 +374,7 @@ def _check_same_datasets(run: dict, data: PreparedData) -> None:
                         "would not continue the same run")
 
 
-def _resume(store: Store, run: dict, plan: _ResumePlan, place: Dist, *,
+def _resume(store: Store, run: dict, plan: _ResumePlan, ranks: Ranks, *,
             force: bool = False,
             on_run_id: Callable[[str], None] = lambda _id: None,
             should_stop: Callable[[], bool] = lambda: False,
@@ -386,11 +386,11 @@ def _resume(store: Store, run: dict, plan: _ResumePlan, place: Dist, *,
     # one gets here; the others raise RunClaimedError having written nothing.
     segment = _when_unlocked(should_stop, "resume", functools.partial(
         store.begin_segment, run_id, plan.start_epoch, resumed_from=plan.path,
-        config=plan.config.to_dict(), hosts=place.hosts, force=force))
+        config=plan.config.to_dict(), hosts=ranks.hosts, force=force))
     run_dir = Path(run["run_dir"]) if run.get("run_dir") else runs_dir() / run_id
     return _run(plan.config, store, run_id, segment, run_dir, plan.examples, plan.tokenizer,
                 plan.data.dataset_stats, plan.state, should_stop, progress, on_run_id,
-                place)
+                ranks)
 
 
 def _import_checkpoint_run(store: Store, plan: _ResumePlan, name: str | None,

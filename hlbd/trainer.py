@@ -36,7 +36,7 @@ from tqdm import tqdm
 from hlbd.checkpoint import checkpoint_path, save_checkpoint
 from hlbd.config import TrainConfig
 from hlbd.data import Pair
-from hlbd.distributed import Dist, StopVote
+from hlbd.distributed import Ranks, StopVote
 from hlbd.errors import CheckpointError, HlbdError
 from hlbd.model import build_model
 from hlbd.recorder import Recorder
@@ -125,7 +125,7 @@ def check_device(name: str) -> torch.device:
     """The device ``--device name`` means, if this machine has it (checked before a run
     exists); else HlbdError naming the flag."""
     try:
-        device = Dist().device(name)
+        device = Ranks().device(name)
     except RuntimeError:
         raise HlbdError(f"--device must be auto, cpu, cuda, cuda:N or mps, not "
                         f"{name!r}") from None
@@ -159,47 +159,47 @@ def train(config: TrainConfig, examples: Examples, tokenizer: Tokenizer,
           recorder: Recorder, run_dir: Path, run_id: str, *,
           resume: dict | None = None, segment: int = 1,
           should_stop: Callable[[], bool] = lambda: False,
-          progress: bool = True, place: Dist | None = None) -> TrainResult:
+          progress: bool = True, ranks: Ranks | None = None) -> TrainResult:
     """Train to ``config.epochs``, from scratch or from a loaded checkpoint ``resume``.
 
-    ``place``: this process among the torchrun ranks (default: the only one). Every
+    ``ranks``: this process among the torchrun ranks (default: the only one). Every
     rank computes the same rows and calls its ``recorder``; only rank 0 saves
     checkpoints.
     """
-    place = place or Dist()
-    device = place.device(config.device)
+    ranks = ranks or Ranks()
+    device = ranks.device(config.device)
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     model, optimizer, scheduler, scaler = _components(config, len(tokenizer), device)
-    if place.rank > 0:  # the same initial weights, but each rank its own dropout masks
-        torch.manual_seed(config.seed * 1_000_003 + place.rank)
+    if ranks.rank > 0:  # the same initial weights, but each rank its own dropout masks
+        torch.manual_seed(config.seed * 1_000_003 + ranks.rank)
     use_amp = scaler.is_enabled()
     max_norm = config.max_grad_norm if config.max_grad_norm > 0 else math.inf
     history = empty_history()
     start_epoch, global_step = 0, 0
     if resume is not None:
         _restore(resume, model, optimizer, scheduler, scaler)
-        _set_rng_state(_rank_rng(resume, place))
+        _set_rng_state(_rank_rng(resume, ranks))
         history.update(_copy_state(resume["history"]))
         start_epoch = resume["epoch"]
         global_step = resume.get("global_step", len(history["batch_losses"]))
     # DDP averages gradients over ranks; each rank's loss is scaled by the world size so
     # the average is the gradient of the whole global batch (see the module docstring).
     ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
-                                  else None) if place.active else None
+                                  else None) if ranks.active else None
     forward = ddp or model
-    stop_requested = StopVote(place, should_stop)
+    stop_requested = StopVote(ranks, should_stop)
 
     def state(epoch: int) -> dict | None:
         """The checkpoint of ``epoch`` on rank 0 (None elsewhere); every rank must call."""
-        rng = place.gather(_rng_state())
-        if not place.is_main:
+        rng = ranks.gather(_rng_state())
+        if not ranks.is_main:
             return None
         return {"run_id": run_id, "epoch": epoch, "global_step": global_step,
                 "segment": segment, "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(), "rng": rng[0],
-                **({"rng_ranks": rng} if place.active else {}),
+                **({"rng_ranks": rng} if ranks.active else {}),
                 "vocab": tokenizer.vocab, "config": config.to_dict(), "history": history}
 
     def save(epoch: int, snapshot: dict) -> Path:
@@ -216,10 +216,10 @@ def train(config: TrainConfig, examples: Examples, tokenizer: Tokenizer,
     # A bar redraws itself with carriage returns: on a terminal only. A log file or a
     # pipe (`2>&1 | tee log`) gets the lines alone: start, one per epoch, end.
     bar = tqdm(total=config.epochs * per_epoch, initial=start_epoch * per_epoch,
-               disable=not (progress and place.is_main and on_terminal(sys.stderr)),
+               disable=not (progress and ranks.is_main and on_terminal(sys.stderr)),
                unit="batch", dynamic_ncols=True, leave=False)
     began = time.perf_counter()
-    if place.is_main:
+    if ranks.is_main:
         begin = f"from the epoch {start_epoch} checkpoint" if resume else "from scratch"
         log.info(f"run {run_id} attempt {segment}: epochs {start_epoch + 1}-{config.epochs} "
                  f"{begin} on {device}; {len(examples)} pairs, {per_epoch} batches of "
@@ -245,7 +245,7 @@ def train(config: TrainConfig, examples: Examples, tokenizer: Tokenizer,
                 for k, indices in enumerate(group):
                     if stop_requested():
                         raise _Stop
-                    mine = place.shard(indices)
+                    mine = ranks.shard(indices)
                     x, y = examples.batch(mine or indices[:1], device)
                     if not mine:
                         # No share of a short last batch: still join the gradient
@@ -259,7 +259,7 @@ def train(config: TrainConfig, examples: Examples, tokenizer: Tokenizer,
                             logits = forward(x)
                         summed = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(),
                                                  ignore_index=IGNORE, reduction="sum")
-                        scaler.scale(summed / group_tokens * place.world_size).backward()
+                        scaler.scale(summed / group_tokens * ranks.world_size).backward()
                     step_loss += summed.detach()
                     correct += ((logits.detach().argmax(-1) == y) & (y != IGNORE)).sum()
                     token_total += sum(examples.lengths[i] for i in indices)
@@ -273,18 +273,18 @@ def train(config: TrainConfig, examples: Examples, tokenizer: Tokenizer,
                 loss_sum += step_loss
                 answer_total += group_tokens
                 buffer.add(global_step, step_loss, group_tokens, norm)
-                if device.type == "cpu" and not place.active:  # no sync needed: show it
+                if device.type == "cpu" and not ranks.active:  # no sync needed: show it
                     bar.set_postfix_str(f"loss {float(step_loss) / group_tokens:.4f} "
                                         f"gn {float(norm):.3g} lr {lr:.3g}", refresh=False)
                 if len(buffer) >= config.step_flush_interval:
-                    flushed = buffer.drain(epoch, lr, place)
+                    flushed = buffer.drain(epoch, lr, ranks)
                     epoch_steps += flushed
                     recorder.on_steps(flushed)
                 recorder.on_alive()
 
-            unsent = buffer.drain(epoch, lr, place)
+            unsent = buffer.drain(epoch, lr, ranks)
             epoch_steps += unsent
-            totals = place.sum(torch.stack([loss_sum, correct.to(loss_sum.dtype)]))
+            totals = ranks.sum(torch.stack([loss_sum, correct.to(loss_sum.dtype)]))
             totals = totals.cpu().tolist()
             scheduler.step()
             wall = time.perf_counter() - started
@@ -303,7 +303,7 @@ def train(config: TrainConfig, examples: Examples, tokenizer: Tokenizer,
             if epoch == config.epochs or (config.save_interval
                                           and epoch % config.save_interval == 0):
                 snapshot = state(epoch)
-                if place.is_main:
+                if ranks.is_main:
                     last_saved = save(epoch, snapshot)
                 unsaved = None
             else:
@@ -311,11 +311,11 @@ def train(config: TrainConfig, examples: Examples, tokenizer: Tokenizer,
         stop_requested.close()
     except _Stop:
         path = save(last_done, unsaved) if unsaved is not None else None
-        _log_end(place, run_id, "stopped", start_epoch, last_done, began, path or last_saved)
+        _log_end(ranks, run_id, "stopped", start_epoch, last_done, began, path or last_saved)
         raise TrainingInterrupted(last_done, path) from None
     finally:
         bar.close()
-    _log_end(place, run_id, "finished", start_epoch, last_done, began, last_saved)
+    _log_end(ranks, run_id, "finished", start_epoch, last_done, began, last_saved)
     return TrainResult(last_done, history)
 
 
@@ -327,9 +327,9 @@ def on_terminal(stream) -> bool:
         return False
 
 
-def _log_end(place: Dist, run_id: str, how: str, start_epoch: int, last_done: int,
+def _log_end(ranks: Ranks, run_id: str, how: str, start_epoch: int, last_done: int,
              began: float, checkpoint: Path | None) -> None:
-    if place.is_main:
+    if ranks.is_main:
         trained = (f"epochs {start_epoch + 1}-{last_done}" if last_done > start_epoch
                    else "no epoch")
         log.info(f"run {run_id}: {how}, {trained} in {time.perf_counter() - began:.1f}s; "
@@ -410,12 +410,12 @@ class StepBuffer:
         self._sums.append(loss_sum.detach())
         self._norms.append(grad_norm.detach())
 
-    def drain(self, epoch: int, lr: float, place: Dist | None = None) -> list[dict]:
+    def drain(self, epoch: int, lr: float, ranks: Ranks | None = None) -> list[dict]:
         """Host rows of the buffered steps (loss: the mean over all ranks' answer
         tokens); empties the buffer. Under torchrun every rank must call it together."""
         if not self._steps:
             return []
-        sums = (place or Dist()).sum(torch.stack(self._sums).float())
+        sums = (ranks or Ranks()).sum(torch.stack(self._sums).float())
         sums, norms = torch.stack([sums, torch.stack(self._norms).float()]).cpu().tolist()
         rows = [{"step": step, "epoch": epoch, "loss": total / tokens, "grad_norm": norm,
                  "lr": lr}
@@ -466,13 +466,13 @@ def _copy_state(value):
     return value
 
 
-def _rank_rng(state: dict, place: Dist) -> dict:
+def _rank_rng(state: dict, ranks: Ranks) -> dict:
     """The random state this rank continues from: its own when the checkpoint was made at
     this world size; else rank 0 continues rank 0's and the others start afresh."""
-    ranks = state.get("rng_ranks")
-    if ranks and len(ranks) == place.world_size:
-        return ranks[place.rank]
-    return (state.get("rng") or {}) if place.is_main else {}
+    saved = state.get("rng_ranks")
+    if saved and len(saved) == ranks.world_size:
+        return saved[ranks.rank]
+    return (state.get("rng") or {}) if ranks.is_main else {}
 
 
 def _rng_state() -> dict:

@@ -43,20 +43,20 @@ class Rows:
 
 def main() -> None:
     dataset, out = sys.argv[1], Path(sys.argv[2])
-    place = from_environment(60)
+    ranks = from_environment(60)
     config = TrainConfig(datasets=[dataset], d_model=32, n_layers=1, n_heads=2, d_ff=64,
                          epochs=2, batch_size=4, grad_accum=3, dropout=0.1, t_0=1,
                          save_interval=0, device="cpu", step_flush_interval=2,
-                         world_size=place.world_size)
+                         world_size=ranks.world_size)
     data = prepare_data(config)
     tokenizer = Tokenizer.build(t for p in data.pairs for t in (p.input, p.output))
     examples = Examples.encode(data.pairs, tokenizer, config.max_seq_len)
     rows = Rows()
-    train(config, examples, tokenizer, rows, out / f"run{place.rank}", "ranks",
-          progress=False, place=place)
-    (out / f"rank{place.rank}.json").write_text(json.dumps(
+    train(config, examples, tokenizer, rows, out / f"run{ranks.rank}", "ranks",
+          progress=False, ranks=ranks)
+    (out / f"rank{ranks.rank}.json").write_text(json.dumps(
         {"steps": rows.steps, "epochs": rows.epochs}))
-    place.close()
+    ranks.close()
 
 
 if __name__ == "__main__":

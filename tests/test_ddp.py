@@ -29,7 +29,7 @@ from click.testing import CliRunner
 from hlbd.checkpoint import load_checkpoint
 from hlbd.cli import main
 from hlbd.config import TrainConfig
-from hlbd.distributed import Dist
+from hlbd.distributed import Ranks
 from hlbd.errors import HlbdError
 from hlbd.report import REPORT_NAME
 from hlbd.runner import resume_run, start_run
@@ -202,7 +202,7 @@ def test_the_batch_check_needs_no_process_group(store):
     before = store.list_runs()
 
     with pytest.raises(HlbdError, match="--batch-size 5 does not split evenly over the 4"):
-        start_run(TrainConfig(batch_size=5), store, place=Dist(rank=0, world_size=4))
+        start_run(TrainConfig(batch_size=5), store, ranks=Ranks(rank=0, world_size=4))
 
     assert store.list_runs() == before
 

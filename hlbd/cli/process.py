@@ -186,7 +186,7 @@ def recorded_run(main: bool = True):
 
 
 def run_as_rank(timeout: float, lead: Callable[..., runner.RunOutcome]) -> None:
-    """Run ``lead(place, should_stop)`` on rank 0 (or alone) and report how the run
+    """Run ``lead(ranks, should_stop)`` on rank 0 (or alone) and report how the run
     ended; the other torchrun ranks follow it and print nothing.
 
     An error of rank 0 before training is raised on rank 0 and on the first process of
@@ -194,19 +194,19 @@ def run_as_rank(timeout: float, lead: Callable[..., runner.RunOutcome]) -> None:
     """
     from hlbd import distributed, runner
 
-    place = distributed.from_environment(timeout)
+    ranks = distributed.from_environment(timeout)
     try:
-        with recorded_run(main=place.is_main) as (should_stop, report):
-            if place.is_main:
-                with place.leading():
-                    report(lead(place, should_stop))
+        with recorded_run(main=ranks.is_main) as (should_stop, report):
+            if ranks.is_main:
+                with ranks.leading():
+                    report(lead(ranks, should_stop))
             else:
                 logging.getLogger("hlbd").setLevel(logging.WARNING)  # rank 0 tells it
                 try:
-                    report(runner.follow(place, should_stop=should_stop))
+                    report(runner.follow(ranks, should_stop=should_stop))
                 except distributed.LeaderFailed:
-                    if place.local_rank == 0:
+                    if ranks.local_rank == 0:
                         raise
                     sys.exit(1)
     finally:
-        place.close()
+        ranks.close()

@@ -132,12 +132,12 @@ def train(dataset, datasets, name, resume, force, quiet, runs_dir, ddp_timeout, 
     else:
         check_overrides(given)
 
-    def lead(place, should_stop) -> runner.RunOutcome:
+    def lead(ranks, should_stop) -> runner.RunOutcome:
         if not resume:
             refuse_torchrun_restart()
         store = Store.open(db)
         common = {"on_run_id": _print_run_id, "should_stop": should_stop,
-                  "progress": not quiet, "place": place}
+                  "progress": not quiet, "ranks": ranks}
         if resume:
             if paths:
                 given["datasets"] = paths
@@ -170,12 +170,12 @@ def resume(run_id, epochs, force, quiet, ddp_timeout, db, **flags) -> None:
     check_overrides(flags)  # before the database is even opened
     from hlbd import runner
 
-    def lead(place, should_stop) -> runner.RunOutcome:
+    def lead(ranks, should_stop) -> runner.RunOutcome:
         store = Store.open(db)
         return runner.resume_run(store, run_id, epochs=epochs, force=force,
                                  overrides={k: v for k, v in flags.items() if v is not None},
                                  on_run_id=_print_run_id, should_stop=should_stop,
-                                 progress=not quiet, place=place)
+                                 progress=not quiet, ranks=ranks)
 
     run_as_rank(ddp_timeout, lead)
 
