@@ -67,7 +67,7 @@ def runs(url: str, thresholds: tuple = ()) -> list[dict]:
     Besides Store.list_runs' fields: ``version``, ``rank`` (creation order, which fixes
     the run's colour), ``max_grad_norm``, ``nonfinite_steps``, ``anomalies`` (flags under
     ``thresholds``), ``started`` (None for an imported run: not recorded), ``duration``
-    (seconds its attempts ran, None if not recorded) and ``planned_epochs``.
+    (seconds its segments ran, None if not recorded) and ``planned_epochs``.
     """
     rows = store(url).list_runs()
     extremes = buckets.grad_norm_extremes(store(url).engine)
@@ -109,9 +109,9 @@ def report_time(run: dict) -> datetime | None:
 
 
 def _duration(run: dict, segments: list[tuple], now: datetime) -> float | None:
-    """Seconds the run's attempts ran: each from its start to its end (a live one to
+    """Seconds the run's segments ran: each from its start to its end (a live one to
     now, one that stopped without saying to its last heartbeat). None for an imported
-    run's first attempt, whose times are those of the import."""
+    run's first segment, whose times are those of the import."""
     total = 0.0
     for segment, started, ended in segments:
         if run["source"] == "imported" and segment == 1:

@@ -328,6 +328,6 @@ def _resumes(series, x_axis, scale, x_range) -> pd.DataFrame:
             if not math.isfinite(x) or not _inside(x, x_range):
                 continue
             out.append({"run": s.label, "x": x,
-                        "what": f"resumed (attempt {seg['segment']}) from the epoch "
+                        "what": f"resumed (segment {seg['segment']}) from the epoch "
                                 f"{seg['start_epoch']} checkpoint"})
     return pd.DataFrame(out, columns=["run", "x", "what"])

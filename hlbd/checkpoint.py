@@ -81,7 +81,7 @@ def prune_checkpoints(store, run_id: str, segment: int, keep: int) -> list[Path]
     """Delete the checkpoint files of ``run_id`` beyond the newest ``keep`` that a resume
     could use (0: none deleted); returns the files deleted.
 
-    Called by attempt ``segment`` after its newest checkpoint is written and recorded.
+    Called by segment ``segment`` after its newest checkpoint is written and recorded.
     Counted are ``store.checkpoint_candidates`` (the effective history's, newest first)
     whose file is there at its recorded size: a missing or damaged file is kept but not
     counted, so the newest good ones stay. The rows are marked pruned before their

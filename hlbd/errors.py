@@ -42,8 +42,8 @@ class NoDatabaseError(StoreError):
 
 
 class RunClaimedError(StoreError):
-    """Another live attempt holds the run, or won the race to claim it; nothing written."""
+    """Another live segment holds the run, or won the race to claim it; nothing written."""
 
 
 class ClaimLostError(StoreError):
-    """This attempt's claim on the run was taken over; it stops without writing more."""
+    """This segment's claim on the run was taken over; it stops without writing more."""

@@ -31,7 +31,7 @@ from hlbd.recorder import NullRecorder, StoreRecorder, store_locked, wait_out_lo
 from hlbd.store import Store, superseded
 from hlbd.store.claims import still_being_written
 from hlbd.tokenizer import Tokenizer
-from hlbd.trainer import Examples, TrainingInterrupted, check_device, check_resumable, train
+from hlbd.trainer import Examples, TrainingStopped, check_device, check_resumable, train
 
 log = logging.getLogger(__name__)
 DEFAULT_RUNS_DIR = "hlbd_runs"
@@ -132,14 +132,14 @@ def _set_processes(config: TrainConfig, ranks: Ranks) -> None:
 
 def _run(config, store, run_id, segment, run_dir, examples, tokenizer, dataset_stats,
          resume, should_stop, progress, on_run_id, ranks) -> RunOutcome:
-    """Train attempt ``segment`` (already claimed) and set how it ended."""
+    """Train segment ``segment`` (already claimed) and set how it ended."""
     try:
         on_run_id(run_id)
         run_dir.mkdir(parents=True, exist_ok=True)
-        # This attempt holds the run: a temp file in its folder is a write that a killed
-        # attempt never finished (a partial checkpoint, as large as a whole one).
+        # This segment holds the run: a temp file in its folder is a write that a killed
+        # segment never finished (a partial checkpoint, as large as a whole one).
         for partial in remove_temp_files(run_dir):
-            log.info("removed %s, left by an attempt killed while writing it", partial.name)
+            log.info("removed %s, left by a segment killed while writing it", partial.name)
         recorder = StoreRecorder(store, run_id, segment, run_dir, dataset_stats,
                                  config.to_dict(), keep_checkpoints=config.keep_checkpoints)
         try:
@@ -151,12 +151,12 @@ def _run(config, store, run_id, segment, run_dir, examples, tokenizer, dataset_s
                            progress=progress, ranks=ranks)
         finally:
             recorder.close()  # every row handed over is in the store before the status
-    except TrainingInterrupted as stop:
+    except TrainingStopped as stop:
         _close(store, run_id, segment, "interrupted")
         ranks.barrier()  # the other ranks exit once the run's status says so
         return RunOutcome(run_id, "interrupted", stop.epoch, run_dir)
     except ClaimLostError as lost:
-        raise RunFailed(str(lost)) from None  # the run is the later attempt's now
+        raise RunFailed(str(lost)) from None  # the run is the later segment's now
     except KeyboardInterrupt:
         _close(store, run_id, segment, "interrupted",
                "aborted by a second Ctrl-C before a checkpoint was saved")
@@ -185,7 +185,7 @@ def follow(ranks: Ranks, *, should_stop: Callable[[], bool] = lambda: False) -> 
                        Tokenizer(launch["vocab"]), NullRecorder(), run_dir, run_id,
                        resume=launch["resume"], segment=launch["segment"],
                        should_stop=should_stop, progress=False, ranks=ranks)
-    except TrainingInterrupted as stop:
+    except TrainingStopped as stop:
         ranks.barrier()
         return RunOutcome(run_id, "interrupted", stop.epoch, run_dir)
     except RuntimeError as exc:  # torch's distributed errors (a peer died, a timeout)
@@ -200,7 +200,7 @@ def _close(store: Store, run_id: str, segment: int, status: str,
            error: str | None = None) -> None:
     # The last write of the run: like the recorder's, it waits out another process's lock.
     if not wait_out_locks(store.finish_run, run_id, segment, status, error):
-        raise RunFailed(f"run {run_id} was taken over by a later attempt while attempt "
+        raise RunFailed(f"run {run_id} was taken over by a later segment while segment "
                         f"{segment} ran; this process stopped ({status}) without changing "
                         "the run's status")
 
@@ -293,7 +293,7 @@ def resume_checkpoint(store: Store, path: str | Path, *, epochs: int | None = No
             raise CheckpointError(
                 f"{path}: epoch {state['epoch']} of segment {state.get('segment', 1)} of run "
                 f"{run['run_id']} was superseded by a later resume; continuing it would mix "
-                "two attempts in one history (`hlbd resume` picks the newest current one)")
+                "two segments in one history (`hlbd resume` picks the newest current one)")
     ranks = ranks or Ranks()
     plan = _plan_resume(run, state, str(path), epochs, overrides or {}, ranks)
     # Recorded absolute, as checkpoint rows are: a later resume or pruning, from another

@@ -46,11 +46,12 @@ log = logging.getLogger(__name__)
 IGNORE = -100
 
 
-class TrainingInterrupted(Exception):
-    """The caller asked the loop to stop (Ctrl-C); rank 0 saved a checkpoint."""
+class TrainingStopped(Exception):
+    """The loop stopped as asked (``should_stop``: Ctrl-C, SIGTERM); rank 0 saved a
+    checkpoint of the last finished epoch. The run is then recorded ``interrupted``."""
 
     def __init__(self, epoch: int, checkpoint: Path | None):
-        super().__init__(f"interrupted after epoch {epoch}")
+        super().__init__(f"stopped after epoch {epoch}")
         self.epoch = epoch
         self.checkpoint = checkpoint
 
@@ -188,7 +189,7 @@ def train(config: TrainConfig, examples: Examples, tokenizer: Tokenizer,
     ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                   else None) if ranks.active else None
     forward = ddp or model
-    stop_requested = StopVote(ranks, should_stop)
+    stop_vote = StopVote(ranks, should_stop)
 
     def state(epoch: int) -> dict | None:
         """The checkpoint of ``epoch`` on rank 0 (None elsewhere); every rank must call."""
@@ -221,7 +222,7 @@ def train(config: TrainConfig, examples: Examples, tokenizer: Tokenizer,
     began = time.perf_counter()
     if ranks.is_main:
         begin = f"from the epoch {start_epoch} checkpoint" if resume else "from scratch"
-        log.info(f"run {run_id} attempt {segment}: epochs {start_epoch + 1}-{config.epochs} "
+        log.info(f"run {run_id} segment {segment}: epochs {start_epoch + 1}-{config.epochs} "
                  f"{begin} on {device}; {len(examples)} pairs, {per_epoch} batches of "
                  f"{config.batch_size} per epoch")
     try:
@@ -243,8 +244,8 @@ def train(config: TrainConfig, examples: Examples, tokenizer: Tokenizer,
                 group_tokens = sum(examples.answer_tokens[i] for b in group for i in b)
                 step_loss = torch.zeros((), device=device)  # this rank's share, summed
                 for k, indices in enumerate(group):
-                    if stop_requested():
-                        raise _Stop
+                    if stop_vote():
+                        raise _StopHere
                     mine = ranks.shard(indices)
                     x, y = examples.batch(mine or indices[:1], device)
                     if not mine:
@@ -308,11 +309,11 @@ def train(config: TrainConfig, examples: Examples, tokenizer: Tokenizer,
                 unsaved = None
             else:
                 unsaved = _copy_state(state(epoch))
-        stop_requested.close()
-    except _Stop:
+        stop_vote.close()
+    except _StopHere:
         path = save(last_done, unsaved) if unsaved is not None else None
         _log_end(ranks, run_id, "stopped", start_epoch, last_done, began, path or last_saved)
-        raise TrainingInterrupted(last_done, path) from None
+        raise TrainingStopped(last_done, path) from None
     finally:
         bar.close()
     _log_end(ranks, run_id, "finished", start_epoch, last_done, began, last_saved)
@@ -336,8 +337,8 @@ def _log_end(ranks: Ranks, run_id: str, how: str, start_epoch: int, last_done: i
                  f"newest checkpoint {checkpoint.name if checkpoint else 'none'}")
 
 
-class _Stop(Exception):
-    pass
+class _StopHere(Exception):
+    """Inside the loop: the ranks voted to stop at this batch (StopVote)."""
 
 
 def _components(config: TrainConfig, vocab_size: int, device: torch.device):

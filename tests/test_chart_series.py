@@ -106,13 +106,13 @@ def test_flags_and_resumes_are_placed_on_each_axis(shape):
     assert placed["step"].flags["x"].tolist() == [15.0, 30.0]
     # On wall time: when the flagged epoch was recorded (30 min longest: minutes).
     assert placed["wall"].flags["x"].tolist() == [20.0, 30.0]
-    # The resume (attempt 2, from the epoch 1 checkpoint) sits between epochs 1 and 2,
+    # The resume (segment 2, from the epoch 1 checkpoint) sits between epochs 1 and 2,
     # just before its first step, and at the time it started.
     assert placed["epoch"].resumes["x"].tolist() == [1.5]
     assert placed["step"].resumes["x"].tolist() == [10.5]
     assert placed["wall"].resumes["x"].tolist() == [12.0]
     assert placed["epoch"].resumes["what"].tolist() == [
-        "resumed (attempt 2) from the epoch 1 checkpoint"]
+        "resumed (segment 2) from the epoch 1 checkpoint"]
     # A zoom keeps only the markers inside it.
     zoomed = shape.metric_data([a], "grad_norm", "epoch", title="Gradient norm",
                                x_range=(2.5, 3.0))

@@ -1,4 +1,4 @@
-"""One live attempt per run, claimed atomically in the database: racing resumes, dead
+"""One live segment per run, claimed atomically in the database: racing resumes, dead
 holders taken over, a taken-over holder that wakes up writes nothing."""
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def test_three_resumes_started_at_once_record_each_epoch_once(db, tmp_path, stor
         assert line.startswith(f"Error: run {first.run_id} ")
         assert any(why in line for why in ("still being written by process",
                                            "claimed by another", "taken over by another"))
-    # Exactly one attempt wrote: epochs 4-6 once, by segment 2, and nothing else.
+    # Exactly one segment wrote: epochs 4-6 once, by segment 2, and nothing else.
     assert rows(db, "SELECT epoch, segment, superseded_by FROM epochs WHERE run_id = ? "
                     "ORDER BY epoch", first.run_id) == [
         (1, 1, None), (2, 1, None), (3, 1, None), (4, 2, None), (5, 2, None), (6, 2, None)]
@@ -170,7 +170,7 @@ def test_a_taken_over_holder_that_wakes_up_stops_without_writing(db, tmp_path, s
     code, _, err = finish(holder)
 
     assert code == 1
-    assert f"run {run_id} was taken over by a later attempt" in err
+    assert f"run {run_id} was taken over by a later segment" in err
     assert rows(db, "SELECT count(*) FROM epochs WHERE segment = 1")[0][0] == paused_rows
     assert [(s["segment"], s["status"]) for s in store.segments(run_id)] == [
         (1, "crashed"), (2, "finished")]

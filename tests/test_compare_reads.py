@@ -79,7 +79,7 @@ def test_nan_and_inf_steps_are_counted_never_averaged(store, train_run):
             assert b[key] is None or math.isfinite(b[key])
 
 
-def test_superseded_steps_of_an_earlier_attempt_are_left_out(store, train_run, tmp_path):
+def test_superseded_steps_of_an_earlier_segment_are_left_out(store, train_run, tmp_path):
     run_id, outcome = train_run(epochs=3, save_interval=1)
     resume_checkpoint(store, outcome.run_dir / "checkpoint_epoch_1.pt", epochs=3,
                       progress=False)

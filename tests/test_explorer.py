@@ -472,7 +472,7 @@ def test_a_link_reproduces_the_compare_view_and_follows_changes(explored, monkey
 # -- run detail, SQL, databases ---------------------------------------------------------
 
 
-def test_run_detail_shows_attempts_checkpoints_datasets_and_config(explored, monkeypatch):
+def test_run_detail_shows_segments_checkpoints_datasets_and_config(explored, monkeypatch):
     db, ids, store = explored
     at = open_app(monkeypatch, db)
     at.switch_page("views/run.py").run()
@@ -492,15 +492,15 @@ def test_run_detail_shows_attempts_checkpoints_datasets_and_config(explored, mon
     assert at.query_params["run"] == ids["resumed"][:8]
 
 
-def test_a_crashed_run_says_crashed_in_its_attempts_too(explored, monkeypatch):
+def test_a_crashed_run_says_crashed_in_its_segments_too(explored, monkeypatch):
     db, ids, store = explored
     assert store.get_run(ids["crashed"])["display_status"] == "crashed"
     at = open_app(monkeypatch, db)
     at.switch_page("views/run.py").run()
     at.selectbox(key="detail_run").set_value(ids["crashed"]).run()
-    attempts = next(d.value for d in at.dataframe if "start epoch" in d.value.columns)
-    assert attempts["status"].tolist() == ["crashed"]
-    assert pd.isna(attempts["ended (UTC)"].iloc[0])  # its end was never recorded
+    segments = next(d.value for d in at.dataframe if "start epoch" in d.value.columns)
+    assert segments["status"].tolist() == ["crashed"]
+    assert pd.isna(segments["ended (UTC)"].iloc[0])  # its end was never recorded
 
 
 def test_sql_page_returns_rows_and_refuses_writes_with_a_message(explored, monkeypatch):

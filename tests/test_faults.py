@@ -57,10 +57,10 @@ def _temp_checkpoints_of(folders: list[Path]) -> list[Path]:
 
 
 def _kill_at(phase: str, proc, db: Path, runs: Path, rng: random.Random) -> str:
-    """Wait for the moment ``phase`` names in attempt ``proc``, SIGKILL it there; says
+    """Wait for the moment ``phase`` names in segment ``proc``, SIGKILL it there; says
     where the kill landed."""
     segment = _segments(db) + 1
-    # Partial checkpoints an earlier kill left (the attempt removes them once it runs).
+    # Partial checkpoints an earlier kill left (the segment removes them once it runs).
     stale = set(_temp_checkpoints_of(list(runs.iterdir()) if runs.is_dir() else []))
     wait_for(lambda: _segments(db) >= segment, proc, every=0.005)  # claimed (or created)
     if phase == "resume start":
@@ -73,7 +73,7 @@ def _kill_at(phase: str, proc, db: Path, runs: Path, rng: random.Random) -> str:
         wait_for(lambda: rows(db, "SELECT 1 FROM epochs WHERE segment = ?", segment), proc,
                  every=0.002)
         time.sleep(rng.uniform(0, 0.01))  # report, anomaly rows, checkpoint decision
-    else:  # mid checkpoint write: a temp file of this attempt is there, not yet renamed
+    else:  # mid checkpoint write: a temp file of this segment is there, not yet renamed
         folders = list(runs.iterdir()) if runs.is_dir() else []
         deadline = time.monotonic() + 20
         while not set(_temp_checkpoints_of(folders)) - stale:
@@ -184,7 +184,7 @@ def test_kill_9_at_seeded_moments_never_breaks_the_record(tmp_path, procs):
                     "--name", "faults"]
         else:
             argv = ["resume", "--db", db, "--run-id", run_id, "--epochs", "1000", "--quiet"]
-        proc = Forked(forker, argv, tmp_path / f"attempt_{n}.log")
+        proc = Forked(forker, argv, tmp_path / f"segment_{n}.log")
         landed.append(_kill_at(phase, proc, db, runs, rng))
         run_id = _check_after_kill(db)
     forker.stdin.close()
@@ -206,7 +206,7 @@ def test_kill_9_at_seeded_moments_never_breaks_the_record(tmp_path, procs):
     assert steps == list(range(1, len(steps) + 1))
     assert len(steps) == sum(e["steps"] for e in effective)
     segments = store.segments(run_id)
-    assert len(segments) == KILLS + 1  # every kill came after its attempt's claim
+    assert len(segments) == KILLS + 1  # every kill came after its segment's claim
     assert [s["status"] for s in segments] == ["crashed"] * (len(segments) - 1) + [
         "finished"]
     assert store.get_run(run_id)["status"] == "finished"

@@ -67,7 +67,7 @@ def test_a_log_file_gets_a_start_line_a_line_per_epoch_an_end_line_and_no_redraw
 
     assert "\r" not in text  # no bar redraws: a line is a line
     lines = [line for line in text.splitlines() if not line.startswith("anomaly [")]
-    assert lines[0] == (f"run {run_id} attempt 1: epochs 1-3 from scratch on cpu; 143 "
+    assert lines[0] == (f"run {run_id} segment 1: epochs 1-3 from scratch on cpu; 143 "
                         "pairs, 9 batches of 16 per epoch")
     assert [EPOCH_LINE.match(line).groups() for line in lines[1:4]] == [
         ("1", "3"), ("2", "3"), ("3", "3")]
@@ -94,7 +94,7 @@ def test_a_log_file_gets_a_start_line_a_line_per_epoch_an_end_line_and_no_redraw
     text = log.read_text()
     assert "\r" not in text
     assert text.splitlines()[0].startswith(
-        f"run {run_id} attempt 2: epochs 4-5 from the epoch 3 checkpoint on cpu")
+        f"run {run_id} segment 2: epochs 4-5 from the epoch 3 checkpoint on cpu")
     assert files(runs / run_id) == ["checkpoint_epoch_4.pt", "checkpoint_epoch_5.pt",
                                     "experiment_report.json"]
     assert checkpoint_rows(db, run_id) == [(1, 1, True), (1, 2, True), (1, 3, True),

@@ -1,5 +1,5 @@
 """NULL only ever means "not recorded": a NaN learning rate or grad norm is stored with a
-flag and flagged; anomaly rows of a superseded attempt are superseded with it; the
+flag and flagged; anomaly rows of a superseded segment are superseded with it; the
 migration brings an older database to the same state."""
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def test_a_nan_learning_rate_is_stored_flagged_and_comes_back_as_nan(tmp_path, s
     assert "epoch 2: LR is nan" in flag
 
 
-def test_anomaly_rows_of_a_superseded_attempt_are_marked_superseded(tmp_path, store):
+def test_anomaly_rows_of_a_superseded_segment_are_marked_superseded(tmp_path, store):
     # lr 50 without clipping: every epoch's grad norm explodes and is flagged.
     first = start_run(tiny(epochs=4, lr=50.0, max_grad_norm=0.0, save_interval=2), store,
                       runs_root=tmp_path / "runs", progress=False)

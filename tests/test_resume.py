@@ -53,7 +53,7 @@ def cli(*args: str):
 
 
 def stop_at_first_batch():
-    """A stop request that comes once the attempt has begun (a stop asked for before
+    """A stop request that comes once the segment has begun (a stop asked for before
     it begins means nothing is recorded at all)."""
     polls = iter([False])
     return lambda: next(polls, True)
@@ -164,7 +164,7 @@ def test_resume_from_an_earlier_checkpoint_file_supersedes_later_epochs(
 
 def test_resume_after_a_resume_that_stopped_before_its_first_checkpoint(store, runs_root):
     """The newest checkpoint on the effective history is the one resumed from, not a
-    later checkpoint of the superseded attempt."""
+    later checkpoint of the superseded segment."""
     straight = run(store, runs_root, epochs=5)
     first = run(store, runs_root, epochs=5, save_interval=2)
     early = runs_root / first.run_id / "checkpoint_epoch_2.pt"
@@ -268,7 +268,7 @@ def test_killed_run_shows_crashed_and_resumes_with_each_epoch_once(db, runs_root
                   if e["superseded_by"] is not None]
     assert [(e["epoch"], e["segment"], e["superseded_by"]) for e in superseded] == [
         (epoch, 1, 2) for epoch in range(checkpoint + 1, recorded + 1)]
-    # The killed attempt and the resumed one trained the same epochs to the same numbers.
+    # The killed segment and the resumed one trained the same epochs to the same numbers.
     again = {e["epoch"]: e for e in effective}
     for e in superseded:
         assert tuple(e[c] for c in EXACT_COLUMNS) == tuple(
@@ -488,12 +488,12 @@ def test_epochs_not_beyond_the_checkpoint_are_refused(db, finished):
     assert "the run's total is 3" in line
 
 
-def test_checkpoint_on_a_superseded_attempt_is_refused(db, store, runs_root, finished):
-    first_attempt = runs_root / "first_attempt_epoch_3.pt"
-    first_attempt.write_bytes(checkpoint_path(runs_root / finished.run_id, 3).read_bytes())
+def test_checkpoint_on_a_superseded_segment_is_refused(db, store, runs_root, finished):
+    first_segment = runs_root / "first_segment_epoch_3.pt"
+    first_segment.write_bytes(checkpoint_path(runs_root / finished.run_id, 3).read_bytes())
     resume_checkpoint(store, checkpoint_path(runs_root / finished.run_id, 2), epochs=4,
-                      progress=False)  # epoch 3 of the first attempt is superseded now
-    line = refused(db, "train", "--resume", str(first_attempt), "--epochs", "6")
+                      progress=False)  # epoch 3 of the first segment is superseded now
+    line = refused(db, "train", "--resume", str(first_segment), "--epochs", "6")
     assert "was superseded by a later resume" in line
 
 

@@ -45,7 +45,7 @@ def db(backend, databases, tmp_path_factory):
     resumed = start_run(tiny_config(epochs=3, save_interval=1), store, runs_root=runs_root,
                         progress=False)
     # Continue from epoch 1 as if the process had died then: epochs 2 and 3 of the
-    # first attempt stay in `epochs`, superseded by the second segment.
+    # first segment stay in `epochs`, superseded by the second segment.
     resume_checkpoint(store, resumed.run_dir / "checkpoint_epoch_1.pt", epochs=3,
                       progress=False)
     wild = start_run(tiny_config(epochs=2, lr=50.0, max_grad_norm=0), store,

@@ -117,9 +117,9 @@ def test_step_writes_refresh_the_heartbeat_and_stop_once_the_claim_is_lost(store
     run = store.get_run(run_id)
     assert abs(run["heartbeat_at"] - utcnow()) < timedelta(seconds=60)
     assert live_status(run) == "running"
-    with store.engine.begin() as conn:  # a later attempt judged this one crashed
+    with store.engine.begin() as conn:  # a later segment judged this one crashed
         conn.execute(text("UPDATE segments SET status = 'crashed'"))
-    with pytest.raises(ClaimLostError, match="taken over by a later attempt"):
+    with pytest.raises(ClaimLostError, match="taken over by a later segment"):
         store.record_steps(run_id, 1, some_steps(4, 6))
     assert [s["step"] for s in store.steps(run_id)] == [1, 2, 3]
 

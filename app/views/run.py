@@ -1,4 +1,4 @@
-"""One run in detail: facts, attempts (segments), charts, flags, epochs, checkpoints, config."""
+"""One run in detail: facts, segments (each run or resume), charts, flags, epochs, checkpoints, config."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def when(value) -> str:
     return f"{value:%Y-%m-%d %H:%M:%S} UTC" if value is not None else formats.NOT_RECORDED
 
 
-def attempts(run: dict, segments: list[dict]) -> pd.DataFrame:
+def segment_table(run: dict, segments: list[dict]) -> pd.DataFrame:
     """The segments as shown: the last one's status is the run's own when the run
     stopped without saying so (crashed, stale), its end not recorded."""
     rows = []
@@ -83,13 +83,13 @@ with reads.errors_shown():
     if run.get("error"):
         st.error(f"The run failed: {run['error']}")
 
-    st.subheader("Attempts (segments)")
+    st.subheader("Segments (each run or resume)")
     segments = reads.segments(url, run_id, version)
-    formats.show(attempts(run, segments), hide_index=True, width="stretch", column_config={
+    formats.show(segment_table(run, segments), hide_index=True, width="stretch", column_config={
         c: st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss")
         for c in ("started (UTC)", "ended (UTC)")})
-    st.caption("start epoch: the checkpoint epoch an attempt continued from (0 = the "
-               "start). Epochs an earlier attempt recorded after it are kept, marked "
+    st.caption("start epoch: the checkpoint epoch a segment continued from (0 = the "
+               "start). Epochs an earlier segment recorded after it are kept, marked "
                "superseded, and hidden from the charts.")
 
     flags = reads.flags(url, run_id, version, thresholds)
@@ -113,7 +113,7 @@ with reads.errors_shown():
         formats.show(formats.table(epochs, EPOCH_MEASURES).drop(columns=["run_id"]),
                      hide_index=True, width="stretch")
         st.caption("NaN: a measured NaN. Rows with superseded_by set were replaced by a "
-                   "later attempt (they stay in the store, out of the charts). recorded_at "
+                   "later segment (they stay in the store, out of the charts). recorded_at "
                    "not recorded: an imported epoch.")
     else:
         st.caption("No epochs recorded yet.")

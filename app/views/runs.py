@@ -141,7 +141,7 @@ st.dataframe(
         "started (UTC)": st.column_config.DatetimeColumn(
             format="YYYY-MM-DD HH:mm:ss", help="not recorded: an imported run"),
         "duration (min)": formats.number_column(
-            help="time its attempts ran (a live one: until now)"),
+            help="time its segments ran (a live one: until now)"),
         **{c: formats.number_column() for c in ("last loss", "best loss", "max grad norm",
                                                 "lr")},
         "anomalies": st.column_config.NumberColumn(

@@ -124,7 +124,7 @@ def step_spans(engine: Engine, run_ids: Sequence[str]) -> dict[str, dict[str, in
 
 
 def segment_times(engine: Engine) -> dict[str, list[tuple]]:
-    """Per run: (segment, started_at, ended_at) of each attempt, in order."""
+    """Per run: (segment, started_at, ended_at) of each segment, in order."""
     query = select(Segment.run_id, Segment.segment, Segment.started_at,
                    Segment.ended_at).order_by(Segment.run_id, Segment.segment)
     out: dict[str, list[tuple]] = {}

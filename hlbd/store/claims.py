@@ -99,11 +99,11 @@ class Claims:
 
     def confirm(self, conn, run_id: str, segment: int, now: datetime, *,
                 beat: bool = False) -> None:
-        """Refresh the heartbeat, or raise ClaimLostError if a later attempt took over.
+        """Refresh the heartbeat, or raise ClaimLostError if a later segment took over.
 
-        Every write of a training attempt runs this in its transaction, so an attempt
+        Every write of a training segment runs this in its transaction, so a segment
         that was taken over (``--force``, or judged dead while it was only paused)
-        cannot add a row after the new attempt started. The check updates the segment's
+        cannot add a row after the new segment started. The check updates the segment's
         own row, so on a server it waits for a takeover in progress and then
         sees its outcome (a condition on another row could read an older snapshot); on
         SQLite the write lock makes a read enough. The heartbeat is refreshed when
@@ -130,7 +130,7 @@ class Claims:
 
 
 def claim_lost(run_id: str, segment: int) -> ClaimLostError:
-    return ClaimLostError(f"run {run_id} was taken over by a later attempt while attempt "
+    return ClaimLostError(f"run {run_id} was taken over by a later segment while segment "
                           f"{segment} (process {os.getpid()}) was running; this process "
                           "stopped without recording more")
 
@@ -147,7 +147,7 @@ def _pid_alive(pid: int) -> bool:
 
 def holder_state(pid: int | None, hostname: str | None, heartbeat: datetime,
                  now: datetime | None = None) -> str:
-    """Whether the process of a running attempt is 'running', 'crashed' or 'stale'.
+    """Whether the process of a running segment is 'running', 'crashed' or 'stale'.
 
     'crashed': its process was on this host and is gone (kill -9, OOM killer);
     'stale': its heartbeat stopped (another host, or a hung process); else 'running'.

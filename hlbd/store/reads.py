@@ -126,7 +126,7 @@ class Reads:
                      superseded_by) in rows]
 
     def segments(self, run_id: str) -> list[dict]:
-        """A run's attempts in order; ``hosts`` decoded (a list in rank order, or None)."""
+        """A run's segments in order; ``hosts`` decoded (a list in rank order, or None)."""
         with self.engine.connect() as conn:
             rows = [dict(r) for r in conn.execute(
                 select(Segment).where(Segment.run_id == run_id)

@@ -61,11 +61,11 @@ class Segment(Base):
     status: Mapped[str] = mapped_column(String(16))
     pid: Mapped[int | None] = mapped_column(Integer)
     hostname: Mapped[str | None] = mapped_column(String(255))
-    # Processes of the attempt and the host of each rank (JSON list, rank order).
+    # Processes of the segment and the host of each rank (JSON list, rank order).
     world_size: Mapped[int | None] = mapped_column(Integer)
     hosts: Mapped[str | None] = mapped_column(Text)
 
-    # The claim: at most one attempt of a run is running, enforced by the database.
+    # The claim: at most one segment of a run is running, enforced by the database.
     __table_args__ = (Index("ux_segments_one_running", "run_id", unique=True,
                             sqlite_where=text("status = 'running'"),
                             postgresql_where=text("status = 'running'")),)

@@ -63,12 +63,12 @@ class Writes:
     def begin_segment(self, run_id: str, start_epoch: int,
                       resumed_from: str | None = None, config: dict | None = None, *,
                       hosts: Sequence[str] | None = None, force: bool = False) -> int:
-        """Claim ``run_id`` and open a new attempt that continues after ``start_epoch``.
+        """Claim ``run_id`` and open a new segment that continues after ``start_epoch``.
 
-        The claim is one transaction: an attempt still marked running must be dead (its
+        The claim is one transaction: a segment still marked running must be dead (its
         process gone from this host, or no heartbeat for STALE_AFTER; ``force`` skips
         that check) and is taken over by a compare-and-set that only one claimant can
-        win; the new attempt is inserted as running, which the unique index
+        win; the new segment is inserted as running, which the unique index
         ``ux_segments_one_running`` allows once per run. A claimant that loses raises
         RunClaimedError having written nothing.
 
@@ -215,7 +215,7 @@ class Writes:
         return outcomes
 
     def heartbeat(self, run_id: str, segment: int) -> None:
-        """Say attempt ``segment`` of ``run_id`` is alive (ClaimLostError if taken over)."""
+        """Say segment ``segment`` of ``run_id`` is alive (ClaimLostError if taken over)."""
         with self.engine.begin() as conn:
             self._claims.confirm(conn, run_id, segment, utcnow(), beat=True)
 
@@ -229,7 +229,7 @@ class Writes:
 
     def mark_checkpoints_pruned(self, run_id: str, segment: int, ids: Sequence[int]) -> None:
         """Mark checkpoint rows ``ids`` of ``run_id`` as pruned (their files are about to
-        be deleted), by attempt ``segment``, which must still hold the run."""
+        be deleted), by segment ``segment``, which must still hold the run."""
         if not ids:
             return
         now = utcnow()
@@ -258,8 +258,8 @@ class Writes:
                    error: str | None = None) -> bool:
         """Close the segment and set the run's status (finished/failed/interrupted).
 
-        Returns False, writing nothing, when a later attempt has taken the run over:
-        the run's status is then that attempt's to set.
+        Returns False, writing nothing, when a later segment has taken the run over:
+        the run's status is then that segment's to set.
         """
         now = utcnow()
         try:
