@@ -12,7 +12,7 @@ import csv
 import io
 import json
 
-from hlbd.report import build_report
+from hlbd.report import build_report, history_of
 from hlbd.store import Store
 
 CSV_COLUMNS = ("epoch", "segment", "loss", "grad_norm", "grad_norm_max", "grad_norm_min",
@@ -21,20 +21,11 @@ CSV_COLUMNS = ("epoch", "segment", "loss", "grad_norm", "grad_norm_max", "grad_n
                "recorded_at")
 
 
-def run_history(store: Store, run_id: str) -> dict[str, list]:
-    """The report's lists from the effective history (superseded rows left out)."""
-    epochs = store.epochs(run_id)
-    return {"control_losses": [e["loss"] for e in epochs],
-            "batch_losses": [s["loss"] for s in store.steps(run_id)],
-            "grad_norms": [e["grad_norm"] for e in epochs],
-            "learning_rates": [e["lr"] for e in epochs]}
-
-
 def export_report(store: Store, run_id: str) -> dict:
     """Run ``run_id`` (an id or unique prefix) as a report dict."""
     run = store.get_run(run_id)
-    return build_report(run["run_id"], run_history(store, run["run_id"]),
-                        run["dataset_stats"])
+    history = history_of(store.epochs(run["run_id"]), store.steps(run["run_id"]))
+    return build_report(run["run_id"], history, run["dataset_stats"])
 
 
 def export_json(store: Store, run_id: str) -> str:

@@ -31,11 +31,12 @@ from typing import Any
 
 from hlbd.errors import HlbdError
 from hlbd.fileio import read_json_file
-from hlbd.report import REPORT_NAME
+from hlbd.report import EPOCH_LISTS, HISTORY, REPORT_NAME
 from hlbd.store import Store
 
-EPOCH_LISTS = ("grad_norms", "learning_rates")
-STORED_KEYS = ("control_losses", "batch_losses", *EPOCH_LISTS, "dataset_stats")
+# The epoch lists besides control_losses (which every report must have), by row value.
+OPTIONAL_EPOCH_LISTS = {value: key for value, key in EPOCH_LISTS.items() if value != "loss"}
+STORED_KEYS = (*HISTORY, "dataset_stats")
 
 
 class ReportError(HlbdError):
@@ -119,7 +120,7 @@ def parse_report(doc: object, path: Path, name: str, source_hash: str) -> Parsed
     n = len(losses)
     columns: dict[str, list[float | None]] = {}
     not_recorded, notes = [], []
-    for key in EPOCH_LISTS:
+    for key in OPTIONAL_EPOCH_LISTS.values():
         values = _numbers(doc, key, path) if doc.get(key) is not None else []
         if not values:
             not_recorded.append(key)
@@ -129,8 +130,9 @@ def parse_report(doc: object, path: Path, name: str, source_hash: str) -> Parsed
             raise ReportError(f"{path}: {key} has {len(values)} values but control_losses "
                               f"has {n}: cannot tell which epochs they belong to")
         columns[key] = values
-    epochs = [{"epoch": i + 1, "loss": losses[i], "grad_norm": columns["grad_norms"][i],
-               "lr": columns["learning_rates"][i]} for i in range(n)]
+    epochs = [{"epoch": i + 1, "loss": losses[i],
+               **{value: columns[key][i] for value, key in OPTIONAL_EPOCH_LISTS.items()}}
+              for i in range(n)]
 
     kept = {k: v for k, v in doc.items() if k not in STORED_KEYS}
     batch = _numbers(doc, "batch_losses", path) if doc.get("batch_losses") is not None else []

@@ -23,12 +23,10 @@ from sqlalchemy import exc
 
 from hlbd.anomalies import Thresholds, detect
 from hlbd.checkpoint import prune_checkpoints
-from hlbd.report import build_report, write_report
+from hlbd.report import HISTORY, build_report, write_report
 from hlbd.store import HEARTBEAT_SECONDS, Store
 
 log = logging.getLogger(__name__)
-# The history lists the report holds (the loop appends to them while the writer reads).
-REPORT_LISTS = ("control_losses", "batch_losses", "grad_norms", "learning_rates")
 
 
 class Recorder(Protocol):
@@ -252,7 +250,7 @@ class StoreRecorder:
 
     def on_epoch(self, epoch: dict, steps: list[dict], history: dict) -> None:
         # The loop goes on appending to the history lists: hand over their lengths now.
-        lengths = {key: len(history[key]) for key in REPORT_LISTS}
+        lengths = {key: len(history[key]) for key in HISTORY}
         self._writer.submit(self._write_epoch, epoch, steps, history, lengths,
                             rows=1 + len(steps))
         self._last_beat = time.monotonic()

@@ -10,6 +10,29 @@ from hlbd.errors import HlbdError
 from hlbd.fileio import write_atomically
 
 REPORT_NAME = "experiment_report.json"
+# The report's history, the older tool's lists: each list's rows (one entry per epoch,
+# or per optimizer step) and the row value it holds. The one statement of that shape:
+# the loop, the recorder, the exporter, the importer and a checkpoint's import read it.
+HISTORY = {"control_losses": ("epochs", "loss"), "batch_losses": ("steps", "loss"),
+           "grad_norms": ("epochs", "grad_norm"), "learning_rates": ("epochs", "lr")}
+# The epoch lists by the epoch row value they hold.
+EPOCH_LISTS = {value: key for key, (rows, value) in HISTORY.items() if rows == "epochs"}
+
+
+def empty_history() -> dict[str, list]:
+    return {key: [] for key in HISTORY}
+
+
+def history_of(epochs: list[dict], steps: list[dict]) -> dict[str, list]:
+    """The history lists of these epoch and step rows."""
+    rows = {"epochs": epochs, "steps": steps}
+    return {key: [row[value] for row in rows[kind]] for key, (kind, value) in HISTORY.items()}
+
+
+def add_epoch(history: dict[str, list], epoch: dict, steps: list[dict]) -> None:
+    """Append an epoch's row and its steps' rows to ``history``."""
+    for key, values in history_of([epoch], steps).items():
+        history[key].extend(values)
 
 
 def build_report(run_id: str, history: dict, dataset_stats: dict) -> dict:
@@ -21,10 +44,7 @@ def build_report(run_id: str, history: dict, dataset_stats: dict) -> dict:
     """
     return {
         "run_id": run_id,
-        "control_losses": list(history["control_losses"]),
-        "batch_losses": list(history["batch_losses"]),
-        "grad_norms": list(history["grad_norms"]),
-        "learning_rates": list(history["learning_rates"]),
+        **{key: list(history[key]) for key in HISTORY},
         "current_epoch": len(history["control_losses"]),
         "total_batches": len(history["batch_losses"]),
         "dataset_stats": dataset_stats,

@@ -28,6 +28,7 @@ from hlbd.distributed import Ranks
 from hlbd.errors import CheckpointError, ClaimLostError, HlbdError, UnknownRunError
 from hlbd.fileio import remove_temp_files
 from hlbd.recorder import NullRecorder, StoreRecorder, store_locked, wait_out_locks
+from hlbd.report import EPOCH_LISTS
 from hlbd.store import Store, superseded
 from hlbd.store.claims import still_being_written
 from hlbd.tokenizer import Tokenizer
@@ -397,8 +398,7 @@ def _import_checkpoint_run(store: Store, plan: _ResumePlan, name: str | None,
                            runs_root: Path) -> dict:
     """A new run, marked imported, holding an older tool's checkpoint history (one write)."""
     history, epoch = plan.state["history"], plan.state["epoch"]
-    columns = {"loss": "control_losses", "grad_norm": "grad_norms", "lr": "learning_rates"}
-    lists = {field: list(history.get(key) or [])[:epoch] for field, key in columns.items()}
+    lists = {field: list(history.get(key) or [])[:epoch] for field, key in EPOCH_LISTS.items()}
     rows = [{"epoch": i + 1, **{f: values[i] if i < len(values) else None
                                 for f, values in lists.items()}}
             for i in range(max(map(len, lists.values())))]

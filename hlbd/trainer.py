@@ -40,6 +40,7 @@ from hlbd.distributed import Ranks, StopVote
 from hlbd.errors import CheckpointError, HlbdError
 from hlbd.model import build_model
 from hlbd.recorder import Recorder
+from hlbd.report import add_epoch, empty_history
 from hlbd.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -143,11 +144,6 @@ def check_device(name: str) -> torch.device:
     elif device.type not in ("cpu", "cuda", "mps"):
         raise HlbdError(f"--device must be auto, cpu, cuda, cuda:N or mps, not {name!r}")
     return device
-
-
-def empty_history() -> dict[str, list[float]]:
-    return {"control_losses": [], "batch_losses": [], "grad_norms": [],
-            "learning_rates": []}
 
 
 @dataclass
@@ -292,10 +288,7 @@ def train(config: TrainConfig, examples: Examples, tokenizer: Tokenizer,
             row = _epoch_row(epoch, epoch_steps, totals[0] / answer_total,
                              totals[1] / answer_total, lr, max_norm, use_amp, wall,
                              token_total)
-            history["control_losses"].append(row["loss"])
-            history["batch_losses"].extend(s["loss"] for s in epoch_steps)
-            history["grad_norms"].append(row["grad_norm"])
-            history["learning_rates"].append(lr)
+            add_epoch(history, row, epoch_steps)
             recorder.on_epoch(row, unsent, history)
             last_done = epoch
             log.info(_summary(row, config.epochs))

@@ -11,8 +11,8 @@ import pytest
 from conftest import tiny_config
 
 from hlbd import recorder as recorder_module
-from hlbd.recorder import REPORT_LISTS, StoreRecorder
-from hlbd.report import REPORT_NAME
+from hlbd.recorder import StoreRecorder
+from hlbd.report import REPORT_NAME, empty_history
 from hlbd.runner import RunFailed, start_run
 from hlbd.store import Store
 
@@ -76,7 +76,7 @@ def test_the_report_is_rewritten_at_most_every_few_seconds_and_whole_at_close(
     store = Store.open(str(tmp_path / "runs.db"))
     run_id = store.create_run("report", {}, {"pairs": 1})
     recorder = StoreRecorder(store, run_id, 1, tmp_path / "run", {"pairs": 1}, {})
-    history = {key: [] for key in REPORT_LISTS}
+    history = empty_history()
     report = tmp_path / "run" / REPORT_NAME
 
     def epoch(n: int) -> None:
