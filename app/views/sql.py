@@ -33,7 +33,7 @@ st.title("SQL")
 st.caption(f"Read-only: writes are refused by the database connection. Queries stop after "
            f"{DEFAULT_TIME_LIMIT:g} s; at most {reads.SQL_MAX_ROWS:,} rows are shown. Tables "
            "and views: runs, segments, epochs, epoch_metrics, steps, step_metrics, "
-           "checkpoints, anomalies (see the README's SQL contract).")
+           "points, metric_points, checkpoints, anomalies (see the README's SQL contract).")
 with st.form("sql"):
     query = st.text_area("Query", value=EXAMPLE, height=160, key="sql_query")
     submitted = st.form_submit_button("Run")

@@ -12,10 +12,10 @@ from collections.abc import Sequence
 
 from sqlalchemy import update
 
-from hlbd.store.tables import Anomaly, Epoch, Step, StepRollup
+from hlbd.store.tables import Anomaly, Epoch, Point, Step, StepRollup
 
 # The tables whose rows belong to an epoch of a segment, and can be superseded.
-SUPERSEDED_TABLES = (Epoch, Step, StepRollup, Anomaly)
+SUPERSEDED_TABLES = (Epoch, Step, StepRollup, Point, Anomaly)
 
 
 def supersede_after(conn, run_id: str, start_epoch: int, segment: int) -> None:
@@ -39,13 +39,14 @@ def checkpoint_candidates(segments: Sequence[dict], rows: Sequence[dict]) -> lis
 
     Candidates are the run's checkpoints and the files its segments resumed from,
     less those a later segment superseded and those pruned (their files deleted).
-    Each is ``{"segment", "epoch", "path", "size_bytes"}`` (size: None for a file
-    only a segment names).
+    Each is ``{"segment", "epoch", "path", "size_bytes", "step"}`` (size and step: None
+    for a file only a segment names; step: None where it was not recorded).
     """
     candidates = [{"segment": c["segment"], "epoch": c["epoch"], "path": c["path"],
-                   "size_bytes": c["size_bytes"]} for c in rows if c["pruned_at"] is None]
+                   "size_bytes": c["size_bytes"], "step": c.get("step")}
+                  for c in rows if c["pruned_at"] is None]
     candidates += [{"segment": s["segment"], "epoch": s["start_epoch"],
-                    "path": s["resumed_from"], "size_bytes": None}
+                    "path": s["resumed_from"], "size_bytes": None, "step": None}
                    for s in segments
                    if s["resumed_from"] and not _pruned_start(rows, s)]
     effective = [c for c in candidates

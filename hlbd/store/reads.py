@@ -125,6 +125,33 @@ class Reads:
                 for (segment, step, epoch, loss, loss_nan, norm, norm_nan, lr, lr_nan,
                      superseded_by) in rows]
 
+    def points(self, run_id: str, key: str | None = None, *,
+               include_superseded: bool = False) -> list[dict]:
+        """The values ``run_id`` logged under names of its own (hlbd.Run), in key, scope
+        and step order (only ``key``'s when given). Each row: run_id, segment, key,
+        scope ('step' or 'epoch'), step, epoch, value (NaN for a measured NaN) and
+        superseded_by. The steps' own series (loss, grad_norm, lr) are in ``steps``;
+        the view ``metric_points`` has both."""
+        with self.engine.connect() as conn:
+            marker = mark(conn)
+            sql = ("SELECT segment, key, scope, step, epoch, value, value_is_nan, "
+                   f"superseded_by FROM points WHERE run_id = {marker}")
+            params = [run_id]
+            if key is not None:
+                sql, params = f"{sql} AND key = {marker}", [*params, key]
+            if not include_superseded:
+                sql += " AND superseded_by IS NULL"
+            cursor = conn.connection.dbapi_connection.cursor()
+            try:
+                cursor.execute(f"{sql} ORDER BY key, scope, step, segment, epoch", params)
+                rows = cursor.fetchall()
+            finally:
+                cursor.close()
+        return [{"run_id": run_id, "segment": segment, "key": name, "scope": scope,
+                 "step": step, "epoch": epoch, "value": join_nan(value, bool(is_nan)),
+                 "superseded_by": superseded_by}
+                for segment, name, scope, step, epoch, value, is_nan, superseded_by in rows]
+
     def segments(self, run_id: str) -> list[dict]:
         """A run's segments in order; ``hosts`` decoded (a list in rank order, or None)."""
         with self.engine.connect() as conn:

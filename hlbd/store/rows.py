@@ -25,7 +25,12 @@ STEP_SERIES = ("loss", "grad_norm", "lr")
 STEP_COLUMNS = "run_id, segment, step, epoch, " + ", ".join(
     f"{series}, {series}_is_nan" for series in STEP_SERIES)
 # Columns stored with an ``*_is_nan`` flag beside them, per table.
-NAN_FLAGGED = {"epochs": STEP_SERIES, "steps": STEP_SERIES, "anomalies": ("value",)}
+NAN_FLAGGED = {"epochs": STEP_SERIES, "steps": STEP_SERIES, "anomalies": ("value",),
+               "points": ("value",)}
+# The points columns in the order of the rows point_rows builds.
+POINT_COLUMNS = "run_id, segment, key, scope, step, epoch, value, value_is_nan"
+# Where a point was taken: at one optimizer step, or as its epoch closed.
+SCOPES = ("step", "epoch")
 # Steps per row of step_rollups (the explorer reads long runs from there, see
 # hlbd.store.buckets); migration 0003 filled it for steps recorded before it existed.
 ROLLUP_STEPS = 32
@@ -103,6 +108,13 @@ def step_columns(run_id: str, segment: int,
             flags = [isinstance(v, float) and math.isnan(v) for v in values]
             columns += ([None if nan else v for v, nan in zip(values, flags)], flags)
     return columns
+
+
+def point_rows(run_id: str, segment: int,
+               points: Iterable[tuple[str, str, int, int, float]]) -> list[tuple]:
+    """The points rows (POINT_COLUMNS' order) of ``(key, scope, step, epoch, value)``s."""
+    return [(run_id, segment, key, scope, step, epoch, *split_nan(value))
+            for key, scope, step, epoch, value in points]
 
 
 def rollup_rows(columns: Sequence[Sequence]) -> list[tuple]:

@@ -146,6 +146,25 @@ class StepRollup(Base):
     superseded_by: Mapped[int | None] = mapped_column(Integer)
 
 
+class Point(Base):
+    """A value a loop logged under a name of its own (hlbd.Run.log, Run.end_epoch).
+
+    ``scope``: 'step', the value of one optimizer step, or 'epoch', a value given as the
+    epoch closed (``step``: the steps taken by then)."""
+
+    __tablename__ = "points"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.run_id"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    scope: Mapped[str] = mapped_column(String(8), primary_key=True)
+    step: Mapped[int] = mapped_column(Integer, primary_key=True)
+    segment: Mapped[int] = mapped_column(Integer, primary_key=True)
+    epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
+    value: Mapped[float | None] = mapped_column(Float)
+    value_is_nan: Mapped[bool] = mapped_column(Boolean, default=False)
+    superseded_by: Mapped[int | None] = mapped_column(Integer)
+
+
 class Checkpoint(Base):
     __tablename__ = "checkpoints"
 
@@ -156,6 +175,8 @@ class Checkpoint(Base):
     path: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime)
     size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    # Optimizer steps taken when it was recorded (hlbd.Run); NULL: not recorded.
+    step: Mapped[int | None] = mapped_column(BigInteger)
     # When hlbd deleted the file (--keep-checkpoints); NULL: not pruned.
     pruned_at: Mapped[datetime | None] = mapped_column(DateTime)
 

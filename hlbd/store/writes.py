@@ -22,11 +22,13 @@ from sqlalchemy import exc, insert, select, update
 from hlbd.errors import ClaimLostError, RunClaimedError
 from hlbd.store import claims, history
 from hlbd.store.rows import (
+    POINT_COLUMNS,
     ROLLUP_COLUMNS,
     STEP_COLUMNS,
     epoch_values,
     insert_sql,
     mark,
+    point_rows,
     process_columns,
     rollup_rows,
     split_nan,
@@ -97,8 +99,10 @@ class Writes:
         return segment
 
     def record_epoch(self, run_id: str, segment: int, epoch: dict[str, Any],
-                     steps: Sequence[dict[str, Any]] = ()) -> None:
-        """Write one epoch's row, its not yet written steps and a heartbeat, atomically.
+                     steps: Sequence[dict[str, Any]] = (),
+                     points: Sequence[tuple] = ()) -> None:
+        """Write one epoch's row, its not yet written steps and points (``(key, scope,
+        step, epoch, value)``) and a heartbeat, atomically.
 
         ``recorded_at`` is when the transaction holds the write lock, so a row that
         waited for another process's lock says when it really reached the store.
@@ -107,20 +111,24 @@ class Writes:
             now = utcnow()
             self._claims.confirm(conn, run_id, segment, now)
             self._insert_steps(conn, run_id, segment, steps)
+            self._insert_points(conn, point_rows(run_id, segment, points))
             conn.execute(insert(Epoch), [epoch_values(run_id, segment, epoch, now)])
 
-    def record_steps(self, run_id: str, segment: int,
-                     steps: Sequence[dict[str, Any]]) -> None:
-        """Write a batch of optimizer steps (and refresh the heartbeat) in one transaction."""
+    def record_steps(self, run_id: str, segment: int, steps: Sequence[dict[str, Any]],
+                     points: Sequence[tuple] = ()) -> None:
+        """Write a batch of optimizer steps and points (``(key, scope, step, epoch,
+        value)``), and refresh the heartbeat, in one transaction."""
         if self.engine.dialect.name == "sqlite":
-            self._record_steps_sqlite(run_id, segment, steps)
+            self._record_steps_sqlite(run_id, segment, steps, point_rows(run_id, segment,
+                                                                          points))
             return
         with self.engine.begin() as conn:
             self._claims.confirm(conn, run_id, segment, utcnow())
             self._insert_steps(conn, run_id, segment, steps)
+            self._insert_points(conn, point_rows(run_id, segment, points))
 
     def _record_steps_sqlite(self, run_id: str, segment: int,
-                             steps: Sequence[dict[str, Any]]) -> None:
+                             steps: Sequence[dict[str, Any]], points: list[tuple]) -> None:
         """record_steps on SQLite, through the driver's connection from the engine's pool.
 
         The most frequent write: SQLAlchemy's execution layer cost about 0.1 ms a
@@ -129,6 +137,13 @@ class Writes:
         Claims.confirm and _insert_steps; a driver error is raised as SQLAlchemy's, as any other write's.
         """
         columns = step_columns(run_id, segment, steps)
+        inserts = []
+        if columns is not None:
+            inserts += [(insert_sql("steps", STEP_COLUMNS, "?"), list(zip(*columns))),
+                        (insert_sql("step_rollups", ROLLUP_COLUMNS, "?"),
+                         rollup_rows(columns))]
+        if points:
+            inserts.append((insert_sql("points", POINT_COLUMNS, "?"), points))
         connection = self.engine.raw_connection()
         statement, params = "BEGIN IMMEDIATE", ()
         try:
@@ -142,12 +157,7 @@ class Writes:
                     statement = "UPDATE runs SET heartbeat_at = ? WHERE run_id = ?"
                     params = (self._time_to_db(utcnow()), run_id)
                     cursor.execute(statement, params)
-                if columns is not None:
-                    statement, params = insert_sql("steps", STEP_COLUMNS, "?"), list(
-                        zip(*columns))
-                    cursor.executemany(statement, params)
-                    statement = insert_sql("step_rollups", ROLLUP_COLUMNS, "?")
-                    params = rollup_rows(columns)
+                for statement, params in inserts:
                     cursor.executemany(statement, params)
                 statement, params = "COMMIT", ()
                 cursor.execute(statement)
@@ -169,17 +179,13 @@ class Writes:
         columns = step_columns(run_id, segment, steps)
         if columns is None:
             return
-        rows = list(zip(*columns))
-        if conn.dialect.driver == "psycopg":
-            # COPY: several times faster than any INSERT on PostgreSQL.
-            cursor = conn.connection.dbapi_connection.cursor()
-            with cursor.copy(f"COPY steps ({STEP_COLUMNS}) FROM STDIN") as copy:
-                for row in rows:
-                    copy.write_row(row)
-        else:
-            # Positional executemany: the per-step path must stay close to raw sqlite3.
-            conn.exec_driver_sql(insert_sql("steps", STEP_COLUMNS, mark(conn)), rows)
+        _insert_rows(conn, "steps", STEP_COLUMNS, list(zip(*columns)))
         _insert_rollups(conn, rollup_rows(columns))
+
+    @staticmethod
+    def _insert_points(conn, rows: list[tuple]) -> None:
+        if rows:
+            _insert_rows(conn, "points", POINT_COLUMNS, rows)
 
     def import_runs(self, runs: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
         """Insert runs recorded elsewhere, with their epochs and steps, in ONE transaction.
@@ -220,12 +226,12 @@ class Writes:
             self._claims.confirm(conn, run_id, segment, utcnow(), beat=True)
 
     def record_checkpoint(self, run_id: str, segment: int, epoch: int, path: str,
-                          size_bytes: int | None) -> None:
+                          size_bytes: int | None, step: int | None = None) -> None:
         with self.engine.begin() as conn:
             self._claims.confirm(conn, run_id, segment, utcnow())
             conn.execute(insert(Checkpoint).values(
                 run_id=run_id, segment=segment, epoch=epoch, path=path,
-                created_at=utcnow(), size_bytes=size_bytes))
+                created_at=utcnow(), size_bytes=size_bytes, step=step))
 
     def mark_checkpoints_pruned(self, run_id: str, segment: int, ids: Sequence[int]) -> None:
         """Mark checkpoint rows ``ids`` of ``run_id`` as pruned (their files are about to
@@ -303,3 +309,16 @@ def insert_run(conn, run_id: str, now: datetime, *, name: str, status: str, conf
 def _insert_rollups(conn, rows: list[tuple]) -> None:
     if rows:
         conn.exec_driver_sql(insert_sql("step_rollups", ROLLUP_COLUMNS, mark(conn)), rows)
+
+
+def _insert_rows(conn, table: str, columns: str, rows: list[tuple]) -> None:
+    """``rows`` (positional, in ``columns``' order) into ``table`` inside ``conn``'s
+    transaction: COPY on PostgreSQL (several times faster than any INSERT there), a
+    positional executemany elsewhere (the per-step path must stay close to raw sqlite3)."""
+    if conn.dialect.driver == "psycopg":
+        cursor = conn.connection.dbapi_connection.cursor()
+        with cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+    else:
+        conn.exec_driver_sql(insert_sql(table, columns, mark(conn)), rows)
