@@ -23,7 +23,7 @@ from sqlalchemy import exc
 
 from hlbd.anomalies import Thresholds, detect
 from hlbd.checkpoint import prune_checkpoints
-from hlbd.report import HISTORY, build_report, write_report
+from hlbd.report import HISTORY, add_epoch, build_report, history_of, write_report
 from hlbd.store import HEARTBEAT_SECONDS, Store
 
 log = logging.getLogger(__name__)
@@ -240,6 +240,7 @@ class StoreRecorder:
         self._epoch_steps: list[dict] = []  # touched by the writer thread only
         self._last_beat = time.monotonic()
         self._report_due: tuple[dict, dict[str, int]] | None = None  # writer thread only
+        self._history: dict | None = None  # on_logged's report history (writer thread)
         self._report_written = -math.inf  # time.monotonic() of the last report
         self._closed = False
         self._writer = BackgroundWriter(max_pending=max_pending)
@@ -255,11 +256,20 @@ class StoreRecorder:
                             rows=1 + len(steps))
         self._last_beat = time.monotonic()
 
-    def on_checkpoint(self, epoch: int, path: Path, size_bytes: int) -> None:
+    def on_logged(self, logged: Callable[[], tuple[list[dict], list[tuple], dict | None]],
+                  rows: int) -> None:
+        """Values a loop logged (hlbd.Run): ``logged()``, called on the recording thread
+        (where their tensors move to the host), returns the steps, the points and the
+        epoch row they close (None mid-epoch). The report's history is kept here."""
+        self._writer.submit(self._write_logged, logged, rows=rows)
+        self._last_beat = time.monotonic()
+
+    def on_checkpoint(self, epoch: int, path: Path, size_bytes: int,
+                      step: int | None = None) -> None:
         # Queued behind every row handed over before it: in the store, no checkpoint is
         # ahead of its epoch's rows.
         self._writer.submit(wait_out_locks, self.store.record_checkpoint, self.run_id,
-                            self.segment, epoch, str(path), size_bytes)
+                            self.segment, epoch, str(path), size_bytes, step)
         if self.keep_checkpoints:
             # Behind the new checkpoint's row: older files go only once it is recorded.
             self._writer.submit(wait_out_locks, prune_checkpoints, self.store, self.run_id,
@@ -306,13 +316,26 @@ class StoreRecorder:
         write_report(self.run_dir, build_report(self.run_id, until_now, self.dataset_stats))
         self._report_due, self._report_written = None, time.monotonic()
 
-    def _write_steps(self, steps: list[dict]) -> None:
-        wait_out_locks(self.store.record_steps, self.run_id, self.segment, steps)
+    def _write_steps(self, steps: list[dict], points: list[tuple] = ()) -> None:
+        wait_out_locks(self.store.record_steps, self.run_id, self.segment, steps, points)
         self._epoch_steps.extend(steps)
 
+    def _write_logged(self, logged) -> None:
+        steps, points, epoch = logged()
+        if epoch is None:
+            self._write_steps(steps, points)
+            return
+        if self._history is None:  # the effective history this segment continues
+            self._history = history_of(self.store.epochs(self.run_id),
+                                       self.store.steps(self.run_id))
+        add_epoch(self._history, epoch, [*self._epoch_steps, *steps])
+        lengths = {key: len(values) for key, values in self._history.items()}
+        self._write_epoch(epoch, steps, self._history, lengths, points)
+
     def _write_epoch(self, epoch: dict, steps: list[dict], history: dict,
-                     lengths: dict[str, int]) -> None:
-        wait_out_locks(self.store.record_epoch, self.run_id, self.segment, epoch, steps)
+                     lengths: dict[str, int], points: list[tuple] = ()) -> None:
+        wait_out_locks(self.store.record_epoch, self.run_id, self.segment, epoch, steps,
+                       points)
         self._report_due = history, lengths
         self._write_report(False)
         self._epochs.append({**epoch, "segment": self.segment})

@@ -1,0 +1,481 @@
+"""Record any PyTorch loop: ``hlbd.init()`` returns a ``Run``.
+
+    with hlbd.init(name="gru-baseline", config={...}) as run:
+        run.watch(optimizer)
+        for epoch ...:
+            for batch ...:
+                loss.backward()
+                run.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step(); optimizer.zero_grad()
+                run.log({"loss": loss.detach(), "acc": acc})
+            scheduler.step()
+            run.end_epoch({"val_loss": val})
+            torch.save(state, path); run.checkpoint(path)
+
+Where each number comes from:
+
+- ``watch(optimizer)``: hooks on ``optimizer.step`` (torch's step pre- and post-hooks,
+  no patching). Before a step runs, each parameter group's ``lr`` is read: the LR that
+  step uses (``lr`` for group 0, ``lr/1``, ``lr/2`` ... for the others); once it has run
+  it is counted. A step ``torch.amp.GradScaler`` skipped (inf or NaN gradients) never
+  calls ``optimizer.step``: it is not counted, and the next step records how many were
+  skipped before it (``skipped``) and the epoch row counts them.
+- ``clip_grad_norm_``: torch's own; what it returns (the total norm before clipping) is
+  the ``grad_norm`` of the step about to happen, and ``clipped`` says whether it clipped.
+- ``log``: any names, ints, floats or 0-dim tensors on any device. A tensor is copied
+  on its device and read on the recording thread, in one transfer per device per flush:
+  no host sync on the loop's thread.
+
+``loss``, ``grad_norm`` and ``lr`` go into ``steps`` (the series ``hlbd train``
+records, which the explorer, the anomaly rules and ``step_metrics`` read); every other
+name into ``points``; the view ``metric_points`` has them all. The writes run in the
+recorder's thread, in order (hlbd.recorder.StoreRecorder), as ``hlbd train``'s do.
+
+Under torchrun only rank 0 records; on the other ranks every method works and records
+nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import os
+import traceback
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Self
+
+import torch
+
+from hlbd.errors import HlbdError
+from hlbd.recorder import StoreRecorder, wait_out_locks
+from hlbd.runner import runs_dir as default_runs_dir
+from hlbd.store import Store
+from hlbd.store.claims import still_being_written
+from hlbd.store.rows import STEP_SERIES
+
+# Steps kept in memory before they go to the recording thread (hlbd train's
+# --step-flush-interval default): one transfer per device and one transaction per flush.
+FLUSH_STEPS = 500
+RESUME_MODES = (None, "must", "allow")
+MAX_KEY = 200  # points.key
+
+
+@dataclass(frozen=True)
+class ResumedFrom:
+    """The checkpoint a resumed run continues from: load ``path`` in the loop."""
+
+    path: str
+    epoch: int
+    step: int
+
+
+def init(name: str | None = None, config: Mapping[str, Any] | None = None, *,
+         db: str | None = None, runs_dir: str | None = None, run_id: str | None = None,
+         resume: str | None = None, tags: Iterable[str] | None = None) -> Run:
+    """Start recording a run (or continue one); returns its ``Run``.
+
+    ``db``: a path or SQLAlchemy URL (else ``HLBD_DB``, else ``./hlbd.db``). ``resume``:
+    None, a new run (an existing ``run_id`` is an error); "must", continue ``run_id``
+    from its newest recorded checkpoint (an unknown id, or a run still being written,
+    is an error); "allow", either.
+    """
+    if resume not in RESUME_MODES:
+        raise ValueError(f"resume must be None, 'must' or 'allow', not {resume!r}")
+    if resume == "must" and not run_id:
+        raise ValueError("resume='must' needs the run_id of the run to continue")
+    config = _checked_config(config)
+    tags = [str(t) for t in (tags or [])]
+    rank = int(os.environ.get("RANK", "0") or 0)
+    if rank != 0:
+        return Run(None, config=config)
+    store = Store.open(db)
+    try:
+        existing = _existing(store, run_id)
+        if existing is not None and resume is None:
+            raise HlbdError(f"run {existing['run_id']} already exists: pass resume='must' "
+                            "(or 'allow') to continue it")
+        if existing is None and resume == "must":
+            raise HlbdError(f"no run {run_id} in {store.url}: nothing to resume")
+        if existing is None:
+            return _new_run(store, name, config, runs_dir, run_id, tags)
+        return _continued_run(store, existing, config)
+    except BaseException:
+        store.close()
+        raise
+
+
+def _checked_config(config: Mapping[str, Any] | None) -> dict:
+    if config is None:
+        return {}
+    if not isinstance(config, Mapping):
+        raise TypeError(f"config must be a dict, not {type(config).__name__}")
+    config = dict(config)
+    for key, value in config.items():
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"config[{key!r}] is a {type(value).__name__}, which JSON "
+                             "cannot hold: pass numbers, strings, lists or dicts") from None
+    return config
+
+
+def _existing(store: Store, run_id: str | None) -> dict | None:
+    if not run_id:
+        return None
+    if not all(c in "0123456789abcdef" for c in run_id) or len(run_id) != 32:
+        raise ValueError(f"run_id must be 32 lowercase hex digits (uuid4().hex), "
+                         f"not {run_id!r}")
+    runs = [r for r in store.list_runs() if r["run_id"] == run_id]
+    return runs[0] if runs else None
+
+
+def _new_run(store, name, config, runs_dir, run_id, tags) -> Run:
+    run_id = run_id or uuid.uuid4().hex
+    run_dir = default_runs_dir(runs_dir) / run_id
+    store.create_run(name or "run", config, {}, run_dir=str(run_dir), run_id=run_id,
+                     extra={"recorded_by": "hlbd.Run", "tags": tags})
+    return Run(store, run_id=run_id, segment=1, run_dir=run_dir, config=config)
+
+
+def _continued_run(store, run: dict, config: dict) -> Run:
+    if run["display_status"] == "running":
+        raise HlbdError(still_being_written(run["run_id"], run.get("pid"),
+                                            run.get("hostname")))
+    newest = next((c for c in store.checkpoint_candidates(run["run_id"])
+                   if Path(c["path"]).exists()), None)
+    epoch = newest["epoch"] if newest else 0
+    resumed = None
+    if newest is not None:
+        step = newest["step"]
+        if step is None:  # a file a segment started from: the steps of its epochs
+            step = max((s["step"] for s in store.steps(run["run_id"])
+                        if s["epoch"] <= epoch), default=0)
+        resumed = ResumedFrom(newest["path"], epoch, step)
+    segment = store.begin_segment(run["run_id"], epoch,
+                                  resumed_from=resumed.path if resumed else None,
+                                  config=config or run["config"])
+    return Run(store, run_id=run["run_id"], segment=segment,
+               run_dir=Path(run["run_dir"]) if run.get("run_dir") else None,
+               config=config or run["config"], resumed_from=resumed)
+
+
+class Run:
+    """One recorded run: see the module docstring. ``store`` None records nothing (the
+    ranks other than 0 under torchrun)."""
+
+    def __init__(self, store: Store | None, *, run_id: str | None = None, segment: int = 1,
+                 run_dir: Path | None = None, config: dict | None = None,
+                 resumed_from: ResumedFrom | None = None):
+        self.id = run_id
+        self.segment = segment
+        self.config = config or {}
+        self.resumed_from = resumed_from
+        self.step = resumed_from.step if resumed_from else 0
+        self.epoch = resumed_from.epoch if resumed_from else 0
+        self._store = store
+        self._recorder = None
+        if store is not None:
+            run_dir = run_dir or default_runs_dir() / run_id
+            run_dir.mkdir(parents=True, exist_ok=True)
+            # The LR rule's expected schedule is hlbd train's; a loop's config does not
+            # say which scheduler it steps, so the rule is not applied ({}).
+            self._recorder = StoreRecorder(store, run_id, segment, run_dir, {}, {})
+        self._watched = False
+        self._hooks: list = []
+        self._closed_step = self.step  # values for steps <= this went to the recorder
+        self._open: dict[int, dict[str, Any]] = {}  # step -> key -> value, not yet sent
+        self._epoch_steps: list[int] = []  # the steps of the open epoch (watched)
+        self._clip_pending: int | None = None  # the step a measured grad norm is for
+        self._skipped = 0  # steps skipped since the last real one
+        self._epoch_skipped = 0
+        self._epoch_clipped = 0
+        self._finished = False
+        self._totals = _EpochTotals()
+
+    # -- what the loop calls ------------------------------------------------------------
+
+    def watch(self, optimizer: torch.optim.Optimizer, scheduler: Any = None) -> None:
+        """Record every real step of ``optimizer``: each group's LR as the step used it,
+        and count it. ``scheduler`` is accepted for symmetry: the LR is read from the
+        optimizer, where the scheduler put it, at the moment the step runs."""
+        if self._watched:
+            raise ValueError("watch() was already called for this run")
+        self._watched = True
+        self._hooks = [optimizer.register_step_pre_hook(self._before_step),
+                       optimizer.register_step_post_hook(self._after_step)]
+
+    def clip_grad_norm_(self, parameters, max_norm: float, norm_type: float = 2.0,
+                        **kwargs) -> torch.Tensor:
+        """``torch.nn.utils.clip_grad_norm_``, its result returned unchanged; records it
+        as ``grad_norm`` (before clipping) and ``clipped`` for the step about to happen."""
+        norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm, norm_type, **kwargs)
+        step = self.step + 1
+        if self._watched and self._clip_pending == step:
+            # Measured again before any step ran: GradScaler skipped the last one.
+            self._skipped += 1
+            self._epoch_skipped += 1
+        self._clip_pending = step
+        copy = norm.detach().clone()
+        values = self._values(step)
+        values["grad_norm"] = copy
+        values["clipped"] = copy > max_norm
+        return norm
+
+    def log(self, metrics: Mapping[str, Any], *, step: int | None = None) -> None:
+        """Record ``metrics`` at ``step`` (default: ``run.step``, the optimizer steps so
+        far; without ``watch()`` a call counter). ValueError, naming the key, for a
+        value that is not a number or a 0-dim tensor, or a step before one already
+        recorded; nothing of the call is recorded then."""
+        if not isinstance(metrics, Mapping):
+            raise ValueError(  # noqa: TRY004 - the API's contract: bad input is a ValueError
+                f"log() takes a dict of values, not {type(metrics).__name__}")
+        checked = {_checked_key(k): _checked_value(k, v) for k, v in metrics.items()}
+        if step is None:
+            step = self.step if self._watched else self.step + 1
+        elif not isinstance(step, numbers.Integral) or isinstance(step, bool) or step < 0:
+            raise ValueError(f"step must be a non-negative int, not {step!r}")
+        step = int(step)
+        if step <= self._closed_step and step not in self._open:
+            raise ValueError(f"step {step}: the record of this segment has closed every "
+                             f"step up to {self._closed_step} (steps only go forward; an "
+                             "epoch's steps close with end_epoch())")
+        values = self._open.get(step, {})
+        for key in checked:
+            if key in values:
+                raise ValueError(f"{key!r} was already recorded at step {step}: one value "
+                                 "per name and step (log after optimizer.step(), or pass "
+                                 "step=)")
+        self._values(step).update(checked)
+        if not self._watched:
+            self.step = max(self.step, step)
+            self._steps_may_close()
+
+    def end_epoch(self, metrics: Mapping[str, Any] | None = None) -> None:
+        """Close the epoch: its row gets the mean loss, the grad norm's mean, min and max
+        over finite steps, the non-finite, clipped and skipped counts and the last LR of
+        its steps, and ``metrics`` as epoch values at the step it closed on."""
+        checked = {_checked_key(k): _checked_value(k, v) for k, v in (metrics or {}).items()}
+        self.epoch += 1
+        current = self.step
+        steps = self._take(lambda step: step <= current)
+        if self._watched:
+            # Measured for a step that did not run before the epoch ended: skipped.
+            self._epoch_skipped += len(self._take(lambda step: True))
+            self._skipped, self._clip_pending = 0, None
+        epoch, skipped = self.epoch, self._epoch_skipped
+        self._epoch_skipped = 0
+        if self._recorder is None:
+            return
+        points = [(key, "epoch", current, epoch, value) for key, value in checked.items()]
+        self._recorder.on_logged(_Flush(self._totals, steps, points, epoch, skipped).on_host,
+                                 rows=len(steps) + 1)
+
+    def checkpoint(self, path: str | os.PathLike, *, keep: int = 0) -> None:
+        """Record a checkpoint file the loop wrote (after ``end_epoch``): a resume with
+        ``resume='must'`` offers it as ``run.resumed_from``. ``keep`` N > 0 deletes this
+        run's older checkpoint files beyond the newest N once this one is recorded."""
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"{path}: no such checkpoint file (write it, then record it)")
+        if self._open:
+            raise ValueError("record a checkpoint after end_epoch(): a resume continues "
+                             "after a closed epoch, and steps were logged since")
+        if self._recorder is not None:
+            self._recorder.keep_checkpoints = keep
+            self._recorder.on_checkpoint(self.epoch, path.resolve(), path.stat().st_size,
+                                         step=self.step)
+
+    def finish(self, status: str = "finished", error: str | None = None) -> None:
+        """End the run (idempotent): everything logged is written, then its status."""
+        if self._finished:
+            return
+        self._finished = True
+        for hook in self._hooks:
+            hook.remove()
+        if self._recorder is None:
+            return
+        try:
+            steps = self._take(lambda step: True)
+            if steps:
+                self._recorder.on_logged(_Flush(self._totals, steps).on_host, rows=len(steps))
+            self._recorder.close()
+        except BaseException as exc:
+            status, error = "failed", error or f"recording failed: {exc}"
+            raise
+        finally:
+            wait_out_locks(self._store.finish_run, self.id, self.segment, status, error)
+            self._store.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, kind, exc, tb) -> None:
+        if kind is None:
+            self.finish("finished")
+        elif issubclass(kind, KeyboardInterrupt):
+            self.finish("interrupted", "KeyboardInterrupt")
+        else:
+            text = "".join(traceback.format_exception_only(kind, exc)).strip()
+            self.finish("failed", text)
+
+    # -- inside -------------------------------------------------------------------------
+
+    def _values(self, step: int) -> dict[str, Any]:
+        values = self._open.get(step)
+        if values is None:
+            values = self._open[step] = {"epoch": self.epoch + 1}
+        return values
+
+    def _before_step(self, optimizer, args, kwargs) -> None:
+        step = self.step + 1
+        values = self._values(step)
+        for i, group in enumerate(optimizer.param_groups):
+            lr = group["lr"]
+            values["lr" if i == 0 else f"lr/{i}"] = (lr.detach().clone()
+                                                     if isinstance(lr, torch.Tensor)
+                                                     else float(lr))
+
+    def _after_step(self, optimizer, args, kwargs) -> None:
+        self.step += 1
+        if self._skipped:
+            self._values(self.step)["skipped"] = self._skipped
+            self._skipped = 0
+        self._clip_pending = None
+        self._epoch_steps.append(self.step)
+        self._steps_may_close()
+
+    def _steps_may_close(self) -> None:
+        """Hand the steps before the current one to the recorder once FLUSH_STEPS wait
+        (the current one may still get values: log after optimizer.step())."""
+        if len(self._open) > FLUSH_STEPS and self._recorder is not None:
+            current = self.step
+            steps = self._take(lambda step: step < current)
+            self._recorder.on_logged(_Flush(self._totals, steps).on_host, rows=len(steps))
+
+    def _take(self, closed) -> list[tuple[int, dict]]:
+        taken = sorted((s, v) for s, v in self._open.items() if closed(s))
+        for step, _ in taken:
+            del self._open[step]
+        if taken:
+            self._closed_step = max(self._closed_step, taken[-1][0])
+        return taken
+
+
+def _checked_key(key: Any) -> str:
+    if not isinstance(key, str) or not key or len(key) > MAX_KEY:
+        raise ValueError(f"a metric name must be a non-empty str of at most {MAX_KEY} "
+                         f"characters, not {key!r}")
+    if key in ("epoch", "clipped", "skipped"):
+        raise ValueError(f"{key!r} is recorded by hlbd itself; log it under another name")
+    return key
+
+
+def _checked_value(key: str, value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        if value.dim() != 0:
+            raise ValueError(f"{key!r}: a tensor of shape {tuple(value.shape)}; log 0-dim "
+                             "tensors (a scalar: loss.detach(), or .mean())")
+        if value.is_complex():
+            raise ValueError(f"{key!r}: a complex tensor is not a number to record")
+        return value.detach().clone()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(  # noqa: TRY004 - the API's contract: bad input is a ValueError
+            f"{key!r}: {value!r} is not a number (int, float or a 0-dim tensor)")
+    return float(value)
+
+
+class _Flush:
+    """Logged steps (and an epoch's close) to be moved to the host on the recording
+    thread: every tensor of one device in one transfer. ``totals`` is the run's
+    ``_EpochTotals``, which only the recording thread touches (its writes run in order)."""
+
+    def __init__(self, totals: _EpochTotals, steps: list[tuple[int, dict]],
+                 points: list[tuple] = (), epoch: int | None = None, skipped: int = 0):
+        self.totals, self.steps, self.points = totals, steps, list(points)
+        self.epoch, self.skipped = epoch, skipped
+
+    def on_host(self) -> tuple[list[dict], list[tuple], dict | None]:
+        """(steps rows, points, the epoch row or None) with plain floats."""
+        tensors = [v for _, values in self.steps for v in values.values()
+                   if isinstance(v, torch.Tensor)]
+        tensors += [p[4] for p in self.points if isinstance(p[4], torch.Tensor)]
+        host = _to_host(tensors)
+        steps, points = [], []
+        for step, values in self.steps:
+            epoch = values["epoch"]
+            row = {"step": step, "epoch": epoch, **{k: None for k in STEP_SERIES}}
+            for key, value in values.items():
+                if key == "epoch":
+                    continue
+                value = host.get(id(value), value)
+                if key in STEP_SERIES:
+                    row[key] = value
+                else:
+                    points.append((key, "step", step, epoch, value))
+            if any(row[k] is not None for k in STEP_SERIES):
+                steps.append(row)
+            self.totals.add(row, values)
+        points += [(k, scope, s, e, host.get(id(v), v)) for k, scope, s, e, v in self.points]
+        self.totals.clipped += sum(1 for p in points if p[0] == "clipped" and p[4])
+        if self.epoch is None:
+            return steps, points, None
+        return steps, points, self.totals.close(self.epoch, self.skipped)
+
+
+class _EpochTotals:
+    """The open epoch's aggregates, as hlbd train's epoch rows have them (hlbd.trainer):
+    mean loss, the grad norm's mean, min and max over finite steps, non-finite, clipped
+    and skipped counts, the last LR."""
+
+    def __init__(self) -> None:
+        self.steps = self.clipped = self.nonfinite = 0
+        self.losses: list[float] = []
+        self.norms: list[float] = []
+        self.lr: float | None = None
+        self.measured_norm = False
+
+    def add(self, row: dict, values: dict) -> None:
+        self.steps += 1
+        if row["loss"] is not None:
+            self.losses.append(row["loss"])
+        if row["grad_norm"] is not None:
+            self.measured_norm = True
+            if math.isfinite(row["grad_norm"]):
+                self.norms.append(row["grad_norm"])
+            else:
+                self.nonfinite += 1
+        if row["lr"] is not None:
+            self.lr = row["lr"]
+
+    def close(self, epoch: int, skipped: int) -> dict:
+        norms = self.norms
+        row = {
+            "epoch": epoch,
+            "loss": sum(self.losses) / len(self.losses) if self.losses else None,
+            "grad_norm": sum(norms) / len(norms) if norms else None,
+            "grad_norm_max": max(norms) if norms else None,
+            "grad_norm_min": min(norms) if norms else None,
+            "steps": self.steps,
+            "nonfinite_steps": self.nonfinite if self.measured_norm else None,
+            "clipped_steps": self.clipped if self.measured_norm else None,
+            "skipped_steps": skipped, "lr": self.lr, "token_accuracy": None,
+            "wall_seconds": None, "tokens": None, "tokens_per_second": None,
+        }
+        self.__init__()
+        return row
+
+
+def _to_host(tensors: list[torch.Tensor]) -> dict[int, float]:
+    """The tensors' values by id(): one stack and one copy to the host per device."""
+    by_device: dict[torch.device, list[torch.Tensor]] = {}
+    for t in tensors:
+        by_device.setdefault(t.device, []).append(t)
+    values = {}
+    for group in by_device.values():
+        host = torch.stack([t.double() for t in group]).cpu().tolist()
+        values.update({id(t): v for t, v in zip(group, host)})
+    return values

@@ -1,0 +1,302 @@
+"""hlbd.init() and hlbd.Run on a loop of the test's own: every recorded value is the one
+the loop itself computed (per step, per parameter group, per name), on SQLite and on
+PostgreSQL; bad input raises and records nothing; the run's status says how it ended."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import threading
+from typing import ClassVar
+
+import pytest
+import torch
+
+import hlbd
+from hlbd.errors import HlbdError
+from hlbd.store import Store
+
+
+def tiny_model(seed: int = 0):
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    optimizer = torch.optim.SGD([{"params": model[0].parameters(), "lr": 0.1},
+                                 {"params": model[2].parameters(), "lr": 0.02}])
+    return model, optimizer
+
+
+def train(run, epochs=3, batches=4, max_norm=0.5, seed=0):
+    """A plain loop: two parameter groups, clipping, a per-epoch scheduler. Returns what
+    it saw per step: (run.step, loss, the norm clip_grad_norm_ returned, each group's
+    LR as the step used it) and per epoch the validation value it passed."""
+    model, optimizer = tiny_model(seed)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+    run.watch(optimizer, scheduler)
+    generator = torch.Generator().manual_seed(seed)
+    seen, vals = [], []
+    for epoch in range(epochs):
+        for _ in range(batches):
+            x = torch.randn(8, 4, generator=generator)
+            loss = torch.nn.functional.mse_loss(model(x), x.sum(1, keepdim=True))
+            optimizer.zero_grad()
+            loss.backward()
+            lrs = [group["lr"] for group in optimizer.param_groups]
+            norm = run.clip_grad_norm_(model.parameters(), max_norm)
+            optimizer.step()
+            run.log({"loss": loss.detach(), "val/acc": 0.25 * epoch, "n": 3})
+            seen.append((run.step, loss.item(), norm.item(), lrs))
+        scheduler.step()
+        vals.append(1.0 / (epoch + 1))
+        run.end_epoch({"val_loss": torch.tensor(vals[-1])})
+    return seen, vals
+
+
+def points(db, run_id, key):
+    store = Store.open_read_only(db)
+    try:
+        return [(p["step"], p["epoch"], p["value"]) for p in store.points(run_id, key)]
+    finally:
+        store.close()
+
+
+def test_every_step_group_and_name_is_what_the_loop_computed(db_url, tmp_path):
+    with hlbd.init(name="own", config={"lr": 0.1, "groups": 2}, db=db_url,
+                   runs_dir=str(tmp_path / "runs")) as run:
+        seen, vals = train(run, max_norm=0.5)
+        run_id = run.id
+    assert run.step == 12 and run.epoch == 3
+    store = Store.open_read_only(db_url)
+    try:
+        steps = store.steps(run_id)
+        epochs = store.epochs(run_id)
+        record = store.get_run(run_id)
+    finally:
+        store.close()
+    assert record["status"] == "finished" and record["config"] == {"lr": 0.1, "groups": 2}
+    assert [(s["step"], s["loss"], s["grad_norm"], s["lr"]) for s in steps] == [
+        (step, loss, norm, lrs[0]) for step, loss, norm, lrs in seen]
+    assert [s["epoch"] for s in steps] == [1] * 4 + [2] * 4 + [3] * 4
+    assert points(db_url, run_id, "lr/1") == [
+        (step, (step - 1) // 4 + 1, lrs[1]) for step, _, _, lrs in seen]
+    assert points(db_url, run_id, "clipped") == [
+        (step, (step - 1) // 4 + 1, float(norm > 0.5)) for step, _, norm, _ in seen]
+    assert [v for _, _, v in points(db_url, run_id, "val/acc")] == [0.0] * 4 + [0.25] * 4 + [
+        0.5] * 4
+    # Epoch values carry their epoch and the step the epoch closed on.
+    assert points(db_url, run_id, "val_loss") == [
+        (4, 1, pytest.approx(vals[0])), (8, 2, pytest.approx(vals[1])),
+        (12, 3, pytest.approx(vals[2]))]
+    for e, row in enumerate(epochs):
+        mine = seen[4 * e:4 * e + 4]
+        assert row["loss"] == pytest.approx(sum(s[1] for s in mine) / 4, rel=1e-12)
+        assert row["grad_norm_max"] == max(s[2] for s in mine)
+        assert row["grad_norm_min"] == min(s[2] for s in mine)
+        assert row["clipped_steps"] == sum(s[2] > 0.5 for s in mine)
+        assert row["steps"] == 4 and row["skipped_steps"] == 0
+        assert row["lr"] == mine[-1][3][0]
+
+
+def test_metric_points_has_every_name_of_the_effective_history(db_url, tmp_path):
+    with hlbd.init(db=db_url, runs_dir=str(tmp_path)) as run:
+        train(run, epochs=1, batches=3)
+    store = Store.open_read_only(db_url)
+    try:
+        from sqlalchemy import text
+        with store.engine.connect() as conn:
+            keys = dict(conn.execute(text(
+                "SELECT key, count(*) FROM metric_points WHERE run_id = :r GROUP BY key"),
+                {"r": run.id}).all())
+    finally:
+        store.close()
+    assert keys == {"loss": 3, "grad_norm": 3, "lr": 3, "lr/1": 3, "clipped": 3,
+                    "val/acc": 3, "n": 3, "val_loss": 1}
+
+
+def test_nan_and_inf_are_stored_as_measured(db_url, tmp_path):
+    with hlbd.init(db=db_url, runs_dir=str(tmp_path)) as run:
+        run.log({"loss": torch.tensor(float("nan")), "acc": float("inf")})
+        run.log({"loss": 1.5, "acc": torch.tensor(-float("inf"))})
+        run.end_epoch()
+    store = Store.open_read_only(db_url)
+    try:
+        losses = [s["loss"] for s in store.steps(run.id)]
+        (epoch,) = store.epochs(run.id)
+    finally:
+        store.close()
+    assert math.isnan(losses[0]) and losses[1] == 1.5
+    assert [v for _, _, v in points(db_url, run.id, "acc")] == [math.inf, -math.inf]
+    assert epoch["steps"] == 2
+
+
+@pytest.mark.parametrize("metrics, named", [
+    ({"loss": "0.5"}, "'loss'"),
+    ({"acc": torch.ones(2)}, "'acc'"),
+    ({"ok": 1.0, "flag": True}, "'flag'"),
+    ({"": 1.0}, "name"),
+    ({"epoch": 1.0}, "'epoch'"),
+])
+def test_a_bad_value_is_a_value_error_naming_it_and_nothing_of_the_call_is_kept(
+        db_url, tmp_path, metrics, named):
+    with hlbd.init(db=db_url, runs_dir=str(tmp_path)) as run:
+        run.log({"loss": 1.0})
+        with pytest.raises(ValueError, match=named):
+            run.log(metrics)
+        run.log({"loss": 2.0})
+    store = Store.open_read_only(db_url)
+    try:
+        assert [(s["step"], s["loss"]) for s in store.steps(run.id)] == [(1, 1.0), (2, 2.0)]
+        assert store.points(run.id) == []
+        assert store.get_run(run.id)["status"] == "finished"
+    finally:
+        store.close()
+
+
+def test_a_step_that_goes_back_or_a_value_given_twice_is_refused(db_url, tmp_path):
+    with hlbd.init(db=db_url, runs_dir=str(tmp_path)) as run:
+        run.log({"loss": 1.0}, step=5)
+        with pytest.raises(ValueError, match="'loss' was already recorded at step 5"):
+            run.log({"loss": 2.0}, step=5)
+        run.end_epoch()
+        with pytest.raises(ValueError, match="step 3"):
+            run.log({"loss": 2.0}, step=3)
+        run.log({"loss": 3.0}, step=6)
+    store = Store.open_read_only(db_url)
+    try:
+        assert [(s["step"], s["loss"]) for s in store.steps(run.id)] == [(5, 1.0), (6, 3.0)]
+    finally:
+        store.close()
+
+
+def test_an_exception_in_the_block_fails_the_run_with_its_text_and_is_raised(db_url,
+                                                                             tmp_path):
+    with pytest.raises(RuntimeError, match="diverged"), \
+            hlbd.init(db=db_url, runs_dir=str(tmp_path)) as run:
+        run.log({"loss": 1.0})
+        raise RuntimeError("diverged at step 1")
+    store = Store.open_read_only(db_url)
+    try:
+        record = store.get_run(run.id)
+        assert record["status"] == "failed"
+        assert record["error"] == "RuntimeError: diverged at step 1"
+        assert [s["loss"] for s in store.steps(run.id)] == [1.0]  # kept, written first
+    finally:
+        store.close()
+
+
+def test_ctrl_c_is_interrupted_and_finish_is_idempotent(db_url, tmp_path):
+    with pytest.raises(KeyboardInterrupt), hlbd.init(db=db_url, runs_dir=str(tmp_path)) as run:
+        raise KeyboardInterrupt
+    run.finish()  # already ended: nothing changes
+    store = Store.open_read_only(db_url)
+    try:
+        assert store.get_run(run.id)["status"] == "interrupted"
+    finally:
+        store.close()
+
+
+def test_resume_modes(db_url, tmp_path):
+    with hlbd.init(db=db_url, runs_dir=str(tmp_path)) as first:
+        first.log({"loss": 1.0})
+    with pytest.raises(HlbdError, match="already exists"):
+        hlbd.init(db=db_url, run_id=first.id)
+    with pytest.raises(HlbdError, match="nothing to resume"):
+        hlbd.init(db=db_url, run_id="0" * 32, resume="must")
+    with pytest.raises(ValueError, match="resume must be"):
+        hlbd.init(db=db_url, resume="yes")
+    with hlbd.init(db=db_url, run_id="1" * 32, resume="allow") as new:
+        assert new.id == "1" * 32 and new.resumed_from is None
+    with hlbd.init(db=db_url, run_id=first.id, resume="allow") as again:
+        assert again.id == first.id and again.segment == 2
+        assert again.resumed_from is None  # no checkpoint recorded: from the start
+
+
+def test_a_checkpoint_is_recorded_after_its_epoch_and_offered_on_resume(db_url, tmp_path):
+    path = tmp_path / "state.pt"
+    with hlbd.init(db=db_url, runs_dir=str(tmp_path)) as run:
+        train(run, epochs=2, batches=3)
+        torch.save({"epoch": 2}, path)
+        run.checkpoint(path)
+        run.log({"loss": 9.0}, step=7)  # epoch 3 begins, then the process ends
+        with pytest.raises(ValueError, match="after end_epoch"):
+            run.checkpoint(path)
+    with hlbd.init(db=db_url, run_id=run.id, resume="must") as resumed:
+        assert resumed.resumed_from == hlbd.ResumedFrom(str(path.resolve()), 2, 6)
+        assert (resumed.step, resumed.epoch) == (6, 2)
+        resumed.log({"loss": 7.0}, step=7)
+        resumed.end_epoch()
+    store = Store.open_read_only(db_url)
+    try:
+        steps = store.steps(run.id)
+        everything = store.steps(run.id, include_superseded=True)
+    finally:
+        store.close()
+    assert [(s["step"], s["segment"]) for s in steps] == [(n, 1) for n in range(1, 7)] + [
+        (7, 2)]
+    assert [s["loss"] for s in steps][-1] == 7.0
+    assert [(s["step"], s["superseded_by"]) for s in everything if s["loss"] == 9.0] == [
+        (7, 2)]  # the segment-1 step after the checkpoint: kept, superseded once
+
+
+class Watched(torch.Tensor):
+    """A tensor that notes which thread read its value to the host."""
+
+    reads: ClassVar[list[tuple[str, int]]] = []
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in ("item", "tolist", "__float__", "__bool__", "numpy", "__int__"):
+            cls.reads.append((name, threading.get_ident()))
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+def test_log_never_reads_a_tensor_on_the_calling_thread(db_url, tmp_path):
+    Watched.reads = []
+    with hlbd.init(db=db_url, runs_dir=str(tmp_path)) as run:
+        for i in range(3):
+            run.log({"loss": torch.tensor(float(i)).as_subclass(Watched),
+                     "acc": torch.tensor(0.5).as_subclass(Watched)})
+        caller = threading.get_ident()
+        assert [r for r in Watched.reads if r[1] == caller] == []
+        run.end_epoch({"val": torch.tensor(2.0).as_subclass(Watched)})
+        assert [r for r in Watched.reads if r[1] == caller] == []
+    assert any(thread != caller for _, thread in Watched.reads)  # read, elsewhere
+    assert [v for _, _, v in points(db_url, run.id, "acc")] == [0.5] * 3
+
+
+def test_a_step_gradscaler_skipped_is_not_a_step(db_url, tmp_path):
+    model, optimizer = tiny_model()
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)
+    with hlbd.init(db=db_url, runs_dir=str(tmp_path)) as run:
+        run.watch(optimizer)
+        for i in range(4):
+            loss = model(torch.ones(2, 4)).sum()
+            optimizer.zero_grad()
+            scaler.scale(loss * (math.inf if i == 1 else 1.0)).backward()
+            scaler.unscale_(optimizer)
+            run.clip_grad_norm_(model.parameters(), 1.0)
+            scaler.step(optimizer)
+            scaler.update()
+            if i != 1:
+                run.log({"loss": loss.detach()})
+        run.end_epoch()
+    assert run.step == 3
+    store = Store.open_read_only(db_url)
+    try:
+        (epoch,) = store.epochs(run.id)
+        steps = store.steps(run.id)
+    finally:
+        store.close()
+    assert epoch["steps"] == 3 and epoch["skipped_steps"] == 1
+    assert [s["step"] for s in steps] == [1, 2, 3]
+    assert all(math.isfinite(s["grad_norm"]) for s in steps)  # the skipped norm was inf
+    assert points(db_url, run.id, "skipped") == [(2, 1, 1.0)]
+
+
+def test_importing_hlbd_imports_neither_torch_nor_the_store():
+    code = ("import sys, hlbd; print(hlbd.__version__); "
+            "print(sorted(m for m in ('torch', 'sqlalchemy', 'hlbd.run') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=True).stdout.split("\n")
+    assert out[1] == "[]"
