@@ -300,3 +300,92 @@ def test_importing_hlbd_imports_neither_torch_nor_the_store():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120, check=True).stdout.split("\n")
     assert out[1] == "[]"
+
+
+# A loop that checkpoints every epoch and can kill itself (SIGKILL, as the OOM killer
+# would) in the middle of an epoch once some of its steps are in the store.
+OWN_LOOP = r'''
+import os, signal, sys, time, torch, hlbd, hlbd.run
+from hlbd.store import Store
+db, folder, run_id, kill_at = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+hlbd.run.FLUSH_STEPS = 2  # steps reach the store mid-epoch
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+opt = torch.optim.SGD([{"params": model[0].parameters(), "lr": 0.1},
+                       {"params": model[2].parameters(), "lr": 0.02}], momentum=0.9)
+sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+gen = torch.Generator().manual_seed(1)
+with hlbd.init(db=db, runs_dir=folder, run_id=run_id, resume="allow") as run:
+    if run.resumed_from:
+        state = torch.load(run.resumed_from.path)
+        model.load_state_dict(state["model"]); opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"]); gen.set_state(state["gen"])
+    run.watch(opt, sched)
+    for epoch in range(run.epoch, 4):
+        for _ in range(6):
+            x = torch.randn(8, 4, generator=gen)
+            loss = torch.nn.functional.mse_loss(model(x), x.sum(1, keepdim=True))
+            opt.zero_grad(); loss.backward()
+            run.clip_grad_norm_(model.parameters(), 0.5)
+            opt.step()
+            run.log({"loss": loss.detach(), "half": loss.detach() / 2})
+            if run.step == kill_at:
+                store = Store.open_read_only(db)
+                while not any(s["step"] > kill_at - 3 for s in store.steps(run.id)):
+                    time.sleep(0.01)
+                os.kill(os.getpid(), signal.SIGKILL)
+        sched.step()
+        run.end_epoch({"val": float(epoch)})
+        path = os.path.join(folder, f"epoch_{run.epoch}.pt")
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
+                    "sched": sched.state_dict(), "gen": gen.get_state()}, path)
+        run.checkpoint(path)
+'''
+
+
+def own_loop(procs, db, folder, run_id, kill_at=0):
+    proc = procs.python(OWN_LOOP, db, folder, run_id, kill_at)
+    try:
+        _out, err = proc.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    return proc.returncode, err
+
+
+def effective(db, run_id):
+    from sqlalchemy import text
+    store = Store.open_read_only(db)
+    try:
+        with store.engine.connect() as conn:
+            rows = conn.execute(text(
+                "SELECT key, scope, step, epoch, value, segment FROM metric_points "
+                "WHERE run_id = :r ORDER BY key, scope, step"), {"r": run_id}).all()
+            epochs = [tuple(r) for r in conn.execute(text(
+                "SELECT epoch, loss, grad_norm, grad_norm_max, steps, clipped_steps, lr "
+                "FROM epoch_metrics WHERE run_id = :r ORDER BY epoch"), {"r": run_id})]
+        status = store.get_run(run_id)["status"]
+    finally:
+        store.close()
+    return [tuple(r[:5]) for r in rows], {r[5] for r in rows}, epochs, status
+
+
+def test_killed_mid_epoch_and_resumed_each_step_is_once_and_as_if_never_stopped(
+        db_url, tmp_path, procs):
+    whole, killed = "a" * 32, "b" * 32
+    assert own_loop(procs, db_url, str(tmp_path / "whole"), whole)[0] == 0
+    code, err = own_loop(procs, db_url, str(tmp_path / "killed"), killed, kill_at=16)
+    assert code == -9, err  # killed in epoch 3 (steps 13-18), after epoch 2's checkpoint
+    assert own_loop(procs, db_url, str(tmp_path / "killed"), killed)[0] == 0
+    want, _, want_epochs, _ = effective(db_url, whole)
+    got, segments, got_epochs, status = effective(db_url, killed)
+    assert status == "finished" and segments == {1, 2}
+    assert got == want and got_epochs == want_epochs
+    assert len([r for r in got if r[0] == "loss"]) == 24
+    store = Store.open_read_only(db_url)
+    try:
+        superseded = [s["step"] for s in store.steps(killed, include_superseded=True)
+                      if s["superseded_by"] == 2]
+    finally:
+        store.close()
+    assert superseded and min(superseded) == 13  # epoch 3's first try: kept, superseded
