@@ -195,6 +195,7 @@ class Run:
         self._epoch_clipped = 0
         self._finished = False
         self._totals = _EpochTotals()
+        self._good_keys: set[str] = set()  # names already checked
 
     # -- what the loop calls ------------------------------------------------------------
 
@@ -219,10 +220,9 @@ class Run:
             self._skipped += 1
             self._epoch_skipped += 1
         self._clip_pending = step
-        copy = norm.detach().clone()
         values = self._values(step)
-        values["grad_norm"] = copy
-        values["clipped"] = copy > max_norm
+        values["grad_norm"] = norm.detach().clone()
+        values["clipped"] = _ClipLimit(max_norm)  # compared with the norm on the host
         return norm
 
     def log(self, metrics: Mapping[str, Any], *, step: int | None = None) -> None:
@@ -233,7 +233,7 @@ class Run:
         if not isinstance(metrics, Mapping):
             raise ValueError(  # noqa: TRY004 - the API's contract: bad input is a ValueError
                 f"log() takes a dict of values, not {type(metrics).__name__}")
-        checked = {_checked_key(k): _checked_value(k, v) for k, v in metrics.items()}
+        checked = self._checked(metrics)
         if step is None:
             step = self.step if self._watched else self.step + 1
         elif not isinstance(step, numbers.Integral) or isinstance(step, bool) or step < 0:
@@ -258,7 +258,7 @@ class Run:
         """Close the epoch: its row gets the mean loss, the grad norm's mean, min and max
         over finite steps, the non-finite, clipped and skipped counts and the last LR of
         its steps, and ``metrics`` as epoch values at the step it closed on."""
-        checked = {_checked_key(k): _checked_value(k, v) for k, v in (metrics or {}).items()}
+        checked = self._checked(metrics or {})
         self.epoch += 1
         current = self.step
         steps = self._take(lambda step: step <= current)
@@ -324,6 +324,28 @@ class Run:
 
     # -- inside -------------------------------------------------------------------------
 
+    def _checked(self, metrics: Mapping[str, Any]) -> dict[str, Any]:
+        """``metrics`` as recorded: floats, and tensors copied on their device (the
+        tensors of one call, when they share a device and dtype, in one stack: one copy
+        instead of one per value)."""
+        checked, tensors = {}, []
+        for key, value in metrics.items():
+            if key not in self._good_keys:
+                self._good_keys.add(_checked_key(key))
+            kind = type(value)
+            if kind is float:
+                checked[key] = value
+            elif kind is torch.Tensor and value.dim() == 0 and not value.is_complex():
+                tensors.append((key, value))
+            else:
+                checked[key] = _checked_value(key, value)
+        if len(tensors) > 1 and _one_kind(tensors):
+            packed = torch.stack([t.detach() if t.requires_grad else t for _, t in tensors])
+            checked.update((key, _Packed(packed, i)) for i, (key, _) in enumerate(tensors))
+        else:
+            checked.update((key, t.detach().clone()) for key, t in tensors)
+        return checked
+
     def _values(self, step: int) -> dict[str, Any]:
         values = self._open.get(step)
         if values is None:
@@ -351,10 +373,12 @@ class Run:
     def _steps_may_close(self) -> None:
         """Hand the steps before the current one to the recorder once FLUSH_STEPS wait
         (the current one may still get values: log after optimizer.step())."""
-        if len(self._open) > FLUSH_STEPS and self._recorder is not None:
+        if len(self._open) > FLUSH_STEPS:
             current = self.step
             steps = self._take(lambda step: step < current)
-            self._recorder.on_logged(_Flush(self._totals, steps).on_host, rows=len(steps))
+            if self._recorder is not None:
+                self._recorder.on_logged(_Flush(self._totals, steps).on_host,
+                                         rows=len(steps))
 
     def _take(self, closed) -> list[tuple[int, dict]]:
         taken = sorted((s, v) for s, v in self._open.items() if closed(s))
@@ -400,10 +424,13 @@ class _Flush:
 
     def on_host(self) -> tuple[list[dict], list[tuple], dict | None]:
         """(steps rows, points, the epoch row or None) with plain floats."""
-        tensors = [v for _, values in self.steps for v in values.values()
-                   if isinstance(v, torch.Tensor)]
-        tensors += [p[4] for p in self.points if isinstance(p[4], torch.Tensor)]
-        host = _to_host(tensors)
+        held = [v for _, values in self.steps for v in values.values()]
+        held += [p[4] for p in self.points]
+        host = _to_host(held)
+
+        def value_of(v):
+            return host[id(v.tensor)][v.index] if type(v) is _Packed else host.get(id(v), v)
+
         steps, points = [], []
         for step, values in self.steps:
             epoch = values["epoch"]
@@ -411,16 +438,18 @@ class _Flush:
             for key, value in values.items():
                 if key == "epoch":
                     continue
-                value = host.get(id(value), value)
+                value = value_of(value)
                 if key in STEP_SERIES:
                     row[key] = value
+                elif key == "clipped":
+                    norm = host[id(values["grad_norm"])]
+                    points.append((key, "step", step, epoch, float(norm > value.max_norm)))
                 else:
                     points.append((key, "step", step, epoch, value))
             if any(row[k] is not None for k in STEP_SERIES):
                 steps.append(row)
-            self.totals.add(row, values)
-        points += [(k, scope, s, e, host.get(id(v), v)) for k, scope, s, e, v in self.points]
-        self.totals.clipped += sum(1 for p in points if p[0] == "clipped" and p[4])
+            self.totals.add(row, values.get("clipped"))
+        points += [(k, scope, s, e, value_of(v)) for k, scope, s, e, v in self.points]
         if self.epoch is None:
             return steps, points, None
         return steps, points, self.totals.close(self.epoch, self.skipped)
@@ -438,14 +467,17 @@ class _EpochTotals:
         self.lr: float | None = None
         self.measured_norm = False
 
-    def add(self, row: dict, values: dict) -> None:
+    def add(self, row: dict, limit: _ClipLimit | None) -> None:
         self.steps += 1
         if row["loss"] is not None:
             self.losses.append(row["loss"])
-        if row["grad_norm"] is not None:
+        norm = row["grad_norm"]
+        if norm is not None:
             self.measured_norm = True
-            if math.isfinite(row["grad_norm"]):
-                self.norms.append(row["grad_norm"])
+            if math.isfinite(norm):
+                self.norms.append(norm)
+                # As hlbd train counts them: the finite norms above the limit.
+                self.clipped += limit is not None and norm > limit.max_norm
             else:
                 self.nonfinite += 1
         if row["lr"] is not None:
@@ -469,13 +501,50 @@ class _EpochTotals:
         return row
 
 
-def _to_host(tensors: list[torch.Tensor]) -> dict[int, float]:
-    """The tensors' values by id(): one stack and one copy to the host per device."""
-    by_device: dict[torch.device, list[torch.Tensor]] = {}
-    for t in tensors:
-        by_device.setdefault(t.device, []).append(t)
-    values = {}
-    for group in by_device.values():
-        host = torch.stack([t.double() for t in group]).cpu().tolist()
-        values.update({id(t): v for t, v in zip(group, host)})
+@dataclass(frozen=True)
+class _ClipLimit:
+    """The max_norm a step's norm was clipped to: ``clipped`` is norm > max_norm."""
+
+    max_norm: float
+
+
+class _Packed:
+    """Value ``index`` of ``tensor``, the stack of one log() call's tensors."""
+
+    __slots__ = ("index", "tensor")
+
+    def __init__(self, tensor: torch.Tensor, index: int):
+        self.tensor, self.index = tensor, index
+
+
+def _one_kind(tensors: list[tuple[str, torch.Tensor]]) -> bool:
+    """Whether the tensors share one device and dtype (so one stack holds them)."""
+    first = tensors[0][1]
+    device, dtype = first.device, first.dtype
+    return all(t.dtype == dtype and t.device == device for _, t in tensors[1:])
+
+
+def _to_host(held: list) -> dict[int, Any]:
+    """The values of the tensors among ``held`` (0-dim ones, and the stacks of _Packed
+    values) by id(): one copy to the host per device and dtype, float32 becoming the
+    same number as a Python float, exactly. A stack's id gives its list of values."""
+    groups: dict[tuple, dict[int, torch.Tensor]] = {}
+    for v in held:
+        t = v.tensor if type(v) is _Packed else v
+        if isinstance(t, torch.Tensor):
+            groups.setdefault((t.device, t.dtype), {})[id(t)] = t
+    values: dict[int, Any] = {}
+    for (_, dtype), group in groups.items():
+        tensors = list(group.values())
+        flat = torch.cat([t.reshape(-1) for t in tensors]).cpu().tolist()
+        if dtype == torch.bool or not dtype.is_floating_point:
+            flat = [float(v) for v in flat]
+        at = 0
+        for t in tensors:
+            if t.dim() == 0:
+                values[id(t)] = flat[at]
+                at += 1
+            else:
+                values[id(t)] = flat[at:at + len(t)]
+                at += len(t)
     return values
