@@ -41,6 +41,8 @@ import json
 import math
 import numbers
 import os
+import signal
+import threading
 import traceback
 import uuid
 from collections.abc import Iterable, Mapping
@@ -163,6 +165,14 @@ def _continued_run(store, run: dict, config: dict) -> Run:
                config=config or run["config"], resumed_from=resumed)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived inside ``with hlbd.init(...)``: the run ends ``interrupted``."""
+
+
+def _terminated(signum, frame) -> None:
+    raise Terminated("SIGTERM")
+
+
 class Run:
     """One recorded run: see the module docstring. ``store`` None records nothing (the
     ranks other than 0 under torchrun)."""
@@ -194,6 +204,7 @@ class Run:
         self._epoch_skipped = 0
         self._epoch_clipped = 0
         self._finished = False
+        self._sigterm_installed = False
         self._totals = _EpochTotals()
         self._good_keys: set[str] = set()  # names already checked
 
@@ -261,11 +272,8 @@ class Run:
         checked = self._checked(metrics or {})
         self.epoch += 1
         current = self.step
+        self._drop_unstepped()
         steps = self._take(lambda step: step <= current)
-        if self._watched:
-            # Measured for a step that did not run before the epoch ended: skipped.
-            self._epoch_skipped += len(self._take(lambda step: True))
-            self._skipped, self._clip_pending = 0, None
         epoch, skipped = self.epoch, self._epoch_skipped
         self._epoch_skipped = 0
         if self._recorder is None:
@@ -299,6 +307,7 @@ class Run:
         if self._recorder is None:
             return
         try:
+            self._drop_unstepped()
             steps = self._take(lambda step: True)
             if steps:
                 self._recorder.on_logged(_Flush(self._totals, steps).on_host, rows=len(steps))
@@ -311,11 +320,22 @@ class Run:
             self._store.close()
 
     def __enter__(self) -> Self:
+        # SIGTERM (a scheduler's pre-emption, `kill`) ends the block as Ctrl-C does, so
+        # the run is recorded interrupted; a handler of the loop's own is left alone.
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL):
+            signal.signal(signal.SIGTERM, _terminated)
+            self._sigterm_installed = True
         return self
 
     def __exit__(self, kind, exc, tb) -> None:
+        if self._sigterm_installed:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
         if kind is None:
             self.finish("finished")
+        elif issubclass(kind, Terminated):
+            self.finish("interrupted", "SIGTERM")
+            os.kill(os.getpid(), signal.SIGTERM)  # ends as SIGTERM ends a process
         elif issubclass(kind, KeyboardInterrupt):
             self.finish("interrupted", "KeyboardInterrupt")
         else:
@@ -345,6 +365,20 @@ class Run:
         else:
             checked.update((key, t.detach().clone()) for key, t in tensors)
         return checked
+
+    def _drop_unstepped(self) -> None:
+        """The norm measured for a step that never ran (GradScaler skipped it, then the
+        epoch or the run ended) is not a step's: counted as skipped, not recorded."""
+        pending = self._clip_pending
+        if pending is None or pending <= self.step:
+            return
+        values = self._open.get(pending, {})
+        values.pop("grad_norm", None)
+        values.pop("clipped", None)
+        if values.keys() <= {"epoch"}:
+            self._open.pop(pending, None)
+        self._epoch_skipped += 1
+        self._skipped, self._clip_pending = 0, None
 
     def _values(self, step: int) -> dict[str, Any]:
         values = self._open.get(step)

@@ -265,7 +265,8 @@ def test_log_never_reads_a_tensor_on_the_calling_thread(db_url, tmp_path):
     assert [v for _, _, v in points(db_url, run.id, "acc")] == [0.5] * 3
 
 
-def test_a_step_gradscaler_skipped_is_not_a_step(db_url, tmp_path):
+@pytest.mark.parametrize("skip", [{1}, {1, 3}])  # {1, 3}: the epoch's last one too
+def test_a_step_gradscaler_skipped_is_not_a_step(db_url, tmp_path, skip):
     model, optimizer = tiny_model()
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)
     with hlbd.init(db=db_url, runs_dir=str(tmp_path)) as run:
@@ -273,23 +274,23 @@ def test_a_step_gradscaler_skipped_is_not_a_step(db_url, tmp_path):
         for i in range(4):
             loss = model(torch.ones(2, 4)).sum()
             optimizer.zero_grad()
-            scaler.scale(loss * (math.inf if i == 1 else 1.0)).backward()
+            scaler.scale(loss * (math.inf if i in skip else 1.0)).backward()
             scaler.unscale_(optimizer)
             run.clip_grad_norm_(model.parameters(), 1.0)
             scaler.step(optimizer)
             scaler.update()
-            if i != 1:
+            if i not in skip:
                 run.log({"loss": loss.detach()})
         run.end_epoch()
-    assert run.step == 3
+    assert run.step == 4 - len(skip)
     store = Store.open_read_only(db_url)
     try:
         (epoch,) = store.epochs(run.id)
         steps = store.steps(run.id)
     finally:
         store.close()
-    assert epoch["steps"] == 3 and epoch["skipped_steps"] == 1
-    assert [s["step"] for s in steps] == [1, 2, 3]
+    assert epoch["steps"] == 4 - len(skip) and epoch["skipped_steps"] == len(skip)
+    assert [s["step"] for s in steps] == list(range(1, 5 - len(skip)))
     assert all(math.isfinite(s["grad_norm"]) for s in steps)  # the skipped norm was inf
     assert points(db_url, run.id, "skipped") == [(2, 1, 1.0)]
 
@@ -389,3 +390,36 @@ def test_killed_mid_epoch_and_resumed_each_step_is_once_and_as_if_never_stopped(
     finally:
         store.close()
     assert superseded and min(superseded) == 13  # epoch 3's first try: kept, superseded
+
+
+SLOW_LOOP = r'''
+import sys, time, hlbd
+with hlbd.init(db=sys.argv[1], runs_dir=sys.argv[2]) as run:
+    print(run.id, flush=True)
+    for i in range(100000):
+        run.log({"loss": float(i)})
+        if i == 5:
+            print("logging", flush=True)
+        time.sleep(0.001)
+'''
+
+
+def test_sigterm_ends_the_run_interrupted_with_what_it_logged(db_url, tmp_path, procs):
+    proc = procs.python(SLOW_LOOP, db_url, str(tmp_path))
+    run_id = proc.stdout.readline().strip()
+    assert proc.stdout.readline().strip() == "logging"
+    proc.terminate()
+    try:
+        proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    assert proc.returncode == -15  # it still ends as SIGTERM ends a process
+    store = Store.open_read_only(db_url)
+    try:
+        record = store.get_run(run_id)
+        losses = [s["loss"] for s in store.steps(run_id)]
+    finally:
+        store.close()
+    assert (record["status"], record["error"]) == ("interrupted", "SIGTERM")
+    assert len(losses) >= 6 and losses == [float(i) for i in range(len(losses))]
