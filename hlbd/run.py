@@ -188,8 +188,9 @@ class Run:
         self.epoch = resumed_from.epoch if resumed_from else 0
         self._store = store
         self._recorder = None
+        self.dir = run_dir  # the run's folder (its report; a place for checkpoints)
         if store is not None:
-            run_dir = run_dir or default_runs_dir() / run_id
+            run_dir = self.dir = run_dir or default_runs_dir() / run_id
             run_dir.mkdir(parents=True, exist_ok=True)
             # The LR rule's expected schedule is hlbd train's; a loop's config does not
             # say which scheduler it steps, so the rule is not applied ({}).
@@ -207,6 +208,8 @@ class Run:
         self._sigterm_installed = False
         self._totals = _EpochTotals()
         self._good_keys: set[str] = set()  # names already checked
+        self._attempt: dict[str, Any] = {}  # logged after a step GradScaler skipped
+        self._attempts: dict[tuple, tuple] = {}  # skipped attempts' points, not yet sent
 
     # -- what the loop calls ------------------------------------------------------------
 
@@ -228,8 +231,7 @@ class Run:
         step = self.step + 1
         if self._watched and self._clip_pending == step:
             # Measured again before any step ran: GradScaler skipped the last one.
-            self._skipped += 1
-            self._epoch_skipped += 1
+            self._set_aside_skipped()
         self._clip_pending = step
         values = self._values(step)
         values["grad_norm"] = norm.detach().clone()
@@ -245,6 +247,10 @@ class Run:
             raise ValueError(  # noqa: TRY004 - the API's contract: bad input is a ValueError
                 f"log() takes a dict of values, not {type(metrics).__name__}")
         checked = self._checked(metrics)
+        if step is None and self._watched and self._clip_pending == self.step + 1:
+            # After a step GradScaler skipped: the attempt's values, not a step's.
+            self._attempt.update(checked)
+            return
         if step is None:
             step = self.step if self._watched else self.step + 1
         elif not isinstance(step, numbers.Integral) or isinstance(step, bool) or step < 0:
@@ -276,11 +282,8 @@ class Run:
         steps = self._take(lambda step: step <= current)
         epoch, skipped = self.epoch, self._epoch_skipped
         self._epoch_skipped = 0
-        if self._recorder is None:
-            return
         points = [(key, "epoch", current, epoch, value) for key, value in checked.items()]
-        self._recorder.on_logged(_Flush(self._totals, steps, points, epoch, skipped).on_host,
-                                 rows=len(steps) + 1)
+        self._flush(steps, points, epoch, skipped)
 
     def checkpoint(self, path: str | os.PathLike, *, keep: int = 0) -> None:
         """Record a checkpoint file the loop wrote (after ``end_epoch``): a resume with
@@ -308,9 +311,7 @@ class Run:
             return
         try:
             self._drop_unstepped()
-            steps = self._take(lambda step: True)
-            if steps:
-                self._recorder.on_logged(_Flush(self._totals, steps).on_host, rows=len(steps))
+            self._flush(self._take(lambda step: True))
             self._recorder.close()
         except BaseException as exc:
             status, error = "failed", error or f"recording failed: {exc}"
@@ -366,19 +367,40 @@ class Run:
             checked.update((key, t.detach().clone()) for key, t in tensors)
         return checked
 
-    def _drop_unstepped(self) -> None:
-        """The norm measured for a step that never ran (GradScaler skipped it, then the
-        epoch or the run ended) is not a step's: counted as skipped, not recorded."""
+    def _set_aside_skipped(self) -> None:
+        """The step measured for (``_clip_pending``) did not run: GradScaler skipped it.
+        Its norm and what was logged after it are kept as that attempt's values (scope
+        'skipped' at the step it was to be; of several attempts before one step, the
+        last), not as a step's; it is counted as skipped."""
         pending = self._clip_pending
-        if pending is None or pending <= self.step:
-            return
         values = self._open.get(pending, {})
-        values.pop("grad_norm", None)
+        attempt = {"grad_norm": values.pop("grad_norm", None), **self._attempt}
         values.pop("clipped", None)
         if values.keys() <= {"epoch"}:
             self._open.pop(pending, None)
+        epoch = self.epoch + 1
+        for key, value in attempt.items():
+            if value is not None:
+                self._attempts[key, pending] = (key, "skipped", pending, epoch, value)
+        self._attempt = {}
+        self._skipped += 1
         self._epoch_skipped += 1
+
+    def _drop_unstepped(self) -> None:
+        """At the end of an epoch or the run: a step measured for that never ran."""
+        if self._clip_pending is not None and self._clip_pending > self.step:
+            self._set_aside_skipped()
         self._skipped, self._clip_pending = 0, None
+
+    def _flush(self, steps: list, points: list = (), epoch: int | None = None,
+               skipped: int = 0) -> None:
+        """Hand ``steps`` (and the skipped attempts' values so far) to the recorder."""
+        points = [*self._attempts.values(), *points]
+        self._attempts = {}
+        if self._recorder is not None and (steps or points or epoch is not None):
+            self._recorder.on_logged(
+                _Flush(self._totals, steps, points, epoch, skipped).on_host,
+                rows=len(steps) + len(points) + 1)
 
     def _values(self, step: int) -> dict[str, Any]:
         values = self._open.get(step)
@@ -409,10 +431,7 @@ class Run:
         (the current one may still get values: log after optimizer.step())."""
         if len(self._open) > FLUSH_STEPS:
             current = self.step
-            steps = self._take(lambda step: step < current)
-            if self._recorder is not None:
-                self._recorder.on_logged(_Flush(self._totals, steps).on_host,
-                                         rows=len(steps))
+            self._flush(self._take(lambda step: step < current))
 
     def _take(self, closed) -> list[tuple[int, dict]]:
         taken = sorted((s, v) for s, v in self._open.items() if closed(s))

@@ -268,6 +268,7 @@ def test_log_never_reads_a_tensor_on_the_calling_thread(db_url, tmp_path):
 @pytest.mark.parametrize("skip", [{1}, {1, 3}])  # {1, 3}: the epoch's last one too
 def test_a_step_gradscaler_skipped_is_not_a_step(db_url, tmp_path, skip):
     model, optimizer = tiny_model()
+    losses = {}  # what the loop logged, by iteration
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)
     with hlbd.init(db=db_url, runs_dir=str(tmp_path)) as run:
         run.watch(optimizer)
@@ -279,8 +280,8 @@ def test_a_step_gradscaler_skipped_is_not_a_step(db_url, tmp_path, skip):
             run.clip_grad_norm_(model.parameters(), 1.0)
             scaler.step(optimizer)
             scaler.update()
-            if i not in skip:
-                run.log({"loss": loss.detach()})
+            run.log({"loss": loss.detach()})  # after a skipped step too
+            losses[i] = loss.item()
         run.end_epoch()
     assert run.step == 4 - len(skip)
     store = Store.open_read_only(db_url)
@@ -292,7 +293,22 @@ def test_a_step_gradscaler_skipped_is_not_a_step(db_url, tmp_path, skip):
     assert epoch["steps"] == 4 - len(skip) and epoch["skipped_steps"] == len(skip)
     assert [s["step"] for s in steps] == list(range(1, 5 - len(skip)))
     assert all(math.isfinite(s["grad_norm"]) for s in steps)  # the skipped norm was inf
+    assert [s["loss"] for s in steps] == [losses[i] for i in range(4) if i not in skip]
     assert points(db_url, run.id, "skipped") == [(2, 1, 1.0)]
+    # The skipped attempts' own values: kept apart (scope 'skipped', at the step each
+    # was to be), never as a step's.
+    store = Store.open_read_only(db_url)
+    try:
+        attempts = [(p["key"], p["step"], p["value"]) for p in store.points(run.id)
+                    if p["scope"] == "skipped"]
+    finally:
+        store.close()
+    was_to_be = {1: 2, 3: 3}
+    assert sorted((k, st) for k, st, _ in attempts) == sorted(
+        (k, was_to_be[i]) for i in skip for k in ("grad_norm", "loss"))
+    assert all(not math.isfinite(v) for k, _, v in attempts if k == "grad_norm")
+    assert sorted(v for k, _, v in attempts if k == "loss") == sorted(
+        losses[i] for i in skip)
 
 
 def test_importing_hlbd_imports_neither_torch_nor_the_store():
@@ -423,3 +439,29 @@ def test_sigterm_ends_the_run_interrupted_with_what_it_logged(db_url, tmp_path, 
         store.close()
     assert (record["status"], record["error"]) == ("interrupted", "SIGTERM")
     assert len(losses) >= 6 and losses == [float(i) for i in range(len(losses))]
+
+
+def test_the_example_loop_records_what_it_computed_and_resumes(db_url, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "own_loop.py"
+    spec = importlib.util.spec_from_file_location("own_loop", path)
+    own_loop = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(own_loop)
+    seen = []
+    run_id = own_loop.train(db_url, epochs=2, runs_dir=str(tmp_path), seen=seen)
+    own_loop.train(db_url, epochs=3, resume=run_id, runs_dir=str(tmp_path), seen=seen)
+    store = Store.open_read_only(db_url)
+    try:
+        steps = store.steps(run_id)
+        lr1 = [p["value"] for p in store.points(run_id, "lr/1")]
+        epochs = store.epochs(run_id)
+        record = store.get_run(run_id)
+    finally:
+        store.close()
+    assert record["status"] == "finished" and len(epochs) == 3
+    assert [(s["step"], s["loss"], s["grad_norm"], s["lr"]) for s in steps] == [
+        (step, loss, norm, lrs[0]) for step, loss, norm, lrs in seen]
+    assert lr1 == [lrs[1] for *_, lrs in seen]
+    assert steps[-1]["step"] == len(seen) and len({s["step"] for s in steps}) == len(steps)
