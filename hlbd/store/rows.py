@@ -29,8 +29,6 @@ NAN_FLAGGED = {"epochs": STEP_SERIES, "steps": STEP_SERIES, "anomalies": ("value
                "points": ("value",)}
 # The points columns in the order of the rows point_rows builds.
 POINT_COLUMNS = "run_id, segment, key, scope, step, epoch, value, value_is_nan"
-# Where a point was taken: at one optimizer step, or as its epoch closed.
-SCOPES = ("step", "epoch")
 # Steps per row of step_rollups (the explorer reads long runs from there, see
 # hlbd.store.buckets); migration 0003 filled it for steps recorded before it existed.
 ROLLUP_STEPS = 32

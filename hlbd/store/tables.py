@@ -149,8 +149,9 @@ class StepRollup(Base):
 class Point(Base):
     """A value a loop logged under a name of its own (hlbd.Run.log, Run.end_epoch).
 
-    ``scope``: 'step', the value of one optimizer step, or 'epoch', a value given as the
-    epoch closed (``step``: the steps taken by then)."""
+    ``scope``: 'step', the value of one optimizer step; 'epoch', a value given as the
+    epoch closed (``step``: the steps taken by then); 'skipped', of an attempt GradScaler
+    skipped (``step``: the step it was to be)."""
 
     __tablename__ = "points"
 

@@ -3,7 +3,8 @@
 ``points`` holds the values a run logs under names of its own (``acc``, ``val/loss``,
 ``lr/1`` ...), one row per run, segment, name and step: ``scope`` 'step' for a value of
 one optimizer step, 'epoch' for a value given when an epoch closed (its ``step`` is the
-step at which it closed). NaN is stored as NULL with ``value_is_nan`` set, as in every
+step at which it closed), 'skipped' for a value of an attempt GradScaler skipped (its
+``step`` is the step it was to be). NaN is stored as NULL with ``value_is_nan`` set, as in every
 other table; a resume marks the rows after its start as superseded, as for steps.
 
 ``metric_points(run_id, segment, key, step, epoch, value, value_is_nan, scope)`` is every
