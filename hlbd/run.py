@@ -91,9 +91,23 @@ def init(name: str | None = None, config: Mapping[str, Any] | None = None, *,
         raise ValueError("resume='must' needs the run_id of the run to continue")
     config = _checked_config(config)
     tags = [str(t) for t in (tags or [])]
-    rank = int(os.environ.get("RANK", "0") or 0)
+    shared = _process_group()
+    rank = shared.get_rank() if shared else int(os.environ.get("RANK", "0") or 0)
     if rank != 0:
-        return Run(None, config=config)
+        # Rank 0 alone opens the store; with a process group this rank learns the run
+        # from it (id, segment, where it resumes), else it knows nothing of the run.
+        told = _from_rank_0(shared, None) if shared else {}
+        return Run(None, config=config, **told)
+    run = None
+    try:
+        run = _open_run(name, config, db, runs_dir, run_id, resume, tags)
+    finally:
+        if shared:
+            _from_rank_0(shared, run)
+    return run
+
+
+def _open_run(name, config, db, runs_dir, run_id, resume, tags) -> Run:
     store = Store.open(db)
     try:
         existing = _existing(store, run_id)
@@ -108,6 +122,29 @@ def init(name: str | None = None, config: Mapping[str, Any] | None = None, *,
     except BaseException:
         store.close()
         raise
+
+
+def _process_group():
+    """torch.distributed when a process group of more than one process is running."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return dist
+    return None
+
+
+def _from_rank_0(dist, run: Run | None) -> dict:
+    """Rank 0 sends what the other ranks need of its ``run`` (None on rank 0: it did not
+    start, and every rank raises); the others get it as Run's keyword arguments."""
+    told = [None]
+    if dist.get_rank() == 0:
+        told = [None if run is None else {
+            "run_id": run.id, "segment": run.segment, "run_dir": run.dir,
+            "resumed_from": run.resumed_from}]
+    dist.broadcast_object_list(told, src=0)
+    if told[0] is None and dist.get_rank() != 0:
+        raise HlbdError("rank 0 could not start the run (its error says why)")
+    return told[0]
 
 
 def _checked_config(config: Mapping[str, Any] | None) -> dict:
@@ -177,7 +214,8 @@ class Run:
     """One recorded run: see the module docstring. ``store`` None records nothing (the
     ranks other than 0 under torchrun)."""
 
-    def __init__(self, store: Store | None, *, run_id: str | None = None, segment: int = 1,
+    def __init__(self, store: Store | None = None, *, run_id: str | None = None,
+                 segment: int = 1,
                  run_dir: Path | None = None, config: dict | None = None,
                  resumed_from: ResumedFrom | None = None):
         self.id = run_id
