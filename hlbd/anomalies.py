@@ -96,6 +96,34 @@ def _scheduler_lrs(base: float, t_0: int, t_mult: int, eta_min: float,
     return tuple(lrs)
 
 
+# The epoch values each rule reads: with none of them recorded, a rule is not checked.
+RULE_NEEDS = {
+    "grad_explosion": ("grad_norm_max", "grad_norm"), "grad_vanishing": ("grad_norm",),
+    "nonfinite_grad_norm": ("nonfinite_steps",), "nonfinite_loss": ("loss",),
+    "amp_skipped_step": ("skipped_steps",), "loss_spike": ("loss",),
+    "loss_rising": ("loss",), "lr_unexplained": ("lr",), "lr_zero": ("lr",),
+    "nonfinite_lr": ("lr",),
+}
+
+
+def _own_loop(run: dict) -> bool:
+    """A run recorded by hlbd.Run: its config does not say which LR schedule it ran."""
+    return ((run.get("extra") or {}).get("recorded_by")) == "hlbd.Run"
+
+
+def not_checked(run: dict, epochs: list[dict]) -> dict[str, str]:
+    """The rules ``detect`` cannot apply to this run, each with why (a series it needs
+    was never recorded; for lr_unexplained, no known schedule to compare with)."""
+    missing = {}
+    for rule, needs in RULE_NEEDS.items():
+        if not any(e.get(n) is not None for e in epochs for n in needs):
+            missing[rule] = f"no {' or '.join(needs)} recorded"
+    if "lr_unexplained" not in missing and (_own_loop(run) or expected_lrs(
+            run.get("config") or {}, 0) is None):
+        missing["lr_unexplained"] = "the run's config does not give its LR schedule"
+    return missing
+
+
 def detect(run: dict, epochs: list[dict], steps: list[dict] = (),
            thresholds: Thresholds = Thresholds(), *, only_epoch: int | None = None,
            ) -> list[dict]:
@@ -112,8 +140,8 @@ def detect(run: dict, epochs: list[dict], steps: list[dict] = (),
     by_epoch_steps: dict[int, list[dict]] = {}
     for s in steps:
         by_epoch_steps.setdefault(s["epoch"], []).append(s)
-    expected = expected_lrs(run.get("config") or {}, max((e["epoch"] for e in epochs),
-                                                         default=0))
+    expected = None if _own_loop(run) else expected_lrs(
+        run.get("config") or {}, max((e["epoch"] for e in epochs), default=0))
     losses: list[tuple[int, float]] = []
     zero_lr_run = 0
     first_loss = next((e["loss"] for e in epochs if e.get("loss") is not None

@@ -465,3 +465,35 @@ def test_the_example_loop_records_what_it_computed_and_resumes(db_url, tmp_path)
         (step, loss, norm, lrs[0]) for step, loss, norm, lrs in seen]
     assert lr1 == [lrs[1] for *_, lrs in seen]
     assert steps[-1]["step"] == len(seen) and len({s["step"] for s in steps}) == len(steps)
+
+
+def test_anomaly_rules_check_what_a_run_has_and_say_what_they_could_not(db_url, tmp_path):
+    from click.testing import CliRunner
+
+    from hlbd.cli import main
+
+    # A config that looks like hlbd train's schedule: an own loop's config says nothing
+    # of the scheduler it steps, so the LR is not compared with that schedule.
+    config = {"lr": 0.1, "t_0": 10, "t_mult": 2, "eta_min": 0.0}
+    with hlbd.init(db=db_url, runs_dir=str(tmp_path), config=config) as run:
+        model, optimizer = tiny_model()
+        run.watch(optimizer)
+        for scale in (1.0, 1e4):  # the second step's gradient explodes
+            loss = model(torch.ones(2, 4)).sum() * scale
+            optimizer.zero_grad()
+            loss.backward()
+            run.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+        run.end_epoch()
+    with hlbd.init(db=db_url, runs_dir=str(tmp_path)) as bare:
+        bare.log({"acc": 0.5})
+        bare.end_epoch()
+    result = CliRunner().invoke(main, ["anomalies", "--db", db_url])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert f"{run.id[:12]}: lr_unexplained not checked (the run's config does not " in out
+    assert f"{run.id[:12]}: grad_explosion not checked" not in out
+    assert "grad_explosion" in [line.split()[3] for line in out.splitlines()
+                                if line.startswith(run.id[:12]) and "not checked" not in line]
+    assert f"{bare.id[:12]}: grad_explosion not checked (no grad_norm_max or grad_norm " in out
+    assert f"{bare.id[:12]}: nonfinite_loss not checked (no loss recorded)" in out

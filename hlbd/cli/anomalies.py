@@ -6,7 +6,7 @@ import dataclasses
 
 import click
 
-from hlbd.anomalies import THRESHOLD_HELP, Thresholds, detect
+from hlbd.anomalies import THRESHOLD_HELP, Thresholds, detect, not_checked
 from hlbd.cli.options import db_option, table
 from hlbd.store import Store
 
@@ -38,9 +38,14 @@ def anomalies(run_id: str | None, db: str | None, **thresholds) -> None:
     limits = Thresholds(**thresholds)
     run_ids = [store.resolve_run_id(run_id)] if run_id else [r["run_id"]
                                                               for r in store.list_runs()]
-    flags = []
+    flags, unchecked = [], []
     for rid in run_ids:
-        flags += detect(store.get_run(rid), store.epochs(rid), store.steps(rid), limits)
+        run, epochs = store.get_run(rid), store.epochs(rid)
+        flags += detect(run, epochs, store.steps(rid), limits)
+        unchecked += [f"{rid[:12]}: {rule} not checked ({why})"
+                      for rule, why in not_checked(run, epochs).items()]
+    for line in unchecked:
+        click.echo(line)
     if not flags:
         click.echo(f"no anomalies in {len(run_ids)} run(s)")
         return
