@@ -43,6 +43,7 @@ import numbers
 import os
 import signal
 import threading
+import time
 import traceback
 import uuid
 from collections.abc import Iterable, Mapping
@@ -243,6 +244,7 @@ class Run:
         self._epoch_skipped = 0
         self._epoch_clipped = 0
         self._finished = False
+        self._epoch_started = time.perf_counter()
         self._sigterm_installed = False
         self._totals = _EpochTotals()
         self._good_keys: set[str] = set()  # names already checked
@@ -320,8 +322,10 @@ class Run:
         steps = self._take(lambda step: step <= current)
         epoch, skipped = self.epoch, self._epoch_skipped
         self._epoch_skipped = 0
+        now = time.perf_counter()
+        wall, self._epoch_started = now - self._epoch_started, now
         points = [(key, "epoch", current, epoch, value) for key, value in checked.items()]
-        self._flush(steps, points, epoch, skipped)
+        self._flush(steps, points, (epoch, skipped, wall))
 
     def checkpoint(self, path: str | os.PathLike, *, keep: int = 0) -> None:
         """Record a checkpoint file the loop wrote (after ``end_epoch``): a resume with
@@ -430,15 +434,14 @@ class Run:
             self._set_aside_skipped()
         self._skipped, self._clip_pending = 0, None
 
-    def _flush(self, steps: list, points: list = (), epoch: int | None = None,
-               skipped: int = 0) -> None:
-        """Hand ``steps`` (and the skipped attempts' values so far) to the recorder."""
+    def _flush(self, steps: list, points: list = (), closes: tuple | None = None) -> None:
+        """Hand ``steps`` (and the skipped attempts' values so far) to the recorder;
+        ``closes``: (epoch, skipped steps, wall seconds) of the epoch they close."""
         points = [*self._attempts.values(), *points]
         self._attempts = {}
-        if self._recorder is not None and (steps or points or epoch is not None):
-            self._recorder.on_logged(
-                _Flush(self._totals, steps, points, epoch, skipped).on_host,
-                rows=len(steps) + len(points) + 1)
+        if self._recorder is not None and (steps or points or closes):
+            self._recorder.on_logged(_Flush(self._totals, steps, points, closes).on_host,
+                                     rows=len(steps) + len(points) + 1)
 
     def _values(self, step: int) -> dict[str, Any]:
         values = self._open.get(step)
@@ -509,9 +512,9 @@ class _Flush:
     ``_EpochTotals``, which only the recording thread touches (its writes run in order)."""
 
     def __init__(self, totals: _EpochTotals, steps: list[tuple[int, dict]],
-                 points: list[tuple] = (), epoch: int | None = None, skipped: int = 0):
+                 points: list[tuple] = (), closes: tuple | None = None):
         self.totals, self.steps, self.points = totals, steps, list(points)
-        self.epoch, self.skipped = epoch, skipped
+        self.closes = closes
 
     def on_host(self) -> tuple[list[dict], list[tuple], dict | None]:
         """(steps rows, points, the epoch row or None) with plain floats."""
@@ -541,9 +544,9 @@ class _Flush:
                 steps.append(row)
             self.totals.add(row, values.get("clipped"))
         points += [(k, scope, s, e, value_of(v)) for k, scope, s, e, v in self.points]
-        if self.epoch is None:
+        if self.closes is None:
             return steps, points, None
-        return steps, points, self.totals.close(self.epoch, self.skipped)
+        return steps, points, self.totals.close(*self.closes)
 
 
 class _EpochTotals:
@@ -574,7 +577,7 @@ class _EpochTotals:
         if row["lr"] is not None:
             self.lr = row["lr"]
 
-    def close(self, epoch: int, skipped: int) -> dict:
+    def close(self, epoch: int, skipped: int, wall: float) -> dict:
         norms = self.norms
         row = {
             "epoch": epoch,
@@ -586,7 +589,9 @@ class _EpochTotals:
             "nonfinite_steps": self.nonfinite if self.measured_norm else None,
             "clipped_steps": self.clipped if self.measured_norm else None,
             "skipped_steps": skipped, "lr": self.lr, "token_accuracy": None,
-            "wall_seconds": None, "tokens": None, "tokens_per_second": None,
+            # From the previous end_epoch (or the start) to this one: everything the
+            # loop did in the epoch, its evaluation too.
+            "wall_seconds": wall, "tokens": None, "tokens_per_second": None,
         }
         self.__init__()
         return row

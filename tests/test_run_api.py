@@ -93,7 +93,7 @@ def test_every_step_group_and_name_is_what_the_loop_computed(db_url, tmp_path):
         assert row["grad_norm_max"] == max(s[2] for s in mine)
         assert row["grad_norm_min"] == min(s[2] for s in mine)
         assert row["clipped_steps"] == sum(s[2] > 0.5 for s in mine)
-        assert row["steps"] == 4 and row["skipped_steps"] == 0
+        assert row["steps"] == 4 and row["skipped_steps"] == 0 and row["wall_seconds"] > 0
         assert row["lr"] == mine[-1][3][0]
 
 
@@ -497,3 +497,16 @@ def test_anomaly_rules_check_what_a_run_has_and_say_what_they_could_not(db_url, 
                                 if line.startswith(run.id[:12]) and "not checked" not in line]
     assert f"{bare.id[:12]}: grad_explosion not checked (no grad_norm_max or grad_norm " in out
     assert f"{bare.id[:12]}: nonfinite_loss not checked (no loss recorded)" in out
+
+
+def test_show_lists_the_series_a_loop_logged(db_url, tmp_path):
+    from click.testing import CliRunner
+
+    from hlbd.cli import main
+
+    with hlbd.init(db=db_url, runs_dir=str(tmp_path)) as run:
+        train(run, epochs=1, batches=2)
+    out = CliRunner().invoke(main, ["show", run.id, "--db", db_url]).output
+    rows = [line.split() for line in out.splitlines()]
+    assert ["lr/1", "step", "2", "1", "2"] in rows
+    assert ["val_loss", "epoch", "1", "2", "2"] in rows

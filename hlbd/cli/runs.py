@@ -71,6 +71,12 @@ def show(run_id: str, all_segments: bool, db: str | None) -> None:
     else:
         columns = EPOCH_COLUMNS + (["superseded_by"] if all_segments else [])
         click.echo(table(columns, [[e.get(c) for c in columns] for e in epochs]))
+    series = store.point_series(run["run_id"])
+    if series:
+        click.echo("series logged by the loop (the view metric_points has their values)")
+        click.echo(table(["key", "scope", "values", "first_step", "last_step"],
+                         [[printable(s["key"]), s["scope"], s["values"], s["first_step"],
+                           s["last_step"]] for s in series]))
     checkpoints = store.checkpoints(run["run_id"])
     if checkpoints:
         click.echo("checkpoints")

@@ -15,7 +15,7 @@ from hlbd.errors import UnknownRunError
 from hlbd.store import history
 from hlbd.store.claims import live_status
 from hlbd.store.rows import STEP_SERIES, join_nan, join_nans, mark
-from hlbd.store.tables import Anomaly, Checkpoint, Epoch, Run, Segment
+from hlbd.store.tables import Anomaly, Checkpoint, Epoch, Point, Run, Segment
 
 # Reads.steps' columns, in the order it unpacks them.
 _STEPS_READ = ("SELECT segment, step, epoch, "
@@ -151,6 +151,17 @@ class Reads:
                  "step": step, "epoch": epoch, "value": join_nan(value, bool(is_nan)),
                  "superseded_by": superseded_by}
                 for segment, name, scope, step, epoch, value, is_nan, superseded_by in rows]
+
+    def point_series(self, run_id: str) -> list[dict]:
+        """The names ``run_id`` logged of its own (effective history), each with its
+        scope, number of values and first and last step, in name order."""
+        query = (select(Point.key, Point.scope, func.count().label("values"),
+                        func.min(Point.step).label("first_step"),
+                        func.max(Point.step).label("last_step"))
+                 .where(Point.run_id == run_id, Point.superseded_by.is_(None))
+                 .group_by(Point.key, Point.scope).order_by(Point.key, Point.scope))
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
 
     def segments(self, run_id: str) -> list[dict]:
         """A run's segments in order; ``hosts`` decoded (a list in rank order, or None)."""
