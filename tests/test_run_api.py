@@ -510,3 +510,24 @@ def test_show_lists_the_series_a_loop_logged(db_url, tmp_path):
     rows = [line.split() for line in out.splitlines()]
     assert ["lr/1", "step", "2", "1", "2"] in rows
     assert ["val_loss", "epoch", "1", "2", "2"] in rows
+
+
+def test_series_reads_one_name_of_the_effective_history(db_url, tmp_path):
+    path = tmp_path / "state.pt"
+    with hlbd.init(db=db_url, runs_dir=str(tmp_path)) as run:
+        run.log({"acc": 0.1})
+        run.log({"acc": float("nan")})
+        run.end_epoch({"val": 2.0})
+        torch.save({}, path)
+        run.checkpoint(path)
+        run.log({"acc": 0.3})  # after the checkpoint: superseded by the resume
+    with hlbd.init(db=db_url, run_id=run.id, resume="must") as again:
+        again.log({"acc": 0.4})
+    store = Store.open_read_only(db_url)
+    try:
+        acc = store.series(run.id, "acc")
+        val = store.series(run.id, "val", scope="epoch")
+    finally:
+        store.close()
+    assert acc[0] == (1, 0.1) and acc[1][0] == 2 and math.isnan(acc[1][1])
+    assert acc[2:] == [(3, 0.4)] and val == [(2, 2.0)]

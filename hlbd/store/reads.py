@@ -147,10 +147,29 @@ class Reads:
                 rows = cursor.fetchall()
             finally:
                 cursor.close()
+        nan = math.nan
         return [{"run_id": run_id, "segment": segment, "key": name, "scope": scope,
-                 "step": step, "epoch": epoch, "value": join_nan(value, bool(is_nan)),
+                 "step": step, "epoch": epoch, "value": nan if is_nan else value,
                  "superseded_by": superseded_by}
                 for segment, name, scope, step, epoch, value, is_nan, superseded_by in rows]
+
+    def series(self, run_id: str, key: str, scope: str = "step") -> list[tuple[int, float]]:
+        """One name's values on the effective history as (step, value) in step order
+        (NaN for a measured NaN): the lean read for a chart. ``loss``, ``grad_norm`` and
+        ``lr`` are in ``steps``; ask ``steps`` for them."""
+        with self.engine.connect() as conn:
+            marker = mark(conn)
+            cursor = conn.connection.dbapi_connection.cursor()
+            try:
+                cursor.execute(
+                    "SELECT step, value, value_is_nan FROM points WHERE run_id = "
+                    f"{marker} AND key = {marker} AND scope = {marker} "
+                    "AND superseded_by IS NULL ORDER BY step", (run_id, key, scope))
+                rows = cursor.fetchall()
+            finally:
+                cursor.close()
+        nan = math.nan
+        return [(step, nan if is_nan else value) for step, value, is_nan in rows]
 
     def point_series(self, run_id: str) -> list[dict]:
         """The names ``run_id`` logged of its own (effective history), each with its
