@@ -36,7 +36,8 @@ RUNAWAY = ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) "
 
 @pytest.fixture(scope="module")
 def db(backend, databases, tmp_path_factory):
-    """A real database: a resumed run, an exploding run and an imported report."""
+    """A real database: a resumed run, an exploding run, an imported report and a loop of
+one's own with two parameter groups (its `lr/1` is in metric_points)."""
     root = tmp_path_factory.mktemp("sqldb")
     url = databases.new(root)
     path = Path(url) if backend == "sqlite" else url  # a file, or a server's URL
@@ -58,9 +59,34 @@ def db(backend, databases, tmp_path_factory):
                                "dataset_stats": report["dataset_stats"]}))
     importer.import_reports(store, old)
     store.close()
+    own = own_loop_run(str(path), root / "own")
     run_query(str(path), "SELECT 1")  # a reader's -wal/-shm exist before any snapshot
-    yield {"path": path, "resumed": resumed.run_id, "wild": wild.run_id}
+    yield {"path": path, "resumed": resumed.run_id, "wild": wild.run_id, "own": own}
     databases.drop(url)
+
+
+def own_loop_run(db: str, runs_dir: Path) -> str:
+    """Three optimizer steps of a linear model whose bias has its own LR."""
+    import torch
+
+    import hlbd
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    opt = torch.optim.SGD([{"params": [model.weight]}, {"params": [model.bias], "lr": 0.05}],
+                          lr=0.1)
+    x, y = torch.randn(8, 3), torch.randn(8, 1)
+    with hlbd.init("own", db=db, runs_dir=str(runs_dir)) as run:
+        run.watch(opt)
+        for _ in range(3):
+            loss = torch.nn.functional.mse_loss(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            run.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            run.log({"loss": loss})
+        run.end_epoch()
+    return run.id
 
 
 WRITES = {
@@ -226,7 +252,7 @@ def test_a_runaway_recursive_query_is_stopped_by_the_time_limit(db):
     with pytest.raises(QueryInterrupted, match="ran past the 0.2 s time limit"):
         run_query(engine, RUNAWAY, time_limit=0.2)
     # The connection it ran on is usable again afterwards.
-    assert run_query(engine, "SELECT count(*) FROM runs").rows == [(3,)]
+    assert run_query(engine, "SELECT count(*) FROM runs").rows == [(4,)]
     engine.dispose()
 
     result = CliRunner().invoke(main, ["sql", RUNAWAY, "--time-limit", "0.2",
@@ -274,7 +300,7 @@ def test_a_path_with_url_characters_is_opened_read_only_as_itself(db, tmp_path):
     odd = tmp_path / "runs #1&mode=rwc" / "runs.db"
     odd.parent.mkdir()
     shutil.copy(db["path"], odd)
-    assert run_query(str(odd), "SELECT count(*) FROM runs").rows == [(3,)]
+    assert run_query(str(odd), "SELECT count(*) FROM runs").rows == [(4,)]
     with pytest.raises(QueryError, match="^refused"):
         run_query(str(odd), "DELETE FROM runs")
     assert sorted(p.name for p in tmp_path.iterdir()) == [odd.parent.name]
@@ -364,7 +390,8 @@ def test_the_readme_has_the_promised_examples():
 def test_each_readme_query_runs_and_finds_rows_in_a_real_database(db, backend, index):
     code, only = readme_queries()[index]
     sql = (code.replace("RUN_ID", db["resumed"])
-           .replace("RUN_A", db["resumed"]).replace("RUN_B", db["wild"]))
+           .replace("RUN_A", db["resumed"]).replace("RUN_B", db["wild"])
+           .replace("3f2a...", db["own"]))
     if only not in (None, backend):  # the README says which database it is written for
         with pytest.raises(QueryError):
             run_query(str(db["path"]), sql)
