@@ -56,7 +56,8 @@ def still_being_written(run_id: str, pid: int | None, hostname: str | None) -> s
 
 
 def claim(conn, run_id: str, now: datetime, force: bool, start_epoch: int,
-          resumed_from: str | None, hosts: Sequence[str] | None) -> int:
+          resumed_from: str | None, hosts: Sequence[str] | None,
+          start_step: int | None = None) -> int:
     """Inside ``conn``'s transaction: take over a dead holder, insert our segment; returns
     its number (RunClaimedError when the run has a live holder, or another claimant won)."""
     holder = conn.execute(
@@ -85,7 +86,7 @@ def claim(conn, run_id: str, now: datetime, force: bool, start_epoch: int,
     segment = (conn.scalar(select(func.max(Segment.segment))
                            .where(Segment.run_id == run_id)) or 0) + 1
     conn.execute(insert(Segment).values(
-        run_id=run_id, segment=segment, start_epoch=start_epoch,
+        run_id=run_id, segment=segment, start_epoch=start_epoch, start_step=start_step,
         resumed_from=resumed_from, started_at=now, status="running", pid=os.getpid(),
         hostname=socket.gethostname(), **process_columns(hosts)))
     return segment

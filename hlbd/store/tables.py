@@ -55,6 +55,9 @@ class Segment(Base):
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.run_id"), primary_key=True)
     segment: Mapped[int] = mapped_column(Integer, primary_key=True)
     start_epoch: Mapped[int] = mapped_column(Integer)
+    # Set when the segment continues from a checkpoint taken mid-epoch: the optimizer
+    # steps before it (the steps after it that earlier segments recorded are superseded).
+    start_step: Mapped[int | None] = mapped_column(BigInteger)
     resumed_from: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[datetime] = mapped_column(DateTime)
     ended_at: Mapped[datetime | None] = mapped_column(DateTime)

@@ -64,8 +64,10 @@ class Writes:
 
     def begin_segment(self, run_id: str, start_epoch: int,
                       resumed_from: str | None = None, config: dict | None = None, *,
-                      hosts: Sequence[str] | None = None, force: bool = False) -> int:
-        """Claim ``run_id`` and open a new segment that continues after ``start_epoch``.
+                      hosts: Sequence[str] | None = None, force: bool = False,
+                      start_step: int | None = None) -> int:
+        """Claim ``run_id`` and open a new segment that continues after ``start_epoch``
+        (and ``start_step``, for a checkpoint taken mid-epoch: see hlbd.store.history).
 
         The claim is one transaction: a segment still marked running must be dead (its
         process gone from this host, or no heartbeat for STALE_AFTER; ``force`` skips
@@ -84,8 +86,8 @@ class Writes:
         try:
             with self.engine.begin() as conn:
                 segment = claims.claim(conn, run_id, now, force, start_epoch, resumed_from,
-                                       hosts)
-                history.supersede_after(conn, run_id, start_epoch, segment)
+                                       hosts, start_step)
+                history.supersede_after(conn, run_id, start_epoch, segment, start_step)
                 run_values = {"status": "running", "heartbeat_at": now,
                               "finished_at": None, "error": None}
                 if config is not None:
