@@ -188,19 +188,41 @@ def _continued_run(store, run: dict, config: dict) -> Run:
     newest = next((c for c in store.checkpoint_candidates(run["run_id"])
                    if Path(c["path"]).exists()), None)
     epoch = newest["epoch"] if newest else 0
-    resumed = None
+    resumed, start_step, partial = None, None, None
     if newest is not None:
-        step = newest["step"]
+        step = start_step = newest["step"]
         if step is None:  # a file a segment started from: the steps of its epochs
             step = max((s["step"] for s in store.steps(run["run_id"])
                         if s["epoch"] <= epoch), default=0)
         resumed = ResumedFrom(newest["path"], epoch, step)
+        if start_step is not None:  # taken mid-epoch: what the open epoch has so far
+            partial = _OpenEpoch.read(store, run["run_id"], epoch + 1, step)
     segment = store.begin_segment(run["run_id"], epoch,
                                   resumed_from=resumed.path if resumed else None,
-                                  config=config or run["config"])
+                                  config=config or run["config"], start_step=start_step)
     return Run(store, run_id=run["run_id"], segment=segment,
                run_dir=Path(run["run_dir"]) if run.get("run_dir") else None,
-               config=config or run["config"], resumed_from=resumed)
+               config=config or run["config"], resumed_from=resumed, open_epoch=partial)
+
+
+@dataclass
+class _OpenEpoch:
+    """The steps a mid-epoch checkpoint's epoch had recorded up to it: a resumed run's
+    epoch row is of the whole epoch, before and after the checkpoint."""
+
+    steps: list[dict]
+    clipped: int
+    skipped: int
+
+    @classmethod
+    def read(cls, store: Store, run_id: str, epoch: int, step: int) -> _OpenEpoch:
+        steps = [s for s in store.steps(run_id, epochs=[epoch]) if s["step"] <= step]
+        counts = {"clipped": 0, "skipped": 0}
+        for p in store.points(run_id):
+            if (p["key"] in counts and p["scope"] == "step" and p["epoch"] == epoch
+                    and p["step"] <= step and p["value"] == p["value"]):
+                counts[p["key"]] += int(p["value"])
+        return cls(steps, counts["clipped"], counts["skipped"])
 
 
 class Terminated(KeyboardInterrupt):
@@ -218,7 +240,8 @@ class Run:
     def __init__(self, store: Store | None = None, *, run_id: str | None = None,
                  segment: int = 1,
                  run_dir: Path | None = None, config: dict | None = None,
-                 resumed_from: ResumedFrom | None = None):
+                 resumed_from: ResumedFrom | None = None,
+                 open_epoch: _OpenEpoch | None = None):
         self.id = run_id
         self.segment = segment
         self.config = config or {}
@@ -238,7 +261,6 @@ class Run:
         self._hooks: list = []
         self._closed_step = self.step  # values for steps <= this went to the recorder
         self._open: dict[int, dict[str, Any]] = {}  # step -> key -> value, not yet sent
-        self._epoch_steps: list[int] = []  # the steps of the open epoch (watched)
         self._clip_pending: int | None = None  # the step a measured grad norm is for
         self._skipped = 0  # steps skipped since the last real one
         self._epoch_skipped = 0
@@ -247,6 +269,9 @@ class Run:
         self._epoch_started = time.perf_counter()
         self._sigterm_installed = False
         self._totals = _EpochTotals()
+        if open_epoch is not None:
+            self._totals.seed(open_epoch.steps, open_epoch.clipped)
+            self._epoch_skipped = open_epoch.skipped
         self._good_keys: set[str] = set()  # names already checked
         self._attempt: dict[str, Any] = {}  # logged after a step GradScaler skipped
         self._attempts: dict[tuple, tuple] = {}  # skipped attempts' points, not yet sent
@@ -328,19 +353,20 @@ class Run:
         self._flush(steps, points, (epoch, skipped, wall))
 
     def checkpoint(self, path: str | os.PathLike, *, keep: int = 0) -> None:
-        """Record a checkpoint file the loop wrote (after ``end_epoch``): a resume with
-        ``resume='must'`` offers it as ``run.resumed_from``. ``keep`` N > 0 deletes this
-        run's older checkpoint files beyond the newest N once this one is recorded."""
+        """Record a checkpoint file the loop wrote, after ``end_epoch`` or after any
+        optimizer step: a resume with ``resume='must'`` offers it as
+        ``run.resumed_from``. The values of steps up to ``run.step`` are recorded
+        first (log nothing more for them). ``keep`` N > 0 deletes this run's older
+        checkpoint files beyond the newest N once this one is recorded."""
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"{path}: no such checkpoint file (write it, then record it)")
-        if self._open:
-            raise ValueError("record a checkpoint after end_epoch(): a resume continues "
-                             "after a closed epoch, and steps were logged since")
+        current = self.step
+        self._flush(self._take(lambda step: step <= current))
         if self._recorder is not None:
             self._recorder.keep_checkpoints = keep
             self._recorder.on_checkpoint(self.epoch, path.resolve(), path.stat().st_size,
-                                         step=self.step)
+                                         step=current)
 
     def finish(self, status: str = "finished", error: str | None = None) -> None:
         """End the run (idempotent): everything logged is written, then its status."""
@@ -464,7 +490,6 @@ class Run:
             self._values(self.step)["skipped"] = self._skipped
             self._skipped = 0
         self._clip_pending = None
-        self._epoch_steps.append(self.step)
         self._steps_may_close()
 
     def _steps_may_close(self) -> None:
@@ -560,6 +585,12 @@ class _EpochTotals:
         self.norms: list[float] = []
         self.lr: float | None = None
         self.measured_norm = False
+
+    def seed(self, steps: list[dict], clipped: int) -> None:
+        """The open epoch's steps recorded before a resume (``clipped`` of them clipped)."""
+        for row in steps:
+            self.add(row, None)
+        self.clipped += clipped
 
     def add(self, row: dict, limit: _ClipLimit | None) -> None:
         self.steps += 1

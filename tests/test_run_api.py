@@ -211,6 +211,80 @@ def test_resume_modes(db_url, tmp_path):
         assert again.resumed_from is None  # no checkpoint recorded: from the start
 
 
+def epoch_rows(db_url: str, run_id: str) -> list[dict]:
+    store = Store.open_read_only(db_url)
+    try:
+        return [{k: e[k] for k in ("epoch", "loss", "grad_norm", "grad_norm_max", "steps",
+                                   "clipped_steps", "skipped_steps", "lr")}
+                for e in store.epochs(run_id)]
+    finally:
+        store.close()
+
+
+def test_a_checkpoint_mid_epoch_resumes_there_and_the_epoch_row_is_the_whole_epoch(
+        db_url, tmp_path):
+    """Four steps an epoch; a checkpoint after step 6 (two steps into epoch 2); steps 7
+    and 8 recorded, then the process fails. The resumed run continues at step 6: its
+    epoch 2 row is that of steps 5-8 as an uninterrupted run has it."""
+    def step(run, model, opt, n):
+        loss = (model.weight * n).sum() ** 2
+        opt.zero_grad()
+        loss.backward()
+        run.clip_grad_norm_(model.parameters(), 0.5)
+        opt.step()
+        run.log({"loss": loss.detach(), "acc": float(n)})
+
+    def play(run, model, opt, steps, checkpoint_at=None):
+        run.watch(opt)
+        for n in steps:
+            step(run, model, opt, n)
+            if run.step % 4 == 0:
+                run.end_epoch({"val": float(run.epoch)})
+            if run.step == checkpoint_at:
+                torch.save({"model": model.state_dict(), "opt": opt.state_dict()},
+                           tmp_path / "mid.pt")
+                run.checkpoint(tmp_path / "mid.pt")
+
+    def parts():
+        torch.manual_seed(0)
+        model = torch.nn.Linear(2, 1)
+        return model, torch.optim.SGD(model.parameters(), lr=0.1)
+
+    with hlbd.init(db=db_url, runs_dir=str(tmp_path)) as whole:
+        play(whole, *parts(), range(1, 9))
+    with pytest.raises(RuntimeError), hlbd.init(db=db_url, runs_dir=str(tmp_path)) as cut:
+        play(cut, *parts(), range(1, 9), checkpoint_at=6)
+        raise RuntimeError("killed after step 8")
+    with hlbd.init(db=db_url, run_id=cut.id, resume="must") as resumed:
+        assert resumed.resumed_from == hlbd.ResumedFrom(str((tmp_path / "mid.pt").resolve()),
+                                                        1, 6)
+        model, opt = parts()
+        state = torch.load(resumed.resumed_from.path)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        play(resumed, model, opt, range(7, 9))
+    assert epoch_rows(db_url, cut.id) == epoch_rows(db_url, whole.id)
+    store = Store.open_read_only(db_url)
+    try:
+        def steps(run_id):
+            return [(s["step"], s["epoch"], s["loss"], s["grad_norm"], s["lr"])
+                    for s in store.steps(run_id)]
+        assert steps(cut.id) == steps(whole.id) and len(steps(cut.id)) == 8
+        for key, scope in [("acc", "step"), ("clipped", "step"), ("val", "epoch")]:
+            assert store.series(cut.id, key, scope) == store.series(whole.id, key, scope)
+            assert len(store.series(cut.id, key, scope)) == (2 if scope == "epoch" else 8)
+        everything = store.steps(cut.id, include_superseded=True)
+        assert [(s["step"], s["segment"], s["superseded_by"]) for s in everything] == [
+            *[(n, 1, None) for n in range(1, 7)], (7, 1, 2), (7, 2, None), (8, 1, 2),
+            (8, 2, None)]
+        # An epoch closed after the checkpoint, and its value, are superseded too.
+        assert [(e["epoch"], e["segment"], e["superseded_by"])
+                for e in store.epochs(cut.id, include_superseded=True)] == [
+            (1, 1, None), (2, 1, 2), (2, 2, None)]
+    finally:
+        store.close()
+
+
 def test_a_checkpoint_is_recorded_after_its_epoch_and_offered_on_resume(db_url, tmp_path):
     path = tmp_path / "state.pt"
     with hlbd.init(db=db_url, runs_dir=str(tmp_path)) as run:
@@ -218,8 +292,6 @@ def test_a_checkpoint_is_recorded_after_its_epoch_and_offered_on_resume(db_url, 
         torch.save({"epoch": 2}, path)
         run.checkpoint(path)
         run.log({"loss": 9.0}, step=7)  # epoch 3 begins, then the process ends
-        with pytest.raises(ValueError, match="after end_epoch"):
-            run.checkpoint(path)
     with hlbd.init(db=db_url, run_id=run.id, resume="must") as resumed:
         assert resumed.resumed_from == hlbd.ResumedFrom(str(path.resolve()), 2, 6)
         assert (resumed.step, resumed.epoch) == (6, 2)
