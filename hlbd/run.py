@@ -90,6 +90,14 @@ def init(name: str | None = None, config: Mapping[str, Any] | None = None, *,
         raise ValueError(f"resume must be None, 'must' or 'allow', not {resume!r}")
     if resume == "must" and not run_id:
         raise ValueError("resume='must' needs the run_id of the run to continue")
+    return _start(name, config, db, runs_dir, run_id, resume, tags)
+
+
+def _start(name, config, db, runs_dir, run_id, resume, tags, at: str | None = None,
+           extra: dict | None = None) -> Run:
+    """init's work, for the integrations too. ``at``: continue from this recorded
+    checkpoint (the one a framework resumes from), not the newest; ``extra``: more of
+    the run's ``extra`` (which integration records it)."""
     config = _checked_config(config)
     tags = [str(t) for t in (tags or [])]
     shared = _process_group()
@@ -101,14 +109,14 @@ def init(name: str | None = None, config: Mapping[str, Any] | None = None, *,
         return Run(None, config=config, **told)
     run = None
     try:
-        run = _open_run(name, config, db, runs_dir, run_id, resume, tags)
+        run = _open_run(name, config, db, runs_dir, run_id, resume, tags, at, extra)
     finally:
         if shared:
             _from_rank_0(shared, run)
     return run
 
 
-def _open_run(name, config, db, runs_dir, run_id, resume, tags) -> Run:
+def _open_run(name, config, db, runs_dir, run_id, resume, tags, at=None, extra=None) -> Run:
     store = Store.open(db)
     try:
         existing = _existing(store, run_id)
@@ -118,8 +126,8 @@ def _open_run(name, config, db, runs_dir, run_id, resume, tags) -> Run:
         if existing is None and resume == "must":
             raise HlbdError(f"no run {run_id} in {store.url}: nothing to resume")
         if existing is None:
-            return _new_run(store, name, config, runs_dir, run_id, tags)
-        return _continued_run(store, existing, config)
+            return _new_run(store, name, config, runs_dir, run_id, tags, extra)
+        return _continued_run(store, existing, config, at)
     except BaseException:
         store.close()
         raise
@@ -173,20 +181,26 @@ def _existing(store: Store, run_id: str | None) -> dict | None:
     return runs[0] if runs else None
 
 
-def _new_run(store, name, config, runs_dir, run_id, tags) -> Run:
+def _new_run(store, name, config, runs_dir, run_id, tags, extra=None) -> Run:
     run_id = run_id or uuid.uuid4().hex
     run_dir = default_runs_dir(runs_dir) / run_id
     store.create_run(name or "run", config, {}, run_dir=str(run_dir), run_id=run_id,
-                     extra={"recorded_by": "hlbd.Run", "tags": tags})
+                     extra={**(extra or {}), "recorded_by": "hlbd.Run", "tags": tags})
     return Run(store, run_id=run_id, segment=1, run_dir=run_dir, config=config)
 
 
-def _continued_run(store, run: dict, config: dict) -> Run:
+def _continued_run(store, run: dict, config: dict, at: str | None = None) -> Run:
     if run["display_status"] == "running":
         raise HlbdError(still_being_written(run["run_id"], run.get("pid"),
                                             run.get("hostname")))
-    newest = next((c for c in store.checkpoint_candidates(run["run_id"])
-                   if Path(c["path"]).exists()), None)
+    candidates = [c for c in store.checkpoint_candidates(run["run_id"])
+                  if Path(c["path"]).exists()]
+    if at is not None:
+        candidates = [c for c in candidates if Path(c["path"]) == Path(at).resolve()]
+        if not candidates:
+            raise HlbdError(f"{at} is not a checkpoint of run {run['run_id']} on its "
+                            "history (not recorded, superseded by a later resume, or gone)")
+    newest = next(iter(candidates), None)
     epoch = newest["epoch"] if newest else 0
     resumed, start_step, partial = None, None, None
     if newest is not None:
@@ -298,10 +312,27 @@ class Run:
             # Measured again before any step ran: GradScaler skipped the last one.
             self._set_aside_skipped()
         self._clip_pending = step
-        values = self._values(step)
-        values["grad_norm"] = norm.detach().clone()
-        values["clipped"] = _ClipLimit(max_norm)  # compared with the norm on the host
+        self._norm_of(step, norm.detach().clone(), max_norm)
         return norm
+
+    # -- for the integrations (hlbd.integrations), which get the numbers from a framework
+
+    def _norm_of(self, step: int, norm: torch.Tensor | float, max_norm: float) -> None:
+        """``norm``, measured before clipping to ``max_norm``, is step ``step``'s."""
+        values = self._values(step)
+        values["grad_norm"] = norm
+        values["clipped"] = _ClipLimit(max_norm)  # compared with the norm on the host
+
+    def _skipped_attempt(self, values: Mapping[str, Any]) -> None:
+        """An optimizer step the framework attempted and skipped (an AMP overflow):
+        ``values`` are that attempt's (scope 'skipped', at the step it was to be), and it
+        is counted as skipped, not as a step."""
+        checked = self._checked(values)
+        step, epoch = self.step + 1, self.epoch + 1
+        for key, value in checked.items():
+            self._attempts[key, step] = (key, "skipped", step, epoch, value)
+        self._skipped += 1
+        self._epoch_skipped += 1
 
     def log(self, metrics: Mapping[str, Any], *, step: int | None = None) -> None:
         """Record ``metrics`` at ``step`` (default: ``run.step``, the optimizer steps so
@@ -359,14 +390,20 @@ class Run:
         first (log nothing more for them). ``keep`` N > 0 deletes this run's older
         checkpoint files beyond the newest N once this one is recorded."""
         path = Path(path)
-        if not path.is_file():
+        if path.is_dir():  # a framework's checkpoint folder
+            if keep:
+                raise ValueError(f"{path}: keep= prunes checkpoint files, not folders (the "
+                                 "framework's own rotation, save_total_limit, prunes these)")
+            size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        elif path.is_file():
+            size = path.stat().st_size
+        else:
             raise ValueError(f"{path}: no such checkpoint file (write it, then record it)")
         current = self.step
         self._flush(self._take(lambda step: step <= current))
         if self._recorder is not None:
             self._recorder.keep_checkpoints = keep
-            self._recorder.on_checkpoint(self.epoch, path.resolve(), path.stat().st_size,
-                                         step=current)
+            self._recorder.on_checkpoint(self.epoch, path.resolve(), size, step=current)
 
     def finish(self, status: str = "finished", error: str | None = None) -> None:
         """End the run (idempotent): everything logged is written, then its status."""
@@ -561,7 +598,7 @@ class _Flush:
                 if key in STEP_SERIES:
                     row[key] = value
                 elif key == "clipped":
-                    norm = host[id(values["grad_norm"])]
+                    norm = value_of(values["grad_norm"])
                     points.append((key, "step", step, epoch, float(norm > value.max_norm)))
                 else:
                     points.append((key, "step", step, epoch, value))
