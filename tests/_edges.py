@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from _backends import rows as backend_rows
+from helpers.backends import rows as backend_rows
 from sqlalchemy.exc import OperationalError
 
 from hlbd.errors import HlbdError

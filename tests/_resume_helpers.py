@@ -10,11 +10,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from _backends import rows
+from helpers.backends import rows
 
 from hlbd.config import TrainConfig
 
-TABLES = ("runs", "segments", "epochs", "steps", "checkpoints", "anomalies", "alembic_version")
 # Per-epoch columns a resumed run must reproduce exactly (wall time and throughput differ).
 EXACT_COLUMNS = ("epoch", "loss", "grad_norm", "grad_norm_max", "grad_norm_min", "steps",
                  "nonfinite_steps", "clipped_steps", "lr", "token_accuracy", "tokens")
@@ -33,11 +32,6 @@ def tiny(**overrides) -> TrainConfig:
 
 def exact_metrics(epochs: list[dict]) -> list[tuple]:
     return [tuple(e[c] for c in EXACT_COLUMNS) for e in epochs]
-
-
-def dump(db: str | Path) -> dict[str, list]:
-    """Every row of every table, read-only: equal dumps mean an untouched store."""
-    return {t: sorted(map(repr, rows(db, f"SELECT * FROM {t}"))) for t in TABLES}
 
 
 def query(db: str | Path, sql: str, **params) -> list[tuple]:

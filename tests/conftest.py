@@ -2,30 +2,21 @@
 
 The fixtures ``store``, ``db_url`` and ``train_run`` (and every fixture built on
 ``backend``) run each test once per backend: a SQLite file, then a database of its own
-on the PostgreSQL server HLBD_TEST_PG names (tests/_backends.py). A test that is about
-SQLite itself says so with ``@sqlite_only``.
+on the PostgreSQL server HLBD_TEST_PG names (tests/helpers/backends.py). A test that is
+about SQLite itself says so with ``@sqlite_only``.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-from pathlib import Path
 
 import pytest
-from _backends import BACKENDS, PgServer, db_snapshot, is_sqlite, pg_required, pg_unavailable
 from _edges import Procs
+from helpers.backends import BACKENDS, Databases, PgServer, pg_required, pg_unavailable
 
 from hlbd.config import TrainConfig
 from hlbd.runner import start_run
 from hlbd.store import Store
-
-__all__ = ["db_snapshot", "is_sqlite", "postgres_only", "sqlite_only", "tiny_config"]
-
-# For a test about SQLite files (their bytes, WAL, mode=ro): run it on SQLite only.
-sqlite_only = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
-# For a test about the server (roles, sessions, many machines): PostgreSQL only.
-postgres_only = pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
 
 
 def tiny_config(**overrides) -> TrainConfig:
@@ -75,37 +66,6 @@ def pg_server():
     yield get
     for server in servers:
         server.close()
-
-
-class Databases:
-    """New and copied databases of one backend: SQLite files or PostgreSQL databases."""
-
-    def __init__(self, backend: str, server):
-        self.backend = backend
-        self._server = server
-
-    @property
-    def server(self) -> PgServer:
-        return self._server()
-
-    def new(self, folder: Path) -> str:
-        """A new database's --db value: a file path (created on first open) or a URL."""
-        if self.backend == "sqlite":
-            Path(folder).mkdir(parents=True, exist_ok=True)
-            return str(Path(folder) / "runs.db")
-        return self.server.new()
-
-    def copy(self, db: str, folder: Path) -> str:
-        """A copy of ``db`` (closed: no store may hold it open) for one test."""
-        if self.backend == "sqlite":
-            target = Path(folder) / "runs.db"
-            shutil.copy(db, target)
-            return str(target)
-        return self.server.copy(db)
-
-    def drop(self, db: str) -> None:
-        if self.backend != "sqlite":
-            self.server.drop(db)
 
 
 @pytest.fixture(scope="module", params=BACKENDS)

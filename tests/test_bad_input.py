@@ -7,7 +7,7 @@ import sqlite3
 
 import pytest
 from click.testing import CliRunner
-from conftest import db_snapshot
+from helpers.backends import db_snapshot
 
 from hlbd.cli import main
 from hlbd.errors import SchemaTooNewError

@@ -9,7 +9,7 @@ import sqlite3
 
 import pytest
 from alembic import command
-from conftest import sqlite_only
+from helpers.backends import sqlite_only
 
 from hlbd.config import config_diff
 from hlbd.runner import resume_checkpoint

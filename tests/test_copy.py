@@ -17,7 +17,8 @@ import sys
 
 import pytest
 from click.testing import CliRunner
-from conftest import db_snapshot, tiny_config
+from conftest import tiny_config
+from helpers.backends import db_snapshot
 
 from hlbd import importer
 from hlbd.cli import main

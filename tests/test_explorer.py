@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 import streamlit as st
 from _resume_helpers import TINY_FLAGS, kill_hard, query, spawn_hlbd, wait_until
-from conftest import sqlite_only, tiny_config
+from conftest import tiny_config
 from explorer_helpers import APP, chart_spec, charts, column_formats, compare, open_app
+from helpers.backends import sqlite_only
 from streamlit.testing.v1 import AppTest
 
 from hlbd import importer

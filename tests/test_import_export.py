@@ -14,9 +14,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from _backends import rows as db_rows
 from click.testing import CliRunner
-from conftest import db_snapshot, tiny_config
+from conftest import tiny_config
+from helpers.backends import db_snapshot
+from helpers.backends import rows as db_rows
 from sqlalchemy.exc import IntegrityError
 
 from hlbd import exporter, importer

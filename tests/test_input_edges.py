@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import sqlite_only, tiny_config
+from conftest import tiny_config
+from helpers.backends import sqlite_only
 
 from hlbd.cli import main
 from hlbd.cli.options import display_width

@@ -9,10 +9,10 @@ import math
 import sqlite3
 
 import pytest
-from _backends import rows
 from _resume_helpers import tiny
 from alembic import command
 from click.testing import CliRunner
+from helpers.backends import rows
 from sqlalchemy.exc import IntegrityError
 
 from hlbd import exporter, importer

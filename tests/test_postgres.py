@@ -1,7 +1,7 @@
 """A team's store on a PostgreSQL server: created once by many processes, refused when
 newer, written by 8 trainers at once, resumed from another machine.
 
-Every test here needs the server (HLBD_TEST_PG); tests/_backends.py says how to get one.
+Every test here needs the server (HLBD_TEST_PG); tests/helpers/backends.py says how to get one.
 """
 
 from __future__ import annotations
@@ -16,10 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
-from _backends import rows
 from _resume_helpers import TINY_FLAGS, exact_metrics, tiny
 from click.testing import CliRunner
-from conftest import postgres_only
+from helpers.backends import postgres_only, rows
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 

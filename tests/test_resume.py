@@ -17,7 +17,6 @@ import torch
 from _resume_helpers import (
     EXACT_COLUMNS,
     TINY_FLAGS,
-    dump,
     exact_metrics,
     kill_hard,
     query,
@@ -26,6 +25,7 @@ from _resume_helpers import (
     wait_until,
 )
 from click.testing import CliRunner
+from helpers.backends import dump
 
 from hlbd.checkpoint import checkpoint_path, load_checkpoint
 from hlbd.cli import main

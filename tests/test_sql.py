@@ -17,9 +17,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from _backends import rows as db_rows
 from click.testing import CliRunner
-from conftest import db_snapshot, postgres_only, sqlite_only, tiny_config
+from conftest import tiny_config
+from helpers.backends import db_snapshot, postgres_only, sqlite_only
+from helpers.backends import rows as db_rows
 from sqlalchemy.engine import make_url
 
 from hlbd import importer

@@ -1,4 +1,5 @@
-"""The databases the tests run against: SQLite files and, when a server is given, PostgreSQL.
+"""The databases the tests run against (SQLite files and, when a server is given,
+PostgreSQL), and reading them back read-only.
 
 ``HLBD_TEST_PG`` names a PostgreSQL server: a SQLAlchemy URL
 (``postgresql+psycopg://role@/postgres?host=/socket/dir``) whose role may CREATE
@@ -15,10 +16,12 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+import shutil
 import sqlite3
 import time
 from pathlib import Path
 
+import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
@@ -28,6 +31,12 @@ from hlbd.store import Store, connect
 
 BACKENDS = ("sqlite", "postgresql")
 READER_ROLE = "hlbd_reader"  # .ci/pg-server creates it: LOGIN, no rights of its own
+TABLES = ("runs", "segments", "epochs", "steps", "checkpoints", "anomalies", "alembic_version")
+
+# For a test about SQLite files (their bytes, WAL, mode=ro): run it on SQLite only.
+sqlite_only = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+# For a test about the server (roles, sessions, many machines): PostgreSQL only.
+postgres_only = pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
 
 
 def pg_unavailable() -> str | None:
@@ -121,6 +130,37 @@ class PgServer:
         self.admin.dispose()
 
 
+class Databases:
+    """New and copied databases of one backend: SQLite files or PostgreSQL databases."""
+
+    def __init__(self, backend: str, server):
+        self.backend = backend
+        self._server = server
+
+    @property
+    def server(self) -> PgServer:
+        return self._server()
+
+    def new(self, folder: Path) -> str:
+        """A new database's --db value: a file path (created on first open) or a URL."""
+        if self.backend == "sqlite":
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            return str(Path(folder) / "runs.db")
+        return self.server.new()
+
+    def copy(self, db: str, folder: Path) -> str:
+        """A copy of ``db`` (closed: no store may hold it open) for one test."""
+        if self.backend == "sqlite":
+            target = Path(folder) / "runs.db"
+            shutil.copy(db, target)
+            return str(target)
+        return self.server.copy(db)
+
+    def drop(self, db: str) -> None:
+        if self.backend != "sqlite":
+            self.server.drop(db)
+
+
 def is_sqlite(db: str | Path) -> bool:
     return connect.sqlite_path(connect.resolve_db_url(str(db))) is not None
 
@@ -133,6 +173,11 @@ def rows(db: str | Path, sql: str, **params) -> list[tuple]:
             return [tuple(r) for r in conn.execute(text(sql), params)]
     finally:
         engine.dispose()
+
+
+def dump(db: str | Path) -> dict[str, list]:
+    """Every row of every table, read-only: equal dumps mean an untouched store."""
+    return {t: sorted(map(repr, rows(db, f"SELECT * FROM {t}"))) for t in TABLES}
 
 
 def db_snapshot(db: str | Path) -> dict:

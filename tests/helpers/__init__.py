@@ -1,0 +1,5 @@
+"""What the tests share, a module per job:
+
+- backends: the databases tests run on (SQLite, PostgreSQL), the sqlite_only and
+  postgres_only marks, and reading a store back (rows, db_snapshot, dump).
+"""
