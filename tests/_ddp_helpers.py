@@ -21,7 +21,8 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from _resume_helpers import _env, query
+from _resume_helpers import _env
+from helpers.backends import rows
 from sqlalchemy.exc import OperationalError
 
 from hlbd.data import bundled_dataset
@@ -168,7 +169,7 @@ def rows_once_there(db: Path, sql: str) -> list[tuple]:
     if not db.exists():
         return []
     try:
-        return query(db, sql)
+        return rows(db, sql)
     except (sqlite3.OperationalError, OperationalError) as exc:
         if "no such table" in str(exc):
             return []

@@ -1,4 +1,4 @@
-"""Helpers for the edge-case tests: processes that are always reaped, store readers."""
+"""Helpers for the edge-case tests: processes that are always reaped."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from helpers.backends import rows as backend_rows
 from sqlalchemy.exc import OperationalError
 
 from hlbd.errors import HlbdError
@@ -74,15 +73,6 @@ def finish(proc: subprocess.Popen, timeout: float = 180) -> tuple[int, str, str]
         out, err = proc.communicate()
         raise AssertionError(f"process ran past {timeout} s:\n{out}\n{err}") from None
     return proc.returncode, out or "", err or ""
-
-
-def rows(db: str | Path, sql: str, *params) -> list[tuple]:
-    """Read the store (a SQLite file or a server URL) read-only, without taking a lock a
-    live trainer could wait on; ``?`` marks the positional ``params``."""
-    pieces = sql.split("?")
-    named = "".join(piece + (f":p{i}" if i < len(pieces) - 1 else "")
-                    for i, piece in enumerate(pieces))
-    return backend_rows(db, named, **{f"p{i}": value for i, value in enumerate(params)})
 
 
 def wait_for(condition: Callable[[], object], proc: subprocess.Popen | None = None,

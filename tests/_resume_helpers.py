@@ -1,4 +1,4 @@
-"""Helpers for the resume tests: tiny configs, CLI subprocesses, read-only store views."""
+"""Helpers for the resume tests: tiny configs, CLI subprocesses."""
 
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-
-from helpers.backends import rows
 
 from hlbd.config import TrainConfig
 
@@ -32,11 +30,6 @@ def tiny(**overrides) -> TrainConfig:
 
 def exact_metrics(epochs: list[dict]) -> list[tuple]:
     return [tuple(e[c] for c in EXACT_COLUMNS) for e in epochs]
-
-
-def query(db: str | Path, sql: str, **params) -> list[tuple]:
-    """Read the store of a live trainer, read-only: no lock it could wait on."""
-    return rows(db, sql, **params)
 
 
 def spawn_hlbd(*args: str) -> subprocess.Popen:

@@ -12,8 +12,9 @@ import time
 from datetime import timedelta
 
 import pytest
-from _edges import TINY, finish, rows, wait_for
+from _edges import TINY, finish, wait_for
 from conftest import tiny_config
+from helpers.backends import rows
 from sqlalchemy import text
 
 from hlbd.errors import RunClaimedError
@@ -44,11 +45,11 @@ def test_three_resumes_started_at_once_record_each_epoch_once(db, tmp_path, stor
         assert any(why in line for why in ("still being written by process",
                                            "claimed by another", "taken over by another"))
     # Exactly one segment wrote: epochs 4-6 once, by segment 2, and nothing else.
-    assert rows(db, "SELECT epoch, segment, superseded_by FROM epochs WHERE run_id = ? "
-                    "ORDER BY epoch", first.run_id) == [
+    assert rows(db, "SELECT epoch, segment, superseded_by FROM epochs WHERE run_id = :run "
+                    "ORDER BY epoch", run=first.run_id) == [
         (1, 1, None), (2, 1, None), (3, 1, None), (4, 2, None), (5, 2, None), (6, 2, None)]
-    assert rows(db, "SELECT segment, status FROM segments WHERE run_id = ?",
-                first.run_id) == [(1, "finished"), (2, "finished")]
+    assert rows(db, "SELECT segment, status FROM segments WHERE run_id = :run",
+                run=first.run_id) == [(1, "finished"), (2, "finished")]
     steps = [s["step"] for s in store.steps(first.run_id, include_superseded=True)]
     assert steps == list(range(1, len(steps) + 1))
 
@@ -97,9 +98,9 @@ def test_claims_made_at_the_same_instant_have_exactly_one_winner(db, store, proc
     assert [code for code, _, _ in outputs] == [0] * 4, outputs
     said = sorted(out.split()[0] for _, out, _ in outputs)
     assert said == ["lost", "lost", "lost", "won"], outputs
-    assert rows(db, "SELECT segment, status FROM segments WHERE run_id = ? ORDER BY segment",
-                run_id) == [(1, "crashed" if holder == "dead process" else "interrupted"),
-                            (2, "running")]
+    assert rows(db, "SELECT segment, status FROM segments WHERE run_id = :run "
+                    "ORDER BY segment", run=run_id) == [
+        (1, "crashed" if holder == "dead process" else "interrupted"), (2, "running")]
 
 
 def test_a_stale_holder_on_another_host_is_taken_over_and_a_fresh_one_is_not(db, store):

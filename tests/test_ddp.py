@@ -23,8 +23,8 @@ from _ddp_helpers import (
     torchrun_command,
     wait_for,
 )
-from _resume_helpers import query
 from click.testing import CliRunner
+from helpers.backends import rows
 
 from hlbd.checkpoint import load_checkpoint
 from hlbd.cli import main
@@ -72,7 +72,7 @@ def assert_same_numbers(got: list[dict], expected: list[dict], columns=MEASURED)
 
 
 def run_ids(db: Path) -> list[str]:
-    return [r[0] for r in query(db, "SELECT run_id FROM runs")]
+    return [r[0] for r in rows(db, "SELECT run_id FROM runs")]
 
 
 @pytest.fixture
@@ -117,8 +117,8 @@ def test_two_ranks_record_the_one_process_run(tmp_path, dataset, launch):
         assert math.isclose(s["grad_norm"], e["grad_norm"], rel_tol=RTOL), (s, e)
         assert s["lr"] == e["lr"]
     # Recorded once: one row per epoch and step, one folder, one report, one checkpoint.
-    assert query(db, "SELECT count(*), count(DISTINCT epoch) FROM epochs") == [(3, 3)]
-    assert query(db, "SELECT count(*) FROM steps") == [(len(expected),)]
+    assert rows(db, "SELECT count(*), count(DISTINCT epoch) FROM epochs") == [(3, 3)]
+    assert rows(db, "SELECT count(*) FROM steps") == [(len(expected),)]
     assert [p.name for p in (tmp_path / "two").iterdir()] == [run_id]
     assert sorted(p.name for p in (tmp_path / "two" / run_id).iterdir()) == [
         "checkpoint_epoch_3.pt", REPORT_NAME]
@@ -173,8 +173,8 @@ def test_two_nodes_on_localhost_record_one_run(tmp_path, dataset, launch):
         assert code == 0, output
     db = tmp_path / "node0" / "runs.db"
     [run_id] = run_ids(db)
-    assert query(db, "SELECT epoch, segment FROM epochs ORDER BY epoch") == [(1, 1), (2, 1)]
-    assert query(db, "SELECT world_size, hosts FROM segments") == [
+    assert rows(db, "SELECT epoch, segment FROM epochs ORDER BY epoch") == [(1, 1), (2, 1)]
+    assert rows(db, "SELECT world_size, hosts FROM segments") == [
         (2, json.dumps([Store.open(str(db)).segments(run_id)[0]["hostname"]] * 2))]
     # The second node's rank opened no store and wrote no folder: only launch output.
     assert [p.name for p in (tmp_path / "node1").iterdir()

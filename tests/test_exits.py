@@ -8,7 +8,8 @@ import os
 import signal
 
 import pytest
-from _edges import TINY, finish, rows, wait_for
+from _edges import TINY, finish, wait_for
+from helpers.backends import rows
 
 from hlbd.checkpoint import checkpoint_path, load_checkpoint
 from hlbd.store import Store
@@ -86,7 +87,8 @@ def test_a_closed_stdout_does_not_stop_or_strand_the_run(db, tmp_path, procs):
     assert code == 141  # 128 + SIGPIPE, as for any writer whose reader went away
     assert f"the run is recorded: finished: run {run_id} at epoch 2" in err
     assert "Traceback" not in err
-    assert rows(db, "SELECT status FROM runs WHERE run_id = ?", run_id) == [("finished",)]
+    assert rows(db, "SELECT status FROM runs WHERE run_id = :run", run=run_id) == [
+        ("finished",)]
     assert rows(db, "SELECT max(epoch) FROM epoch_metrics") == [(2,)]
 
 

@@ -9,10 +9,10 @@ import sqlite3
 import pandas as pd
 import pytest
 import streamlit as st
-from _resume_helpers import TINY_FLAGS, kill_hard, query, spawn_hlbd, wait_until
+from _resume_helpers import TINY_FLAGS, kill_hard, spawn_hlbd, wait_until
 from conftest import tiny_config
 from explorer_helpers import APP, chart_spec, charts, column_formats, compare, open_app
-from helpers.backends import sqlite_only
+from helpers.backends import rows, sqlite_only
 from streamlit.testing.v1 import AppTest
 
 from hlbd import importer
@@ -57,7 +57,7 @@ def explored(databases, tmp_path_factory):
     trainer = spawn_hlbd("train", "--db", str(db), "--runs-dir", str(root / "runs"),
                          "--name", "crashed", "--epochs", "200", *TINY_FLAGS)
     try:
-        ids["crashed"] = wait_until(lambda: query(
+        ids["crashed"] = wait_until(lambda: rows(
             db, "SELECT r.run_id FROM runs r JOIN epochs e ON e.run_id = r.run_id "
                 "WHERE r.name = 'crashed'"), trainer)[0][0]
     finally:

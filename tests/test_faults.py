@@ -18,9 +18,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from _edges import TINY, finish, rows, wait_for
+from _edges import TINY, finish, wait_for
 from _resume_helpers import exact_metrics
 from click.testing import CliRunner
+from helpers.backends import rows
 
 from hlbd.checkpoint import checkpoint_path, load_checkpoint
 from hlbd.cli import main
@@ -66,11 +67,11 @@ def _kill_at(phase: str, proc, db: Path, runs: Path, rng: random.Random) -> str:
     if phase == "resume start":
         time.sleep(rng.uniform(0, 0.15))  # model build, state restore, first batches
     elif phase == "steps":
-        wait_for(lambda: rows(db, "SELECT 1 FROM steps WHERE segment = ?", segment), proc,
+        wait_for(lambda: rows(db, "SELECT 1 FROM steps WHERE segment = :s", s=segment), proc,
                  every=0.005)
         time.sleep(rng.uniform(0, 0.5))
     elif phase == "epoch commit":
-        wait_for(lambda: rows(db, "SELECT 1 FROM epochs WHERE segment = ?", segment), proc,
+        wait_for(lambda: rows(db, "SELECT 1 FROM epochs WHERE segment = :s", s=segment), proc,
                  every=0.002)
         time.sleep(rng.uniform(0, 0.01))  # report, anomaly rows, checkpoint decision
     else:  # mid checkpoint write: a temp file of this segment is there, not yet renamed
@@ -87,9 +88,9 @@ def _kill_at(phase: str, proc, db: Path, runs: Path, rng: random.Random) -> str:
     if phase == "checkpoint write" and not set(
             _temp_checkpoints_of(list(runs.iterdir()))) - stale:
         phase = "checkpoint write (just renamed)"
-    ((steps, epochs),) = rows(db, "SELECT (SELECT count(*) FROM steps WHERE segment = ?), "
-                                  "(SELECT count(*) FROM epochs WHERE segment = ?)",
-                              segment, segment)
+    ((steps, epochs),) = rows(db, "SELECT (SELECT count(*) FROM steps WHERE segment = :s), "
+                                  "(SELECT count(*) FROM epochs WHERE segment = :s)",
+                              s=segment)
     print(f"kill {segment:2d}: {phase:<16} after {steps:3d} step rows, {epochs} epochs")
     return phase
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import logging
 
-from _edges import TINY, rows, wait_for
+from _edges import TINY, wait_for
 from _resume_helpers import exact_metrics, tiny
 from click.testing import CliRunner
+from helpers.backends import rows
 
 from hlbd.checkpoint import checkpoint_path
 from hlbd.cli import main

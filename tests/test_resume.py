@@ -19,13 +19,12 @@ from _resume_helpers import (
     TINY_FLAGS,
     exact_metrics,
     kill_hard,
-    query,
     spawn_hlbd,
     tiny,
     wait_until,
 )
 from click.testing import CliRunner
-from helpers.backends import dump
+from helpers.backends import dump, rows
 
 from hlbd.checkpoint import checkpoint_path, load_checkpoint
 from hlbd.cli import main
@@ -157,7 +156,7 @@ def test_resume_from_an_earlier_checkpoint_file_supersedes_later_epochs(
     assert [(s["step"], s["epoch"], s["segment"]) for s in kept_steps] == [
         (s["step"], s["epoch"], 1) for s in old_steps if s["epoch"] > 2]
     assert {s["superseded_by"] for s in kept_steps} == {2}
-    view = query(db, "SELECT epoch, segment FROM epoch_metrics WHERE run_id = :run_id "
+    view = rows(db, "SELECT epoch, segment FROM epoch_metrics WHERE run_id = :run_id "
                      "ORDER BY epoch", run_id=first.run_id)
     assert view == [(1, 1), (2, 1), (3, 2), (4, 2), (5, 2), (6, 2)]
 
@@ -239,15 +238,15 @@ def test_killed_run_shows_crashed_and_resumes_with_each_epoch_once(db, runs_root
     beats = []
 
     def one_epoch_past_a_checkpoint():
-        rows = query(db, "SELECT max(epoch), (SELECT heartbeat_at FROM runs) FROM epochs")
-        epoch, beat = rows[0] if rows else (None, None)
+        found = rows(db, "SELECT max(epoch), (SELECT heartbeat_at FROM runs) FROM epochs")
+        epoch, beat = found[0] if found else (None, None)
         beats.append(beat)
         return epoch if epoch and epoch > 3 and epoch % 3 == 1 else None
 
     wait_until(one_epoch_past_a_checkpoint, proc)
     kill_hard(proc)
 
-    (run_id,) = [r[0] for r in query(db, "SELECT run_id FROM runs")]
+    (run_id,) = [r[0] for r in rows(db, "SELECT run_id FROM runs")]
     listing = cli("runs", "--db", str(db))
     assert listing.exit_code == 0
     assert "crashed" in next(line for line in listing.output.splitlines() if run_id in line)
@@ -288,12 +287,12 @@ def test_ctrl_c_saves_a_checkpoint_marks_interrupted_and_resume_is_exact(
     proc = spawn_hlbd("train", "--db", str(db), "--runs-dir", str(runs_root), *TINY_FLAGS,
                       "--epochs", "60", "--seed", "7", "--t-0", "2", "--t-mult", "2",
                       "--save-interval", "0", "--name", "ctrl-c")
-    wait_until(lambda: query(db, "SELECT 1 FROM epochs WHERE epoch >= 2"), proc)
+    wait_until(lambda: rows(db, "SELECT 1 FROM epochs WHERE epoch >= 2"), proc)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
 
     assert proc.returncode == 130
-    (run_id,) = [r[0] for r in query(db, "SELECT run_id FROM runs")]
+    (run_id,) = [r[0] for r in rows(db, "SELECT run_id FROM runs")]
     run_ = store.get_run(run_id)
     assert run_["status"] == run_["display_status"] == "interrupted"
     epochs = store.epochs(run_id)
@@ -513,10 +512,10 @@ def test_run_still_written_by_a_live_process_is_refused_unless_forced(db, runs_r
                       "--name", "live")
     try:
         # Pause it right after a checkpoint row: its next write is an epoch away.
-        wait_until(lambda: query(db, "SELECT 1 FROM checkpoints WHERE epoch = "
+        wait_until(lambda: rows(db, "SELECT 1 FROM checkpoints WHERE epoch = "
                                      "(SELECT max(epoch) FROM epochs)"), proc)
         proc.send_signal(signal.SIGSTOP)
-        (run_id,) = [r[0] for r in query(db, "SELECT run_id FROM runs")]
+        (run_id,) = [r[0] for r in rows(db, "SELECT run_id FROM runs")]
 
         line = refused(db, "resume", "--run-id", run_id, "--epochs", "600")
         assert f"is still being written by process {proc.pid}" in line
