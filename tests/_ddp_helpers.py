@@ -29,9 +29,6 @@ from hlbd.data import bundled_dataset
 
 # Long enough for a loaded 2-core CI machine, short enough that a hang fails the test.
 LAUNCH_TIMEOUT = 240
-# The tiny model as CLI flags, dropout 0: the 1 vs 2 ranks equivalence holds at any seed.
-TINY = ["--d-model", "32", "--n-layers", "1", "--n-heads", "2", "--d-ff", "64",
-        "--dropout", "0", "--device", "cpu", "--quiet", "--ddp-timeout", "60"]
 
 
 def torchrun_command(*args: str, nproc: int = 2, rendezvous: list[str] | None = None,

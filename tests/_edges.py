@@ -16,9 +16,6 @@ from sqlalchemy.exc import OperationalError
 from hlbd.errors import HlbdError
 
 REPO = Path(__file__).resolve().parents[1]
-# A tiny model as CLI flags (an epoch of the bundled data in well under a second).
-TINY = ["--d-model", "32", "--n-layers", "1", "--n-heads", "2", "--d-ff", "64",
-        "--dropout", "0.0", "--device", "cpu", "--quiet"]
 
 
 def env() -> dict:

@@ -1,4 +1,4 @@
-"""Helpers for the resume tests: tiny configs, CLI subprocesses."""
+"""Helpers for the resume tests: CLI subprocesses, the columns a resume reproduces."""
 
 from __future__ import annotations
 
@@ -10,22 +10,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from hlbd.config import TrainConfig
-
 # Per-epoch columns a resumed run must reproduce exactly (wall time and throughput differ).
 EXACT_COLUMNS = ("epoch", "loss", "grad_norm", "grad_norm_max", "grad_norm_min", "steps",
                  "nonfinite_steps", "clipped_steps", "lr", "token_accuracy", "tokens")
-# The same tiny model, as CLI flags; dropout > 0 so the random state matters on resume.
-TINY_FLAGS = ["--d-model", "32", "--n-layers", "1", "--n-heads", "2", "--d-ff", "64",
-              "--batch-size", "16", "--dropout", "0.2", "--device", "cpu", "--quiet"]
-
-
-def tiny(**overrides) -> TrainConfig:
-    """The config TINY_FLAGS give, with a cosine cycle short enough to restart in a test."""
-    values = {"d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64, "batch_size": 16,
-              "dropout": 0.2, "device": "cpu", "seed": 7, "t_0": 2, "t_mult": 2,
-              "save_interval": 0, "step_flush_interval": 1000}
-    return TrainConfig(**{**values, **overrides})
 
 
 def exact_metrics(epochs: list[dict]) -> list[tuple]:

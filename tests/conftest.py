@@ -13,18 +13,10 @@ import os
 import pytest
 from _edges import Procs
 from helpers.backends import BACKENDS, Databases, PgServer, pg_required, pg_unavailable
+from helpers.tiny import tiny_config
 
-from hlbd.config import TrainConfig
 from hlbd.runner import start_run
 from hlbd.store import Store
-
-
-def tiny_config(**overrides) -> TrainConfig:
-    """A model small enough to train an epoch of the bundled data in a fraction of a second."""
-    values = {"d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64, "epochs": 2,
-              "batch_size": 16, "dropout": 0.0, "save_interval": 0, "device": "cpu",
-              "step_flush_interval": 1000}
-    return TrainConfig(**{**values, **overrides})
 
 
 def pytest_collection_modifyitems(config, items) -> None:

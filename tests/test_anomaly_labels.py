@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 
 import torch
-from conftest import tiny_config
+from helpers.tiny import tiny_config
 
 from hlbd.anomalies import detect
 from hlbd.checkpoint import load_checkpoint, save_checkpoint

@@ -12,9 +12,9 @@ import time
 from datetime import timedelta
 
 import pytest
-from _edges import TINY, finish, wait_for
-from conftest import tiny_config
+from _edges import finish, wait_for
 from helpers.backends import rows
+from helpers.tiny import tiny_config, tiny_flags
 from sqlalchemy import text
 
 from hlbd.errors import RunClaimedError
@@ -154,8 +154,8 @@ def pause_between_writes(proc: subprocess.Popen, db: str) -> None:
 
 def test_a_taken_over_holder_that_wakes_up_stops_without_writing(db, tmp_path, store,
                                                                  procs):
-    holder = procs.hlbd("train", "--db", db, "--runs-dir", tmp_path / "runs", *TINY,
-                        "--batch-size", "4", "--epochs", "500", "--save-interval", "1",
+    holder = procs.hlbd("train", "--db", db, "--runs-dir", tmp_path / "runs",
+                        *tiny_flags(batch_size=4, epochs=500, save_interval=1),
                         "--name", "paused")
     wait_for(lambda: rows(db, "SELECT 1 FROM checkpoints WHERE epoch = "
                               "(SELECT max(epoch) FROM epochs)"), holder)

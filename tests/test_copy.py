@@ -17,8 +17,8 @@ import sys
 
 import pytest
 from click.testing import CliRunner
-from conftest import tiny_config
 from helpers.backends import db_snapshot
+from helpers.tiny import tiny_config
 
 from hlbd import importer
 from hlbd.cli import main

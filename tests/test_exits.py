@@ -8,8 +8,9 @@ import os
 import signal
 
 import pytest
-from _edges import TINY, finish, wait_for
+from _edges import finish, wait_for
 from helpers.backends import rows
+from helpers.tiny import tiny_flags
 
 from hlbd.checkpoint import checkpoint_path, load_checkpoint
 from hlbd.store import Store
@@ -23,8 +24,9 @@ def db(tmp_path):
 def test_sigterm_checkpoints_the_last_finished_epoch_and_marks_interrupted(db, tmp_path,
                                                                            procs):
     runs = tmp_path / "runs"
-    proc = procs.hlbd("train", "--db", db, "--runs-dir", runs, *TINY, "--batch-size", "4",
-                      "--epochs", "200", "--save-interval", "0", "--name", "preempted")
+    proc = procs.hlbd("train", "--db", db, "--runs-dir", runs,
+                      *tiny_flags(batch_size=4, epochs=200, save_interval=0),
+                      "--name", "preempted")
     wait_for(lambda: rows(db, "SELECT 1 FROM epochs WHERE epoch >= 2"), proc)
     proc.send_signal(signal.SIGTERM)  # what a scheduler, `docker stop` or `kill` sends
     code, out, err = finish(proc)
@@ -60,7 +62,7 @@ def test_a_stop_while_loading_the_dataset_creates_no_run(db, tmp_path, procs, si
     # A dataset that is still being read: a FIFO nobody writes to yet.
     fifo = tmp_path / "slow_dataset.json"
     os.mkfifo(fifo)
-    proc = procs.hlbd("train", "--db", db, "--runs-dir", tmp_path / "runs", *TINY,
+    proc = procs.hlbd("train", "--db", db, "--runs-dir", tmp_path / "runs", *tiny_flags(),
                       "--dataset", fifo)
     wait_for(lambda: _reader_attached(fifo), proc)
     proc.send_signal(sig)
@@ -76,8 +78,8 @@ def test_a_stop_while_loading_the_dataset_creates_no_run(db, tmp_path, procs, si
 
 def test_a_closed_stdout_does_not_stop_or_strand_the_run(db, tmp_path, procs):
     """`hlbd train | head -1`: the reader goes after the run id; the run goes on."""
-    proc = procs.hlbd("train", "--db", db, "--runs-dir", tmp_path / "runs", *TINY,
-                      "--epochs", "2")
+    proc = procs.hlbd("train", "--db", db, "--runs-dir", tmp_path / "runs",
+                      *tiny_flags(epochs=2))
     first = proc.stdout.readline()
     proc.stdout.close()  # what `head -1` does after its line
     code = proc.wait(timeout=180)

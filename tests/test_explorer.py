@@ -9,10 +9,10 @@ import sqlite3
 import pandas as pd
 import pytest
 import streamlit as st
-from _resume_helpers import TINY_FLAGS, kill_hard, spawn_hlbd, wait_until
-from conftest import tiny_config
+from _resume_helpers import kill_hard, spawn_hlbd, wait_until
 from explorer_helpers import APP, chart_spec, charts, column_formats, compare, open_app
 from helpers.backends import rows, sqlite_only
+from helpers.tiny import tiny_config, tiny_flags
 from streamlit.testing.v1 import AppTest
 
 from hlbd import importer
@@ -55,7 +55,7 @@ def explored(databases, tmp_path_factory):
     ids["imported"] = imported.run_id
     # A trainer killed with SIGKILL after its first epoch: its run says "running".
     trainer = spawn_hlbd("train", "--db", str(db), "--runs-dir", str(root / "runs"),
-                         "--name", "crashed", "--epochs", "200", *TINY_FLAGS)
+                         "--name", "crashed", *tiny_flags(dropout=0.2, epochs=200))
     try:
         ids["crashed"] = wait_until(lambda: rows(
             db, "SELECT r.run_id FROM runs r JOIN epochs e ON e.run_id = r.run_id "

@@ -13,8 +13,8 @@ import sys
 import urllib.parse
 
 import pytest
-from conftest import tiny_config
 from explorer_helpers import APP, free_port, streamlit_flags, wait_until_serving
+from helpers.tiny import tiny_config
 
 from hlbd.runner import resume_run, start_run
 from hlbd.store import Store

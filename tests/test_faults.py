@@ -18,10 +18,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from _edges import TINY, finish, wait_for
+from _edges import finish, wait_for
 from _resume_helpers import exact_metrics
 from click.testing import CliRunner
 from helpers.backends import rows
+from helpers.tiny import tiny_flags
 
 from hlbd.checkpoint import checkpoint_path, load_checkpoint
 from hlbd.cli import main
@@ -33,8 +34,7 @@ SEED = 20261127
 KILLS = 20
 PHASES = ("resume start", "steps", "epoch commit", "checkpoint write")
 # Small batches and frequent step flushes: many steps, step commits and checkpoints.
-FLAGS = [*TINY, "--batch-size", "8", "--save-interval", "2", "--step-flush-interval", "3",
-         "--seed", "3", "--dropout", "0.1"]
+FLAGS = tiny_flags(batch_size=8, save_interval=2, step_flush_interval=3, seed=3, dropout=0.1)
 
 
 def _segments(db: Path) -> int:

@@ -20,17 +20,17 @@ import time
 from pathlib import Path
 
 import pytest
-from _edges import TINY, finish
+from _edges import finish
 from alembic import command
 from click.testing import CliRunner
-from conftest import tiny_config
+from helpers.tiny import tiny_config, tiny_flags
 
 from hlbd.checkpoint import load_checkpoint, prune_checkpoints
 from hlbd.cli import main
 from hlbd.runner import resume_checkpoint, resume_run, start_run
 from hlbd.store import Store, connect, schema
 
-LOUD = [flag for flag in TINY if flag != "--quiet"]  # the tiny model, progress as usual
+LOUD = tiny_flags(quiet=False)  # the tiny model, progress as usual
 
 
 def files(folder: Path) -> list[str]:
@@ -149,7 +149,7 @@ def test_a_stderr_closed_before_the_start_does_not_fail_the_run(tmp_path, procs)
 def test_files_are_created_with_the_users_umask(tmp_path, procs, umask, mode, folder_mode):
     db, runs = tmp_path / "runs.db", tmp_path / "runs"
     argv = ["sh", "-c", f'umask {umask:03o} && exec "$0" -m hlbd "$@"', sys.executable,
-            "train", "--db", str(db), "--runs-dir", str(runs), *TINY, "--epochs", "1"]
+            "train", "--db", str(db), "--runs-dir", str(runs), *tiny_flags(epochs=1)]
     code, _, err = finish(procs.start(argv))
     assert code == 0, err
     (run_dir,) = runs.iterdir()
@@ -235,8 +235,8 @@ main(args)
 def test_a_kill_between_writing_and_pruning_loses_nothing(tmp_path, procs, caplog, point,
                                                           files_left, rows):
     db, runs = tmp_path / "runs.db", tmp_path / "runs"
-    proc = procs.python(KILLED_AT, point, "train", "--db", db, "--runs-dir", runs, *TINY,
-                        "--epochs", "5", "--save-interval", "1", "--keep-checkpoints", "1")
+    proc = procs.python(KILLED_AT, point, "train", "--db", db, "--runs-dir", runs,
+                        *tiny_flags(epochs=5, save_interval=1, keep_checkpoints=1))
     code, out, err = finish(proc)
     assert code == -signal.SIGKILL, err
     run_id = out.split()[1]
@@ -262,7 +262,7 @@ def test_a_kill_between_writing_and_pruning_loses_nothing(tmp_path, procs, caplo
 # -- flags and schema ------------------------------------------------------------------
 
 @pytest.mark.parametrize("command_line", [
-    ["train", *TINY, "--keep-checkpoints", "-1"],
+    ["train", *tiny_flags(), "--keep-checkpoints", "-1"],
     ["train", "--resume", "nowhere.pt", "--keep-checkpoints", "-2"],
     ["resume", "--run-id", "abc", "--keep-checkpoints", "-1"],
 ], ids=["train", "train --resume", "resume"])

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import tiny_config
 from helpers.backends import db_snapshot
 from helpers.backends import rows as db_rows
+from helpers.tiny import tiny_config
 from sqlalchemy.exc import IntegrityError
 
 from hlbd import exporter, importer

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import tiny_config
 from helpers.backends import sqlite_only
+from helpers.tiny import tiny_config
 
 from hlbd.cli import main
 from hlbd.cli.options import display_width

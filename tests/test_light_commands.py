@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from _edges import finish
-from conftest import tiny_config
+from helpers.tiny import tiny_config
 
 from hlbd.runner import start_run
 from hlbd.store import Store

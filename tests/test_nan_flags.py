@@ -9,10 +9,10 @@ import math
 import sqlite3
 
 import pytest
-from _resume_helpers import tiny
 from alembic import command
 from click.testing import CliRunner
 from helpers.backends import rows
+from helpers.tiny import RESUMABLE, tiny_config
 from sqlalchemy.exc import IntegrityError
 
 from hlbd import exporter, importer
@@ -50,7 +50,8 @@ def test_a_nan_learning_rate_is_stored_flagged_and_comes_back_as_nan(tmp_path, s
 
 def test_anomaly_rows_of_a_superseded_segment_are_marked_superseded(tmp_path, store):
     # lr 50 without clipping: every epoch's grad norm explodes and is flagged.
-    first = start_run(tiny(epochs=4, lr=50.0, max_grad_norm=0.0, save_interval=2), store,
+    first = start_run(tiny_config(RESUMABLE, epochs=4, lr=50.0, max_grad_norm=0.0,
+                                  save_interval=2), store,
                       runs_root=tmp_path / "runs", progress=False)
     flagged = {a["epoch"] for a in store.anomalies(first.run_id)}
     assert {3, 4} <= flagged

@@ -16,9 +16,10 @@ import time
 from pathlib import Path
 
 import pytest
-from _resume_helpers import TINY_FLAGS, exact_metrics, tiny
+from _resume_helpers import exact_metrics
 from click.testing import CliRunner
 from helpers.backends import postgres_only, rows
+from helpers.tiny import RESUMABLE, tiny_config, tiny_flags
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
@@ -96,8 +97,9 @@ def test_a_server_database_at_an_unknown_revision_is_refused(db_url):
 def test_eight_trainers_writing_at_once_lose_nothing(db_url, tmp_path):
     # --step-flush-interval 1: every step is its own transaction, the most writes.
     results = run_all([[sys.executable, "-m", "hlbd", "train", "--db", db_url,
-                        "--runs-dir", str(tmp_path / "runs"), *TINY_FLAGS, "--epochs", "2",
-                        "--seed", str(i), "--step-flush-interval", "1", "--name", f"w{i}"]
+                        "--runs-dir", str(tmp_path / "runs"),
+                        *tiny_flags(dropout=0.2, epochs=2, seed=i, step_flush_interval=1),
+                        "--name", f"w{i}"]
                        for i in range(8)])
 
     assert [r[0] for r in results] == [0] * 8, [r[2][-2000:] for r in results]
@@ -130,8 +132,7 @@ def test_a_run_resumed_on_another_machine_continues_the_same_history(db_url, tmp
     runs_dir = str(tmp_path / "shared_runs")  # checkpoints on a filesystem both see
     ((status, out, err),) = run_all([[
         sys.executable, "-c", ON_HOST, "machine-a", "train", "--db", db_url,
-        "--runs-dir", runs_dir, *TINY_FLAGS, "--epochs", "2", "--seed", "7", "--t-0", "2",
-        "--t-mult", "2", "--name", "moved"]])
+        "--runs-dir", runs_dir, *tiny_flags(RESUMABLE, epochs=2), "--name", "moved"]])
     assert status == 0, err
     run_id = out.splitlines()[0].removeprefix("run_id: ")
 
@@ -146,7 +147,7 @@ def test_a_run_resumed_on_another_machine_continues_the_same_history(db_url, tmp
                                                  (2, 2, "machine-b", "finished")]
     epochs = store.epochs(run_id)
     assert [(e["epoch"], e["segment"]) for e in epochs] == [(1, 1), (2, 1), (3, 2), (4, 2)]
-    straight = start_run(tiny(epochs=4, seed=7), store, runs_root=tmp_path / "straight",
+    straight = start_run(tiny_config(RESUMABLE, epochs=4), store, runs_root=tmp_path / "straight",
                          progress=False)
     assert exact_metrics(epochs) == exact_metrics(store.epochs(straight.run_id))
     steps = store.steps(run_id)

@@ -8,7 +8,7 @@ import sqlite3
 import threading
 
 import pytest
-from conftest import tiny_config
+from helpers.tiny import tiny_config
 
 from hlbd import recorder as recorder_module
 from hlbd.recorder import StoreRecorder

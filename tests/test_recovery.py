@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import logging
 
-from _edges import TINY, wait_for
-from _resume_helpers import exact_metrics, tiny
+from _edges import wait_for
+from _resume_helpers import exact_metrics
 from click.testing import CliRunner
 from helpers.backends import rows
+from helpers.tiny import RESUMABLE, tiny_config, tiny_flags
 
 from hlbd.checkpoint import checkpoint_path
 from hlbd.cli import main
@@ -16,7 +17,8 @@ from hlbd.runner import resume_run, start_run
 
 
 def run(store, root, **overrides):
-    return start_run(tiny(**overrides), store, runs_root=root / "runs", progress=False)
+    return start_run(tiny_config(RESUMABLE, **overrides), store, runs_root=root / "runs",
+                     progress=False)
 
 
 def test_a_damaged_newest_checkpoint_is_named_and_the_next_one_used(tmp_path, store,
@@ -67,9 +69,9 @@ def test_a_run_with_no_checkpoint_that_loads_starts_again_in_the_same_history(
 def test_a_run_killed_before_its_first_checkpoint_resumes_from_the_start(tmp_path, store,
                                                                         db_url, procs):
     db = db_url
-    proc = procs.hlbd("train", "--db", db, "--runs-dir", tmp_path / "runs", *TINY,
-                      "--epochs", "60", "--save-interval", "0", "--seed", "7", "--t-0", "2",
-                      "--t-mult", "2", "--name", "no-checkpoint")
+    proc = procs.hlbd("train", "--db", db, "--runs-dir", tmp_path / "runs",
+                      *tiny_flags(RESUMABLE, dropout=0.0, epochs=60, save_interval=0),
+                      "--name", "no-checkpoint")
     wait_for(lambda: rows(db, "SELECT 1 FROM epochs WHERE epoch >= 2"), proc)
     procs.kill_all()  # kill -9, before any checkpoint was written
     (run_id,) = [r[0] for r in rows(db, "SELECT run_id FROM runs")]
@@ -81,8 +83,8 @@ def test_a_run_killed_before_its_first_checkpoint_resumes_from_the_start(tmp_pat
                                        "--epochs", "3", "--quiet"])
 
     assert result.exit_code == 0, result.output
-    straight = start_run(tiny(epochs=3, dropout=0.0), store, runs_root=tmp_path / "runs",
-                         progress=False)
+    straight = start_run(tiny_config(RESUMABLE, epochs=3, dropout=0.0), store,
+                         runs_root=tmp_path / "runs", progress=False)
     assert exact_metrics(store.epochs(run_id)) == exact_metrics(store.epochs(straight.run_id))
     assert [e["superseded_by"] for e in store.epochs(run_id, include_superseded=True)
             if e["segment"] == 1] == [2] * recorded

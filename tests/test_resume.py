@@ -16,15 +16,14 @@ import pytest
 import torch
 from _resume_helpers import (
     EXACT_COLUMNS,
-    TINY_FLAGS,
     exact_metrics,
     kill_hard,
     spawn_hlbd,
-    tiny,
     wait_until,
 )
 from click.testing import CliRunner
 from helpers.backends import dump, rows
+from helpers.tiny import RESUMABLE, tiny_config, tiny_flags
 
 from hlbd.checkpoint import checkpoint_path, load_checkpoint
 from hlbd.cli import main
@@ -44,7 +43,8 @@ def runs_root(tmp_path) -> Path:
 
 
 def run(store, runs_root, **overrides):
-    return start_run(tiny(**overrides), store, runs_root=runs_root, progress=False)
+    return start_run(tiny_config(RESUMABLE, **overrides), store, runs_root=runs_root,
+                     progress=False)
 
 
 def cli(*args: str):
@@ -232,9 +232,9 @@ def test_imported_run_stopped_before_its_first_checkpoint_resumes_from_the_old_f
 # -- crash, kill, Ctrl-C ---------------------------------------------------------------
 
 def test_killed_run_shows_crashed_and_resumes_with_each_epoch_once(db, runs_root, store):
-    proc = spawn_hlbd("train", "--db", str(db), "--runs-dir", str(runs_root), *TINY_FLAGS,
-                      "--epochs", "60", "--seed", "5", "--save-interval", "3",
-                      "--step-flush-interval", "1", "--name", "killed")
+    proc = spawn_hlbd("train", "--db", str(db), "--runs-dir", str(runs_root),
+                      *tiny_flags(dropout=0.2, epochs=60, seed=5, save_interval=3,
+                                  step_flush_interval=1), "--name", "killed")
     beats = []
 
     def one_epoch_past_a_checkpoint():
@@ -284,9 +284,8 @@ def test_killed_run_shows_crashed_and_resumes_with_each_epoch_once(db, runs_root
 
 def test_ctrl_c_saves_a_checkpoint_marks_interrupted_and_resume_is_exact(
         db, runs_root, store):
-    proc = spawn_hlbd("train", "--db", str(db), "--runs-dir", str(runs_root), *TINY_FLAGS,
-                      "--epochs", "60", "--seed", "7", "--t-0", "2", "--t-mult", "2",
-                      "--save-interval", "0", "--name", "ctrl-c")
+    proc = spawn_hlbd("train", "--db", str(db), "--runs-dir", str(runs_root),
+                      *tiny_flags(RESUMABLE, epochs=60, save_interval=0), "--name", "ctrl-c")
     wait_until(lambda: rows(db, "SELECT 1 FROM epochs WHERE epoch >= 2"), proc)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
@@ -309,7 +308,7 @@ def test_ctrl_c_saves_a_checkpoint_marks_interrupted_and_resume_is_exact(
 
     resume_run(store, run_id, epochs=last + 2, progress=False)
 
-    straight = start_run(tiny(epochs=last + 2, seed=7), store, runs_root=runs_root,
+    straight = start_run(tiny_config(RESUMABLE, epochs=last + 2), store, runs_root=runs_root,
                          progress=False)
     assert exact_metrics(store.epochs(run_id)) == exact_metrics(
         store.epochs(straight.run_id))
@@ -506,9 +505,9 @@ def test_checkpoint_of_a_run_in_another_store_is_refused(tmp_path, runs_root, fi
 
 
 def test_run_still_written_by_a_live_process_is_refused_unless_forced(db, runs_root, store):
-    # Small batches: a longer epoch between its writes (the last --batch-size wins).
-    proc = spawn_hlbd("train", "--db", str(db), "--runs-dir", str(runs_root), *TINY_FLAGS,
-                      "--batch-size", "4", "--epochs", "500", "--save-interval", "1",
+    # Small batches: a longer epoch between its writes.
+    proc = spawn_hlbd("train", "--db", str(db), "--runs-dir", str(runs_root),
+                      *tiny_flags(dropout=0.2, batch_size=4, epochs=500, save_interval=1),
                       "--name", "live")
     try:
         # Pause it right after a checkpoint row: its next write is an epoch away.

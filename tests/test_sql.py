@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import tiny_config
 from helpers.backends import db_snapshot, postgres_only, sqlite_only
 from helpers.backends import rows as db_rows
+from helpers.tiny import tiny_config
 from sqlalchemy.engine import make_url
 
 from hlbd import importer

@@ -15,7 +15,7 @@ import time
 from datetime import UTC, datetime
 
 import pytest
-from conftest import tiny_config
+from helpers.tiny import tiny_config
 
 from hlbd.recorder import StoreRecorder
 from hlbd.runner import StoppedBeforeStart, start_run

@@ -2,4 +2,5 @@
 
 - backends: the databases tests run on (SQLite, PostgreSQL), the sqlite_only and
   postgres_only marks, and reading a store back (rows, db_snapshot, dump).
+- tiny: the tiny model, once, as a config (tiny_config) and as CLI flags (tiny_flags).
 """
