@@ -21,8 +21,8 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from _resume_helpers import _env
 from helpers.backends import rows
+from helpers.procs import env as child_env
 from sqlalchemy.exc import OperationalError
 
 from hlbd.data import bundled_dataset
@@ -49,7 +49,7 @@ class Launched:
         self._token = uuid.uuid4().hex
         self.proc = subprocess.Popen(command, cwd=cwd, stdout=self._out,
                                      stderr=subprocess.STDOUT, text=True,
-                                     env={**_env(), "OMP_NUM_THREADS": "1", **(env or {}),
+                                     env={**child_env(), "OMP_NUM_THREADS": "1", **(env or {}),
                                           "HLBD_TEST_LAUNCH": self._token},
                                      start_new_session=True)
         self._tree: set[int] = set()

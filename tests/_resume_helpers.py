@@ -1,14 +1,10 @@
-"""Helpers for the resume tests: CLI subprocesses, the columns a resume reproduces."""
+"""Helpers for the resume tests: the columns a resume reproduces, waiting for a process."""
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 # Per-epoch columns a resumed run must reproduce exactly (wall time and throughput differ).
 EXACT_COLUMNS = ("epoch", "loss", "grad_norm", "grad_norm_max", "grad_norm_min", "steps",
@@ -17,19 +13,6 @@ EXACT_COLUMNS = ("epoch", "loss", "grad_norm", "grad_norm_max", "grad_norm_min",
 
 def exact_metrics(epochs: list[dict]) -> list[tuple]:
     return [tuple(e[c] for c in EXACT_COLUMNS) for e in epochs]
-
-
-def spawn_hlbd(*args: str) -> subprocess.Popen:
-    """Start ``python -m hlbd ARGS`` in the background."""
-    return subprocess.Popen([sys.executable, "-m", "hlbd", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=_env())
-
-
-def _env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    return env
 
 
 def wait_until(condition: Callable[[], object], proc: subprocess.Popen,
@@ -47,9 +30,3 @@ def wait_until(condition: Callable[[], object], proc: subprocess.Popen,
         time.sleep(0.02)
     proc.kill()
     raise AssertionError("condition not reached in time")
-
-
-def kill_hard(proc: subprocess.Popen) -> None:
-    """SIGKILL, as a power loss or the OOM killer would, and reap the process."""
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)

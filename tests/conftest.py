@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 
 import pytest
-from _edges import Procs
 from helpers.backends import BACKENDS, Databases, PgServer, pg_required, pg_unavailable
+from helpers.procs import Procs
 from helpers.tiny import tiny_config
 
 from hlbd.runner import start_run

@@ -12,8 +12,9 @@ import time
 from datetime import timedelta
 
 import pytest
-from _edges import finish, wait_for
+from _edges import wait_for
 from helpers.backends import rows
+from helpers.procs import finish
 from helpers.tiny import tiny_config, tiny_flags
 from sqlalchemy import text
 

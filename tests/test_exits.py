@@ -8,8 +8,9 @@ import os
 import signal
 
 import pytest
-from _edges import finish, wait_for
+from _edges import wait_for
 from helpers.backends import rows
+from helpers.procs import finish
 from helpers.tiny import tiny_flags
 
 from hlbd.checkpoint import checkpoint_path, load_checkpoint

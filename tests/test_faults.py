@@ -18,10 +18,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from _edges import finish, wait_for
+from _edges import wait_for
 from _resume_helpers import exact_metrics
 from click.testing import CliRunner
 from helpers.backends import rows
+from helpers.procs import finish
 from helpers.tiny import tiny_flags
 
 from hlbd.checkpoint import checkpoint_path, load_checkpoint

@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 
 import pytest
-from _edges import finish
 from alembic import command
 from click.testing import CliRunner
+from helpers.procs import finish
 from helpers.tiny import tiny_config, tiny_flags
 
 from hlbd.checkpoint import load_checkpoint, prune_checkpoints

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from _edges import finish
+from helpers.procs import finish
 from helpers.tiny import tiny_config
 
 from hlbd.runner import start_run

@@ -11,8 +11,8 @@ import sys
 import threading
 
 import pytest
-from _edges import env
 from explorer_helpers import open_app
+from helpers.procs import env
 
 from hlbd.store import Store
 

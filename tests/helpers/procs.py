@@ -1,0 +1,80 @@
+"""The processes a test starts: their environment, starting them so that none outlives the
+test, and ending them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def env() -> dict:
+    """This environment for a child process: the checkout first on PYTHONPATH, and no
+    HLBD_DB or HLBD_RUNS_DIR (a test says where its store and runs go)."""
+    values = dict(os.environ)
+    values["PYTHONPATH"] = os.pathsep.join(
+        [str(REPO), values.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    values.pop("HLBD_DB", None)
+    values.pop("HLBD_RUNS_DIR", None)
+    return values
+
+
+class Procs:
+    """Processes a test starts, each in its own process group, all killed (the whole
+    group) when the test ends however it ends, so nothing outlives a failed test."""
+
+    def __init__(self) -> None:
+        self.started: list[subprocess.Popen] = []
+
+    def start(self, argv: list[str], **kwargs) -> subprocess.Popen:
+        kwargs.setdefault("stdout", subprocess.PIPE)
+        kwargs.setdefault("stderr", subprocess.PIPE)
+        kwargs.setdefault("text", True)
+        proc = subprocess.Popen(argv, env=env(), start_new_session=True, **kwargs)
+        self.started.append(proc)
+        return proc
+
+    def hlbd(self, *args: str, **kwargs) -> subprocess.Popen:
+        return self.start([sys.executable, "-m", "hlbd", *map(str, args)], **kwargs)
+
+    def python(self, code: str, *args: str, **kwargs) -> subprocess.Popen:
+        return self.start([sys.executable, "-c", code, *map(str, args)], **kwargs)
+
+    def kill_all(self) -> None:
+        for proc in self.started:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            proc.wait(timeout=30)
+            for stream in (proc.stdout, proc.stderr):
+                if stream is not None:
+                    stream.close()
+
+
+def spawn_hlbd(*args: str) -> subprocess.Popen:
+    """Start ``python -m hlbd ARGS`` in the background."""
+    return subprocess.Popen([sys.executable, "-m", "hlbd", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env())
+
+
+def finish(proc: subprocess.Popen, timeout: float = 180) -> tuple[int, str, str]:
+    """Wait for ``proc`` (killing its group past ``timeout``); (exit status, out, err)."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(f"process ran past {timeout} s:\n{out}\n{err}") from None
+    return proc.returncode, out or "", err or ""
+
+
+def kill_hard(proc: subprocess.Popen) -> None:
+    """SIGKILL, as a power loss or the OOM killer would, and reap the process."""
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
