@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -171,12 +170,6 @@ def rows_once_there(db: Path, sql: str) -> list[tuple]:
         if "no such table" in str(exc):
             return []
         raise
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def small_dataset(path: Path, pairs: int = 37) -> Path:

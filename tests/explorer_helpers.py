@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import time
 import urllib.request
@@ -134,13 +133,6 @@ def column_formats(element) -> dict[str, str]:
     config = json.loads(element.proto.columns or "{}")
     return {name: (c.get("type_config") or {}).get("format")
             for name, c in config.items() if isinstance(c, dict)}
-
-
-def free_port() -> int:
-    """A TCP port on the loopback interface that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_until_serving(port: int, server: subprocess.Popen, timeout: float = 120) -> None:

@@ -8,7 +8,8 @@ import tomllib
 from pathlib import Path
 
 from click.testing import CliRunner
-from explorer_helpers import APP, free_port, streamlit_flags, wait_until_serving
+from explorer_helpers import APP, streamlit_flags, wait_until_serving
+from helpers.procs import free_port
 
 from hlbd.cli import main
 from hlbd.cli.ui import LOCAL

@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 from _ddp_helpers import (
     Launched,
-    free_port,
     rows_once_there,
     small_dataset,
     torchrun_command,
@@ -24,6 +23,7 @@ from _ddp_helpers import (
 )
 from click.testing import CliRunner
 from helpers.backends import rows
+from helpers.procs import free_port
 from helpers.tiny import tiny_flags
 
 from hlbd.checkpoint import load_checkpoint

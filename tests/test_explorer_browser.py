@@ -13,7 +13,8 @@ import sys
 import urllib.parse
 
 import pytest
-from explorer_helpers import APP, free_port, streamlit_flags, wait_until_serving
+from explorer_helpers import APP, streamlit_flags, wait_until_serving
+from helpers.procs import free_port
 from helpers.tiny import tiny_config
 
 from hlbd.runner import resume_run, start_run

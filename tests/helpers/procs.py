@@ -1,10 +1,11 @@
 """The processes a test starts: their environment, starting them so that none outlives the
-test, and ending them."""
+test, ending them, and a free port for a server among them."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -72,6 +73,13 @@ def finish(proc: subprocess.Popen, timeout: float = 180) -> tuple[int, str, str]
         out, err = proc.communicate()
         raise AssertionError(f"process ran past {timeout} s:\n{out}\n{err}") from None
     return proc.returncode, out or "", err or ""
+
+
+def free_port() -> int:
+    """A TCP port on the loopback interface that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def kill_hard(proc: subprocess.Popen) -> None:
