@@ -1,18 +1,10 @@
-"""Helpers for the resume tests: the columns a resume reproduces, waiting for a process."""
+"""Helpers for the resume tests: waiting for a process."""
 
 from __future__ import annotations
 
 import subprocess
 import time
 from collections.abc import Callable
-
-# Per-epoch columns a resumed run must reproduce exactly (wall time and throughput differ).
-EXACT_COLUMNS = ("epoch", "loss", "grad_norm", "grad_norm_max", "grad_norm_min", "steps",
-                 "nonfinite_steps", "clipped_steps", "lr", "token_accuracy", "tokens")
-
-
-def exact_metrics(epochs: list[dict]) -> list[tuple]:
-    return [tuple(e[c] for c in EXACT_COLUMNS) for e in epochs]
 
 
 def wait_until(condition: Callable[[], object], proc: subprocess.Popen,

@@ -19,9 +19,9 @@ from collections import Counter
 from pathlib import Path
 
 from _edges import wait_for
-from _resume_helpers import exact_metrics
 from click.testing import CliRunner
 from helpers.backends import rows
+from helpers.exact import exact_metrics
 from helpers.procs import finish
 from helpers.tiny import tiny_flags
 

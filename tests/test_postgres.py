@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
-from _resume_helpers import exact_metrics
 from click.testing import CliRunner
 from helpers.backends import postgres_only, rows
+from helpers.exact import exact_metrics
 from helpers.tiny import RESUMABLE, tiny_config, tiny_flags
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool

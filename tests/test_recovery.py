@@ -6,9 +6,9 @@ from __future__ import annotations
 import logging
 
 from _edges import wait_for
-from _resume_helpers import exact_metrics
 from click.testing import CliRunner
 from helpers.backends import rows
+from helpers.exact import exact_metrics
 from helpers.tiny import RESUMABLE, tiny_config, tiny_flags
 
 from hlbd.checkpoint import checkpoint_path

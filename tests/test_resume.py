@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from _resume_helpers import EXACT_COLUMNS, exact_metrics, wait_until
+from _resume_helpers import wait_until
 from click.testing import CliRunner
 from helpers.backends import dump, rows
+from helpers.exact import EXACT_COLUMNS, exact_metrics
 from helpers.procs import kill_hard, spawn_hlbd
 from helpers.tiny import RESUMABLE, tiny_config, tiny_flags
 

@@ -2,6 +2,7 @@
 
 - backends: the databases tests run on (SQLite, PostgreSQL), the sqlite_only and
   postgres_only marks, and reading a store back (rows, db_snapshot, dump).
+- exact: the per-epoch columns a resume must reproduce (EXACT_COLUMNS, exact_metrics).
 - procs: the processes a test starts (env, Procs, spawn_hlbd), ending them (finish,
   kill_hard), and the one free_port.
 - tiny: the tiny model, once, as a config (tiny_config) and as CLI flags (tiny_flags).
