@@ -14,17 +14,17 @@ import signal
 from pathlib import Path
 
 import pytest
-from _ddp_helpers import (
+from click.testing import CliRunner
+from helpers.backends import rows
+from helpers.procs import free_port
+from helpers.tiny import tiny_flags
+from helpers.torchrun import (
     Launched,
     rows_once_there,
     small_dataset,
     torchrun_command,
     wait_for,
 )
-from click.testing import CliRunner
-from helpers.backends import rows
-from helpers.procs import free_port
-from helpers.tiny import tiny_flags
 
 from hlbd.checkpoint import load_checkpoint
 from hlbd.cli import main

@@ -5,5 +5,7 @@
 - exact: the per-epoch columns a resume must reproduce (EXACT_COLUMNS, exact_metrics).
 - procs: the processes a test starts (env, Procs, spawn_hlbd), ending them (finish,
   kill_hard), and the one free_port.
+- torchrun: launching torchrun (torchrun_command, Launched) and its process tree, and
+  a small dataset for it.
 - tiny: the tiny model, once, as a config (tiny_config) and as CLI flags (tiny_flags).
 """

@@ -1,4 +1,4 @@
-"""Helpers for the torchrun tests: launch, wait with a deadline, and never leave a process.
+"""Launching torchrun in a test: launch, wait with a deadline, and never leave a process.
 
 torchrun starts each worker in a session of its own, so killing torchrun's process group
 does not reach them: cleanup walks the process tree and kills every descendant that
@@ -20,10 +20,10 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from helpers.backends import rows
-from helpers.procs import env as child_env
 from sqlalchemy.exc import OperationalError
 
+from helpers.backends import rows
+from helpers.procs import env as child_env
 from hlbd.data import bundled_dataset
 
 # Long enough for a loaded 2-core CI machine, short enough that a hang fails the test.
