@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 
 import numpy as np
 import pytest
-from explorer_helpers import APP
+from helpers.explorer import APP
 
 T0 = datetime(2024, 5, 1, 12, 0, 0)
 

@@ -8,7 +8,7 @@ import tomllib
 from pathlib import Path
 
 from click.testing import CliRunner
-from explorer_helpers import APP, streamlit_flags, wait_until_serving
+from helpers.explorer import APP, streamlit_flags, wait_until_serving
 from helpers.procs import free_port
 
 from hlbd.cli import main

@@ -13,7 +13,7 @@ import sys
 import urllib.parse
 
 import pytest
-from explorer_helpers import APP, streamlit_flags, wait_until_serving
+from helpers.explorer import APP, streamlit_flags, wait_until_serving
 from helpers.procs import free_port
 from helpers.tiny import tiny_config
 

@@ -11,7 +11,7 @@ import sys
 import threading
 
 import pytest
-from explorer_helpers import open_app
+from helpers.explorer import open_app
 from helpers.procs import env
 
 from hlbd.store import Store

@@ -3,6 +3,8 @@
 - backends: the databases tests run on (SQLite, PostgreSQL), the sqlite_only and
   postgres_only marks, and reading a store back (rows, db_snapshot, dump).
 - exact: the per-epoch columns a resume must reproduce (EXACT_COLUMNS, exact_metrics).
+- explorer: driving the explorer (open_app, compare), reading its charts (Chart, charts,
+  chart_spec, column_formats), and serving it (streamlit_flags, wait_until_serving).
 - procs: the processes a test starts (env, Procs, spawn_hlbd), ending them (finish,
   kill_hard), and the one free_port.
 - torchrun: launching torchrun (torchrun_command, Launched) and its process tree, and

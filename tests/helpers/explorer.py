@@ -13,7 +13,7 @@ from streamlit.components.v2.bidi_component.constants import ARROW_REF_KEY
 from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 from streamlit.testing.v1 import AppTest
 
-APP = Path(__file__).resolve().parents[1] / "app" / "main.py"
+APP = Path(__file__).resolve().parents[2] / "app" / "main.py"
 
 
 def open_app(monkeypatch, db: Path | str) -> AppTest:
