@@ -12,9 +12,8 @@ import time
 from datetime import timedelta
 
 import pytest
-from _edges import wait_for
 from helpers.backends import rows
-from helpers.procs import finish
+from helpers.procs import finish, wait_until
 from helpers.tiny import tiny_config, tiny_flags
 from sqlalchemy import text
 
@@ -158,7 +157,7 @@ def test_a_taken_over_holder_that_wakes_up_stops_without_writing(db, tmp_path, s
     holder = procs.hlbd("train", "--db", db, "--runs-dir", tmp_path / "runs",
                         *tiny_flags(batch_size=4, epochs=500, save_interval=1),
                         "--name", "paused")
-    wait_for(lambda: rows(db, "SELECT 1 FROM checkpoints WHERE epoch = "
+    wait_until(lambda: rows(db, "SELECT 1 FROM checkpoints WHERE epoch = "
                               "(SELECT max(epoch) FROM epochs)"), holder)
     pause_between_writes(holder, db)  # paused soon after a checkpoint row
     (run_id,) = [r[0] for r in rows(db, "SELECT run_id FROM runs")]

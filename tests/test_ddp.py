@@ -16,15 +16,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from helpers.backends import rows
-from helpers.procs import free_port
+from helpers.procs import free_port, wait_until
 from helpers.tiny import tiny_flags
-from helpers.torchrun import (
-    Launched,
-    rows_once_there,
-    small_dataset,
-    torchrun_command,
-    wait_for,
-)
+from helpers.torchrun import LAUNCH_TIMEOUT, Launched, small_dataset, torchrun_command
 
 from hlbd.checkpoint import load_checkpoint
 from hlbd.cli import main
@@ -214,8 +208,8 @@ def test_a_killed_rank_ends_the_run_and_one_process_resumes_it(tmp_path, dataset
     launched = launch(torchrun_command(*flags(dataset, epochs=400, save_interval=2),
                                        "--db", str(db), "--runs-dir", str(tmp_path)),
                       tmp_path)
-    wait_for(lambda: rows_once_there(db, "SELECT 1 FROM checkpoints WHERE epoch >= 2"),
-             launched)
+    wait_until(lambda: rows(db, "SELECT 1 FROM checkpoints WHERE epoch >= 2"), launched,
+               timeout=LAUNCH_TIMEOUT, every=0.05)
     ranks = launched.children()
     assert sorted(ranks) == [0, 1]
 
@@ -255,7 +249,8 @@ def test_a_signal_to_torchrun_stops_every_rank_at_a_checkpoint_and_resume_is_exa
     shape = {"dropout": 0.2, "epochs": 400}
     stopped = launch(torchrun_command(*flags(dataset, **shape), "--db", str(db),
                                       "--runs-dir", str(tmp_path)), tmp_path)
-    wait_for(lambda: rows_once_there(db, "SELECT 1 FROM epochs WHERE epoch >= 2"), stopped)
+    wait_until(lambda: rows(db, "SELECT 1 FROM epochs WHERE epoch >= 2"), stopped,
+               timeout=LAUNCH_TIMEOUT, every=0.05)
     ranks = stopped.children()
 
     stopped.proc.send_signal(signal.SIGINT)

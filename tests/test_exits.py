@@ -8,9 +8,8 @@ import os
 import signal
 
 import pytest
-from _edges import wait_for
 from helpers.backends import rows
-from helpers.procs import finish
+from helpers.procs import finish, wait_until
 from helpers.tiny import tiny_flags
 
 from hlbd.checkpoint import checkpoint_path, load_checkpoint
@@ -28,7 +27,7 @@ def test_sigterm_checkpoints_the_last_finished_epoch_and_marks_interrupted(db, t
     proc = procs.hlbd("train", "--db", db, "--runs-dir", runs,
                       *tiny_flags(batch_size=4, epochs=200, save_interval=0),
                       "--name", "preempted")
-    wait_for(lambda: rows(db, "SELECT 1 FROM epochs WHERE epoch >= 2"), proc)
+    wait_until(lambda: rows(db, "SELECT 1 FROM epochs WHERE epoch >= 2"), proc)
     proc.send_signal(signal.SIGTERM)  # what a scheduler, `docker stop` or `kill` sends
     code, out, err = finish(proc)
 
@@ -65,7 +64,7 @@ def test_a_stop_while_loading_the_dataset_creates_no_run(db, tmp_path, procs, si
     os.mkfifo(fifo)
     proc = procs.hlbd("train", "--db", db, "--runs-dir", tmp_path / "runs", *tiny_flags(),
                       "--dataset", fifo)
-    wait_for(lambda: _reader_attached(fifo), proc)
+    wait_until(lambda: _reader_attached(fifo), proc)
     proc.send_signal(sig)
     got, out, err = finish(proc, timeout=60)
 

@@ -9,10 +9,9 @@ import sqlite3
 import pandas as pd
 import pytest
 import streamlit as st
-from _resume_helpers import wait_until
 from helpers.backends import rows, sqlite_only
 from helpers.explorer import APP, chart_spec, charts, column_formats, compare, open_app
-from helpers.procs import kill_hard, spawn_hlbd
+from helpers.procs import kill_hard, spawn_hlbd, wait_until
 from helpers.tiny import tiny_config, tiny_flags
 from streamlit.testing.v1 import AppTest
 

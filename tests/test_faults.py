@@ -5,6 +5,7 @@ numbers of a run that never stopped."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -18,11 +19,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from _edges import wait_for
 from click.testing import CliRunner
 from helpers.backends import rows
 from helpers.exact import exact_metrics
-from helpers.procs import finish
+from helpers.procs import finish, wait_until
 from helpers.tiny import tiny_flags
 
 from hlbd.checkpoint import checkpoint_path, load_checkpoint
@@ -64,15 +64,15 @@ def _kill_at(phase: str, proc, db: Path, runs: Path, rng: random.Random) -> str:
     segment = _segments(db) + 1
     # Partial checkpoints an earlier kill left (the segment removes them once it runs).
     stale = set(_temp_checkpoints_of(list(runs.iterdir()) if runs.is_dir() else []))
-    wait_for(lambda: _segments(db) >= segment, proc, every=0.005)  # claimed (or created)
+    wait_until(lambda: _segments(db) >= segment, proc, every=0.005)  # claimed (or created)
     if phase == "resume start":
         time.sleep(rng.uniform(0, 0.15))  # model build, state restore, first batches
     elif phase == "steps":
-        wait_for(lambda: rows(db, "SELECT 1 FROM steps WHERE segment = :s", s=segment), proc,
+        wait_until(lambda: rows(db, "SELECT 1 FROM steps WHERE segment = :s", s=segment), proc,
                  every=0.005)
         time.sleep(rng.uniform(0, 0.5))
     elif phase == "epoch commit":
-        wait_for(lambda: rows(db, "SELECT 1 FROM epochs WHERE segment = :s", s=segment), proc,
+        wait_until(lambda: rows(db, "SELECT 1 FROM epochs WHERE segment = :s", s=segment), proc,
                  every=0.002)
         time.sleep(rng.uniform(0, 0.01))  # report, anomaly rows, checkpoint decision
     else:  # mid checkpoint write: a temp file of this segment is there, not yet renamed
@@ -167,8 +167,12 @@ class Forked:
     def send_signal(self, sig):
         os.kill(self.pid, sig)
 
+    def kill(self):
+        with contextlib.suppress(ProcessLookupError):
+            self.send_signal(signal.SIGKILL)
+
     def wait(self, timeout):
-        wait_for(lambda: self.poll() is not None, timeout=timeout, every=0.005)
+        wait_until(lambda: self.poll() is not None, timeout=timeout, every=0.005)
         return self.returncode
 
 

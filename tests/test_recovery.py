@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import logging
 
-from _edges import wait_for
 from click.testing import CliRunner
 from helpers.backends import rows
 from helpers.exact import exact_metrics
+from helpers.procs import wait_until
 from helpers.tiny import RESUMABLE, tiny_config, tiny_flags
 
 from hlbd.checkpoint import checkpoint_path
@@ -72,7 +72,7 @@ def test_a_run_killed_before_its_first_checkpoint_resumes_from_the_start(tmp_pat
     proc = procs.hlbd("train", "--db", db, "--runs-dir", tmp_path / "runs",
                       *tiny_flags(RESUMABLE, dropout=0.0, epochs=60, save_interval=0),
                       "--name", "no-checkpoint")
-    wait_for(lambda: rows(db, "SELECT 1 FROM epochs WHERE epoch >= 2"), proc)
+    wait_until(lambda: rows(db, "SELECT 1 FROM epochs WHERE epoch >= 2"), proc)
     procs.kill_all()  # kill -9, before any checkpoint was written
     (run_id,) = [r[0] for r in rows(db, "SELECT run_id FROM runs")]
     assert store.checkpoints(run_id) == [] and store.get_run(run_id)[

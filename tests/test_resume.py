@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from _resume_helpers import wait_until
 from click.testing import CliRunner
 from helpers.backends import dump, rows
 from helpers.exact import EXACT_COLUMNS, exact_metrics
-from helpers.procs import kill_hard, spawn_hlbd
+from helpers.procs import kill_hard, spawn_hlbd, wait_until
 from helpers.tiny import RESUMABLE, tiny_config, tiny_flags
 
 from hlbd.checkpoint import checkpoint_path, load_checkpoint

@@ -1,10 +1,10 @@
-"""Driving the explorer in tests: AppTest on app/main.py, and reading its Vega-Lite charts."""
+"""Driving the explorer in tests: AppTest on app/main.py, reading its Vega-Lite charts, and
+serving it with `streamlit run`."""
 
 from __future__ import annotations
 
 import json
 import subprocess
-import time
 import urllib.request
 from pathlib import Path
 
@@ -12,6 +12,8 @@ import pandas as pd
 from streamlit.components.v2.bidi_component.constants import ARROW_REF_KEY
 from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 from streamlit.testing.v1 import AppTest
+
+from helpers.procs import wait_until
 
 APP = Path(__file__).resolve().parents[2] / "app" / "main.py"
 
@@ -137,18 +139,15 @@ def column_formats(element) -> dict[str, str]:
 
 def wait_until_serving(port: int, server: subprocess.Popen, timeout: float = 120) -> None:
     """Wait for a Streamlit server's health endpoint (or fail with its output)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise AssertionError(f"the server exited ({server.returncode}): "
-                                 f"{server.communicate()[0]}")
+
+    def health_check_answers_ok() -> bool:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health") as r:
-                if r.read() == b"ok":
-                    return
+                return r.read() == b"ok"
         except OSError:
-            time.sleep(0.2)
-    raise AssertionError(f"nothing served on port {port} after {timeout} s")
+            return False  # nothing listens on the port yet
+
+    wait_until(health_check_answers_ok, server, timeout=timeout, every=0.2)
 
 
 def streamlit_flags(port: int) -> list[str]:

@@ -1,16 +1,26 @@
 """The processes a test starts: their environment, starting them so that none outlives the
-test, ending them, and a free port for a server among them."""
+test, waiting on them (wait_until, the one polling loop), ending them, and a free port."""
 
 from __future__ import annotations
 
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
+
+from sqlalchemy.exc import OperationalError
+
+from hlbd.errors import HlbdError
 
 REPO = Path(__file__).resolve().parents[2]
+# What reading a store raises while its database or its tables are not there yet.
+NOT_YET = (sqlite3.OperationalError, OperationalError, HlbdError)
 
 
 def env() -> dict:
@@ -73,6 +83,55 @@ def finish(proc: subprocess.Popen, timeout: float = 180) -> tuple[int, str, str]
         out, err = proc.communicate()
         raise AssertionError(f"process ran past {timeout} s:\n{out}\n{err}") from None
     return proc.returncode, out or "", err or ""
+
+
+class Watched(Protocol):
+    """What ``wait_until`` needs of a process: a Popen has it, so has a torchrun Launched."""
+
+    returncode: int | None
+
+    def poll(self) -> int | None: ...
+
+    def communicate(self) -> tuple[str | None, str | None]: ...
+
+    def kill(self) -> None: ...
+
+
+def wait_until(condition: Callable[[], object], proc: Watched | None = None,
+               timeout: float = 120, every: float = 0.02) -> object:
+    """Poll ``condition`` every ``every`` s until it returns something truthy; return that.
+
+    A database or its tables not there yet (NOT_YET raised) counts as "not yet"; the last
+    such error is in the message if the time runs out. ``proc`` (a Popen, a torchrun
+    Launched): fail with its output if it ends before the condition holds, and kill it if
+    the time runs out.
+    """
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        # Polled before the condition is read: a process that ends right after making it
+        # true is not failed, and a Launched has noted its process tree by then.
+        ended = proc is not None and proc.poll() is not None
+        try:
+            value = condition()
+        except NOT_YET as exc:
+            value, last = None, exc
+        if value:
+            return value
+        if ended:
+            out, err = proc.communicate()
+            raise AssertionError(f"process ended (exit {proc.returncode}) before the "
+                                 f"condition held:\n{out}\n{err}")
+        time.sleep(every)
+    name = getattr(condition, "__name__", "<lambda>")
+    message = f"{'condition' if name == '<lambda>' else name} not reached in {timeout} s"
+    if last is not None:
+        message += f"; the last try raised {type(last).__name__}: {last}"
+    if proc is not None:
+        proc.kill()
+        out, err = proc.communicate()
+        message += f"\n{out}\n{err}"
+    raise AssertionError(message)
 
 
 def free_port() -> int:

@@ -12,17 +12,12 @@ import contextlib
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
-from sqlalchemy.exc import OperationalError
-
-from helpers.backends import rows
 from helpers.procs import env as child_env
 from hlbd.data import bundled_dataset
 
@@ -40,7 +35,9 @@ def torchrun_command(*args: str, nproc: int = 2, rendezvous: list[str] | None = 
 
 
 class Launched:
-    """A running torchrun (or any command) whose whole process tree is ours to end."""
+    """A running torchrun (or any command) whose whole process tree is ours to end. It
+    answers ``poll``, ``returncode``, ``communicate`` and ``kill`` as a Popen would, so
+    ``wait_until`` can watch it."""
 
     def __init__(self, command: list[str], cwd: Path, env: dict | None = None):
         self.out_path = cwd / f"launch-{time.monotonic_ns()}.out"
@@ -79,6 +76,22 @@ class Launched:
             self.left_behind = self._ours()
             self.kill()  # workers torchrun left behind, if any
         return self.proc.returncode, self.output()
+
+    def poll(self) -> int | None:
+        """torchrun's exit status, or None while it runs; notes the process tree first, so
+        that ``kill`` reaches the workers even once torchrun is gone."""
+        self.remember_tree()
+        return self.proc.poll()
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.returncode
+
+    def communicate(self) -> tuple[str, str]:
+        """(output, "") of the launch, after killing what is left of it: what
+        ``wait_until`` reads of a process that ended (or ran out of time)."""
+        self.kill()
+        return self.output(), ""
 
     def output(self) -> str:
         if not self._out.closed:
@@ -140,36 +153,6 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
-
-
-def wait_for(condition: Callable[[], object], launched: Launched,
-             timeout: float = LAUNCH_TIMEOUT) -> object:
-    """Poll ``condition`` until truthy; fail (and kill everything) if torchrun ends first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        launched.remember_tree()
-        value = condition()
-        if value:
-            return value
-        if launched.proc.poll() is not None:
-            launched.kill()
-            raise AssertionError(f"torchrun ended (exit {launched.proc.returncode}) before "
-                                 f"the condition held:\n{launched.output()}")
-        time.sleep(0.05)
-    launched.kill()
-    raise AssertionError(f"condition not reached in {timeout} s:\n{launched.output()}")
-
-
-def rows_once_there(db: Path, sql: str) -> list[tuple]:
-    """``sql``'s rows, or [] while the database or its schema is still being made."""
-    if not db.exists():
-        return []
-    try:
-        return rows(db, sql)
-    except (sqlite3.OperationalError, OperationalError) as exc:
-        if "no such table" in str(exc):
-            return []
-        raise
 
 
 def small_dataset(path: Path, pairs: int = 37) -> Path:
