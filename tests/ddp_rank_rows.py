@@ -10,7 +10,8 @@ import json
 import sys
 from pathlib import Path
 
-from hlbd.config import TrainConfig
+from helpers.tiny import tiny_config  # tests/ is on sys.path: it holds this script
+
 from hlbd.distributed import from_environment
 from hlbd.runner import prepare_data
 from hlbd.tokenizer import Tokenizer
@@ -44,9 +45,8 @@ class Rows:
 def main() -> None:
     dataset, out = sys.argv[1], Path(sys.argv[2])
     ranks = from_environment(60)
-    config = TrainConfig(datasets=[dataset], d_model=32, n_layers=1, n_heads=2, d_ff=64,
-                         epochs=2, batch_size=4, grad_accum=3, dropout=0.1, t_0=1,
-                         save_interval=0, device="cpu", step_flush_interval=2,
+    config = tiny_config(datasets=[dataset], epochs=2, batch_size=4, grad_accum=3,
+                         dropout=0.1, t_0=1, save_interval=0, step_flush_interval=2,
                          world_size=ranks.world_size)
     data = prepare_data(config)
     tokenizer = Tokenizer.build(t for p in data.pairs for t in (p.input, p.output))

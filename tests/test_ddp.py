@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 from helpers.backends import rows
 from helpers.procs import free_port, wait_until
-from helpers.tiny import tiny_flags
+from helpers.tiny import tiny_config, tiny_flags
 from helpers.torchrun import LAUNCH_TIMEOUT, Launched, small_dataset, torchrun_command
 
 from hlbd.checkpoint import load_checkpoint
@@ -37,21 +37,21 @@ MEASURED = ("loss", "grad_norm", "grad_norm_max", "grad_norm_min", "token_accura
 COUNTED = ("epoch", "steps", "nonfinite_steps", "clipped_steps", "skipped_steps", "tokens")
 
 
+# The tiny run's shape in this file (the tiny model's dropout 0: the 1 vs 2 ranks
+# equivalence holds at any seed).
+SHAPE = {"batch_size": 4, "grad_accum": 3, "epochs": 3, "t_0": 1, "seed": 5,
+         "save_interval": 0, "step_flush_interval": 2}
+
+
 def flags(dataset: Path, **values) -> list[str]:
-    """``train`` with the tiny model plus ``values`` as flags: the run's shape used in this
-    file (dropout 0: the 1 vs 2 ranks equivalence holds at any seed)."""
-    values = {"batch_size": 4, "grad_accum": 3, "epochs": 3, "t_0": 1, "seed": 5,
-              "save_interval": 0, "step_flush_interval": 2, **values}
-    return ["train", "--datasets", str(dataset), *tiny_flags(**values), "--ddp-timeout", "60"]
+    """``train`` with the tiny model in SHAPE, plus ``values``, as flags."""
+    return ["train", "--datasets", str(dataset), *tiny_flags(SHAPE, **values),
+            "--ddp-timeout", "60"]
 
 
 def config(dataset: Path, **values) -> TrainConfig:
     """The config ``flags`` gives, for the same run in this process."""
-    values = {"datasets": [str(dataset)], "d_model": 32, "n_layers": 1, "n_heads": 2,
-              "d_ff": 64, "dropout": 0.0, "device": "cpu", "batch_size": 4,
-              "grad_accum": 3, "epochs": 3, "t_0": 1, "seed": 5, "save_interval": 0,
-              "step_flush_interval": 2, **values}
-    return TrainConfig(**values)
+    return tiny_config(SHAPE, datasets=[str(dataset)], **values)
 
 
 def assert_same_numbers(got: list[dict], expected: list[dict], columns=MEASURED) -> None:

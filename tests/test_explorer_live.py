@@ -8,12 +8,11 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers.tiny import tiny_flags
 
 from hlbd.store import Store, buckets, connect
 
 APP_DIR = Path(__file__).resolve().parents[1] / "app"
-TINY_FLAGS = ["--d-model", "32", "--n-layers", "1", "--n-heads", "2", "--d-ff", "64",
-              "--dropout", "0", "--device", "cpu"]
 
 
 @pytest.fixture
@@ -32,8 +31,8 @@ def test_explorer_reads_while_a_trainer_writes_and_the_run_finishes(tmp_path, ap
     # Every step is its own write transaction: as many chances to collide as there can be.
     trainer = subprocess.Popen(
         [sys.executable, "-m", "hlbd", "train", "--db", str(db), "--name", "live",
-         "--runs-dir", str(tmp_path / "runs"), "--epochs", "8", "--save-interval", "4",
-         "--step-flush-interval", "1", *TINY_FLAGS],
+         "--runs-dir", str(tmp_path / "runs"),
+         *tiny_flags(epochs=8, save_interval=4, step_flush_interval=1, quiet=False)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     seen, rounds = set(), 0
     try:
