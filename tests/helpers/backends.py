@@ -31,7 +31,8 @@ from hlbd.store import Store, connect
 
 BACKENDS = ("sqlite", "postgresql")
 READER_ROLE = "hlbd_reader"  # .ci/pg-server creates it: LOGIN, no rights of its own
-TABLES = ("runs", "segments", "epochs", "steps", "checkpoints", "anomalies", "alembic_version")
+TABLES = ("runs", "segments", "epochs", "steps", "points", "checkpoints", "anomalies",
+          "alembic_version")
 
 # For a test about SQLite files (their bytes, WAL, mode=ro): run it on SQLite only.
 sqlite_only = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
