@@ -317,11 +317,14 @@ class Run:
 
     # -- for the integrations (hlbd.integrations), which get the numbers from a framework
 
-    def _norm_of(self, step: int, norm: torch.Tensor | float, max_norm: float) -> None:
-        """``norm``, measured before clipping to ``max_norm``, is step ``step``'s."""
+    def _norm_of(self, step: int, norm: torch.Tensor | float,
+                 max_norm: float | None) -> None:
+        """``norm``, measured before clipping to ``max_norm``, is step ``step``'s (None:
+        clipped by another rule, ``clipped`` not recorded)."""
         values = self._values(step)
         values["grad_norm"] = norm
-        values["clipped"] = _ClipLimit(max_norm)  # compared with the norm on the host
+        if max_norm is not None:
+            values["clipped"] = _ClipLimit(max_norm)  # compared with the norm on the host
 
     def _skipped_attempt(self, values: Mapping[str, Any]) -> None:
         """An optimizer step the framework attempted and skipped (an AMP overflow):

@@ -1,0 +1,137 @@
+"""HlbdLogger and its callback: a real Lightning Trainer fitting a tiny module records into
+a real store; each recorded value is held to what Lightning and the module computed."""
+
+from __future__ import annotations
+
+import lightning.pytorch as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import grad_norm
+from torch.utils.data import DataLoader, TensorDataset
+
+from hlbd.integrations.lightning import HlbdLogger
+from hlbd.store import Store
+
+
+class Tiny(L.LightningModule):
+    """A 2-layer regression with two parameter groups and a per-step LR schedule; it
+    keeps what it computed itself: each micro-batch's loss, and per optimizer step
+    Lightning's own grad_norm (before clipping) and each group's LR."""
+
+    def __init__(self, fail_at: int | None = None):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Tanh(),
+                                       torch.nn.Linear(16, 1))
+        self.fail_at = fail_at
+        self.losses: list[float] = []
+        self.norms: list[float] = []
+        self.lrs: list[list[float]] = []
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = torch.nn.functional.mse_loss(self.net(x), y)
+        if self.fail_at is not None and self.global_step == self.fail_at:
+            raise RuntimeError(f"diverged at step {self.fail_at}")
+        self.losses.append(loss.item())
+        self.log("train_mse", loss, on_step=True, on_epoch=True)
+        return loss
+
+    def on_before_optimizer_step(self, optimizer):
+        self.norms.append(grad_norm(self, norm_type=2)["grad_2.0_norm_total"].item())
+        self.lrs.append([g["lr"] for g in optimizer.param_groups])
+
+    def configure_optimizers(self):
+        first, second = self.net[0], self.net[2]
+        opt = torch.optim.SGD([{"params": first.parameters(), "lr": 0.2},
+                               {"params": second.parameters(), "lr": 0.05}])
+        schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1 / (1 + step))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def data() -> DataLoader:
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(48, 4, generator=generator)
+    y = (x.sum(1, keepdim=True) * 3).pow(2)
+    return DataLoader(TensorDataset(x, y), batch_size=8, shuffle=False)
+
+
+def trainer(logger, tmp_path, epochs=2, **kw) -> L.Trainer:
+    return L.Trainer(logger=logger, callbacks=[logger.callback(), *kw.pop("callbacks", [])],
+                     max_epochs=epochs, accelerator="cpu", devices=1,
+                     accumulate_grad_batches=2, gradient_clip_val=0.5,
+                     log_every_n_steps=1, enable_progress_bar=False,
+                     enable_model_summary=False, default_root_dir=str(tmp_path), **kw)
+
+
+def read(db_url: str, run_id: str):
+    store = Store.open_read_only(db_url)
+    try:
+        return (store.get_run(run_id), store.steps(run_id), store.epochs(run_id),
+                store.points(run_id), store.segments(run_id))
+    finally:
+        store.close()
+
+
+def test_each_step_is_the_modules_loss_and_lightnings_pre_clip_norm_and_lr(db_url,
+                                                                         tmp_path):
+    logger = HlbdLogger("tiny", db=db_url, runs_dir=str(tmp_path / "runs"))
+    module = Tiny()
+    trainer(logger, tmp_path, enable_checkpointing=False).fit(module, data())
+    run, steps, epochs, points, _ = read(db_url, logger.version)
+
+    assert run["status"] == "finished" and run["name"] == "tiny"
+    assert run["config"]["lightning"]["gradient_clip_val"] == 0.5
+    assert len(steps) == len(module.norms) == 6  # 6 batches an epoch, 2 per step
+    for n, row in enumerate(steps):
+        assert row["loss"] == pytest.approx(sum(module.losses[2 * n:2 * n + 2]) / 2,
+                                            rel=1e-6)
+        assert row["grad_norm"] == pytest.approx(module.norms[n], rel=1e-5)
+        assert row["lr"] == module.lrs[n][0]
+    by_key = {}
+    for p in points:
+        by_key.setdefault((p["key"], p["scope"]), {})[p["step"]] = p["value"]
+    assert by_key["lr/1", "step"] == {n + 1: lrs[1] for n, lrs in enumerate(module.lrs)}
+    assert len(set(by_key["lr/1", "step"].values())) == 6  # moved every step
+    assert by_key["clipped", "step"] == {s["step"]: float(s["grad_norm"] > 0.5)
+                                         for s in steps}
+    assert 1.0 in by_key["clipped", "step"].values()  # the norms do exceed 0.5
+    # What the module self.log'ged, at its steps; its epoch mean as the epoch's value.
+    assert set(by_key["train_mse_step", "step"]) <= {s["step"] for s in steps}
+    assert set(by_key["train_mse_epoch", "epoch"]) == {3, 6}
+    assert [(e["epoch"], e["steps"]) for e in epochs] == [(1, 3), (2, 3)]
+
+
+def test_fit_from_a_checkpoint_continues_the_same_run(db_url, tmp_path):
+    runs = str(tmp_path / "runs")
+    whole = HlbdLogger(db=db_url, runs_dir=runs)
+    trainer(whole, tmp_path / "a", epochs=3, enable_checkpointing=False).fit(Tiny(), data())
+    cut = HlbdLogger(db=db_url, runs_dir=runs)
+    saved = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1)
+    trainer(cut, tmp_path / "b", epochs=3, callbacks=[saved]).fit(Tiny(), data())
+    first = next(p for p in (tmp_path / "ckpt").iterdir() if "epoch=0" in p.name)
+
+    again = HlbdLogger(db=db_url, runs_dir=runs)
+    trainer(again, tmp_path / "b", epochs=3).fit(Tiny(), data(), ckpt_path=str(first))
+    assert again.version == cut.version and again.run.segment == 2
+    assert (again.run.resumed_from.epoch, again.run.resumed_from.step) == (1, 3)
+    _, steps, epochs, _, _ = read(db_url, cut.version)
+    _, whole_steps, whole_epochs, _, _ = read(db_url, whole.version)
+    assert [(s["step"], s["segment"]) for s in steps] == [
+        *[(n, 1) for n in range(1, 4)], *[(n, 2) for n in range(4, 10)]]
+    for mine, theirs in zip(steps, whole_steps, strict=True):
+        assert mine["loss"] == pytest.approx(theirs["loss"], rel=1e-6)
+        assert mine["grad_norm"] == pytest.approx(theirs["grad_norm"], rel=1e-5)
+        assert mine["lr"] == pytest.approx(theirs["lr"], rel=1e-12)
+    assert [e["loss"] for e in epochs] == pytest.approx([e["loss"] for e in whole_epochs])
+
+
+def test_an_exception_in_training_ends_the_run_failed(db_url, tmp_path):
+    logger = HlbdLogger(db=db_url, runs_dir=str(tmp_path / "runs"))
+    with pytest.raises(RuntimeError, match="diverged at step 2"):
+        trainer(logger, tmp_path, enable_checkpointing=False).fit(Tiny(fail_at=2), data())
+    run, steps, *_ = read(db_url, logger.version)
+    assert run["status"] == "failed"
+    assert run["error"] == "RuntimeError: diverged at step 2"
+    assert [s["step"] for s in steps] == [1, 2]
