@@ -3,9 +3,14 @@ a real store; each recorded value is held to what Lightning and the module compu
 
 from __future__ import annotations
 
+import json
+import textwrap
+from pathlib import Path
+
 import lightning.pytorch as L
 import pytest
 import torch
+from helpers.torchrun import Launched, torchrun_command
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import grad_norm
 from torch.utils.data import DataLoader, TensorDataset
@@ -135,3 +140,48 @@ def test_an_exception_in_training_ends_the_run_failed(db_url, tmp_path):
     assert run["status"] == "failed"
     assert run["error"] == "RuntimeError: diverged at step 2"
     assert [s["step"] for s in steps] == [1, 2]
+
+
+DDP = textwrap.dedent("""
+    import json, os, sys
+    sys.path.insert(0, sys.argv[3])
+    import lightning.pytorch as L
+    from test_lightning import Tiny, data
+    from hlbd.integrations.lightning import HlbdLogger
+
+    logger = HlbdLogger("ddp", db=sys.argv[1], runs_dir=sys.argv[2])
+    module = Tiny()
+    trainer = L.Trainer(logger=logger, callbacks=[logger.callback()], max_epochs=2,
+                        accelerator="cpu", devices=2, strategy="ddp",
+                        accumulate_grad_batches=2, gradient_clip_val=0.5,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        enable_checkpointing=False, default_root_dir=sys.argv[2])
+    trainer.fit(module, data())
+    with open(os.path.join(sys.argv[2], f"rank{trainer.global_rank}.json"), "w") as out:
+        json.dump({"run_id": logger.run.id, "norms": module.norms, "lrs": module.lrs}, out)
+""")
+
+
+def test_ddp_on_two_processes_is_one_run(db_url, tmp_path):
+    script = tmp_path / "fit.py"
+    script.write_text(DDP)
+    tests = str(Path(__file__).parent)
+    launch = Launched(torchrun_command(str(script), db_url, str(tmp_path), tests,
+                                       module=None), tmp_path)
+    code, output = launch.wait()
+    assert code == 0, output
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["run_id"] == ranks[1]["run_id"]
+    store = Store.open_read_only(db_url)
+    try:
+        runs = store.list_runs()
+        steps = store.steps(ranks[0]["run_id"])
+    finally:
+        store.close()
+    assert [(r["run_id"], r["status"]) for r in runs] == [(ranks[0]["run_id"], "finished")]
+    # 48 examples, 24 a rank: 3 batches of 8 an epoch, 2 a step: 2 steps an epoch.
+    assert [s["step"] for s in steps] == list(range(1, len(ranks[0]["norms"]) + 1))
+    for row, mine, theirs in zip(steps, ranks[0]["norms"], ranks[1]["norms"], strict=True):
+        assert row["grad_norm"] == pytest.approx(mine, rel=1e-5)
+        assert mine == pytest.approx(theirs, rel=1e-6)  # reduced over ranks: one norm
+    assert [s["lr"] for s in steps] == [lrs[0] for lrs in ranks[0]["lrs"]]
