@@ -19,6 +19,13 @@ from series import SMOOTHED, MetricData, RunSeries, wall_scale
 METRICS = {"loss": "Loss", "grad_norm": "Gradient norm", "lr": "Learning rate",
            "token_accuracy": "Token accuracy", "tokens_per_second": "Tokens per second"}
 HEIGHT = 220
+
+
+def title(metric: str) -> str:
+    """A chart's title: the metric's name, or a run's own name as it logged it."""
+    return METRICS.get(metric) or metric.removeprefix("p:")
+
+
 VISIBLE_POINTS = 300        # up to this many points per chart, each is drawn as a dot
 # Distinct colours, one per run in creation order (tableau10, then ten more).
 PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#c9a227", "#b07aa1",
@@ -129,11 +136,11 @@ def _metric_chart(d: MetricData, i: int, x: dict, color: dict, labels: list[str]
         datasets[name] = frame
         return {"name": name}
 
-    title = METRICS[m] + (" (log scale)" if log_scale else "")
+    y_title = title(m) + (" (log scale)" if log_scale else "")
     y_scale = {"type": "log"} if log_scale else {"zero": False}
     if d.domain is not None:
         y_scale = {**y_scale, "domain": d.domain}
-    y = {"field": "value", "type": "quantitative", "title": title, "scale": y_scale}
+    y = {"field": "value", "type": "quantitative", "title": y_title, "scale": y_scale}
     hidden = {"condition": {"param": "hidden", "empty": False, "value": 0.05}}
     points = data("points", d.points)
     main = [{"data": points,
@@ -216,7 +223,7 @@ def _metric_chart(d: MetricData, i: int, x: dict, color: dict, labels: list[str]
     if d.missing:
         subtitle.append("not recorded: " + ", ".join(d.missing))
     subtitle += d.notes
-    chart = {"title": {"text": METRICS[m], "subtitle": subtitle or "", "anchor": "start"},
+    chart = {"title": {"text": title(m), "subtitle": subtitle or "", "anchor": "start"},
              "height": HEIGHT,
              "layer": layers, "resolve": {"scale": {"y": "independent"}}}
     return chart, names

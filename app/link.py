@@ -47,7 +47,9 @@ def start(metrics: tuple[str, ...], threshold_defaults: dict) -> None:
         view["smooth"] = round(smooth[0], 2)
     for key in ("charts", "log"):
         if key in q:
-            view[key] = [m for m in q.get(key, "").split(",") if m in metrics]
+            # The recorded metrics, and names of runs' own (p:lr/1), checked once read.
+            view[key] = [m for m in q.get(key, "").split(",")
+                         if m in metrics or (m.startswith("p:") and len(m) > 2)]
     span = _floats(q.get("range", ""), 2)
     if span and span[0] < span[1]:
         view["range"] = tuple(span)

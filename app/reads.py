@@ -157,6 +157,19 @@ def epoch_steps(url: str, run_id: str, version: tuple) -> list[dict]:
 
 
 @st.cache_data(ttl=RUN_TTL, max_entries=500, show_spinner=False)
+def point_keys(url: str, run_id: str, version: tuple) -> list[str]:
+    """The names ``run_id`` logged of its own (hlbd.Run, the integrations)."""
+    return sorted({p["key"] for p in store(url).point_series(run_id)})
+
+
+@st.cache_data(ttl=RUN_TTL, max_entries=1000, show_spinner=False)
+def points(url: str, run_id: str, version: tuple, key: str) -> list[dict]:
+    """One of its names' values on the effective history: scope, step, epoch, value."""
+    return [{k: p[k] for k in ("scope", "step", "epoch", "value")}
+            for p in store(url).points(run_id, key)]
+
+
+@st.cache_data(ttl=RUN_TTL, max_entries=500, show_spinner=False)
 def segments(url: str, run_id: str, version: tuple) -> list[dict]:
     return store(url).segments(run_id)
 

@@ -20,6 +20,7 @@ import pandas as pd
 from hlbd.store.rows import STEP_SERIES
 
 STEP_METRICS = STEP_SERIES                     # recorded per optimizer step too
+POINT = "p:"   # a chart of a name a run logged of its own (hlbd.Run, the integrations)
 # The x axes a point can be placed on, with their titles.
 X_AXES = {"epoch": "epoch", "step": "step", "wall": "wall time"}
 SMOOTHED = ("loss", "grad_norm")                # smoothing never touches the LR
@@ -39,6 +40,9 @@ class RunSeries:
     flags: list[dict] = field(default_factory=list)
     epoch_steps: list[dict] = field(default_factory=list)  # epoch -> its steps
     color: str = field(kw_only=True)    # its line's colour, from charts.colors()
+    # Its own names' values (Store.points rows), for the charts of those picked: key ->
+    # rows with scope, step, epoch, value.
+    points: dict[str, list[dict]] = field(default_factory=dict, kw_only=True)
 
 
 @dataclass
@@ -163,6 +167,51 @@ def _bucket_rows(s: RunSeries, metric: str) -> dict:
             "recorded": ~np.isnan(value) | (bad > 0), "bad": bad, "at": at}
 
 
+def _point_rows(s: RunSeries, key: str, x_axis: str, scale: float) -> dict:
+    """x, value, lo, hi, recorded, bad, at for one run's values of its own name ``key``.
+
+    On the step axis, a step value at its step (in buckets as wide as the run's steps are
+    drawn: mean, min and max) and an epoch value at the step its epoch closed; on the
+    epoch and wall-time axes, an epoch value at its epoch and an epoch's step values as
+    their mean with their min-max band (the hover says so). NaN/Inf are counted, never
+    averaged in."""
+    frame = pd.DataFrame(s.points.get(key, []), columns=["scope", "step", "epoch", "value"])
+    frame = frame[frame["scope"] != "skipped"].astype(  # attempts are not steps
+        {"step": float, "epoch": float, "value": float})
+    finite = np.isfinite(frame["value"].to_numpy())
+    frame = frame.assign(bad=(~finite).astype(int), kept=frame["value"].where(finite))
+    if x_axis == "step":
+        width = (int(s.buckets["width"].iloc[0])
+                 if s.buckets is not None and len(s.buckets) else 1)
+        bucketed = frame["scope"] == "step"
+        frame["place"] = np.where(bucketed, (frame["step"] - 1) // width * width + 1,
+                                  frame["step"])
+    else:
+        frame["place"] = frame["epoch"]
+    grouped = frame.groupby(["place", "scope"], sort=True)
+    g = grouped.agg(value=("kept", "mean"), lo=("kept", "min"), hi=("kept", "max"),
+                    bad=("bad", "sum"), n=("step", "count"), first=("step", "min"),
+                    last=("step", "max"), epoch=("epoch", "max")).reset_index()
+    if x_axis == "step":
+        x = g["place"].to_numpy(dtype=float)
+        at = [f"step {int(r.first):,}" if r.n == 1 else
+              f"steps {int(r.first):,}–{int(r.last):,} ({r.n:,} recorded, mean)"
+              for r in g.itertuples()]
+    else:
+        recorded = {e["epoch"]: e.get("recorded_at") for e in s.epochs}
+        x = np.array([x_position(x_axis, epoch=e, step=None, when=recorded.get(int(e)),
+                                 start=s.created_at, scale=scale) for e in g["epoch"]],
+                     dtype=float)
+        at = [f"epoch {int(r.epoch)}" if r.scope == "epoch" else
+              f"epoch {int(r.epoch)} (mean of {r.n:,} steps)" for r in g.itertuples()]
+    ranged = g["n"].to_numpy() > 1
+    return {"x": x, "value": g["value"].to_numpy(dtype=float),
+            "lo": np.where(ranged, g["lo"].to_numpy(dtype=float), np.nan),
+            "hi": np.where(ranged, g["hi"].to_numpy(dtype=float), np.nan),
+            "recorded": np.ones(len(g), dtype=bool), "bad": g["bad"].to_numpy(),
+            "at": at}
+
+
 def metric_data(series: list[RunSeries], metric: str, x_axis: str, *, title: str,
                 smoothing: float = 0.0, log_scale: bool = False, robust: bool = True,
                 x_range: tuple[float, float] | None = None) -> MetricData:
@@ -173,7 +222,10 @@ def metric_data(series: list[RunSeries], metric: str, x_axis: str, *, title: str
     dropped_nonpositive = 0
     for i, s in enumerate(series):
         by_step = x_axis == "step" and metric in STEP_METRICS
-        r = _bucket_rows(s, metric) if by_step else _epoch_rows(s, metric, x_axis, scale)
+        if metric.startswith(POINT):
+            r = _point_rows(s, metric.removeprefix(POINT), x_axis, scale)
+        else:
+            r = _bucket_rows(s, metric) if by_step else _epoch_rows(s, metric, x_axis, scale)
         x, value = r["x"], r["value"]
         placed = np.isfinite(x)
         if not (placed & r["recorded"]).any():
@@ -194,9 +246,9 @@ def metric_data(series: list[RunSeries], metric: str, x_axis: str, *, title: str
         bad = placed & (r["bad"] > 0)
         at = np.array(r["at"], dtype=object)
         for j in np.flatnonzero(bad):
-            count = int(r["bad"][j]) if by_step or metric == "grad_norm" else 1
-            what = (f"{title.lower()} is {value[j]}" if not by_step and
-                    metric != "grad_norm" else
+            counted = by_step or metric == "grad_norm" or metric.startswith(POINT)
+            count = int(r["bad"][j]) if counted else 1
+            what = (f"{title.lower()} is {value[j]}" if not counted else
                     f"{count} step(s) with a NaN/Inf {title.lower()}")
             nonfinite.append({"run": s.label, "x": x[j], "at": at[j], "what": what})
         # Lines break wherever a value is missing: a new piece starts after each gap.

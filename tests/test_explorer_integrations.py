@@ -60,4 +60,28 @@ def test_trainer_and_lightning_runs_are_drawn_beside_an_hlbd_train_run(
             assert len(steps) > 0
             assert mine["x"].tolist() == [s["step"] for s in steps]
             assert mine["value"].tolist() == pytest.approx([s[series] for s in steps])
+
+    # The names a run logged of its own are charts too: the Trainer's second parameter
+    # group's LR per step, and its evaluation as each epoch closed.
+    at = compare(open_app(monkeypatch, db), picked, x_axis="step")
+    at.button_group(key="metrics").set_value(["loss", "p:lr/1", "p:eval/loss"]).run()
+    drawn = charts(at)
+    assert list(drawn) == ["Loss", "eval/loss", "lr/1"]
+    hf_label = f"gpt2 · {callback.run.id[:8]}"
+    lr1 = drawn["lr/1"].points
+    recorded = [(p["step"], p["value"]) for p in store.points(callback.run.id, "lr/1")]
+    assert list(zip(lr1[lr1["run"] == hf_label]["x"], lr1[lr1["run"] == hf_label]["value"])
+                ) == recorded
+    light = f"lightning · {logger.version[:8]}"
+    assert set(lr1["run"]) == {hf_label}  # Lightning's one group has no lr/1
+    assert "not recorded" in drawn["lr/1"].subtitle and light in drawn["lr/1"].subtitle
+    evals = drawn["eval/loss"].points
+    assert list(zip(evals["x"], evals["value"])) == [
+        (p["step"], p["value"]) for p in store.points(callback.run.id, "eval/loss")]
+    # On the epoch axis, an epoch's step values are drawn as their mean, min and max.
+    at.button_group(key="x_axis").set_value("epoch").run()
+    lr1 = charts(at)["lr/1"].points
+    values = [v for _, v in recorded]
+    assert lr1["value"].tolist() == pytest.approx([sum(values) / len(values)])
+    assert (lr1["lo"].iloc[0], lr1["hi"].iloc[0]) == (min(values), max(values))
     store.close()

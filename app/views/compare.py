@@ -17,7 +17,7 @@ import sidebar
 import vega_component
 from hlbd.config import config_diff
 from hlbd.store.buckets import bucket_width
-from series import RunSeries, metric_data
+from series import POINT, RunSeries, metric_data
 
 # Step buckets per chart, shared by the picked runs, each getting at least / at most
 # POINTS_PER_RUN. A full-width plot is 850-1000 px wide on a 1400-1600 px window: 500
@@ -52,13 +52,18 @@ link.put("robust", top[2].toggle(
     help="Leave out values far above the runs' typical range (one exploded run no longer "
          "flattens the others); the points left out are marked on the chart's edge."))
 bottom = st.columns([3, 2])
+# The recorded metrics, then every name a picked run logged of its own (lr/1, eval/loss).
+own = sorted({POINT + key for r in chosen
+              for key in reads.point_keys(url, r["run_id"], r["version"])})
+available = [*charts.METRICS, *own]
 link.put("charts", bottom[0].pills(
-    "Charts", list(charts.METRICS), selection_mode="multi", default=link.get("charts"),
-    format_func=charts.METRICS.get, key="metrics") or [])
+    "Charts", available, selection_mode="multi",
+    default=[m for m in link.get("charts") if m in available],
+    format_func=charts.title, key="metrics") or [])
 link.put("log", bottom[1].pills(
     "Log scale", link.get("charts"), selection_mode="multi",
     default=[m for m in link.get("log") if m in link.get("charts")],
-    format_func=charts.METRICS.get, key="log_scale") or [])
+    format_func=charts.title, key="log_scale") or [])
 
 
 def zoom_from_chart() -> None:
@@ -74,9 +79,10 @@ def points_per_run(count: int) -> int:
     return max(low, min(high, POINTS // max(count, 1)))
 
 
-def load_series(url: str, picked: tuple, x_axis: str, x_range, thresholds: tuple
-                ) -> list[RunSeries]:
-    """The picked runs' records, re-read only for runs whose version changed.
+def load_series(url: str, picked: tuple, x_axis: str, x_range, thresholds: tuple,
+                own: tuple = ()) -> list[RunSeries]:
+    """The picked runs' records, re-read only for runs whose version changed; ``own``:
+    the names of their own to read (charts picked).
 
     ``picked``: each run's (run_id, version, label, created_at, color)."""
     width, steps = None, None
@@ -94,6 +100,7 @@ def load_series(url: str, picked: tuple, x_axis: str, x_range, thresholds: tuple
         flags=reads.flags(url, run_id, version, thresholds),
         epoch_steps=reads.epoch_steps(url, run_id, version) if x_axis == "step" else [],
         color=color,
+        points={key: reads.points(url, run_id, version, key) for key in own},
     ) for run_id, version, label, created_at, color in picked]
 
 
@@ -106,10 +113,12 @@ def chart(url: str, picked: tuple, x_axis: str, x_range, metrics: tuple, smoothi
     versions included (``picked`` as in load_series): a new session opening the same
     link gets the spec built once, and a run with news is read and drawn anew.
     """
-    series = load_series(url, picked, x_axis, x_range, thresholds)
+    own = tuple(m.removeprefix(POINT) for m in metrics
+                if m.startswith(POINT))
+    series = load_series(url, picked, x_axis, x_range, thresholds, own)
     if not metrics:
         return None, series
-    data = [metric_data(series, m, x_axis, title=charts.METRICS[m], smoothing=smoothing,
+    data = [metric_data(series, m, x_axis, title=charts.title(m), smoothing=smoothing,
                         log_scale=m in log, robust=robust, x_range=x_range)
             for m in metrics]
     return charts.spec(data, series, x_axis, smoothing=smoothing, log_metrics=log), series
@@ -138,7 +147,7 @@ with reads.errors_shown():
     spec, series = chart(
         url, tuple((r["run_id"], r["version"], sidebar.label(r), r["created_at"],
                     colors[r["run_id"]]) for r in chosen),
-        x_axis, x_range, tuple(m for m in charts.METRICS if m in link.get("charts")),
+        x_axis, x_range, tuple(m for m in available if m in link.get("charts")),
         link.get("smooth"), tuple(link.get("log")), link.get("robust"), thresholds)
     if spec is None:
         st.info("Pick at least one chart above.")
