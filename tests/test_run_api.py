@@ -4,6 +4,7 @@ PostgreSQL; bad input raises and records nothing; the run's status says how it e
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -603,3 +604,49 @@ def test_series_reads_one_name_of_the_effective_history(db_url, tmp_path):
         store.close()
     assert acc[0] == (1, 0.1) and acc[1][0] == 2 and math.isnan(acc[1][1])
     assert acc[2:] == [(3, 0.4)] and val == [(2, 2.0)]
+
+
+def test_a_run_of_ones_own_copies_and_exports_with_its_series(db_url, tmp_path):
+    """hlbd copy carries every row hlbd.Run wrote (points, a mid-epoch resume's segment
+    and what it superseded); hlbd export and hlbd sql read it as any run."""
+    from click.testing import CliRunner
+
+    from hlbd.cli import main
+
+    with pytest.raises(RuntimeError), hlbd.init(db=db_url, runs_dir=str(tmp_path)) as run:
+        train(run, epochs=1, batches=3)
+        torch.save({}, tmp_path / "mid.pt")
+        run.checkpoint(tmp_path / "mid.pt")  # at step 3, the epoch still open
+        run.log({"acc": 0.5}, step=4)  # these two superseded by the resume
+        run.log({"acc": 0.6}, step=5)
+        raise RuntimeError("stopped")
+    with hlbd.init(db=db_url, run_id=run.id, resume="must") as again:
+        again.log({"acc": 0.7}, step=5)
+        again.end_epoch({"val_loss": 0.25})
+    copy = str(tmp_path / "copy.db")
+    cli = CliRunner()
+    first = cli.invoke(main, ["copy", db_url, copy])
+    assert first.exit_code == 0, first.output
+    assert "already copied" in cli.invoke(main, ["copy", db_url, copy]).output
+
+    everything = ("SELECT key, scope, step, epoch, value, segment, superseded_by FROM points "
+                  "ORDER BY key, scope, step, segment")
+    view = "SELECT key, scope, step, value FROM metric_points ORDER BY key, scope, step"
+
+    def rows(db, sql):
+        out = cli.invoke(main, ["sql", "--db", db, "--csv", sql])
+        assert out.exit_code == 0, out.output
+        return out.output.splitlines()
+
+    assert rows(copy, everything) == rows(db_url, everything)
+    assert len(rows(copy, everything)) > 10
+    assert rows(copy, view) == rows(db_url, view)
+    assert [r for r in rows(copy, view) if r.startswith("acc,")] == ["acc,step,5,0.7"]
+    store = Store.open_read_only(copy)
+    try:
+        assert [s["start_step"] for s in store.segments(run.id)] == [None, 3]
+    finally:
+        store.close()
+    exported = cli.invoke(main, ["export", run.id, "--db", copy])
+    assert exported.exit_code == 0, exported.output
+    assert json.loads(exported.output)["run_id"] == run.id
