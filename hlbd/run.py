@@ -93,11 +93,12 @@ def init(name: str | None = None, config: Mapping[str, Any] | None = None, *,
     return _start(name, config, db, runs_dir, run_id, resume, tags)
 
 
-def _start(name, config, db, runs_dir, run_id, resume, tags, at: str | None = None,
+def _start(name, config, db, runs_dir, run_id, resume, tags, at: str | int | None = None,
            extra: dict | None = None) -> Run:
     """init's work, for the integrations too. ``at``: continue from this recorded
-    checkpoint (the one a framework resumes from), not the newest; ``extra``: more of
-    the run's ``extra`` (which integration records it)."""
+    checkpoint (the one a framework resumes from: its path, or the step it was recorded
+    at), not the newest; ``extra``: more of the run's ``extra`` (which integration
+    records it)."""
     config = _checked_config(config)
     tags = [str(t) for t in (tags or [])]
     shared = _process_group()
@@ -189,17 +190,22 @@ def _new_run(store, name, config, runs_dir, run_id, tags, extra=None) -> Run:
     return Run(store, run_id=run_id, segment=1, run_dir=run_dir, config=config)
 
 
-def _continued_run(store, run: dict, config: dict, at: str | None = None) -> Run:
+def _continued_run(store, run: dict, config: dict, at: str | int | None = None) -> Run:
     if run["display_status"] == "running":
         raise HlbdError(still_being_written(run["run_id"], run.get("pid"),
                                             run.get("hostname")))
-    candidates = [c for c in store.checkpoint_candidates(run["run_id"])
-                  if Path(c["path"]).exists()]
-    if at is not None:
-        candidates = [c for c in candidates if Path(c["path"]) == Path(at).resolve()]
-        if not candidates:
-            raise HlbdError(f"{at} is not a checkpoint of run {run['run_id']} on its "
-                            "history (not recorded, superseded by a later resume, or gone)")
+    candidates = store.checkpoint_candidates(run["run_id"])
+    if isinstance(at, int):  # the checkpoint a framework loaded, wherever it lies now
+        candidates = [c for c in candidates if c["step"] == at]
+    else:
+        candidates = [c for c in candidates if Path(c["path"]).exists()]
+        if at is not None:
+            candidates = [c for c in candidates if Path(c["path"]) == Path(at).resolve()]
+    if at is not None and not candidates:
+        where = f"step {at}" if isinstance(at, int) else str(at)
+        raise HlbdError(f"the checkpoint at {where} is not one of run {run['run_id']}'s "
+                        "on its history (not recorded, superseded by a later resume, or "
+                        "gone)")
     newest = next(iter(candidates), None)
     epoch = newest["epoch"] if newest else 0
     resumed, start_step, partial = None, None, None

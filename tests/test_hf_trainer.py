@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 import textwrap
 
 import pytest
+from click.testing import CliRunner
 from helpers import hf
 
+from hlbd.cli import main
 from hlbd.integrations.transformers import RUN_FILE, HlbdCallback
 from hlbd.store import Store
 
@@ -88,8 +91,13 @@ def test_resume_from_a_trainer_checkpoint_continues_the_same_run(db_url, tmp_pat
     hf.trainer(tmp_path / "cut", [cut], **every).train()
     folder = tmp_path / "cut" / "checkpoint-4"
     assert json.loads((folder / RUN_FILE).read_text())["run_id"] == cut.run.id
+    # Resumed from a copy elsewhere, into another output_dir, without hlbd_run.json: the
+    # callback's state inside the checkpoint's trainer_state.json names the run and step.
+    moved = tmp_path / "moved" / "step-4"
+    shutil.copytree(folder, moved)
+    (moved / RUN_FILE).unlink()
     again = HlbdCallback(db=db_url, runs_dir=str(tmp_path))
-    hf.trainer(tmp_path / "cut", [again], **every).train(resume_from_checkpoint=str(folder))
+    hf.trainer(tmp_path / "again", [again], **every).train(resume_from_checkpoint=str(moved))
 
     assert again.run.id == cut.run.id and again.run.segment == 2
     assert again.run.resumed_from.step == 4 and again.run.resumed_from.epoch == 1
@@ -107,6 +115,12 @@ def test_resume_from_a_trainer_checkpoint_continues_the_same_run(db_url, tmp_pat
     _, everything, _, _, _ = read(db_url, cut.run.id, superseded=True)
     assert [(s["step"], s["segment"]) for s in everything if s["superseded_by"]] == [
         (5, 1), (6, 1)]
+    # hlbd show says a checkpoint folder that is there is on disk, and one gone missing.
+    shutil.rmtree(tmp_path / "cut" / "checkpoint-2")
+    shown = CliRunner().invoke(main, ["show", cut.run.id, "--db", db_url]).output
+    states = {line.split()[-1]: line for line in shown.splitlines() if "checkpoint-" in line}
+    assert "on disk" in states[str(folder)] and "missing" in states[
+        str(tmp_path / "cut" / "checkpoint-2")]
 
 
 FAILS = textwrap.dedent("""

@@ -650,3 +650,11 @@ def test_a_run_of_ones_own_copies_and_exports_with_its_series(db_url, tmp_path):
     exported = cli.invoke(main, ["export", run.id, "--db", copy])
     assert exported.exit_code == 0, exported.output
     assert json.loads(exported.output)["run_id"] == run.id
+
+
+def test_a_database_in_a_folder_that_does_not_exist_is_named_so(tmp_path):
+    from hlbd.errors import StoreError
+
+    with pytest.raises(StoreError, match=r"its folder .*nowhere does not exist"):
+        hlbd.init(db=str(tmp_path / "nowhere" / "runs.db"))
+    assert not (tmp_path / "nowhere").exists()

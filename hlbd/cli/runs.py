@@ -87,10 +87,11 @@ def show(run_id: str, all_segments: bool, db: str | None) -> None:
 
 
 def _file_state(checkpoint: dict) -> str:
-    """``pruned <when>`` (deleted by --keep-checkpoints), ``on disk`` or ``missing``."""
+    """``pruned <when>`` (deleted by --keep-checkpoints), ``on disk`` or ``missing`` (a
+    file, or a framework's checkpoint folder)."""
     if checkpoint["pruned_at"] is not None:
         return f"pruned {checkpoint['pruned_at']:%Y-%m-%d %H:%M:%S}"
-    return "on disk" if os.path.isfile(checkpoint["path"]) else "missing"
+    return "on disk" if os.path.exists(checkpoint["path"]) else "missing"
 
 
 COMMANDS = [runs, show]

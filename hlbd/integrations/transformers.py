@@ -26,10 +26,11 @@ Where each number comes from (transformers 5.x):
   evaluation when an epoch ends gives that epoch's values, one during an epoch step
   values. An ``evaluate()`` after ``train()`` returned is not in the run (it ended).
 - ``TrainingArguments`` (``to_dict()``) is the run's config.
-- Each checkpoint the Trainer saves is recorded (its folder); the callback writes
-  ``hlbd_run.json`` (the run id and step) into it. ``trainer.train(resume_from_checkpoint=
-  ...)`` from such a folder continues the same run: the steps recorded after it are kept,
-  superseded. A checkpoint folder without that file starts a new run.
+- Each checkpoint the Trainer saves is recorded (its folder); the run id and step go into
+  it, in the callback's state in ``trainer_state.json`` (``ExportableState``) and in
+  ``hlbd_run.json``. ``trainer.train(resume_from_checkpoint=...)`` from such a folder,
+  moved or not, continues the same run: the steps recorded after it are kept,
+  superseded. A checkpoint hlbd did not record starts a new run.
 
 The run ends ``finished`` when training ends; an exception out of ``trainer.train()``
 that ends the process ends it ``failed`` with its text (``interrupted`` for Ctrl-C and
@@ -48,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
 
 from hlbd.run import Run, _start
 
@@ -57,7 +59,7 @@ RUN_FILE = "hlbd_run.json"  # in each checkpoint folder: which hlbd run, at whic
 NOT_METRICS = {"epoch", "step"}
 
 
-class HlbdCallback(TrainerCallback):
+class HlbdCallback(TrainerCallback, ExportableState):
     """Record a ``transformers.Trainer`` run in hlbd (see the module docstring).
 
     The arguments are ``hlbd.init``'s: ``db`` a path or SQLAlchemy URL (else ``HLBD_DB``,
@@ -77,6 +79,18 @@ class HlbdCallback(TrainerCallback):
         self._epoch_pending = False
         self._hooked = False
 
+    def state(self) -> dict:
+        """What the Trainer saves of this callback in each checkpoint (trainer_state.json):
+        the run and step it was at, so a resume from that checkpoint, wherever it was
+        moved, continues the same run; ``args`` rebuild this callback if the Trainer
+        restores callbacks (``restore_callback_states_from_checkpoint``)."""
+        run = self.run
+        at = ({"run_id": run.id, "step": run.step, "epoch": run.epoch}
+              if run is not None and run.id else {})
+        return {"args": {"name": self.name, "db": self.db, "runs_dir": self.runs_dir,
+                         "tags": self.tags, "config": self.config},
+                "attributes": {"saved_at": at}}
+
     # -- the Trainer's events ------------------------------------------------------------
 
     def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
@@ -84,16 +98,11 @@ class HlbdCallback(TrainerCallback):
             self.run.finish("failed", "a later train() began before this one ended")
         args.logging_nan_inf_filter = False
         self._max_norm = args.max_grad_norm if args.max_grad_norm else math.inf
-        at = _resumed_checkpoint(args, state)
-        told = json.loads((at / RUN_FILE).read_text()) if at else {}
+        told = _resumed_from(args, state)
         config = {**_json_safe(args.to_dict()), **self.config}
         self.run = _start(self.name or _run_name(args), config, self.db, self.runs_dir,
                           told.get("run_id"), "must" if told else None, self.tags,
-                          at=str(at) if at else None,
-                          extra={"integration": "transformers.Trainer"})
-        if told and self.run.step != told["step"]:
-            log.warning("hlbd: %s says step %s, the run resumed at step %s", at,
-                        told["step"], self.run.step)
+                          at=told.get("step"), extra={"integration": "transformers.Trainer"})
         self.run.watch(_torch_optimizer(optimizer))
         self._epoch_pending = False
         if not self._hooked:
@@ -199,17 +208,24 @@ def _end_with_the_process(callback: HlbdCallback) -> None:
     atexit.register(callback._ended_by, None, None, None)
 
 
-def _resumed_checkpoint(args, state) -> Path | None:
-    """The checkpoint folder this train() resumed from, when it holds hlbd_run.json: the
-    Trainer has loaded its state (global_step) before on_train_begin."""
+def _resumed_from(args, state) -> dict:
+    """The hlbd run and step of the checkpoint this train() resumed from ({} for a new
+    run). The Trainer has loaded the checkpoint's trainer_state.json before
+    on_train_begin: this callback's saved state is in it, wherever the folder lies;
+    checkpoints of an older hlbd have only hlbd_run.json, found by the Trainer's naming."""
     if not state.global_step:
-        return None
+        return {}
+    saved = (state.stateful_callbacks or {}).get(HlbdCallback.__name__)
+    for entry in saved if isinstance(saved, list) else [saved]:
+        at = ((entry or {}).get("attributes") or {}).get("saved_at")
+        if at:
+            return at
     folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
     if (folder / RUN_FILE).is_file():
-        return folder.resolve()
-    log.warning("hlbd: training resumes at step %s, but %s has no %s: recording a new run",
-                state.global_step, folder, RUN_FILE)
-    return None
+        return json.loads((folder / RUN_FILE).read_text())
+    log.warning("hlbd: training resumes at step %s from a checkpoint hlbd did not record: "
+                "recording a new run", state.global_step)
+    return {}
 
 
 def _torch_optimizer(optimizer):

@@ -93,6 +93,10 @@ def current_revision(engine: Engine, url: str | None = None) -> str | None:
     except (exc.DatabaseError, sqlite3.DatabaseError) as error:
         original = getattr(error, "orig", None) or error
         reason = str(original).strip().splitlines()[0]
+        path = sqlite_path(url) if url else None
+        if path and not Path(path).parent.is_dir():
+            raise StoreError(f"{where}: its folder {Path(path).parent} does not exist "
+                             "(create it, or pass another --db)") from None
         raise StoreError(f"{where}: cannot be read as a database ({reason})") from None
     if revision is None and tables:
         shown = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
