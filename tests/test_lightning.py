@@ -115,7 +115,9 @@ def test_fit_from_a_checkpoint_continues_the_same_run(db_url, tmp_path):
     cut = HlbdLogger(db=db_url, runs_dir=runs)
     saved = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1)
     trainer(cut, tmp_path / "b", epochs=3, callbacks=[saved]).fit(Tiny(), data())
-    first = next(p for p in (tmp_path / "ckpt").iterdir() if "epoch=0" in p.name)
+    saved_first = next(p for p in (tmp_path / "ckpt").iterdir() if "epoch=0" in p.name)
+    first = tmp_path / "moved.ckpt"  # resumed from a copy elsewhere: the file says the run
+    first.write_bytes(saved_first.read_bytes())
 
     again = HlbdLogger(db=db_url, runs_dir=runs)
     trainer(again, tmp_path / "b", epochs=3).fit(Tiny(), data(), ckpt_path=str(first))

@@ -22,8 +22,8 @@ Where each number comes from (Lightning 2.x; ``lightning`` or ``pytorch_lightnin
   is recorded under its name at that step (a name hlbd records itself, such as
   ``loss``, as ``logged/loss``); ``log_hyperparams`` adds to the run's config.
 - A checkpoint Lightning saves carries ``hlbd`` (the run id and step) and is recorded;
-  ``trainer.fit(..., ckpt_path=...)`` from it continues the same run, the steps recorded
-  after it kept, superseded.
+  ``trainer.fit(..., ckpt_path=...)`` from it (moved or not) continues the same run, the
+  steps recorded after it kept, superseded.
 - ``finalize``: "success" ends the run finished; an exception failed, with its text;
   Ctrl-C interrupted.
 """
@@ -62,7 +62,7 @@ class HlbdLogger(Logger):
         self._name, self._db, self._runs_dir = name, db, runs_dir
         self._tags, self._config = list(tags or []), dict(config or {})
         self._run_id = run_id or uuid.uuid4().hex
-        self._resume_at: str | None = None  # the checkpoint fit(ckpt_path=) loaded
+        self._resume_at: int | None = None  # the step of the checkpoint fit(ckpt_path=) loaded
         self._error: BaseException | None = None
         self._callback: HlbdCallback | None = None
         self.run: Run | None = None
@@ -206,9 +206,9 @@ class HlbdCallback(Callback):
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         told = checkpoint.get("hlbd")
-        if told and trainer.ckpt_path:
+        if told:  # the run and step it was saved at, wherever the file lies now
             self.logger._run_id = told["run_id"]
-            self.logger._resume_at = str(trainer.ckpt_path)
+            self.logger._resume_at = int(told["step"])
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         self.logger._error = exception
