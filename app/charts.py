@@ -14,7 +14,7 @@ import json
 import pandas as pd
 
 import vega_component
-from series import SMOOTHED, MetricData, RunSeries, wall_scale
+from series import POINT, SMOOTHED, MetricData, RunSeries, wall_scale
 
 METRICS = {"loss": "Loss", "grad_norm": "Gradient norm", "lr": "Learning rate",
            "token_accuracy": "Token accuracy", "tokens_per_second": "Tokens per second"}
@@ -23,7 +23,7 @@ HEIGHT = 220
 
 def title(metric: str) -> str:
     """A chart's title: the metric's name, or a run's own name as it logged it."""
-    return METRICS.get(metric) or metric.removeprefix("p:")
+    return METRICS.get(metric) or metric.removeprefix(POINT)
 
 
 VISIBLE_POINTS = 300        # up to this many points per chart, each is drawn as a dot

@@ -17,7 +17,7 @@ import math
 
 import streamlit as st
 
-from series import X_AXES
+from series import POINT, X_AXES
 
 DEFAULT_CHARTS = ("loss", "grad_norm", "lr")
 # The smallest value a whole-number threshold can take (a window of 0 epochs is none).
@@ -49,7 +49,7 @@ def start(metrics: tuple[str, ...], threshold_defaults: dict) -> None:
         if key in q:
             # The recorded metrics, and names of runs' own (p:lr/1), checked once read.
             view[key] = [m for m in q.get(key, "").split(",")
-                         if m in metrics or (m.startswith("p:") and len(m) > 2)]
+                         if m in metrics or (m.startswith(POINT) and len(m) > len(POINT))]
     span = _floats(q.get("range", ""), 2)
     if span and span[0] < span[1]:
         view["range"] = tuple(span)

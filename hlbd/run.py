@@ -93,11 +93,11 @@ def init(name: str | None = None, config: Mapping[str, Any] | None = None, *,
     return _start(name, config, db, runs_dir, run_id, resume, tags)
 
 
-def _start(name, config, db, runs_dir, run_id, resume, tags, at: str | int | None = None,
+def _start(name, config, db, runs_dir, run_id, resume, tags, at: int | None = None,
            extra: dict | None = None) -> Run:
-    """init's work, for the integrations too. ``at``: continue from this recorded
-    checkpoint (the one a framework resumes from: its path, or the step it was recorded
-    at), not the newest; ``extra``: more of the run's ``extra`` (which integration
+    """init's work, for the integrations too. ``at``: continue from the checkpoint
+    recorded at this step (the one a framework resumes from, wherever its file lies
+    now), not the newest; ``extra``: more of the run's ``extra`` (which integration
     records it)."""
     config = _checked_config(config)
     tags = [str(t) for t in (tags or [])]
@@ -190,22 +190,19 @@ def _new_run(store, name, config, runs_dir, run_id, tags, extra=None) -> Run:
     return Run(store, run_id=run_id, segment=1, run_dir=run_dir, config=config)
 
 
-def _continued_run(store, run: dict, config: dict, at: str | int | None = None) -> Run:
+def _continued_run(store, run: dict, config: dict, at: int | None = None) -> Run:
     if run["display_status"] == "running":
         raise HlbdError(still_being_written(run["run_id"], run.get("pid"),
                                             run.get("hostname")))
     candidates = store.checkpoint_candidates(run["run_id"])
-    if isinstance(at, int):  # the checkpoint a framework loaded, wherever it lies now
-        candidates = [c for c in candidates if c["step"] == at]
-    else:
+    if at is None:  # the newest whose file is still there
         candidates = [c for c in candidates if Path(c["path"]).exists()]
-        if at is not None:
-            candidates = [c for c in candidates if Path(c["path"]) == Path(at).resolve()]
-    if at is not None and not candidates:
-        where = f"step {at}" if isinstance(at, int) else str(at)
-        raise HlbdError(f"the checkpoint at {where} is not one of run {run['run_id']}'s "
-                        "on its history (not recorded, superseded by a later resume, or "
-                        "gone)")
+    else:  # the one a framework loaded, wherever it lies now
+        candidates = [c for c in candidates if c["step"] == at]
+        if not candidates:
+            raise HlbdError(f"the checkpoint at step {at} is not one of run "
+                            f"{run['run_id']}'s on its history (not recorded, superseded "
+                            "by a later resume, or gone)")
     newest = next(iter(candidates), None)
     epoch = newest["epoch"] if newest else 0
     resumed, start_step, partial = None, None, None
@@ -237,12 +234,12 @@ class _OpenEpoch:
     @classmethod
     def read(cls, store: Store, run_id: str, epoch: int, step: int) -> _OpenEpoch:
         steps = [s for s in store.steps(run_id, epochs=[epoch]) if s["step"] <= step]
-        counts = {"clipped": 0, "skipped": 0}
-        for p in store.points(run_id):
-            if (p["key"] in counts and p["scope"] == "step" and p["epoch"] == epoch
-                    and p["step"] <= step and p["value"] == p["value"]):
-                counts[p["key"]] += int(p["value"])
-        return cls(steps, counts["clipped"], counts["skipped"])
+        def total(key: str) -> int:
+            return sum(int(p["value"]) for p in store.points(run_id, key)
+                       if p["scope"] == "step" and p["epoch"] == epoch
+                       and p["step"] <= step and p["value"] == p["value"])
+
+        return cls(steps, total("clipped"), total("skipped"))
 
 
 class Terminated(KeyboardInterrupt):
@@ -313,15 +310,19 @@ class Run:
         """``torch.nn.utils.clip_grad_norm_``, its result returned unchanged; records it
         as ``grad_norm`` (before clipping) and ``clipped`` for the step about to happen."""
         norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm, norm_type, **kwargs)
-        step = self.step + 1
-        if self._watched and self._clip_pending == step:
-            # Measured again before any step ran: GradScaler skipped the last one.
-            self._set_aside_skipped()
-        self._clip_pending = step
-        self._norm_of(step, norm.detach().clone(), max_norm)
+        self._measured(norm.detach().clone(), max_norm)
         return norm
 
     # -- for the integrations (hlbd.integrations), which get the numbers from a framework
+
+    def _measured(self, norm: torch.Tensor | float, max_norm: float | None) -> None:
+        """The norm of the step about to happen, measured before clipping; measured
+        again before any step ran, the last attempt was skipped (GradScaler)."""
+        step = self.step + 1
+        if self._watched and self._clip_pending == step:
+            self._set_aside_skipped()
+        self._clip_pending = step
+        self._norm_of(step, norm, max_norm)
 
     def _norm_of(self, step: int, norm: torch.Tensor | float,
                  max_norm: float | None) -> None:

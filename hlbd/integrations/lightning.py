@@ -45,6 +45,7 @@ except ImportError:  # the older package name
     from pytorch_lightning import Callback
     from pytorch_lightning.loggers import Logger
 
+from hlbd.integrations import json_safe
 from hlbd.run import MAX_KEY, Run, _start
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,7 @@ class HlbdLogger(Logger):
 
     def log_hyperparams(self, params: dict[str, Any] | Namespace, *args, **kwargs) -> None:
         params = vars(params) if isinstance(params, Namespace) else dict(params or {})
-        self._config.update(_json_safe(params))  # before training starts: the config
+        self._config.update(json_safe(params))  # before training starts: the config
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         if self.run is None or self.run._finished:
@@ -173,11 +174,7 @@ class HlbdCallback(Callback):
         clip = trainer.gradient_clip_val
         algorithm = str(trainer.gradient_clip_algorithm or "norm").lower()
         limit = (float(clip) if clip else math.inf) if algorithm.endswith("norm") else None
-        step = run.step + 1
-        if run._clip_pending == step:  # measured again before any step ran: skipped
-            run._set_aside_skipped()
-        run._clip_pending = step
-        run._norm_of(step, norm.detach(), limit)
+        run._measured(norm.detach(), limit)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._close_epoch()
@@ -224,7 +221,7 @@ class HlbdCallback(Callback):
 
 
 def _trainer_settings(trainer) -> dict:
-    return _json_safe({
+    return json_safe({
         "max_epochs": trainer.max_epochs, "max_steps": trainer.max_steps,
         "accumulate_grad_batches": trainer.accumulate_grad_batches,
         "gradient_clip_val": trainer.gradient_clip_val,
@@ -239,7 +236,3 @@ def _is_number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _json_safe(values: dict) -> dict:
-    import json
-
-    return json.loads(json.dumps(values, default=str))

@@ -51,6 +51,7 @@ from typing import Any
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
+from hlbd.integrations import json_safe
 from hlbd.run import Run, _start
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ class HlbdCallback(TrainerCallback, ExportableState):
         args.logging_nan_inf_filter = False
         self._max_norm = args.max_grad_norm if args.max_grad_norm else math.inf
         told = _resumed_from(args, state)
-        config = {**_json_safe(args.to_dict()), **self.config}
+        config = {**json_safe(args.to_dict()), **self.config}
         self.run = _start(self.name or _run_name(args), config, self.db, self.runs_dir,
                           told.get("run_id"), "must" if told else None, self.tags,
                           at=told.get("step"), extra={"integration": "transformers.Trainer"})
@@ -249,6 +250,3 @@ def _eval_key(key: str) -> str:
 def _is_number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
-
-def _json_safe(values: dict) -> dict:
-    return json.loads(json.dumps(values, default=str))
