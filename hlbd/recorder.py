@@ -321,13 +321,15 @@ class StoreRecorder:
         self._epoch_steps.extend(steps)
 
     def _write_logged(self, logged) -> None:
+        if self._history is None:
+            # The effective history this segment continues, read before its first write
+            # (its steps flushed mid-epoch would be in it twice).
+            self._history = history_of(self.store.epochs(self.run_id),
+                                       self.store.steps(self.run_id))
         steps, points, epoch = logged()
         if epoch is None:
             self._write_steps(steps, points)
             return
-        if self._history is None:  # the effective history this segment continues
-            self._history = history_of(self.store.epochs(self.run_id),
-                                       self.store.steps(self.run_id))
         add_epoch(self._history, epoch, [*self._epoch_steps, *steps])
         lengths = {key: len(values) for key, values in self._history.items()}
         self._write_epoch(epoch, steps, self._history, lengths, points)

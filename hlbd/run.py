@@ -38,6 +38,7 @@ nothing.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import numbers
 import os
@@ -48,14 +49,14 @@ import traceback
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Self
 
 import torch
 
-from hlbd.errors import HlbdError
+from hlbd.errors import ClaimLostError, HlbdError
 from hlbd.recorder import StoreRecorder, wait_out_locks
-from hlbd.runner import runs_dir as default_runs_dir
 from hlbd.store import Store
 from hlbd.store.claims import still_being_written
 from hlbd.store.rows import STEP_SERIES
@@ -65,6 +66,16 @@ from hlbd.store.rows import STEP_SERIES
 FLUSH_STEPS = 500
 RESUME_MODES = (None, "must", "allow")
 MAX_KEY = 200  # points.key
+DEFAULT_RUNS_DIR = "hlbd_runs"
+# How long finish() waits for the other ranks under a process group.
+FINISH_WAIT_SECONDS = 120
+log = logging.getLogger(__name__)
+
+
+def runs_dir(value: str | None = None) -> Path:
+    """Where run folders go: ``value`` (a flag), else ``HLBD_RUNS_DIR``, else
+    ``./hlbd_runs``."""
+    return Path(value or os.environ.get("HLBD_RUNS_DIR") or DEFAULT_RUNS_DIR).resolve()
 
 
 @dataclass(frozen=True)
@@ -107,10 +118,11 @@ def _start(name, config, db, runs_dir, run_id, resume, tags, at: int | None = No
         # Rank 0 alone opens the store; with a process group this rank learns the run
         # from it (id, segment, where it resumes), else it knows nothing of the run.
         told = _from_rank_0(shared, None) if shared else {}
-        return Run(None, config=config, **told)
+        return Run(None, config=config, group=shared, **told)
     run = None
     try:
         run = _open_run(name, config, db, runs_dir, run_id, resume, tags, at, extra)
+        run._group = shared
     finally:
         if shared:
             _from_rank_0(shared, run)
@@ -182,9 +194,9 @@ def _existing(store: Store, run_id: str | None) -> dict | None:
     return runs[0] if runs else None
 
 
-def _new_run(store, name, config, runs_dir, run_id, tags, extra=None) -> Run:
+def _new_run(store, name, config, runs_root, run_id, tags, extra=None) -> Run:
     run_id = run_id or uuid.uuid4().hex
-    run_dir = default_runs_dir(runs_dir) / run_id
+    run_dir = runs_dir(runs_root) / run_id
     store.create_run(name or "run", config, {}, run_dir=str(run_dir), run_id=run_id,
                      extra={**(extra or {}), "recorded_by": "hlbd.Run", "tags": tags})
     return Run(store, run_id=run_id, segment=1, run_dir=run_dir, config=config)
@@ -258,7 +270,16 @@ class Run:
                  segment: int = 1,
                  run_dir: Path | None = None, config: dict | None = None,
                  resumed_from: ResumedFrom | None = None,
-                 open_epoch: _OpenEpoch | None = None):
+                 open_epoch: _OpenEpoch | None = None, group: Any = None,
+                 dataset_stats: dict | None = None, schedule: dict | None = None,
+                 flush_steps: int | None = None, owns_store: bool = True):
+        """``group``: torch.distributed when the run was opened under a process group
+        (every rank waits for the others in ``finish``). For ``hlbd train`` (hlbd.runner):
+        ``dataset_stats`` for the report, ``schedule`` the config whose LR schedule the
+        anomaly rules expect (a loop's own config does not say which scheduler it steps,
+        so by default the rule is not applied), ``flush_steps`` how many steps wait in
+        memory before they go to the recording thread, ``owns_store`` whether finish()
+        closes ``store``."""
         self.id = run_id
         self.segment = segment
         self.config = config or {}
@@ -267,13 +288,16 @@ class Run:
         self.epoch = resumed_from.epoch if resumed_from else 0
         self._store = store
         self._recorder = None
+        self._group = group
+        self._flush_steps = flush_steps or FLUSH_STEPS
+        self._owns_store = owns_store
         self.dir = run_dir  # the run's folder (its report; a place for checkpoints)
         if store is not None:
-            run_dir = self.dir = run_dir or default_runs_dir() / run_id
+            run_dir = self.dir = run_dir or runs_dir() / run_id
             run_dir.mkdir(parents=True, exist_ok=True)
-            # The LR rule's expected schedule is hlbd train's; a loop's config does not
-            # say which scheduler it steps, so the rule is not applied ({}).
-            self._recorder = StoreRecorder(store, run_id, segment, run_dir, {}, {})
+            self._recorder = StoreRecorder(store, run_id, segment, run_dir,
+                                           dataset_stats or {}, schedule or {})
+        self._closed_at = {self.epoch: self.step}  # epoch -> the step it closed on
         self._watched = False
         self._hooks: list = []
         self._closed_step = self.step  # values for steps <= this went to the recorder
@@ -344,6 +368,14 @@ class Run:
         self._skipped += 1
         self._epoch_skipped += 1
 
+    def _log_skipped(self, step: int, metrics: Mapping[str, Any]) -> None:
+        """Values of the attempt at step ``step`` that GradScaler skipped, known only
+        later (hlbd train reduces its losses over ranks once per flush): kept as that
+        attempt's (scope 'skipped'), as log() keeps values logged right after it."""
+        epoch = self.epoch + 1
+        for key, value in self._checked(metrics).items():
+            self._attempts[key, step] = (key, "skipped", step, epoch, value)
+
     def log(self, metrics: Mapping[str, Any], *, step: int | None = None) -> None:
         """Record ``metrics`` at ``step`` (default: ``run.step``, the optimizer steps so
         far; without ``watch()`` a call counter). ValueError, naming the key, for a
@@ -377,13 +409,25 @@ class Run:
             self.step = max(self.step, step)
             self._steps_may_close()
 
-    def end_epoch(self, metrics: Mapping[str, Any] | None = None) -> None:
+    def end_epoch(self, metrics: Mapping[str, Any] | None = None, *,
+                  loss: Any = None, tokens: int | None = None, token_accuracy: Any = None,
+                  wall_seconds: float | None = None) -> None:
         """Close the epoch: its row gets the mean loss, the grad norm's mean, min and max
         over finite steps, the non-finite, clipped and skipped counts and the last LR of
-        its steps, and ``metrics`` as epoch values at the step it closed on."""
+        its steps, and ``metrics`` as epoch values at the step it closed on.
+
+        What only the loop knows goes into the row's own columns: ``loss`` the epoch's
+        loss as the loop computes it (say, weighted by tokens; default: the mean of its
+        steps' ``loss``), ``tokens`` trained on (and so ``tokens_per_second``),
+        ``token_accuracy``, ``wall_seconds`` its training time (default: since the
+        previous ``end_epoch``, evaluation and checkpointing included)."""
         checked = self._checked(metrics or {})
+        columns = self._checked({key: value for key, value in (
+            ("loss", loss), ("tokens", tokens), ("token_accuracy", token_accuracy),
+            ("wall_seconds", wall_seconds)) if value is not None})
         self.epoch += 1
         current = self.step
+        self._closed_at[self.epoch] = current
         self._drop_unstepped()
         steps = self._take(lambda step: step <= current)
         epoch, skipped = self.epoch, self._epoch_skipped
@@ -391,14 +435,17 @@ class Run:
         now = time.perf_counter()
         wall, self._epoch_started = now - self._epoch_started, now
         points = [(key, "epoch", current, epoch, value) for key, value in checked.items()]
-        self._flush(steps, points, (epoch, skipped, wall))
+        self._flush(steps, points, _Close(epoch, skipped, wall, columns))
 
-    def checkpoint(self, path: str | os.PathLike, *, keep: int = 0) -> None:
+    def checkpoint(self, path: str | os.PathLike, *, keep: int = 0,
+                   step: int | None = None) -> None:
         """Record a checkpoint file the loop wrote, after ``end_epoch`` or after any
         optimizer step: a resume with ``resume='must'`` offers it as
         ``run.resumed_from``. The values of steps up to ``run.step`` are recorded
-        first (log nothing more for them). ``keep`` N > 0 deletes this run's older
-        checkpoint files beyond the newest N once this one is recorded."""
+        first (log nothing more for them). ``step``: the step whose state the file
+        holds, when the loop saved a state it kept from earlier (an epoch's end, after
+        a stop mid-epoch); default ``run.step``. ``keep`` N > 0 deletes this run's
+        older checkpoint files beyond the newest N once this one is recorded."""
         path = Path(path)
         if path.is_dir():  # a framework's checkpoint folder
             if keep:
@@ -410,10 +457,18 @@ class Run:
         else:
             raise ValueError(f"{path}: no such checkpoint file (write it, then record it)")
         current = self.step
-        self._flush(self._take(lambda step: step <= current))
+        held, epoch = current, self.epoch
+        if step is not None:
+            closed = [e for e, at in self._closed_at.items() if at == step]
+            if step != current and not closed:
+                raise ValueError(f"step {step}: a checkpoint holds the state at run.step "
+                                 f"({current}) or at the end of an epoch this run closed "
+                                 f"({sorted(self._closed_at.values())})")
+            held, epoch = step, max(closed) if step != current else epoch
+        self._flush(self._take(lambda s: s <= current))
         if self._recorder is not None:
             self._recorder.keep_checkpoints = keep
-            self._recorder.on_checkpoint(self.epoch, path.resolve(), size, step=current)
+            self._recorder.on_checkpoint(epoch, path.resolve(), size, step=held)
 
     def finish(self, status: str = "finished", error: str | None = None) -> None:
         """End the run (idempotent): everything logged is written, then its status."""
@@ -422,8 +477,17 @@ class Run:
         self._finished = True
         for hook in self._hooks:
             hook.remove()
-        if self._recorder is None:
-            return
+        try:
+            if self._recorder is not None:
+                self._end(status, error)
+        finally:
+            if self._group is not None and status == "finished":
+                self._leave_together()
+
+    def _end(self, status: str, error: str | None) -> None:
+        """Write what is left, then the status (ClaimLostError, writing nothing, when a
+        later segment took the run over: its status is that segment's to set)."""
+        taken_over = False
         try:
             self._drop_unstepped()
             self._flush(self._take(lambda step: True))
@@ -432,8 +496,28 @@ class Run:
             status, error = "failed", error or f"recording failed: {exc}"
             raise
         finally:
-            wait_out_locks(self._store.finish_run, self.id, self.segment, status, error)
-            self._store.close()
+            try:
+                taken_over = not wait_out_locks(self._store.finish_run, self.id,
+                                                self.segment, status, error)
+            finally:
+                if self._owns_store:
+                    self._store.close()
+        if taken_over:
+            raise ClaimLostError(f"run {self.id} was taken over by a later segment while "
+                                 f"segment {self.segment} ran; this one ended ({status}) "
+                                 "without changing the run's status")
+
+    def _leave_together(self) -> None:
+        """Under a process group: every rank waits here until rank 0 has written the
+        run's end, so that a rank leaving first (destroy_process_group) cannot abort
+        gloo under a rank still writing. A rank that does not come within
+        FINISH_WAIT_SECONDS is only warned about: finish never hangs on a dead peer."""
+        try:
+            self._group.barrier(async_op=True).wait(
+                timeout=timedelta(seconds=FINISH_WAIT_SECONDS))
+        except RuntimeError as exc:  # a peer gone or late; this rank's record is done
+            log.warning("run %s: the other ranks did not reach finish() within %ss (%s)",
+                        self.id, FINISH_WAIT_SECONDS, str(exc).splitlines()[0][:200])
 
     def __enter__(self) -> Self:
         # SIGTERM (a scheduler's pre-emption, `kill`) ends the block as Ctrl-C does, so
@@ -507,9 +591,9 @@ class Run:
             self._set_aside_skipped()
         self._skipped, self._clip_pending = 0, None
 
-    def _flush(self, steps: list, points: list = (), closes: tuple | None = None) -> None:
+    def _flush(self, steps: list, points: list = (), closes: _Close | None = None) -> None:
         """Hand ``steps`` (and the skipped attempts' values so far) to the recorder;
-        ``closes``: (epoch, skipped steps, wall seconds) of the epoch they close."""
+        ``closes``: the epoch they close."""
         points = [*self._attempts.values(), *points]
         self._attempts = {}
         if self._recorder is not None and (steps or points or closes):
@@ -540,11 +624,16 @@ class Run:
         self._steps_may_close()
 
     def _steps_may_close(self) -> None:
-        """Hand the steps before the current one to the recorder once FLUSH_STEPS wait
-        (the current one may still get values: log after optimizer.step())."""
-        if len(self._open) > FLUSH_STEPS:
+        """After a step: hand the steps before the current one to the recorder once
+        more than ``flush_steps`` wait (the current one may still get values: log after
+        optimizer.step()); keep the heartbeat (a run is stale without one for
+        STALE_AFTER, however long its flushes take), and raise a failed write's error
+        here, so that training stops at the next step."""
+        if len(self._open) > self._flush_steps:
             current = self.step
             self._flush(self._take(lambda step: step < current))
+        if self._recorder is not None:
+            self._recorder.on_alive()
 
     def _take(self, closed) -> list[tuple[int, dict]]:
         taken = sorted((s, v) for s, v in self._open.items() if closed(s))
@@ -584,7 +673,7 @@ class _Flush:
     ``_EpochTotals``, which only the recording thread touches (its writes run in order)."""
 
     def __init__(self, totals: _EpochTotals, steps: list[tuple[int, dict]],
-                 points: list[tuple] = (), closes: tuple | None = None):
+                 points: list[tuple] = (), closes: _Close | None = None):
         self.totals, self.steps, self.points = totals, steps, list(points)
         self.closes = closes
 
@@ -592,6 +681,8 @@ class _Flush:
         """(steps rows, points, the epoch row or None) with plain floats."""
         held = [v for _, values in self.steps for v in values.values()]
         held += [p[4] for p in self.points]
+        if self.closes is not None:
+            held += list(self.closes.columns.values())
         host = _to_host(held)
 
         def value_of(v):
@@ -618,7 +709,10 @@ class _Flush:
         points += [(k, scope, s, e, value_of(v)) for k, scope, s, e, v in self.points]
         if self.closes is None:
             return steps, points, None
-        return steps, points, self.totals.close(*self.closes)
+        close = self.closes
+        columns = {key: value_of(v) for key, v in close.columns.items()}
+        return steps, points, self.totals.close(close.epoch, close.skipped, close.wall,
+                                                columns)
 
 
 class _EpochTotals:
@@ -655,24 +749,49 @@ class _EpochTotals:
         if row["lr"] is not None:
             self.lr = row["lr"]
 
-    def close(self, epoch: int, skipped: int, wall: float) -> dict:
-        norms = self.norms
+    def close(self, epoch: int, skipped: int, wall: float, columns: dict) -> dict:
+        """The epoch's row; ``columns``: the loop's own loss, tokens, token_accuracy,
+        wall_seconds (Run.end_epoch)."""
+        wall = columns.get("wall_seconds", wall)
+        tokens = columns.get("tokens")
         row = {
             "epoch": epoch,
-            "loss": sum(self.losses) / len(self.losses) if self.losses else None,
-            "grad_norm": sum(norms) / len(norms) if norms else None,
-            "grad_norm_max": max(norms) if norms else None,
-            "grad_norm_min": min(norms) if norms else None,
+            "loss": columns.get("loss", sum(self.losses) / len(self.losses)
+                                if self.losses else None),
+            **{key: value for key, value in norm_summary(self.norms).items()
+               if key != "nonfinite_steps"},
             "steps": self.steps,
             "nonfinite_steps": self.nonfinite if self.measured_norm else None,
             "clipped_steps": self.clipped if self.measured_norm else None,
-            "skipped_steps": skipped, "lr": self.lr, "token_accuracy": None,
-            # From the previous end_epoch (or the start) to this one: everything the
-            # loop did in the epoch, its evaluation too.
-            "wall_seconds": wall, "tokens": None, "tokens_per_second": None,
+            "skipped_steps": skipped, "lr": self.lr,
+            "token_accuracy": columns.get("token_accuracy"), "wall_seconds": wall,
+            "tokens": None if tokens is None else int(tokens),
+            "tokens_per_second": tokens / wall if tokens is not None and wall > 0 else None,
         }
         self.__init__()
         return row
+
+
+def norm_summary(norms: Iterable[float]) -> dict[str, Any]:
+    """An epoch row's grad-norm columns from its steps' norms: mean, max and min of the
+    finite ones (None without any), and how many were not finite."""
+    norms = list(norms)
+    finite = [n for n in norms if math.isfinite(n)]
+    return {"grad_norm": sum(finite) / len(finite) if finite else None,
+            "grad_norm_max": max(finite) if finite else None,
+            "grad_norm_min": min(finite) if finite else None,
+            "nonfinite_steps": len(norms) - len(finite)}
+
+
+@dataclass(frozen=True)
+class _Close:
+    """An epoch end_epoch closed: its number, the steps skipped in it, the seconds since
+    the previous close, and the row's columns the loop gave (values or tensors)."""
+
+    epoch: int
+    skipped: int
+    wall: float
+    columns: dict
 
 
 @dataclass(frozen=True)

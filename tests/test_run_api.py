@@ -9,6 +9,7 @@ import math
 import subprocess
 import sys
 import threading
+import time
 from typing import ClassVar
 
 import pytest
@@ -309,6 +310,95 @@ def test_a_checkpoint_is_recorded_after_its_epoch_and_offered_on_resume(db_url, 
     assert [s["loss"] for s in steps][-1] == 7.0
     assert [(s["step"], s["superseded_by"]) for s in everything if s["loss"] == 9.0] == [
         (7, 2)]  # the segment-1 step after the checkpoint: kept, superseded once
+
+
+def test_end_epoch_takes_the_columns_only_the_loop_knows(db_url, tmp_path):
+    """An epoch's loss as the loop weighs it, its tokens, token accuracy and training
+    time go into the epoch row's own columns (tokens/s from them); without them the row
+    has the mean of the steps' losses and the time since the last end_epoch."""
+    with hlbd.init(db=db_url, runs_dir=str(tmp_path)) as run:
+        run.log({"loss": 1.0})
+        run.log({"loss": 3.0})
+        run.end_epoch(loss=torch.tensor(2.5, dtype=torch.float64), tokens=400,
+                      token_accuracy=0.25, wall_seconds=2.0)
+        run.log({"loss": 5.0})
+        run.end_epoch()
+    store = Store.open_read_only(db_url)
+    try:
+        first, second = store.epochs(run.id)
+    finally:
+        store.close()
+    assert (first["loss"], first["tokens"], first["token_accuracy"],
+            first["wall_seconds"], first["tokens_per_second"]) == (2.5, 400, 0.25, 2.0, 200.0)
+    assert second["loss"] == 5.0 and second["tokens"] is None
+    assert second["token_accuracy"] is None and second["tokens_per_second"] is None
+    assert 0 < second["wall_seconds"] < 60
+    with hlbd.init(db=db_url, runs_dir=str(tmp_path)) as run, \
+            pytest.raises(ValueError, match="'token_accuracy'"):
+        run.end_epoch(token_accuracy="high")
+
+
+def test_a_checkpoint_of_an_earlier_epoch_end_is_recorded_at_its_step(db_url, tmp_path):
+    """A loop that saves a state it kept from an epoch's end (after a stop mid-epoch)
+    records it at that epoch and step; any other earlier step is refused."""
+    path = tmp_path / "kept.pt"
+    with hlbd.init(db=db_url, runs_dir=str(tmp_path)) as run:
+        train(run, epochs=1, batches=3)
+        run.log({"loss": 1.0}, step=4)  # a step of epoch 2, then a stop
+        torch.save({"epoch": 1}, path)
+        with pytest.raises(ValueError, match="step 2"):
+            run.checkpoint(path, step=2)
+        run.checkpoint(path, step=3)
+    store = Store.open_read_only(db_url)
+    try:
+        (checkpoint,) = store.checkpoints(run.id)
+    finally:
+        store.close()
+    assert (checkpoint["epoch"], checkpoint["step"]) == (1, 3)
+    with hlbd.init(db=db_url, run_id=run.id, resume="must") as resumed:
+        assert resumed.resumed_from == hlbd.ResumedFrom(str(path.resolve()), 1, 3)
+
+
+def test_the_report_has_each_step_once_when_steps_flush_mid_epoch(db_url, tmp_path,
+                                                                 monkeypatch):
+    """Steps flushed before the segment's first epoch closes are in the report's
+    batch_losses once (the report's history is read before the segment writes)."""
+    monkeypatch.setattr(hlbd.run, "FLUSH_STEPS", 2)
+    with hlbd.init(db=db_url, runs_dir=str(tmp_path)) as run:
+        train(run, epochs=2, batches=5)
+    store = Store.open_read_only(db_url)
+    try:
+        losses = [s["loss"] for s in store.steps(run.id)]
+        epochs = [e["loss"] for e in store.epochs(run.id)]
+    finally:
+        store.close()
+    report = json.loads((run.dir / "experiment_report.json").read_text())
+    assert len(losses) == 10
+    assert report["batch_losses"] == losses and report["control_losses"] == epochs
+
+
+def test_a_slow_loop_keeps_its_heartbeat_between_flushes(db_url, tmp_path, monkeypatch):
+    """The heartbeat is refreshed after an optimizer step once it is due, not only when
+    steps are flushed (every 500): a loop of slow steps is not taken for stale."""
+    from hlbd import recorder
+
+    monkeypatch.setattr(recorder, "HEARTBEAT_SECONDS", 0.0)
+    model, optimizer = tiny_model()
+    beats = []
+    with hlbd.init(db=db_url, runs_dir=str(tmp_path)) as run:
+        run.watch(optimizer)
+        for _ in range(3):
+            model(torch.ones(1, 4)).sum().backward()
+            optimizer.step()
+            run._recorder._writer.drain()
+            store = Store.open_read_only(db_url)
+            try:
+                beats.append(store.get_run(run.id)["heartbeat_at"])
+                assert store.steps(run.id) == []  # nothing flushed yet
+            finally:
+                store.close()
+            time.sleep(0.01)
+    assert beats == sorted(beats) and len(set(beats)) == 3
 
 
 class Watched(torch.Tensor):

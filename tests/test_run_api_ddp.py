@@ -42,9 +42,8 @@ LOOP = textwrap.dedent("""
             run.end_epoch()
     with open(os.path.join(sys.argv[2], f"rank{rank}.json"), "w") as out:
         json.dump({"run_id": run.id, "seen": seen}, out)
-    # Rank 0 ends the run (its last writes) while the others are done: tear the group
-    # down together, or a rank that leaves first can abort in gloo's teardown.
-    dist.barrier()
+    # No barrier of the loop's own: finish() waits on every rank until rank 0 has
+    # written the run's end, so no rank tears gloo down under a rank still writing.
     dist.destroy_process_group()
 """)
 
