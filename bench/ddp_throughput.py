@@ -3,13 +3,13 @@
 Each measurement is a fresh process (or torchrun with 2): it trains one untimed warm-up
 epoch (recorded like the timed ones), then ``--epochs`` timed epochs of the default model; tokens/s counts the
 sequence tokens of all ranks. "recording on" is the store (SQLite) + report + anomaly
-rules on rank 0, its writes in the recorder's thread, drained inside the timing;
-"off" is NullRecorder. The four setups alternate order over ``--repeats`` rounds, and
+rules on rank 0 through hlbd.Run, its writes in the recorder's thread, drained inside
+the timing; "off" is an hlbd.Run with no store (the same calls, nothing recorded). The four setups alternate order over ``--repeats`` rounds, and
 medians are compared. Goal: recording costs <= 2 % at either world size.
 
 On a machine shared with other work, wall times swing by 2x between launches, more
 than the 2 % to be seen. So it also prints rank 0's CPU time (all its threads) and,
-with recording on, the time the training thread spent inside recorder calls and the
+with recording on, the time the training thread spent inside hlbd.Run's calls and the
 time the recorder's thread spent writing, as shares of the timed training: those do
 not depend on what else the machine runs.
 
@@ -42,7 +42,6 @@ def worker(args: argparse.Namespace) -> None:
     """One measurement, inside the launched process(es); rank 0 prints a JSON line."""
     from hlbd.config import TrainConfig
     from hlbd.distributed import from_environment
-    from hlbd.recorder import NullRecorder, StoreRecorder
     from hlbd.runner import prepare_data
     from hlbd.store import Store
     from hlbd.tokenizer import Tokenizer
@@ -57,56 +56,62 @@ def worker(args: argparse.Namespace) -> None:
     out = Path(args.out)
     store = Store.open(str(out / "bench.db")) if args.record == "on" and ranks.is_main \
         else None
+    Timed = timed_run()
 
-    def recorder_for(run_config: TrainConfig) -> tuple[str, object]:
-        if store is None:
-            return "untracked", NullRecorder()
+    def run_for(run_config: TrainConfig):
+        if store is None:  # the same loop and calls, nothing recorded
+            return Timed(None, run_id="untracked", run_dir=out / f"untracked{ranks.rank}")
         run_id = store.create_run("bench", run_config.to_dict(), data.dataset_stats,
                                   hosts=ranks.hosts)
-        return run_id, Timed(StoreRecorder(store, run_id, 1, out / run_id,
-                                           data.dataset_stats, run_config.to_dict()))
+        return Timed(store, run_id=run_id, run_dir=out / run_id,
+                     config=run_config.to_dict(), dataset_stats=data.dataset_stats,
+                     schedule=run_config.to_dict(),
+                     flush_steps=run_config.step_flush_interval, owns_store=False)
 
     # Warm-up, not timed: first-call costs of torch, and of the store when recording.
     warm = TrainConfig(**{**config.to_dict(), "epochs": 1})
-    run_id, recorder = recorder_for(warm)
-    train(warm, examples, tokenizer, recorder, out / f"warm{ranks.rank}", run_id,
-          progress=False, ranks=ranks)
-    recorder.close()
-    run_id, recorder = recorder_for(config)
+    run = run_for(warm)
+    train(warm, examples, tokenizer, run, progress=False, ranks=ranks)
+    run.finish()
+    run = run_for(config)
     ranks.barrier()
     started, cpu_started = time.perf_counter(), time.process_time()
-    train(config, examples, tokenizer, recorder, out / run_id, run_id, progress=False,
-          ranks=ranks)
-    recorder.close()
+    train(config, examples, tokenizer, run, progress=False, ranks=ranks)
+    run.finish()
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     if ranks.is_main:
         tokens = sum(examples.lengths) * config.epochs
-        calls, writes = (recorder.seconds, recorder.inner.busy_seconds) \
-            if isinstance(recorder, Timed) else (0.0, 0.0)
+        writes = run._recorder.busy_seconds if run._recorder is not None else 0.0
         print(json.dumps({"tokens": tokens, "seconds": seconds, "cpu_seconds": cpu,
-                          "call_seconds": calls, "write_seconds": writes}), flush=True)
+                          "call_seconds": run.seconds, "write_seconds": writes}), flush=True)
     if store is not None:
         store.close()
     ranks.close()
 
 
-class Timed:
-    """A recorder wrapped to add up the time the training thread spends in its calls."""
+def timed_run():
+    """hlbd.Run with the time the training thread spends in its calls added up (the
+    calls the trainer makes, and the optimizer's step hooks)."""
+    from hlbd.run import Run
 
-    def __init__(self, inner) -> None:
-        self.inner = inner
-        self.seconds = 0.0
+    class Timed(Run):
+        seconds = 0.0
 
-    def __getattr__(self, name: str):
-        method = getattr(self.inner, name)
+    def timing(name: str):
+        method = getattr(Run, name)
 
-        def timed(*args):
+        def timed(self, *args, **kwargs):
             started = time.perf_counter()
             try:
-                return method(*args)
+                return method(self, *args, **kwargs)
             finally:
                 self.seconds += time.perf_counter() - started
         return timed
+
+    for name in ("log", "_log_skipped", "clip_grad_norm_", "end_epoch", "checkpoint",
+                 "finish", "_before_step", "_after_step"):
+        setattr(Timed, name, timing(name))
+    return Timed
 
 
 def measure(world: int, record: str, args: argparse.Namespace, tmp: Path) -> dict:

@@ -1,7 +1,8 @@
 """What recording costs: the same training with the store + report and with nothing.
 
-Trains the default model on the bundled data, alternating untracked (NullRecorder) and
-tracked (StoreRecorder: epoch rows, step rows, anomaly rules, JSON report) runs, and
+Trains the default model on the bundled data, alternating untracked (an hlbd.Run with
+no store: the same calls, nothing recorded) and tracked (hlbd.Run as hlbd train records:
+epoch rows, step rows, anomaly rules, JSON report) runs, and
 prints the ratio of median wall times of whole runs, of median epoch times (each
 epoch's own wall time as the trainer measures it, the first epoch of each run left out:
 many samples, so far less noisy than a few whole runs; the recording thread's work for
@@ -28,35 +29,25 @@ from pathlib import Path
 import torch
 
 from hlbd.config import TrainConfig
-from hlbd.recorder import NullRecorder, StoreRecorder
+from hlbd.run import Run
 from hlbd.runner import prepare_data
 from hlbd.store import Store
 from hlbd.tokenizer import Tokenizer
 from hlbd.trainer import Examples, train
 
 
-class EpochTimes:
-    """Passes everything to ``inner`` and keeps each epoch's wall time (the trainer's)."""
+class EpochTimes(Run):
+    """A Run (recording or, with no store, not) that keeps each epoch's wall time as the
+    trainer measured it."""
 
-    def __init__(self, inner, times: list[float]):
-        self.inner, self.times = inner, times
+    def __init__(self, store, times: list[float], **kwargs):
+        super().__init__(store, **kwargs)
+        self.times = times
 
-    def on_steps(self, steps):
-        self.inner.on_steps(steps)
-
-    def on_epoch(self, epoch, steps, history):
-        if epoch["epoch"] > 1:  # the first epoch pays one-off costs in both modes
-            self.times.append(epoch["wall_seconds"])
-        self.inner.on_epoch(epoch, steps, history)
-
-    def on_checkpoint(self, epoch, path, size_bytes):
-        self.inner.on_checkpoint(epoch, path, size_bytes)
-
-    def on_alive(self):
-        self.inner.on_alive()
-
-    def close(self):
-        self.inner.close()
+    def end_epoch(self, metrics=None, **columns) -> None:
+        if self.epoch >= 1:  # the first epoch pays one-off costs in both modes
+            self.times.append(columns["wall_seconds"])
+        super().end_epoch(metrics, **columns)
 
 
 def main() -> None:
@@ -82,22 +73,25 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         store = Store.open(str(Path(tmp) / "bench.db"))
         # Warm-up (first-call costs of torch and the allocator), not timed.
-        train(config, examples, tokenizer, NullRecorder(), Path(tmp) / "warm", "warm",
+        train(config, examples, tokenizer, Run(None, run_dir=Path(tmp) / "warm"),
               progress=False)
         for i in range(args.repeats):
             # Alternate which goes first, so drift on a shared machine hits both alike.
             for mode in ("untracked", "tracked")[::1 if i % 2 == 0 else -1]:
                 run_dir = Path(tmp) / f"{mode}{i}"
-                if mode == "tracked":
+                if mode == "tracked":  # as hlbd.runner records a run of hlbd train
                     run_id = store.create_run("bench", config.to_dict(), data.dataset_stats)
-                    recorder = StoreRecorder(store, run_id, 1, run_dir, data.dataset_stats,
-                                             config.to_dict())
-                else:
-                    run_id, recorder = "untracked", NullRecorder()
-                recorder = EpochTimes(recorder, epochs[mode])
+                    run = EpochTimes(store, epochs[mode], run_id=run_id, run_dir=run_dir,
+                                     config=config.to_dict(),
+                                     dataset_stats=data.dataset_stats,
+                                     schedule=config.to_dict(),
+                                     flush_steps=config.step_flush_interval,
+                                     owns_store=False)
+                else:  # the same loop and calls, nothing recorded
+                    run = EpochTimes(None, epochs[mode], run_id="untracked", run_dir=run_dir)
                 started, cpu_started = time.perf_counter(), time.process_time()
-                train(config, examples, tokenizer, recorder, run_dir, run_id, progress=False)
-                recorder.close()  # the recording thread's last writes count too
+                train(config, examples, tokenizer, run, progress=False)
+                run.finish()  # the recording thread's last writes count too
                 times[mode].append(time.perf_counter() - started)
                 cpu[mode].append(time.process_time() - cpu_started)
         store.close()

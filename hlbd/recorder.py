@@ -1,9 +1,9 @@
-"""What the training loop tells the outside world, and the implementation that keeps it.
+"""Where hlbd.Run's values go: the run database and the JSON report, off the loop's thread.
 
-The loop calls a Recorder; it never sees SQL. ``StoreRecorder`` writes the run
-database and the JSON report from a thread of its own, so training never waits on the
-store (under torchrun a slow write on rank 0 would stall every rank); ``NullRecorder``
-records nothing (benchmarks, and the ranks other than 0).
+``StoreRecorder`` writes from a thread of its own (``BackgroundWriter``), so training
+never waits on the store (under torchrun a slow write on rank 0 would stall every
+rank). A loop never sees it: it records through ``hlbd.Run``, which hands it its
+values; a Run with no store (the ranks other than 0) has none.
 """
 
 from __future__ import annotations
@@ -17,52 +17,16 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy import exc
 
 from hlbd.anomalies import Thresholds, detect
 from hlbd.checkpoint import prune_checkpoints
-from hlbd.report import HISTORY, add_epoch, build_report, history_of, write_report
+from hlbd.report import add_epoch, build_report, history_of, write_report
 from hlbd.store import HEARTBEAT_SECONDS, Store
 
 log = logging.getLogger(__name__)
-
-
-class Recorder(Protocol):
-    def on_steps(self, steps: list[dict]) -> None:
-        """A batch of finished optimizer steps (mid-epoch flush)."""
-
-    def on_epoch(self, epoch: dict, steps: list[dict], history: dict) -> None:
-        """An epoch ended: its row, its steps not yet sent, and the whole history."""
-
-    def on_checkpoint(self, epoch: int, path: Path, size_bytes: int) -> None:
-        """A checkpoint was written."""
-
-    def on_alive(self) -> None:
-        """Called after every optimizer step; cheap unless a heartbeat is due."""
-
-    def close(self) -> None:
-        """Everything handed over is recorded (or its error raised); called at every exit."""
-
-
-class NullRecorder:
-    """Records nothing: the baseline for measuring what recording costs."""
-
-    def on_steps(self, steps: list[dict]) -> None:
-        pass
-
-    def on_epoch(self, epoch: dict, steps: list[dict], history: dict) -> None:
-        pass
-
-    def on_checkpoint(self, epoch: int, path: Path, size_bytes: int) -> None:
-        pass
-
-    def on_alive(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 class RecordingFailed(Exception):
@@ -220,7 +184,7 @@ class StoreRecorder:
     in the order they were handed over, each waiting out another process's lock on the
     store. A checkpoint's row is one of those writes: it is written after every row
     handed over before it, so an epoch's rows are committed when its checkpoint is,
-    without the loop waiting for them. ``close`` (which the runner calls on every exit)
+    without the loop waiting for them. ``close`` (which Run.finish calls on every exit)
     writes what is left.
     """
 
@@ -244,17 +208,6 @@ class StoreRecorder:
         self._report_written = -math.inf  # time.monotonic() of the last report
         self._closed = False
         self._writer = BackgroundWriter(max_pending=max_pending)
-
-    def on_steps(self, steps: list[dict]) -> None:
-        self._writer.submit(self._write_steps, steps, rows=len(steps))
-        self._last_beat = time.monotonic()
-
-    def on_epoch(self, epoch: dict, steps: list[dict], history: dict) -> None:
-        # The loop goes on appending to the history lists: hand over their lengths now.
-        lengths = {key: len(history[key]) for key in HISTORY}
-        self._writer.submit(self._write_epoch, epoch, steps, history, lengths,
-                            rows=1 + len(steps))
-        self._last_beat = time.monotonic()
 
     def on_logged(self, logged: Callable[[], tuple[list[dict], list[tuple], dict | None]],
                   rows: int) -> None:

@@ -27,20 +27,15 @@ from hlbd.data import Pair, load_datasets, mix
 from hlbd.distributed import Ranks
 from hlbd.errors import CheckpointError, ClaimLostError, HlbdError, UnknownRunError
 from hlbd.fileio import remove_temp_files
-from hlbd.recorder import NullRecorder, StoreRecorder, store_locked, wait_out_locks
+from hlbd.recorder import store_locked, wait_out_locks
 from hlbd.report import EPOCH_LISTS
+from hlbd.run import ResumedFrom, Run, runs_dir
 from hlbd.store import Store, superseded
 from hlbd.store.claims import still_being_written
 from hlbd.tokenizer import Tokenizer
 from hlbd.trainer import Examples, TrainingStopped, check_device, check_resumable, train
 
 log = logging.getLogger(__name__)
-DEFAULT_RUNS_DIR = "hlbd_runs"
-
-
-def runs_dir(value: str | None = None) -> Path:
-    """Where run folders go: the flag, else ``HLBD_RUNS_DIR``, else ``./hlbd_runs``."""
-    return Path(value or os.environ.get("HLBD_RUNS_DIR") or DEFAULT_RUNS_DIR).resolve()
 
 
 @dataclass
@@ -132,8 +127,11 @@ def _set_processes(config: TrainConfig, ranks: Ranks) -> None:
 
 
 def _run(config, store, run_id, segment, run_dir, examples, tokenizer, dataset_stats,
-         resume, should_stop, progress, on_run_id, ranks) -> RunOutcome:
-    """Train segment ``segment`` (already claimed) and set how it ended."""
+         resume, should_stop, progress, on_run_id, ranks,
+         resume_path: str | None = None) -> RunOutcome:
+    """Train segment ``segment`` (already claimed), recording through an ``hlbd.Run`` of
+    it, and set how it ended."""
+    run = None
     try:
         on_run_id(run_id)
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -141,36 +139,55 @@ def _run(config, store, run_id, segment, run_dir, examples, tokenizer, dataset_s
         # segment never finished (a partial checkpoint, as large as a whole one).
         for partial in remove_temp_files(run_dir):
             log.info("removed %s, left by a segment killed while writing it", partial.name)
-        recorder = StoreRecorder(store, run_id, segment, run_dir, dataset_stats,
-                                 config.to_dict(), keep_checkpoints=config.keep_checkpoints)
-        try:
-            ranks.launch({"run_id": run_id, "segment": segment, "run_dir": str(run_dir),
-                          "config": config.to_dict(), "vocab": tokenizer.vocab,
-                          "examples": examples, "resume": resume})
-            result = train(config, examples, tokenizer, recorder, run_dir, run_id,
-                           resume=resume, segment=segment, should_stop=should_stop,
-                           progress=progress, ranks=ranks)
-        finally:
-            recorder.close()  # every row handed over is in the store before the status
+        run = Run(store, run_id=run_id, segment=segment, run_dir=run_dir,
+                  config=config.to_dict(), resumed_from=_resumed_from(resume, resume_path),
+                  dataset_stats=dataset_stats, schedule=config.to_dict(),
+                  flush_steps=config.step_flush_interval, owns_store=False)
+        ranks.launch({"run_id": run_id, "segment": segment, "run_dir": str(run_dir),
+                      "config": config.to_dict(), "vocab": tokenizer.vocab,
+                      "examples": examples, "resume": resume, "resume_path": resume_path})
+        result = train(config, examples, tokenizer, run, resume=resume,
+                       should_stop=should_stop, progress=progress, ranks=ranks)
     except TrainingStopped as stop:
-        _close(store, run_id, segment, "interrupted")
+        _end(store, run_id, segment, run, "interrupted")
         ranks.barrier()  # the other ranks exit once the run's status says so
         return RunOutcome(run_id, "interrupted", stop.epoch, run_dir)
     except ClaimLostError as lost:
         raise RunFailed(str(lost)) from None  # the run is the later segment's now
     except KeyboardInterrupt:
-        _close(store, run_id, segment, "interrupted",
-               "aborted by a second Ctrl-C before a checkpoint was saved")
+        _end(store, run_id, segment, run, "interrupted",
+             "aborted by a second Ctrl-C before a checkpoint was saved")
         raise
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}".strip()
         if isinstance(exc, HlbdError):
             error = str(exc)
-        _close(store, run_id, segment, "failed", error)
+        _end(store, run_id, segment, run, "failed", error)
         raise RunFailed(f"run {run_id} failed: {error.splitlines()[0]}") from exc
-    _close(store, run_id, segment, "finished")
+    _end(store, run_id, segment, run, "finished")
     ranks.barrier()
     return RunOutcome(run_id, "finished", result.last_epoch, run_dir)
+
+
+def _resumed_from(state: dict | None, path: str | None):
+    """Where a segment that loaded checkpoint ``state`` (from ``path``) continues."""
+    if state is None:
+        return None
+    step = state.get("global_step", len(state["history"]["batch_losses"]))
+    return ResumedFrom(path, state["epoch"], step)
+
+
+def _end(store: Store, run_id: str, segment: int, run, status: str,
+         error: str | None = None) -> None:
+    """Every row handed over is in the store, then the segment's end (RunFailed when a
+    later segment took the run over). ``run`` None: it ended before its Run existed."""
+    if run is None:
+        _close(store, run_id, segment, status, error)
+        return
+    try:
+        run.finish(status, error)
+    except ClaimLostError:
+        raise _taken_over(run_id, segment, status) from None
 
 
 def follow(ranks: Ranks, *, should_stop: Callable[[], bool] = lambda: False) -> RunOutcome:
@@ -181,10 +198,11 @@ def follow(ranks: Ranks, *, should_stop: Callable[[], bool] = lambda: False) -> 
     """
     launch = ranks.await_launch()
     run_id, run_dir = launch["run_id"], Path(launch["run_dir"])
+    run = Run(None, run_id=run_id, segment=launch["segment"], run_dir=run_dir,
+              resumed_from=_resumed_from(launch["resume"], launch["resume_path"]))
     try:
         result = train(TrainConfig.from_dict(launch["config"]), launch["examples"],
-                       Tokenizer(launch["vocab"]), NullRecorder(), run_dir, run_id,
-                       resume=launch["resume"], segment=launch["segment"],
+                       Tokenizer(launch["vocab"]), run, resume=launch["resume"],
                        should_stop=should_stop, progress=False, ranks=ranks)
     except TrainingStopped as stop:
         ranks.barrier()
@@ -201,9 +219,13 @@ def _close(store: Store, run_id: str, segment: int, status: str,
            error: str | None = None) -> None:
     # The last write of the run: like the recorder's, it waits out another process's lock.
     if not wait_out_locks(store.finish_run, run_id, segment, status, error):
-        raise RunFailed(f"run {run_id} was taken over by a later segment while segment "
-                        f"{segment} ran; this process stopped ({status}) without changing "
-                        "the run's status")
+        raise _taken_over(run_id, segment, status)
+
+
+def _taken_over(run_id: str, segment: int, status: str) -> RunFailed:
+    return RunFailed(f"run {run_id} was taken over by a later segment while segment "
+                     f"{segment} ran; this process stopped ({status}) without changing "
+                     "the run's status")
 
 
 def resume_run(store: Store, run_id: str, *, epochs: int | None = None,
@@ -391,7 +413,7 @@ def _resume(store: Store, run: dict, plan: _ResumePlan, ranks: Ranks, *,
     run_dir = Path(run["run_dir"]) if run.get("run_dir") else runs_dir() / run_id
     return _run(plan.config, store, run_id, segment, run_dir, plan.examples, plan.tokenizer,
                 plan.data.dataset_stats, plan.state, should_stop, progress, on_run_id,
-                ranks)
+                ranks, resume_path=plan.path)
 
 
 def _import_checkpoint_run(store: Store, plan: _ResumePlan, name: str | None,

@@ -1,10 +1,13 @@
 """The training loop: read it top to bottom.
 
-Per optimizer step the loop keeps loss and the gradient norm that ``clip_grad_norm_``
-returns (before clipping) as device tensors; they move to the host once per flush, so
-on a GPU there is no per-step sync. Per epoch it hands the recorder the mean loss, the
-grad-norm mean/max/min over finite steps with non-finite and clipped counts, the LR
-the scheduler set for the epoch, token accuracy and throughput.
+It records through ``hlbd.Run``, as a loop of one's own does (examples/own_loop.py):
+``run.watch(optimizer)`` reads the LR each optimizer step uses and counts the steps,
+``run.clip_grad_norm_`` keeps what ``clip_grad_norm_`` returns (before clipping) as a
+device tensor, and each step's loss is summed on the device; the losses move to the
+host once per flush (``StepBuffer``) and go to ``run.log``, so on a GPU there is no
+per-step sync. ``run.end_epoch`` gets what only the loop knows: the epoch's loss over
+its answer tokens, token accuracy, tokens and training time; ``run.checkpoint`` each
+checkpoint file. The loop never sees the store.
 
 Under torchrun each rank trains on its share of every global batch (``--batch-size``
 is the global micro-batch) inside DistributedDataParallel. The loss is normalised by
@@ -39,8 +42,8 @@ from hlbd.data import Pair
 from hlbd.distributed import Ranks, StopVote
 from hlbd.errors import CheckpointError, HlbdError
 from hlbd.model import build_model
-from hlbd.recorder import Recorder
 from hlbd.report import add_epoch, empty_history
+from hlbd.run import Run, norm_summary
 from hlbd.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -152,16 +155,16 @@ class TrainResult:
     history: dict = field(default_factory=empty_history)
 
 
-def train(config: TrainConfig, examples: Examples, tokenizer: Tokenizer,
-          recorder: Recorder, run_dir: Path, run_id: str, *,
-          resume: dict | None = None, segment: int = 1,
+def train(config: TrainConfig, examples: Examples, tokenizer: Tokenizer, run: Run, *,
+          resume: dict | None = None,
           should_stop: Callable[[], bool] = lambda: False,
           progress: bool = True, ranks: Ranks | None = None) -> TrainResult:
-    """Train to ``config.epochs``, from scratch or from a loaded checkpoint ``resume``.
+    """Train to ``config.epochs``, from scratch or from a loaded checkpoint ``resume``,
+    recording through ``run`` (hlbd.Run) as any loop of one's own does.
 
     ``ranks``: this process among the torchrun ranks (default: the only one). Every
-    rank computes the same rows and calls its ``recorder``; only rank 0 saves
-    checkpoints.
+    rank computes the same values and hands them to its ``run`` (which records on rank
+    0 only); only rank 0 saves checkpoints, into ``run.dir``.
     """
     ranks = ranks or Ranks()
     device = ranks.device(config.device)
@@ -170,16 +173,17 @@ def train(config: TrainConfig, examples: Examples, tokenizer: Tokenizer,
     model, optimizer, scheduler, scaler = _components(config, len(tokenizer), device)
     if ranks.rank > 0:  # the same initial weights, but each rank its own dropout masks
         torch.manual_seed(config.seed * 1_000_003 + ranks.rank)
-    use_amp = scaler.is_enabled()
     max_norm = config.max_grad_norm if config.max_grad_norm > 0 else math.inf
     history = empty_history()
-    start_epoch, global_step = 0, 0
+    start_epoch = 0
     if resume is not None:
         _restore(resume, model, optimizer, scheduler, scaler)
         _set_rng_state(_rank_rng(resume, ranks))
         history.update(_copy_state(resume["history"]))
         start_epoch = resume["epoch"]
-        global_step = resume.get("global_step", len(history["batch_losses"]))
+    # Each optimizer step's LR as it used it, and the steps counted (a step GradScaler
+    # skipped is not one): run.step is the loop's step count.
+    run.watch(optimizer, scheduler)
     # DDP averages gradients over ranks; each rank's loss is scaled by the world size so
     # the average is the gradient of the whole global batch (see the module docstring).
     ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
@@ -192,17 +196,17 @@ def train(config: TrainConfig, examples: Examples, tokenizer: Tokenizer,
         rng = ranks.gather(_rng_state())
         if not ranks.is_main:
             return None
-        return {"run_id": run_id, "epoch": epoch, "global_step": global_step,
-                "segment": segment, "model": model.state_dict(),
+        return {"run_id": run.id, "epoch": epoch, "global_step": run.step,
+                "segment": run.segment, "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(), "rng": rng[0],
                 **({"rng_ranks": rng} if ranks.active else {}),
                 "vocab": tokenizer.vocab, "config": config.to_dict(), "history": history}
 
     def save(epoch: int, snapshot: dict) -> Path:
-        path = checkpoint_path(run_dir, epoch)
-        size = save_checkpoint(path, snapshot)
-        recorder.on_checkpoint(epoch, path, size)
+        path = checkpoint_path(run.dir, epoch)
+        save_checkpoint(path, snapshot)
+        run.checkpoint(path, keep=config.keep_checkpoints, step=snapshot["global_step"])
         return path
 
     # State at the end of the last epoch with no checkpoint on disk, kept so that a
@@ -218,9 +222,11 @@ def train(config: TrainConfig, examples: Examples, tokenizer: Tokenizer,
     began = time.perf_counter()
     if ranks.is_main:
         begin = f"from the epoch {start_epoch} checkpoint" if resume else "from scratch"
-        log.info(f"run {run_id} segment {segment}: epochs {start_epoch + 1}-{config.epochs} "
-                 f"{begin} on {device}; {len(examples)} pairs, {per_epoch} batches of "
-                 f"{config.batch_size} per epoch")
+        log.info(f"run {run.id} segment {run.segment}: epochs {start_epoch + 1}-"
+                 f"{config.epochs} {begin} on {device}; {len(examples)} pairs, {per_epoch} "
+                 f"batches of {config.batch_size} per epoch")
+    buffer = StepBuffer()
+    lr = optimizer.param_groups[0]["lr"]
     try:
         for epoch in range(start_epoch + 1, config.epochs + 1):
             started = time.perf_counter()
@@ -233,7 +239,6 @@ def train(config: TrainConfig, examples: Examples, tokenizer: Tokenizer,
             correct = torch.zeros((), device=device, dtype=torch.long)
             answer_total = 0
             token_total = 0
-            buffer = StepBuffer()
             epoch_steps: list[dict] = []  # host rows of this epoch's steps
             for group in groups:
                 # Answer tokens of the whole group on all ranks: the loss's denominator.
@@ -252,7 +257,7 @@ def train(config: TrainConfig, examples: Examples, tokenizer: Tokenizer,
                     last = k == len(group) - 1
                     with nullcontext() if ddp is None or last else ddp.no_sync():
                         with torch.autocast(device.type, dtype=torch.float16,
-                                            enabled=use_amp):
+                                            enabled=scaler.is_enabled()):
                             logits = forward(x)
                         summed = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(),
                                                  ignore_index=IGNORE, reduction="sum")
@@ -262,34 +267,33 @@ def train(config: TrainConfig, examples: Examples, tokenizer: Tokenizer,
                     token_total += sum(examples.lengths[i] for i in indices)
                     bar.update(1)
                 scaler.unscale_(optimizer)
-                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+                before = run.step
+                norm = run.clip_grad_norm_(model.parameters(), max_norm)
                 scaler.step(optimizer)
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
-                global_step += 1
                 loss_sum += step_loss
                 answer_total += group_tokens
-                buffer.add(global_step, step_loss, group_tokens, norm)
+                buffer.add(before + 1, step_loss, group_tokens, norm,
+                           stepped=run.step > before)
                 if device.type == "cpu" and not ranks.active:  # no sync needed: show it
                     bar.set_postfix_str(f"loss {float(step_loss) / group_tokens:.4f} "
                                         f"gn {float(norm):.3g} lr {lr:.3g}", refresh=False)
                 if len(buffer) >= config.step_flush_interval:
-                    flushed = buffer.drain(epoch, lr, ranks)
-                    epoch_steps += flushed
-                    recorder.on_steps(flushed)
-                recorder.on_alive()
+                    epoch_steps += _log_steps(run, buffer.drain(epoch, lr, ranks))
 
-            unsent = buffer.drain(epoch, lr, ranks)
-            epoch_steps += unsent
+            epoch_steps += _log_steps(run, buffer.drain(epoch, lr, ranks))
             totals = ranks.sum(torch.stack([loss_sum, correct.to(loss_sum.dtype)]))
             totals = totals.cpu().tolist()
             scheduler.step()
             wall = time.perf_counter() - started
-            row = _epoch_row(epoch, epoch_steps, totals[0] / answer_total,
-                             totals[1] / answer_total, lr, max_norm, use_amp, wall,
-                             token_total)
+            loss, accuracy = totals[0] / answer_total, totals[1] / answer_total
+            run.end_epoch(loss=loss, tokens=token_total, token_accuracy=accuracy,
+                          wall_seconds=wall)
+            row = {"epoch": epoch, "loss": loss, "lr": lr, "token_accuracy": accuracy,
+                   "wall_seconds": wall,
+                   **norm_summary(s["grad_norm"] for s in epoch_steps)}
             add_epoch(history, row, epoch_steps)
-            recorder.on_epoch(row, unsent, history)
             last_done = epoch
             log.info(_summary(row, config.epochs))
             bar.set_postfix_str(f"loss {row['loss']:.4f} gn {_fmt(row['grad_norm'])} "
@@ -304,13 +308,39 @@ def train(config: TrainConfig, examples: Examples, tokenizer: Tokenizer,
                 unsaved = _copy_state(state(epoch))
         stop_vote.close()
     except _StopHere:
+        # Every rank stopped at the same batch: the steps of the epoch in flight are
+        # recorded (a resume supersedes them), then the last finished epoch's checkpoint.
+        _log_steps(run, buffer.drain(last_done + 1, lr, ranks))
         path = save(last_done, unsaved) if unsaved is not None else None
-        _log_end(ranks, run_id, "stopped", start_epoch, last_done, began, path or last_saved)
+        _log_end(ranks, run.id, "stopped", start_epoch, last_done, began,
+                 path or last_saved)
         raise TrainingStopped(last_done, path) from None
+    except BaseException:
+        if not ranks.active:  # the steps taken are recorded whole (no collective here)
+            try:
+                _log_steps(run, buffer.drain(last_done + 1, lr, ranks))
+            except Exception as also:  # noqa: BLE001 - the first error is the one raised
+                log.warning("the losses of the steps since the last flush were not "
+                            "recorded: %s", also)
+        raise
     finally:
         bar.close()
-    _log_end(ranks, run_id, "finished", start_epoch, last_done, began, last_saved)
+    _log_end(ranks, run.id, "finished", start_epoch, last_done, began, last_saved)
     return TrainResult(last_done, history)
+
+
+def _log_steps(run: Run, rows: list[dict]) -> list[dict]:
+    """Each drained step's loss into ``run`` (its norm and LR are there already, from
+    clip_grad_norm_ and the optimizer's hooks); a step GradScaler skipped keeps its
+    loss as that attempt's. Returns the rows of the steps taken."""
+    taken = []
+    for row in rows:
+        if row.pop("stepped"):
+            run.log({"loss": row["loss"]}, step=row["step"])
+            taken.append(row)
+        else:
+            run._log_skipped(row["step"], {"loss": row["loss"]})
+    return taken
 
 
 def on_terminal(stream) -> bool:
@@ -388,6 +418,7 @@ class StepBuffer:
 
     def __init__(self) -> None:
         self._steps: list[int] = []
+        self._stepped: list[bool] = []
         self._tokens: list[int] = []
         self._sums: list[torch.Tensor] = []
         self._norms: list[torch.Tensor] = []
@@ -396,10 +427,12 @@ class StepBuffer:
         return len(self._steps)
 
     def add(self, step: int, loss_sum: torch.Tensor, tokens: int,
-            grad_norm: torch.Tensor) -> None:
+            grad_norm: torch.Tensor, stepped: bool = True) -> None:
         """A step: this rank's summed loss over the step's ``tokens`` answer tokens (all
-        ranks') and the norm of the synchronised gradient (the same on every rank)."""
+        ranks') and the norm of the synchronised gradient (the same on every rank);
+        ``stepped`` False for an attempt GradScaler skipped (``step`` it was to be)."""
         self._steps.append(step)
+        self._stepped.append(stepped)
         self._tokens.append(tokens)
         self._sums.append(loss_sum.detach())
         self._norms.append(grad_norm.detach())
@@ -412,29 +445,11 @@ class StepBuffer:
         sums = (ranks or Ranks()).sum(torch.stack(self._sums).float())
         sums, norms = torch.stack([sums, torch.stack(self._norms).float()]).cpu().tolist()
         rows = [{"step": step, "epoch": epoch, "loss": total / tokens, "grad_norm": norm,
-                 "lr": lr}
-                for step, total, tokens, norm in zip(self._steps, sums, self._tokens, norms)]
-        self._steps, self._tokens, self._sums, self._norms = [], [], [], []
+                 "lr": lr, "stepped": stepped}
+                for step, stepped, total, tokens, norm
+                in zip(self._steps, self._stepped, sums, self._tokens, norms)]
+        self._steps, self._stepped, self._tokens, self._sums, self._norms = [], [], [], [], []
         return rows
-
-
-def _epoch_row(epoch: int, steps: list[dict], loss: float, accuracy: float, lr: float,
-               max_norm: float, use_amp: bool, wall: float, tokens: int) -> dict:
-    norms = [s["grad_norm"] for s in steps]
-    finite = [n for n in norms if math.isfinite(n)]
-    nonfinite = len(norms) - len(finite)
-    return {
-        "epoch": epoch, "loss": loss,
-        "grad_norm": sum(finite) / len(finite) if finite else None,
-        "grad_norm_max": max(finite) if finite else None,
-        "grad_norm_min": min(finite) if finite else None,
-        "steps": len(norms), "nonfinite_steps": nonfinite,
-        "clipped_steps": sum(n > max_norm for n in finite),
-        # GradScaler skips exactly the steps whose unscaled gradients are not finite.
-        "skipped_steps": nonfinite if use_amp else 0,
-        "lr": lr, "token_accuracy": accuracy, "wall_seconds": wall, "tokens": tokens,
-        "tokens_per_second": tokens / wall if wall > 0 else None,
-    }
 
 
 def _fmt(value: float | None) -> str:

@@ -1,5 +1,6 @@
 """Run under torchrun by tests/test_ddp.py: every rank trains the same tiny run through
-``hlbd.trainer.train`` and writes the rows it computed to OUT/rank<R>.json.
+``hlbd.trainer.train``, each recording through an ``hlbd.Run`` into a SQLite file of its
+own (not only rank 0), and writes the rows it recorded to OUT/rank<R>.json.
 
     torchrun --standalone --nproc-per-node 2 tests/ddp_rank_rows.py DATASET OUT
 """
@@ -13,33 +14,11 @@ from pathlib import Path
 from helpers.tiny import tiny_config  # tests/ is on sys.path: it holds this script
 
 from hlbd.distributed import from_environment
+from hlbd.run import Run
 from hlbd.runner import prepare_data
+from hlbd.store import Store
 from hlbd.tokenizer import Tokenizer
 from hlbd.trainer import Examples, train
-
-
-class Rows:
-    """A recorder that keeps what the loop hands it (on every rank, not only rank 0)."""
-
-    def __init__(self) -> None:
-        self.steps: list[dict] = []
-        self.epochs: list[dict] = []
-
-    def on_steps(self, steps: list[dict]) -> None:
-        self.steps += steps
-
-    def on_epoch(self, epoch: dict, steps: list[dict], history: dict) -> None:
-        self.steps += steps
-        self.epochs.append(epoch)
-
-    def on_checkpoint(self, epoch, path, size_bytes) -> None:
-        pass
-
-    def on_alive(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 def main() -> None:
@@ -51,11 +30,16 @@ def main() -> None:
     data = prepare_data(config)
     tokenizer = Tokenizer.build(t for p in data.pairs for t in (p.input, p.output))
     examples = Examples.encode(data.pairs, tokenizer, config.max_seq_len)
-    rows = Rows()
-    train(config, examples, tokenizer, rows, out / f"run{ranks.rank}", "ranks",
-          progress=False, ranks=ranks)
+    store = Store.open(str(out / f"rank{ranks.rank}.db"))
+    run_id = store.create_run("ranks", config.to_dict(), data.dataset_stats)
+    run = Run(store, run_id=run_id, run_dir=out / f"run{ranks.rank}",
+              config=config.to_dict(), flush_steps=config.step_flush_interval,
+              owns_store=False)
+    train(config, examples, tokenizer, run, progress=False, ranks=ranks)
+    run.finish()
     (out / f"rank{ranks.rank}.json").write_text(json.dumps(
-        {"steps": rows.steps, "epochs": rows.epochs}))
+        {"steps": store.steps(run_id), "epochs": store.epochs(run_id)}, default=str))
+    store.close()
     ranks.close()
 
 

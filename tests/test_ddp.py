@@ -143,7 +143,7 @@ def test_every_rank_computes_the_same_rows(tmp_path, dataset, launch):
     assert len(rank0["steps"]) == 8 and len(rank0["epochs"]) == 2  # 10 batches / 3, x2
     assert [(s["step"], s["loss"], s["grad_norm"], s["lr"]) for s in rank0["steps"]] == [
         (s["step"], s["loss"], s["grad_norm"], s["lr"]) for s in rank1["steps"]]
-    drop = ("wall_seconds", "tokens_per_second")
+    drop = ("run_id", "wall_seconds", "tokens_per_second", "recorded_at")
     assert [{k: v for k, v in e.items() if k not in drop} for e in rank0["epochs"]] == [
         {k: v for k, v in e.items() if k not in drop} for e in rank1["epochs"]]
 

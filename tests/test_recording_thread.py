@@ -11,8 +11,8 @@ import pytest
 from helpers.tiny import tiny_config
 
 from hlbd import recorder as recorder_module
-from hlbd.recorder import StoreRecorder
-from hlbd.report import REPORT_NAME, empty_history
+from hlbd.report import REPORT_NAME
+from hlbd.run import Run
 from hlbd.runner import RunFailed, start_run
 from hlbd.store import Store
 
@@ -75,19 +75,13 @@ def test_the_report_is_rewritten_at_most_every_few_seconds_and_whole_at_close(
     monkeypatch.setattr(recorder_module, "REPORT_SECONDS", 3600.0)
     store = Store.open(str(tmp_path / "runs.db"))
     run_id = store.create_run("report", {}, {"pairs": 1})
-    recorder = StoreRecorder(store, run_id, 1, tmp_path / "run", {"pairs": 1}, {})
-    history = empty_history()
+    run = Run(store, run_id=run_id, run_dir=tmp_path / "run", dataset_stats={"pairs": 1})
     report = tmp_path / "run" / REPORT_NAME
 
     def epoch(n: int) -> None:
-        steps = [{"step": n, "epoch": n, "loss": 1.0 / n, "grad_norm": 0.5, "lr": 1e-3}]
-        history["control_losses"].append(1.0 / n)
-        history["batch_losses"].append(1.0 / n)
-        history["grad_norms"].append(0.5)
-        history["learning_rates"].append(1e-3)
-        recorder.on_epoch({"epoch": n, "loss": 1.0 / n, "grad_norm": 0.5, "lr": 1e-3},
-                          steps, history)
-        recorder._writer.drain()
+        run.log({"loss": 1.0 / n, "lr": 1e-3})
+        run.end_epoch()
+        run._recorder._writer.drain()
 
     epoch(1)  # the first epoch's report at once: the run's folder shows it from the start
     assert json.loads(report.read_text())["current_epoch"] == 1
@@ -95,6 +89,8 @@ def test_the_report_is_rewritten_at_most_every_few_seconds_and_whole_at_close(
     epoch(3)
     assert json.loads(report.read_text())["current_epoch"] == 1  # not due yet
     assert [e["epoch"] for e in store.epochs(run_id)] == [1, 2, 3]  # the store is
-    recorder.close()
+    run.finish()
     written = json.loads(report.read_text())
     assert written["current_epoch"] == 3 and written["control_losses"] == [1.0, 0.5, 1 / 3]
+    assert written["batch_losses"] == [1.0, 0.5, 1 / 3]
+    assert written["dataset_stats"] == {"pairs": 1}

@@ -81,6 +81,26 @@ def test_epoch_grad_norm_summarises_the_recorded_steps(store, train_run):
         assert e["tokens_per_second"] > 0 and 0 <= e["token_accuracy"] <= 1
 
 
+def test_hlbd_train_records_through_hlbd_run_what_a_loop_of_ones_own_gets(
+        store, train_run):
+    """hlbd train is hlbd.Run's first client: each step's ``clipped`` is its norm above
+    --max-grad-norm, each checkpoint row has the step its state holds, and the loop's
+    own module reaches neither the store nor the recorder (one recording path)."""
+    run_id, _ = train_run(epochs=2, batch_size=8, grad_accum=2, max_grad_norm=1.5,
+                          save_interval=1)
+    steps = store.steps(run_id)
+    clipped = [(p["step"], p["value"]) for p in store.points(run_id, "clipped")]
+    assert clipped == [(s["step"], float(s["grad_norm"] > 1.5)) for s in steps]
+    assert 0 < sum(v for _, v in clipped) < len(steps)
+    ends = {e["epoch"]: max(s["step"] for s in steps if s["epoch"] == e["epoch"])
+            for e in store.epochs(run_id)}
+    assert [(c["epoch"], c["step"]) for c in store.checkpoints(run_id)] == sorted(ends.items())
+    imports = Path(__file__).parents[1].joinpath("hlbd", "trainer.py").read_text()
+    assert "hlbd.run import" in imports
+    assert not [line for line in imports.splitlines() if line.startswith(("from", "import"))
+                and ("hlbd.store" in line or "hlbd.recorder" in line)]
+
+
 def test_default_model_visibly_learns_the_bundled_data(store, train_run):
     run_id, _ = train_run(epochs=8, d_model=64, n_layers=2, n_heads=4, d_ff=128)
     losses = [e["loss"] for e in store.epochs(run_id)]
