@@ -43,9 +43,10 @@ def worker(args: argparse.Namespace) -> None:
     from hlbd.config import TrainConfig
     from hlbd.distributed import from_environment
     from hlbd.runner import prepare_data
+    from hlbd.sequences import Examples
     from hlbd.store import Store
     from hlbd.tokenizer import Tokenizer
-    from hlbd.trainer import Examples, train
+    from hlbd.trainer import train
 
     ranks = from_environment(120)
     config = TrainConfig(datasets=[args.dataset], epochs=args.epochs, save_interval=0,

@@ -31,9 +31,10 @@ import torch
 from hlbd.config import TrainConfig
 from hlbd.run import Run
 from hlbd.runner import prepare_data
+from hlbd.sequences import Examples
 from hlbd.store import Store
 from hlbd.tokenizer import Tokenizer
-from hlbd.trainer import Examples, train
+from hlbd.trainer import train
 
 
 class EpochTimes(Run):

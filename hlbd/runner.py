@@ -30,10 +30,11 @@ from hlbd.fileio import remove_temp_files
 from hlbd.recorder import store_locked, wait_out_locks
 from hlbd.report import EPOCH_LISTS
 from hlbd.run import ResumedFrom, Run, runs_dir
+from hlbd.sequences import Examples
 from hlbd.store import Store, superseded
 from hlbd.store.claims import still_being_written
 from hlbd.tokenizer import Tokenizer
-from hlbd.trainer import Examples, TrainingStopped, check_device, check_resumable, train
+from hlbd.trainer import TrainingStopped, check_device, check_resumable, train
 
 log = logging.getLogger(__name__)
 

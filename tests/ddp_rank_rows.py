@@ -16,9 +16,10 @@ from helpers.tiny import tiny_config  # tests/ is on sys.path: it holds this scr
 from hlbd.distributed import from_environment
 from hlbd.run import Run
 from hlbd.runner import prepare_data
+from hlbd.sequences import Examples
 from hlbd.store import Store
 from hlbd.tokenizer import Tokenizer
-from hlbd.trainer import Examples, train
+from hlbd.trainer import train
 
 
 def main() -> None:

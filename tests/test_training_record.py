@@ -16,8 +16,8 @@ from hlbd.config import TrainConfig
 from hlbd.data import BUNDLED, load_dataset, mix
 from hlbd.model import build_model
 from hlbd.report import REPORT_NAME
+from hlbd.sequences import IGNORE, Examples, epoch_batches
 from hlbd.tokenizer import Tokenizer
-from hlbd.trainer import IGNORE, Examples, epoch_batches
 
 
 def test_stored_grad_norm_is_the_pre_clip_norm_recomputed_by_hand(store, train_run):
