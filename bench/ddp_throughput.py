@@ -52,7 +52,7 @@ def worker(args: argparse.Namespace) -> None:
     config = TrainConfig(datasets=[args.dataset], epochs=args.epochs, save_interval=0,
                          device="cpu", world_size=ranks.world_size)
     data = prepare_data(config)
-    tokenizer = Tokenizer.build(t for p in data.pairs for t in (p.input, p.output))
+    tokenizer = Tokenizer.build(data.texts())
     examples = Examples.encode(data.pairs, tokenizer, config.max_seq_len)
     out = Path(args.out)
     store = Store.open(str(out / "bench.db")) if args.record == "on" and ranks.is_main \

@@ -66,7 +66,7 @@ def main() -> None:
     if args.dataset:
         config.datasets = args.dataset
     data = prepare_data(config)
-    tokenizer = Tokenizer.build(t for p in data.pairs for t in (p.input, p.output))
+    tokenizer = Tokenizer.build(data.texts())
     examples = Examples.encode(data.pairs, tokenizer, config.max_seq_len)
     times: dict[str, list[float]] = {"untracked": [], "tracked": []}
     cpu: dict[str, list[float]] = {"untracked": [], "tracked": []}

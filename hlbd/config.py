@@ -40,6 +40,15 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True
     step_flush_interval: int = 500
+    # The held-out split (hlbd.split): a fraction of each module held out, or a file of
+    # its own. None: DEFAULT_FRACTION of data with MIN_PAIRS pairs or more, else none.
+    val_fraction: float | None = None
+    val_dataset: str | None = None
+    eval_every: int = 1  # evaluate on it every N epochs, and after the last
+    eval_max_pairs: int = 100  # pairs answered by greedy decoding (exact match) each time
+    # Set when the run starts, not by flags: what identifies the split (seed, sizes, a
+    # hash of the held-out pairs), so a resume can prove it is on the same one.
+    split: dict | None = None
     # Set from the environment, not by flags: the processes torchrun started (1 without
     # it) and the process group's backend for the training tensors (None: no group).
     world_size: int = 1
@@ -52,7 +61,10 @@ class TrainConfig:
     def from_dict(cls, values: dict) -> TrainConfig:
         """A config from stored JSON; keys this version does not know are ignored."""
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+        values = {k: v for k, v in values.items() if k in known}
+        # A run from before held-out splits trained on all of its data.
+        values.setdefault("val_fraction", 0.0)
+        return cls(**values)
 
     def validate(self) -> None:
         """Refuse, before any run exists, a config that cannot train what it says; the
@@ -98,6 +110,16 @@ class TrainConfig:
             (finite(self.dropout) and 0 <= self.dropout < 1,
              f"--dropout must be in [0, 1), not {self.dropout}"),
             (self.step_flush_interval >= 1, "--step-flush-interval must be at least 1"),
+            (self.val_fraction is None or (finite(self.val_fraction)
+                                           and 0 <= self.val_fraction < 1),
+             f"--val-fraction must be in [0, 1), not {self.val_fraction}"),
+            (not (self.val_dataset and self.val_fraction),
+             "--val-dataset holds out a file of its own: leave out --val-fraction"),
+            (self.val_dataset is None or bool(str(self.val_dataset).strip()),
+             "--val-dataset must name a file"),
+            (self.eval_every >= 1, "--eval-every must be at least 1"),
+            (self.eval_max_pairs >= 0,
+             "--eval-max-pairs must be >= 0 (0: no exact-match answers)"),
             (DEVICE.fullmatch(str(self.device)) is not None,
              f"--device must be auto, cpu, cuda, cuda:N or mps, not {self.device!r}"),
         ]
@@ -123,7 +145,7 @@ DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
 # the restored model, optimizer and scheduler states were made under it. (Here, not in
 # hlbd.runner, so the CLI builds its flags without importing torch.)
 RESUME_SETTABLE = ("epochs", "save_interval", "keep_checkpoints", "device",
-                   "step_flush_interval")
+                   "step_flush_interval", "eval_every", "eval_max_pairs")
 
 
 def check_overrides(overrides: dict) -> None:

@@ -25,8 +25,13 @@ LEVEL_TAGS = {"level_1": "[EMOJI]", "level_2": "[PHRASE]", "level_3": None,
 
 @dataclass(frozen=True)
 class Pair:
+    """One question and its answer. ``module``: the Hardcore module it came from;
+    ``levels``: a Full sample, whose output is its eight levels, one line each."""
+
     input: str
     output: str
+    module: str | None = None
+    levels: bool = False
 
 
 def load_dataset(path: str | Path) -> list[Pair]:
@@ -73,7 +78,7 @@ def _parse_hardcore(data: object, name: str) -> list[Pair]:
                 if field not in item:
                     raise DatasetError(f"{name}: {where} is missing field {field!r}")
             pairs.append(Pair(_text(item["input"], name, f"{where}.input"),
-                              _text(item["output"], name, f"{where}.output")))
+                              _text(item["output"], name, f"{where}.output"), str(module)))
     return pairs
 
 
@@ -97,7 +102,7 @@ def _parse_full(samples: object, name: str) -> list[Pair]:
             texts = [_text(v, name, f"{where}.{level}.{k}") for k, v in fields.items()]
             tag = LEVEL_TAGS[level]
             parts.append((tag or "") + " ".join(texts))
-        pairs.append(Pair(concept, "\n".join(parts)))
+        pairs.append(Pair(concept, "\n".join(parts), levels=True))
     return pairs
 
 

@@ -55,6 +55,7 @@ from typing import Any, Self
 
 import torch
 
+from hlbd import system
 from hlbd.errors import ClaimLostError, HlbdError
 from hlbd.recorder import StoreRecorder, wait_out_locks
 from hlbd.store import Store
@@ -298,6 +299,7 @@ class Run:
             self._recorder = StoreRecorder(store, run_id, segment, run_dir,
                                            dataset_stats or {}, schedule or {})
         self._closed_at = {self.epoch: self.step}  # epoch -> the step it closed on
+        self._system_device: torch.device | None = None  # watch(system=True)
         self._watched = False
         self._hooks: list = []
         self._closed_step = self.step  # values for steps <= this went to the recorder
@@ -319,13 +321,20 @@ class Run:
 
     # -- what the loop calls ------------------------------------------------------------
 
-    def watch(self, optimizer: torch.optim.Optimizer, scheduler: Any = None) -> None:
+    def watch(self, optimizer: torch.optim.Optimizer, scheduler: Any = None, *,
+              system: bool = False) -> None:
         """Record every real step of ``optimizer``: each group's LR as the step used it,
         and count it. ``scheduler`` is accepted for symmetry: the LR is read from the
-        optimizer, where the scheduler put it, at the moment the step runs."""
+        optimizer, where the scheduler put it, at the moment the step runs. ``system``:
+        as each epoch closes, also the process's memory and CPU time and the CUDA
+        device's memory and utilisation (hlbd.system; under a process group every rank's,
+        so then call end_epoch on every rank)."""
         if self._watched:
             raise ValueError("watch() was already called for this run")
         self._watched = True
+        if system:
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            self._system_device = params[0].device if params else torch.device("cpu")
         self._hooks = [optimizer.register_step_pre_hook(self._before_step),
                        optimizer.register_step_post_hook(self._after_step)]
 
@@ -421,7 +430,10 @@ class Run:
         steps' ``loss``), ``tokens`` trained on (and so ``tokens_per_second``),
         ``token_accuracy``, ``wall_seconds`` its training time (default: since the
         previous ``end_epoch``, evaluation and checkpointing included)."""
-        checked = self._checked(metrics or {})
+        metrics = dict(metrics or {})
+        if self._system_device is not None:
+            metrics.update(self._system_values())
+        checked = self._checked(metrics)
         columns = self._checked({key: value for key, value in (
             ("loss", loss), ("tokens", tokens), ("token_accuracy", token_accuracy),
             ("wall_seconds", wall_seconds)) if value is not None})
@@ -436,6 +448,15 @@ class Run:
         wall, self._epoch_started = now - self._epoch_started, now
         points = [(key, "epoch", current, epoch, value) for key, value in checked.items()]
         self._flush(steps, points, _Close(epoch, skipped, wall, columns))
+
+    def _system_values(self) -> dict[str, float]:
+        """hlbd.system's sample of this process (of every rank, under a process group)."""
+        sample = system.sample(self._system_device)
+        if self._group is None:
+            return system.named([sample])
+        samples = [None] * self._group.get_world_size()
+        self._group.all_gather_object(samples, sample)
+        return system.named(samples)
 
     def checkpoint(self, path: str | os.PathLike, *, keep: int = 0,
                    step: int | None = None) -> None:

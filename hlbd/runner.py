@@ -14,8 +14,8 @@ import functools
 import logging
 import os
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +23,16 @@ from sqlalchemy.exc import OperationalError
 
 from hlbd.checkpoint import load_checkpoint
 from hlbd.config import RESUME_SETTABLE, TrainConfig
-from hlbd.data import Pair, load_datasets, mix
+from hlbd.data import Pair, load_dataset, load_datasets, mix
 from hlbd.distributed import Ranks
 from hlbd.errors import CheckpointError, ClaimLostError, HlbdError, UnknownRunError
+from hlbd.evaluate import HeldOut
 from hlbd.fileio import remove_temp_files
 from hlbd.recorder import store_locked, wait_out_locks
 from hlbd.report import EPOCH_LISTS
 from hlbd.run import ResumedFrom, Run, runs_dir
 from hlbd.sequences import Examples
+from hlbd.split import MIN_PAIRS, Split, default_fraction, split_file, split_pairs
 from hlbd.store import Store, superseded
 from hlbd.store.claims import still_being_written
 from hlbd.tokenizer import Tokenizer
@@ -41,14 +43,51 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class PreparedData:
-    pairs: list[Pair]
+    pairs: list[Pair]  # to train on, mixed by the seed
     dataset_stats: dict[str, int]
+    held_out: list[Pair] = field(default_factory=list)  # to evaluate on
+
+    def texts(self) -> Iterator[str]:
+        """Every text of the data, held-out pairs too: the vocabulary's source."""
+        for pair in (*self.pairs, *self.held_out):
+            yield pair.input
+            yield pair.output
+
+    def encode(self, tokenizer: Tokenizer, config: TrainConfig) -> tuple[Examples,
+                                                                          HeldOut | None]:
+        """The training sequences and the held-out pairs (None without any) as ids."""
+        examples = Examples.encode(self.pairs, tokenizer, config.max_seq_len)
+        held_out = (HeldOut.encode(self.held_out, tokenizer, config.max_seq_len)
+                    if self.held_out else None)
+        return examples, held_out
 
 
 def prepare_data(config: TrainConfig) -> PreparedData:
-    """Load every dataset (raising before any run exists) and mix them by the seed."""
+    """Load every dataset (raising before any run exists), hold out the split and mix
+    the rest by the seed. Sets ``config.val_fraction`` (its default resolved) and
+    ``config.split``; HlbdError when a split is recorded in ``config`` and the data no
+    longer gives it (a resume on changed data)."""
     tagged, stats = load_datasets(config.datasets)
-    return PreparedData(mix([pair for _, pair in tagged], config.seed), stats)
+    pairs = [pair for _, pair in tagged]
+    if config.val_dataset:
+        split = split_file(pairs, load_dataset(config.val_dataset), config.val_dataset)
+    else:
+        if config.val_fraction is None:
+            config.val_fraction = default_fraction(len(pairs))
+            if not config.val_fraction:
+                log.warning("%d pairs (fewer than %d): nothing is held out to evaluate on "
+                            "(--val-fraction F holds out a share, --val-dataset FILE a "
+                            "file)", len(pairs), MIN_PAIRS)
+        split = (split_pairs(pairs, config.val_fraction, config.seed)
+                 if config.val_fraction else Split(pairs, [], {}))
+    recorded = (config.split or {}).get("held_out_sha256")
+    if recorded and recorded != split.info.get("held_out_sha256"):
+        raise HlbdError(f"the held-out pairs are not the ones the run was evaluated on "
+                        f"(their hash was {recorded[:12]}..., now "
+                        f"{split.info.get('held_out_sha256', 'none')[:12]}...): the data or "
+                        "--val-dataset changed since the run started")
+    config.split = split.info or None
+    return PreparedData(mix(split.train, config.seed), stats, split.held_out)
 
 
 class RunFailed(HlbdError):
@@ -109,8 +148,8 @@ def start_run(config: TrainConfig, store: Store, *, runs_root: Path | None = Non
     check_config(config)
     data = prepare_data(config)
     _stop_if_asked(should_stop, "run")
-    tokenizer = Tokenizer.build(t for p in data.pairs for t in (p.input, p.output))
-    examples = Examples.encode(data.pairs, tokenizer, config.max_seq_len)
+    tokenizer = Tokenizer.build(data.texts())
+    examples, held_out = data.encode(tokenizer, config)
     _stop_if_asked(should_stop, "run")
     run_id = uuid.uuid4().hex
     run_dir = (runs_root or runs_dir()) / run_id
@@ -118,7 +157,8 @@ def start_run(config: TrainConfig, store: Store, *, runs_root: Path | None = Non
         store.create_run, config.name or "run", config.to_dict(), data.dataset_stats,
         vocab=tokenizer.vocab, run_dir=str(run_dir), run_id=run_id, hosts=ranks.hosts))
     return _run(config, store, run_id, 1, run_dir, examples, tokenizer,
-                data.dataset_stats, None, should_stop, progress, on_run_id, ranks)
+                data.dataset_stats, None, should_stop, progress, on_run_id, ranks,
+                held_out=held_out)
 
 
 def _set_processes(config: TrainConfig, ranks: Ranks) -> None:
@@ -129,7 +169,7 @@ def _set_processes(config: TrainConfig, ranks: Ranks) -> None:
 
 def _run(config, store, run_id, segment, run_dir, examples, tokenizer, dataset_stats,
          resume, should_stop, progress, on_run_id, ranks,
-         resume_path: str | None = None) -> RunOutcome:
+         resume_path: str | None = None, held_out: HeldOut | None = None) -> RunOutcome:
     """Train segment ``segment`` (already claimed), recording through an ``hlbd.Run`` of
     it, and set how it ended."""
     run = None
@@ -146,8 +186,9 @@ def _run(config, store, run_id, segment, run_dir, examples, tokenizer, dataset_s
                   flush_steps=config.step_flush_interval, owns_store=False)
         ranks.launch({"run_id": run_id, "segment": segment, "run_dir": str(run_dir),
                       "config": config.to_dict(), "vocab": tokenizer.vocab,
-                      "examples": examples, "resume": resume, "resume_path": resume_path})
-        result = train(config, examples, tokenizer, run, resume=resume,
+                      "examples": examples, "held_out": held_out, "resume": resume,
+                      "resume_path": resume_path})
+        result = train(config, examples, tokenizer, run, held_out=held_out, resume=resume,
                        should_stop=should_stop, progress=progress, ranks=ranks)
     except TrainingStopped as stop:
         _end(store, run_id, segment, run, "interrupted")
@@ -203,7 +244,8 @@ def follow(ranks: Ranks, *, should_stop: Callable[[], bool] = lambda: False) -> 
               resumed_from=_resumed_from(launch["resume"], launch["resume_path"]))
     try:
         result = train(TrainConfig.from_dict(launch["config"]), launch["examples"],
-                       Tokenizer(launch["vocab"]), run, resume=launch["resume"],
+                       Tokenizer(launch["vocab"]), run, held_out=launch["held_out"],
+                       resume=launch["resume"],
                        should_stop=should_stop, progress=False, ranks=ranks)
     except TrainingStopped as stop:
         ranks.barrier()
@@ -285,14 +327,14 @@ def _plan_restart(run: dict, epochs: int | None, overrides: dict,
     check_config(config)
     data = prepare_data(config)
     _check_same_datasets(run, data)
-    tokenizer = Tokenizer.build(t for p in data.pairs for t in (p.input, p.output))
+    tokenizer = Tokenizer.build(data.texts())
     if run.get("vocab") and tokenizer.vocab != run["vocab"]:
         raise HlbdError(f"the vocabulary of run {run['run_id']}'s datasets changed since it "
                         "started; starting it again would not continue the same run")
-    examples = Examples.encode(data.pairs, tokenizer, config.max_seq_len)
+    examples, held_out = data.encode(tokenizer, config)
     log.warning("run %s has no checkpoint that loads: starting it again from epoch 0 in the "
                 "same history (its recorded epochs become superseded)", run["run_id"])
-    return _ResumePlan(None, None, config, data, tokenizer, examples)
+    return _ResumePlan(None, None, config, data, tokenizer, examples, held_out)
 
 
 def resume_checkpoint(store: Store, path: str | Path, *, epochs: int | None = None,
@@ -345,6 +387,7 @@ class _ResumePlan:
     data: PreparedData
     tokenizer: Tokenizer
     examples: Examples
+    held_out: HeldOut | None
 
     @property
     def start_epoch(self) -> int:
@@ -381,14 +424,14 @@ def _plan_resume(run: dict | None, state: dict, path: str, epochs: int | None,
     data = prepare_data(config)
     if run is not None:
         _check_same_datasets(run, data)
-    examples = Examples.encode(data.pairs, tokenizer, config.max_seq_len)
+    examples, held_out = data.encode(tokenizer, config)
     if trained_on != config.world_size:
         # The global batch is the same, so the run goes on as one process would; only the
         # float summation order (and, with dropout, the masks of ranks > 0) differ.
         log.warning("%s was written by %d process(es); continuing on %d: the same global "
                     "batch, equal to float tolerance, not bit for bit", path, trained_on,
                     config.world_size)
-    return _ResumePlan(state, path, config, data, tokenizer, examples)
+    return _ResumePlan(state, path, config, data, tokenizer, examples, held_out)
 
 
 def _check_same_datasets(run: dict, data: PreparedData) -> None:
@@ -414,7 +457,7 @@ def _resume(store: Store, run: dict, plan: _ResumePlan, ranks: Ranks, *,
     run_dir = Path(run["run_dir"]) if run.get("run_dir") else runs_dir() / run_id
     return _run(plan.config, store, run_id, segment, run_dir, plan.examples, plan.tokenizer,
                 plan.data.dataset_stats, plan.state, should_stop, progress, on_run_id,
-                ranks, resume_path=plan.path)
+                ranks, resume_path=plan.path, held_out=plan.held_out)
 
 
 def _import_checkpoint_run(store: Store, plan: _ResumePlan, name: str | None,

@@ -36,10 +36,12 @@ from torch.optim import AdamW
 from torch.optim.lr_scheduler import CosineAnnealingWarmRestarts
 from tqdm import tqdm
 
+from hlbd import system
 from hlbd.checkpoint import checkpoint_path, save_checkpoint
 from hlbd.config import TrainConfig
 from hlbd.distributed import Ranks, StopVote
 from hlbd.errors import CheckpointError, HlbdError
+from hlbd.evaluate import HeldOut, held_out_metrics, val_names
 from hlbd.model import build_model
 from hlbd.report import add_epoch, empty_history
 from hlbd.run import Run, norm_summary
@@ -95,7 +97,7 @@ class TrainResult:
 
 
 def train(config: TrainConfig, examples: Examples, tokenizer: Tokenizer, run: Run, *,
-          resume: dict | None = None,
+          held_out: HeldOut | None = None, resume: dict | None = None,
           should_stop: Callable[[], bool] = lambda: False,
           progress: bool = True, ranks: Ranks | None = None) -> TrainResult:
     """Train to ``config.epochs``, from scratch or from a loaded checkpoint ``resume``,
@@ -103,7 +105,9 @@ def train(config: TrainConfig, examples: Examples, tokenizer: Tokenizer, run: Ru
 
     ``ranks``: this process among the torchrun ranks (default: the only one). Every
     rank computes the same values and hands them to its ``run`` (which records on rank
-    0 only); only rank 0 saves checkpoints, into ``run.dir``.
+    0 only); only rank 0 saves checkpoints, into ``run.dir``. ``held_out``: the pairs
+    the model is evaluated on every ``config.eval_every`` epochs and after the last
+    (hlbd.evaluate); every rank evaluates (the same numbers, in the same time).
     """
     ranks = ranks or Ranks()
     device = ranks.device(config.device)
@@ -225,12 +229,18 @@ def train(config: TrainConfig, examples: Examples, tokenizer: Tokenizer, run: Ru
             totals = ranks.sum(torch.stack([loss_sum, correct.to(loss_sum.dtype)]))
             totals = totals.cpu().tolist()
             scheduler.step()
-            wall = time.perf_counter() - started
+            wall = time.perf_counter() - started  # training time: evaluation is apart
             loss, accuracy = totals[0] / answer_total, totals[1] / answer_total
-            run.end_epoch(loss=loss, tokens=token_total, token_accuracy=accuracy,
+            evaluated = {}
+            if held_out is not None and (epoch % config.eval_every == 0
+                                         or epoch == config.epochs):
+                evaluated = _evaluate(model, held_out, tokenizer, device, config)
+            machine = system.named(ranks.gather(system.sample(device)))  # every rank's
+            run.end_epoch({**evaluated, **machine},
+                          loss=loss, tokens=token_total, token_accuracy=accuracy,
                           wall_seconds=wall)
             row = {"epoch": epoch, "loss": loss, "lr": lr, "token_accuracy": accuracy,
-                   "wall_seconds": wall,
+                   "wall_seconds": wall, **evaluated,
                    **norm_summary(s["grad_norm"] for s in epoch_steps)}
             add_epoch(history, row, epoch_steps)
             last_done = epoch
@@ -266,6 +276,15 @@ def train(config: TrainConfig, examples: Examples, tokenizer: Tokenizer, run: Ru
         bar.close()
     _log_end(ranks, run.id, "finished", start_epoch, last_done, began, last_saved)
     return TrainResult(last_done, history)
+
+
+def _evaluate(model, held_out: HeldOut, tokenizer: Tokenizer, device: torch.device,
+              config: TrainConfig) -> dict[str, float]:
+    """The epoch's values of the held-out pairs (VAL_NAMES), and ``eval_seconds``."""
+    began = time.perf_counter()
+    measured = held_out_metrics(model, held_out, tokenizer, device,
+                                max_pairs=config.eval_max_pairs)
+    return {**val_names(measured), "eval_seconds": time.perf_counter() - began}
 
 
 def _log_steps(run: Run, rows: list[dict]) -> list[dict]:
@@ -397,6 +416,10 @@ def _fmt(value: float | None) -> str:
 
 def _summary(row: dict, epochs: int) -> str:
     extra = f" nonfinite {row['nonfinite_steps']}" if row["nonfinite_steps"] else ""
+    if "val_loss" in row:
+        extra += f"  val_loss {row['val_loss']:.4f}"
+    if "val/exact" in row:
+        extra += f" exact {row['val/exact']:.3f}"
     return (f"epoch {row['epoch']}/{epochs}  loss {row['loss']:.4f}  "
             f"grad_norm {_fmt(row['grad_norm'])} (max {_fmt(row['grad_norm_max'])})  "
             f"lr {row['lr']:.4g}  acc {row['token_accuracy']:.3f}  "

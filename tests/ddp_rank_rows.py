@@ -29,7 +29,7 @@ def main() -> None:
                          dropout=0.1, t_0=1, save_interval=0, step_flush_interval=2,
                          world_size=ranks.world_size)
     data = prepare_data(config)
-    tokenizer = Tokenizer.build(t for p in data.pairs for t in (p.input, p.output))
+    tokenizer = Tokenizer.build(data.texts())
     examples = Examples.encode(data.pairs, tokenizer, config.max_seq_len)
     store = Store.open(str(out / f"rank{ranks.rank}.db"))
     run_id = store.create_run("ranks", config.to_dict(), data.dataset_stats)

@@ -53,14 +53,25 @@ TRAIN_FLAGS = [
     ("--device", "device", str, "auto, cpu, cuda, cuda:1, ..."),
     ("--step-flush-interval", "step_flush_interval", int,
      "Write per-step rows every N optimizer steps (and at each epoch end)."),
+    ("--val-fraction", "val_fraction", float,
+     "Hold out this fraction of each module (by the seed) to evaluate on; 0: none."),
+    ("--val-dataset", "val_dataset", str,
+     "Evaluate on this HLBD file instead of a held-out fraction of the training data."),
+    ("--eval-every", "eval_every", int,
+     "Evaluate on the held-out pairs every N epochs (and after the last)."),
+    ("--eval-max-pairs", "eval_max_pairs", int,
+     ("Held-out pairs answered by greedy decoding for exact match (0: none); the loss "
+      "and token accuracy use them all.")),
 ]
+# Defaults --help shows where the field's own default says little.
+SHOWN = {"val_fraction": "0.1 with 50 pairs or more, else 0", "val_dataset": "none"}
 
 
 def train_options(func, fields: Sequence[str] | None = None, default: str | None = None):
     """TRAIN_FLAGS (or those of ``fields``) as options; unset ones are None."""
     for flag, field, kind, help_text in reversed(TRAIN_FLAGS):
         if fields is None or field in fields:
-            shown = default or getattr(DEFAULTS, field)
+            shown = default or SHOWN.get(field) or getattr(DEFAULTS, field)
             func = click.option(flag, field, type=kind, default=None,
                                 help=f"{help_text} [default: {shown}]")(func)
     return func
