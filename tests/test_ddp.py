@@ -91,11 +91,18 @@ def launch():
 # -- the same numbers at any world size --------------------------------------------------
 
 def test_two_ranks_record_the_one_process_run(tmp_path, dataset, launch):
+    # Evaluated on a file of its own: every rank evaluates, rank 0 records it once.
+    val = json.loads(dataset.read_text())
+    val["data"]["arithmetic"] = [{"input": "3 + 4 = ?", "output": "7"},
+                                 {"input": "9 - 2 = ?", "output": "7"}]
+    (tmp_path / "val.json").write_text(json.dumps(val))
+    held = {"val_dataset": str(tmp_path / "val.json")}
     one = Store.open(str(tmp_path / "one.db"))
-    single = start_run(config(dataset), one, runs_root=tmp_path / "one", progress=False)
+    single = start_run(config(dataset, **held), one, runs_root=tmp_path / "one",
+                       progress=False)
     db = tmp_path / "two.db"
 
-    code, output = launch(torchrun_command(*flags(dataset), "--db", str(db),
+    code, output = launch(torchrun_command(*flags(dataset, **held), "--db", str(db),
                                            "--runs-dir", str(tmp_path / "two")),
                           tmp_path).wait()
 
@@ -124,6 +131,15 @@ def test_two_ranks_record_the_one_process_run(tmp_path, dataset, launch):
     [segment] = two.segments(run_id)
     assert segment["world_size"] == 2 and len(segment["hosts"]) == 2
     assert one.segments(single.run_id)[0]["world_size"] == 1
+    # Each rank's process values, gathered by rank 0; the held-out values once.
+    series = {s["key"]: s["values"] for s in two.point_series(run_id)}
+    assert {k: v for k, v in series.items() if k.startswith("sys/")} == {
+        f"sys/rank{r}/{name}": 3 for r in (0, 1) for name in ("rss_bytes", "cpu_seconds")}
+    assert series.get("val_loss") == 3
+    for key in ("val_loss", "val_token_accuracy", "val/exact"):
+        for got, want in zip(two.epoch_values(run_id, key).values(),
+                             one.epoch_values(single.run_id, key).values(), strict=True):
+            assert math.isclose(got, want, rel_tol=RTOL), key
     # A checkpoint of the DDP run loads in a single process (no DDP prefixes).
     state = load_checkpoint(tmp_path / "two" / run_id / "checkpoint_epoch_3.pt")
     assert not any(k.startswith("module.") for k in state["model"])

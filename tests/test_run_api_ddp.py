@@ -25,7 +25,7 @@ LOOP = textwrap.dedent("""
     data = torch.Generator().manual_seed(10 + rank)  # each rank its own share
     seen = []
     with hlbd.init("ddp", db=sys.argv[1], runs_dir=sys.argv[2]) as run:
-        run.watch(opt)
+        run.watch(opt, system=True)
         for epoch in range(2):
             for _ in range(3):
                 x = torch.randn(8, 4, generator=data)
@@ -65,6 +65,8 @@ def test_two_ranks_are_one_run_recorded_once_by_rank_0(db_url, tmp_path):
         steps = store.steps(ranks[0]["run_id"])
         epochs = store.epochs(ranks[0]["run_id"])
         lr1 = [p["value"] for p in store.points(ranks[0]["run_id"], "lr/1")]
+        system = {s["key"]: s["values"] for s in store.point_series(ranks[0]["run_id"])
+                  if s["key"].startswith("sys/")}
         segments = store.segments(ranks[0]["run_id"])
     finally:
         store.close()
@@ -79,3 +81,6 @@ def test_two_ranks_are_one_run_recorded_once_by_rank_0(db_url, tmp_path):
         assert row["lr"] == mine["lrs"][0]
     assert lr1 == [s["lrs"][1] for s in zero]
     assert [(e["epoch"], e["steps"]) for e in epochs] == [(1, 3), (2, 3)]
+    # watch(system=True): each rank's process, gathered by rank 0, every epoch.
+    assert system == {f"sys/rank{r}/{name}": 2 for r in (0, 1)
+                      for name in ("rss_bytes", "cpu_seconds")}

@@ -19,7 +19,8 @@ RUNS_WIDTHS = {"name": 40, "datasets": 60}
 @click.command()
 @db_option
 def runs(db: str | None) -> None:
-    """List runs, newest first: status, epochs, last and best loss.
+    """List runs, newest first: status, epochs, last and best loss, best held-out loss
+    and exact match.
 
     Example: hlbd runs --db hlbd.db
     """
@@ -34,10 +35,11 @@ def runs(db: str | None) -> None:
         return
     click.echo(table(
         ["run_id", "name", "status", "created (UTC)", "epochs", "last_loss", "best_loss",
-         "datasets"],
+         "best_val_loss", "best_exact", "datasets"],
         [[r["run_id"], r["name"], r["display_status"], r["created_at"].strftime(
             "%Y-%m-%d %H:%M:%S"), r["epochs"], r["last_loss"], r["best_loss"],
-          ", ".join(r["dataset_stats"])] for r in rows], max_width=RUNS_WIDTHS))
+          r["best_val_loss"], r["best_exact"], ", ".join(r["dataset_stats"])]
+         for r in rows], max_width=RUNS_WIDTHS))
 
 
 EPOCH_COLUMNS = ["epoch", "segment", "loss", "grad_norm", "grad_norm_max", "grad_norm_min",
@@ -77,6 +79,16 @@ def show(run_id: str, all_segments: bool, db: str | None) -> None:
         click.echo(table(["key", "scope", "values", "first_step", "last_step"],
                          [[printable(s["key"]), s["scope"], s["values"], s["first_step"],
                            s["last_step"]] for s in series]))
+    evaluations = store.evaluations(run["run_id"])
+    if evaluations:
+        click.echo("evaluations (hlbd eval)")
+        click.echo(table(["evaluated (UTC)", "checkpoint epoch", "dataset", "pairs",
+                          "answered", "loss", "token_accuracy", "exact", "checkpoint"],
+                         [[f"{e['evaluated_at']:%Y-%m-%d %H:%M:%S}", e["checkpoint_epoch"],
+                           printable(e["dataset"]), e["pairs"], e["exact_pairs"],
+                           e["values"].get("loss"), e["values"].get("token_accuracy"),
+                           e["values"].get("exact"), e["checkpoint"]]
+                          for e in evaluations]))
     checkpoints = store.checkpoints(run["run_id"])
     if checkpoints:
         click.echo("checkpoints")

@@ -15,7 +15,7 @@ from hlbd.errors import UnknownRunError
 from hlbd.store import history
 from hlbd.store.claims import live_status
 from hlbd.store.rows import STEP_SERIES, join_nan, join_nans, mark
-from hlbd.store.tables import Anomaly, Checkpoint, Epoch, Point, Run, Segment
+from hlbd.store.tables import Anomaly, Checkpoint, Epoch, Evaluation, Point, Run, Segment
 
 # Reads.steps' columns, in the order it unpacks them.
 _STEPS_READ = ("SELECT segment, step, epoch, "
@@ -54,7 +54,8 @@ class Reads:
 
         ``last_loss``: the last effective epoch's loss (NaN when it measured NaN);
         ``best_loss``: the lowest finite epoch loss, NaN when every epoch's was NaN/Inf,
-        None when the run has no epochs.
+        None when the run has no epochs. ``best_val_loss``, ``best_exact``: the lowest
+        finite epoch ``val_loss`` and the highest ``val/exact`` it recorded (None: none).
         """
         effective = Epoch.superseded_by.is_(None)
         finite = case((and_(Epoch.loss > -math.inf, Epoch.loss < math.inf), Epoch.loss))
@@ -63,11 +64,22 @@ class Reads:
                       func.max(Epoch.epoch).label("last_epoch"))
                .where(effective).group_by(Epoch.run_id).subquery())
         last = aliased(Epoch)
+        held_out = (select(Point.run_id,
+                           func.min(case((and_(Point.key == "val_loss", Point.value > -math.inf,
+                                               Point.value < math.inf), Point.value)))
+                           .label("best_val_loss"),
+                           func.max(case((Point.key == "val/exact", Point.value)))
+                           .label("best_exact"))
+                    .where(Point.scope == "epoch", Point.superseded_by.is_(None),
+                           Point.key.in_(("val_loss", "val/exact")))
+                    .group_by(Point.run_id).subquery())
         query = (select(Run, func.coalesce(agg.c.epochs, 0).label("epochs"),
                         agg.c.best_loss, last.loss.label("last_loss"),
                         last.loss_is_nan.label("last_loss_is_nan"),
+                        held_out.c.best_val_loss, held_out.c.best_exact,
                         *_latest_segment_columns())
                  .outerjoin(agg, agg.c.run_id == Run.run_id)
+                 .outerjoin(held_out, held_out.c.run_id == Run.run_id)
                  .outerjoin(last, and_(last.run_id == Run.run_id,
                                        last.epoch == agg.c.last_epoch,
                                        last.superseded_by.is_(None)))
@@ -153,6 +165,12 @@ class Reads:
                  "superseded_by": superseded_by}
                 for segment, name, scope, step, epoch, value, is_nan, superseded_by in rows]
 
+    def epoch_values(self, run_id: str, key: str) -> dict[int, float]:
+        """The epoch values of ``key`` (``val_loss`` ...) on the effective history, by
+        epoch (NaN for a measured NaN)."""
+        return {p["epoch"]: p["value"] for p in self.points(run_id, key)
+                if p["scope"] == "epoch"}
+
     def series(self, run_id: str, key: str, scope: str = "step") -> list[tuple[int, float]]:
         """One name's values on the effective history as (step, value) in step order
         (NaN for a measured NaN): the lean read for a chart. ``loss``, ``grad_norm`` and
@@ -210,6 +228,20 @@ class Reads:
         """The checkpoints ``run_id`` could resume from, newest first (see
         hlbd.store.history.checkpoint_candidates)."""
         return history.checkpoint_candidates(self.segments(run_id), self.checkpoints(run_id))
+
+    def evaluations(self, run_id: str) -> list[dict]:
+        """``hlbd eval``'s evaluations of ``run_id``, oldest first: each with its
+        checkpoint, dataset, sizes, time and ``values`` by name (NaN as measured)."""
+        with self.engine.connect() as conn:
+            rows = [join_nans(dict(r), "evaluations") for r in conn.execute(
+                select(Evaluation).where(Evaluation.run_id == run_id)
+                .order_by(Evaluation.evaluated_at, Evaluation.key)).mappings()]
+        evaluations: dict[tuple, dict] = {}
+        for row in rows:
+            identity = (row["checkpoint_sha256"], row["dataset_sha256"], row["exact_pairs"])
+            key, value = row.pop("key"), row.pop("value")
+            evaluations.setdefault(identity, {**row, "values": {}})["values"][key] = value
+        return list(evaluations.values())
 
     def anomalies(self, run_id: str | None = None, *,
                   include_superseded: bool = False) -> list[dict]:

@@ -26,7 +26,7 @@ STEP_COLUMNS = "run_id, segment, step, epoch, " + ", ".join(
     f"{series}, {series}_is_nan" for series in STEP_SERIES)
 # Columns stored with an ``*_is_nan`` flag beside them, per table.
 NAN_FLAGGED = {"epochs": STEP_SERIES, "steps": STEP_SERIES, "anomalies": ("value",),
-               "points": ("value",)}
+               "points": ("value",), "evaluations": ("value",)}
 # The points columns in the order of the rows point_rows builds.
 POINT_COLUMNS = "run_id, segment, key, scope, step, epoch, value, value_is_nan"
 # Steps per row of step_rollups (the explorer reads long runs from there, see

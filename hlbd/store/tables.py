@@ -185,6 +185,28 @@ class Checkpoint(Base):
     pruned_at: Mapped[datetime | None] = mapped_column(DateTime)
 
 
+class Evaluation(Base):
+    """One value of an evaluation of a run's checkpoint on a dataset file (hlbd eval):
+    the same checkpoint bytes, dataset bytes and decoded pairs make one evaluation."""
+
+    __tablename__ = "evaluations"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.run_id"), primary_key=True)
+    checkpoint_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    dataset_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    exact_pairs: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    checkpoint: Mapped[str] = mapped_column(Text)
+    checkpoint_epoch: Mapped[int] = mapped_column(Integer)
+    checkpoint_step: Mapped[int | None] = mapped_column(BigInteger)
+    dataset: Mapped[str] = mapped_column(Text)
+    pairs: Mapped[int] = mapped_column(Integer)
+    seconds: Mapped[float | None] = mapped_column(Float)
+    evaluated_at: Mapped[datetime] = mapped_column(DateTime)
+    value: Mapped[float | None] = mapped_column(Float)
+    value_is_nan: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
 class Anomaly(Base):
     __tablename__ = "anomalies"
 

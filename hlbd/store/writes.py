@@ -35,7 +35,7 @@ from hlbd.store.rows import (
     step_columns,
     utcnow,
 )
-from hlbd.store.tables import Anomaly, Checkpoint, Epoch, Run, Segment
+from hlbd.store.tables import Anomaly, Checkpoint, Epoch, Evaluation, Run, Segment
 
 
 class Writes:
@@ -234,6 +234,23 @@ class Writes:
             conn.execute(insert(Checkpoint).values(
                 run_id=run_id, segment=segment, epoch=epoch, path=path,
                 created_at=utcnow(), size_bytes=size_bytes, step=step))
+
+    def record_evaluation(self, run_id: str, identity: dict[str, Any],
+                          values: dict[str, float]) -> bool:
+        """Record one evaluation of ``run_id`` (``identity``: the Evaluation columns
+        other than key and value) with its ``values`` by name, in one transaction.
+        Returns False, writing nothing, when the same evaluation (checkpoint bytes,
+        dataset bytes, decoded pairs) is there already."""
+        now = utcnow()
+        rows = [{**identity, "run_id": run_id, "evaluated_at": now, "key": key,
+                 **dict(zip(("value", "value_is_nan"), split_nan(value), strict=True))}
+                for key, value in values.items()]
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(Evaluation), rows)
+        except exc.IntegrityError:
+            return False  # another process recorded the same evaluation first
+        return True
 
     def mark_checkpoints_pruned(self, run_id: str, segment: int, ids: Sequence[int]) -> None:
         """Mark checkpoint rows ``ids`` of ``run_id`` as pruned (their files are about to
