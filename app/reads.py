@@ -191,11 +191,13 @@ def flags(url: str, run_id: str, version: tuple, thresholds: tuple = (),
     record = run(url, run_id, version)
     rows = epochs(url, run_id, version)
     limits = Thresholds(**dict(thresholds))
-    found = detect(record, rows, (), limits)
+    val_losses = store(url).epoch_values(run_id, "val_loss")
+    found = detect(record, rows, (), limits, val_losses=val_losses)
     wanted = sorted({f["epoch"] for f in found if f["rule"] in STEP_RULES})
     if not with_steps or not wanted:
         return found
-    return detect(record, rows, store(url).steps(run_id, epochs=wanted), limits)
+    return detect(record, rows, store(url).steps(run_id, epochs=wanted), limits,
+                  val_losses=val_losses)
 
 
 def sql(url: str, query: str) -> QueryResult:

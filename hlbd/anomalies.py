@@ -11,11 +11,12 @@ import functools
 import itertools
 import math
 import statistics
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 RULES = ("grad_explosion", "grad_vanishing", "nonfinite_loss", "nonfinite_grad_norm",
          "amp_skipped_step", "loss_spike", "loss_rising", "lr_unexplained", "lr_zero",
-         "nonfinite_lr")
+         "nonfinite_lr", "overfitting")
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class Thresholds:
     rising_epochs: int = 3         # consecutive epochs of rising loss
     restart_grace: int = 8         # epochs after the LR went up in which loss may rise
     lr_rtol: float = 1e-6          # relative gap between recorded and expected LR
+    overfit_evals: int = 3         # evaluations in a row of rising val_loss
 
 
 # What each threshold means, for the explorer's sidebar and `--help`.
@@ -53,6 +55,9 @@ THRESHOLD_HELP = {
                      "lr_unexplained.",
     "lr_rtol": "lr_unexplained: relative difference between the recorded LR and what the "
                "configured schedule (CosineAnnealingWarmRestarts) gives for the epoch.",
+    "overfit_evals": "overfitting: this many evaluations in a row, each val_loss above the "
+                     "one before (by loss-min-rise in all), while the training loss fell "
+                     "over the same epochs.",
 }
 
 # Rules whose flag names a step when the steps are given to detect().
@@ -102,7 +107,7 @@ RULE_NEEDS = {
     "nonfinite_grad_norm": ("nonfinite_steps",), "nonfinite_loss": ("loss",),
     "amp_skipped_step": ("skipped_steps",), "loss_spike": ("loss",),
     "loss_rising": ("loss",), "lr_unexplained": ("lr",), "lr_zero": ("lr",),
-    "nonfinite_lr": ("lr",),
+    "nonfinite_lr": ("lr",), "overfitting": ("val_loss",),
 }
 
 
@@ -111,12 +116,14 @@ def _own_loop(run: dict) -> bool:
     return ((run.get("extra") or {}).get("recorded_by")) == "hlbd.Run"
 
 
-def not_checked(run: dict, epochs: list[dict]) -> dict[str, str]:
+def not_checked(run: dict, epochs: list[dict],
+                val_losses: Mapping[int, float] | None = None) -> dict[str, str]:
     """The rules ``detect`` cannot apply to this run, each with why (a series it needs
     was never recorded; for lr_unexplained, no known schedule to compare with)."""
     missing = {}
+    rows = [*epochs, *({"val_loss": v} for v in (val_losses or {}).values())]
     for rule, needs in RULE_NEEDS.items():
-        if not any(e.get(n) is not None for e in epochs for n in needs):
+        if not any(e.get(n) is not None for e in rows for n in needs):
             missing[rule] = f"no {' or '.join(needs)} recorded"
     if "lr_unexplained" not in missing and (_own_loop(run) or expected_lrs(
             run.get("config") or {}, 0) is None):
@@ -126,12 +133,13 @@ def not_checked(run: dict, epochs: list[dict]) -> dict[str, str]:
 
 def detect(run: dict, epochs: list[dict], steps: list[dict] = (),
            thresholds: Thresholds = Thresholds(), *, only_epoch: int | None = None,
-           ) -> list[dict]:
+           val_losses: Mapping[int, float] | None = None) -> list[dict]:
     """Flags for one run's effective history.
 
     ``run`` as Store.get_run returns it (``run_id``, decoded ``config``); ``epochs`` and
     ``steps`` as Store.epochs / Store.steps return them (NaN for measured NaN, None for
-    not recorded). ``only_epoch`` limits the result to one epoch (the trainer's use).
+    not recorded); ``val_losses``: the epoch values ``val_loss`` by epoch (the
+    evaluations). ``only_epoch`` limits the result to one epoch (the trainer's use).
     Each flag: run_id, segment, epoch, step, rule, value, threshold, message.
     """
     t = thresholds
@@ -220,6 +228,31 @@ def detect(run: dict, epochs: list[dict], steps: list[dict] = (),
             zero_lr_run = zero_lr_run + 1 if lr == 0 else 0
             if zero_lr_run >= 2:
                 add("lr_zero", lr, 0.0, f"epoch {n}: LR stuck at zero")
+    flags += _overfitting(run_id, epochs, val_losses or {}, t)
     if only_epoch is not None:
         flags = [f for f in flags if f["epoch"] == only_epoch]
+    return flags
+
+
+def _overfitting(run_id: str, epochs: list[dict], val_losses: Mapping[int, float],
+                 t: Thresholds) -> list[dict]:
+    """val_loss rose at each of the last ``overfit_evals`` evaluations (by at least
+    ``loss_min_rise`` in all) while the training loss of those epochs fell."""
+    train = {e["epoch"]: (e.get("loss"), e.get("segment")) for e in epochs}
+    evals = sorted((n, v) for n, v in val_losses.items()
+                   if v is not None and math.isfinite(v))
+    flags = []
+    for i in range(t.overfit_evals, len(evals)):
+        window = evals[i - t.overfit_evals:i + 1]
+        (first, start), (last, end) = window[0], window[-1]
+        rising = all(b > a for (_, a), (_, b) in itertools.pairwise(window))
+        before, after = train.get(first, (None, None))[0], train.get(last, (None, None))[0]
+        falling = (before is not None and after is not None and math.isfinite(before)
+                   and math.isfinite(after) and after < before)
+        if rising and falling and end - start >= t.loss_min_rise:
+            flags.append(_flag(
+                run_id, last, "overfitting", end, float(t.overfit_evals),
+                f"epoch {last}: val_loss rose {t.overfit_evals} evaluations in a row "
+                f"({start:.4g} at epoch {first} to {end:.4g}) while the training loss fell "
+                f"({before:.4g} to {after:.4g})", segment=train.get(last, (None, None))[1]))
     return flags

@@ -201,6 +201,7 @@ class StoreRecorder:
         self.keep_checkpoints = keep_checkpoints  # --keep-checkpoints; 0 keeps all
         self._run = {"run_id": run_id, "config": config}
         self._epochs = store.epochs(run_id)  # the effective history this segment extends
+        self._val_losses = store.epoch_values(run_id, "val_loss")  # and its evaluations
         self._epoch_steps: list[dict] = []  # touched by the writer thread only
         self._last_beat = time.monotonic()
         self._report_due: tuple[dict, dict[str, int]] | None = None  # writer thread only
@@ -294,8 +295,11 @@ class StoreRecorder:
         self._report_due = history, lengths
         self._write_report(False)
         self._epochs.append({**epoch, "segment": self.segment})
+        self._val_losses.update((n, value) for key, scope, _, n, value in points
+                                if key == "val_loss" and scope == "epoch")
         flags = detect(self._run, self._epochs, [*self._epoch_steps, *steps],
-                       self.thresholds, only_epoch=epoch["epoch"])
+                       self.thresholds, only_epoch=epoch["epoch"],
+                       val_losses=self._val_losses)
         self._epoch_steps = []
         for flag in flags:
             log.warning("anomaly [%s] %s", flag["rule"], flag["message"])

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import math
+import random
 
 import torch
 from click.testing import CliRunner
+from helpers.backends import sqlite_only
+from helpers.tiny import tiny_config
 
-from hlbd.anomalies import Thresholds, detect, expected_lrs
+from hlbd.anomalies import Thresholds, detect, expected_lrs, not_checked
 from hlbd.checkpoint import load_checkpoint, save_checkpoint
 from hlbd.cli import main
 from hlbd.config import TrainConfig
-from hlbd.runner import resume_checkpoint
+from hlbd.runner import resume_checkpoint, start_run
 from hlbd.trainer import make_scheduler
 
 
@@ -139,3 +143,45 @@ def test_the_expected_lrs_are_the_trainers_scheduler_to_the_last_bit():
             used.append(optimizer.param_groups[0]["lr"])
             scheduler.step()
         assert expected_lrs(config.to_dict(), config.epochs) == used
+
+
+def test_overfitting_is_val_loss_rising_while_the_training_loss_falls():
+    run = {"run_id": "r", "config": {}}
+    falling = _epochs([3.0, 2.5, 2.0, 1.6, 1.3, 1.1, 0.9])
+    val = {1: 2.9, 2: 2.6, 3: 2.5, 4: 2.55, 5: 2.62, 6: 2.70, 7: 2.8}
+    flags = detect(run, falling, val_losses=val)
+    assert [(f["rule"], f["epoch"]) for f in flags] == [("overfitting", 6), ("overfitting", 7)]
+    assert flags[0]["value"] == 2.70 and flags[0]["threshold"] == 3
+    # Rising val_loss while the training loss rises too is not overfitting, nor is a
+    # rise too small to tell from noise, nor a run that was never evaluated.
+    rising = detect(run, _epochs([1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6]), val_losses=val)
+    assert [f for f in rising if f["rule"] == "overfitting"] == []
+    tiny_rise = {n: 2.5 + n * 0.001 for n in range(1, 8)}
+    assert detect(run, falling, val_losses=tiny_rise) == []
+    assert detect(run, falling) == []
+    assert not_checked(run, falling)["overfitting"] == "no val_loss recorded"
+    assert "overfitting" not in not_checked(run, falling, val)
+
+
+@sqlite_only  # a training run: the store's backend changes nothing of what it measures
+def test_a_run_that_memorises_its_training_pairs_is_flagged_overfitting(store, tmp_path,
+                                                                        db_url):
+    """Random answers to random questions: nothing to learn that carries over to the
+    held-out pairs, so as the model memorises the rest their loss climbs. The trainer
+    flags it live; `hlbd anomalies` says so too."""
+    rng = random.Random(0)
+    letters = "abcdefghij"
+    items = [{"input": "".join(rng.choices(letters, k=5)),
+              "output": "".join(rng.choices(letters, k=4))} for _ in range(60)]
+    dataset = tmp_path / "random.json"
+    dataset.write_text(json.dumps({"data": {"noise": items}}))
+    outcome = start_run(tiny_config(datasets=[str(dataset)], epochs=40, lr=1e-2, t_0=40,
+                                    d_model=64, d_ff=128, batch_size=8, eval_max_pairs=0),
+                        store, runs_root=tmp_path / "runs", progress=False)
+    stored = [a for a in store.anomalies(outcome.run_id) if a["rule"] == "overfitting"]
+    assert stored, [(e["epoch"], e["loss"]) for e in store.epochs(outcome.run_id)]
+    val = store.epoch_values(outcome.run_id, "val_loss")
+    first = stored[0]
+    assert first["value"] == val[first["epoch"]]
+    result = CliRunner().invoke(main, ["anomalies", outcome.run_id, "--db", db_url])
+    assert "overfitting" in result.output

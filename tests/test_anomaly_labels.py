@@ -62,7 +62,8 @@ def test_default_thresholds_flag_every_injected_fault_and_nothing_healthy(store,
     faulty["lost scheduler state"] = (lost, "lr_unexplained")
 
     def flags(run_id: str) -> list[dict]:
-        return detect(store.get_run(run_id), store.epochs(run_id), store.steps(run_id))
+        return detect(store.get_run(run_id), store.epochs(run_id), store.steps(run_id),
+                      val_losses=store.epoch_values(run_id, "val_loss"))
 
     true_pos = sum(bool(flags(run_id)) for run_id, _ in faulty.values())
     false_pos = sum(bool(flags(run_id)) for run_id in healthy.values())

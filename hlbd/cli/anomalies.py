@@ -41,9 +41,10 @@ def anomalies(run_id: str | None, db: str | None, **thresholds) -> None:
     flags, unchecked = [], []
     for rid in run_ids:
         run, epochs = store.get_run(rid), store.epochs(rid)
-        flags += detect(run, epochs, store.steps(rid), limits)
+        val_losses = store.epoch_values(rid, "val_loss")
+        flags += detect(run, epochs, store.steps(rid), limits, val_losses=val_losses)
         unchecked += [f"{rid[:12]}: {rule} not checked ({why})"
-                      for rule, why in not_checked(run, epochs).items()]
+                      for rule, why in not_checked(run, epochs, val_losses).items()]
     for line in unchecked:
         click.echo(line)
     if not flags:
