@@ -47,3 +47,7 @@ class RunClaimedError(StoreError):
 
 class ClaimLostError(StoreError):
     """This segment's claim on the run was taken over; it stops without writing more."""
+
+
+class InvalidTagError(HlbdError, ValueError):
+    """A tag or note that cannot be stored (empty, too long, a comma in a tag)."""

@@ -61,6 +61,7 @@ from hlbd.recorder import StoreRecorder, wait_out_locks
 from hlbd.store import Store
 from hlbd.store.claims import still_being_written
 from hlbd.store.rows import STEP_SERIES
+from hlbd.store.writes import checked_tags
 
 # Steps kept in memory before they go to the recording thread (hlbd train's
 # --step-flush-interval default): one transfer per device and one transaction per flush.
@@ -112,7 +113,7 @@ def _start(name, config, db, runs_dir, run_id, resume, tags, at: int | None = No
     now), not the newest; ``extra``: more of the run's ``extra`` (which integration
     records it)."""
     config = _checked_config(config)
-    tags = [str(t) for t in (tags or [])]
+    tags = checked_tags([str(t) for t in (tags or [])])  # before the store is opened
     shared = _process_group()
     rank = shared.get_rank() if shared else int(os.environ.get("RANK", "0") or 0)
     if rank != 0:
@@ -199,7 +200,7 @@ def _new_run(store, name, config, runs_root, run_id, tags, extra=None) -> Run:
     run_id = run_id or uuid.uuid4().hex
     run_dir = runs_dir(runs_root) / run_id
     store.create_run(name or "run", config, {}, run_dir=str(run_dir), run_id=run_id,
-                     extra={**(extra or {}), "recorded_by": "hlbd.Run", "tags": tags})
+                     extra={**(extra or {}), "recorded_by": "hlbd.Run"}, tags=tags)
     return Run(store, run_id=run_id, segment=1, run_dir=run_dir, config=config)
 
 

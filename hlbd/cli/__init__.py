@@ -47,9 +47,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from hlbd.cli import anomalies, copy, db, evaluate, reports, runs, sql, train, ui
+    from hlbd.cli import annotate, anomalies, copy, db, evaluate, reports, runs, sql, train, ui
 
-    for module in (train, runs, db, anomalies, sql, reports, ui, copy, evaluate):
+    for module in (train, runs, annotate, db, anomalies, sql, reports, ui, copy, evaluate):
         for command in module.COMMANDS:
             main.add_command(command)
 

@@ -13,7 +13,7 @@ from hlbd.store import Store
 
 # Cells cut with an ellipsis past these widths (terminal columns); `hlbd show` and
 # `hlbd sql` give the whole value.
-RUNS_WIDTHS = {"name": 40, "datasets": 60}
+RUNS_WIDTHS = {"name": 40, "tags": 30, "datasets": 60}
 
 
 @click.command()
@@ -35,11 +35,11 @@ def runs(db: str | None) -> None:
         return
     click.echo(table(
         ["run_id", "name", "status", "created (UTC)", "epochs", "last_loss", "best_loss",
-         "best_val_loss", "best_exact", "datasets"],
+         "best_val_loss", "best_exact", "tags", "datasets"],
         [[r["run_id"], r["name"], r["display_status"], r["created_at"].strftime(
             "%Y-%m-%d %H:%M:%S"), r["epochs"], r["last_loss"], r["best_loss"],
-          r["best_val_loss"], r["best_exact"], ", ".join(r["dataset_stats"])]
-         for r in rows], max_width=RUNS_WIDTHS))
+          r["best_val_loss"], r["best_exact"], ", ".join(r["tags"]),
+          ", ".join(r["dataset_stats"])] for r in rows], max_width=RUNS_WIDTHS))
 
 
 EPOCH_COLUMNS = ["epoch", "segment", "loss", "grad_norm", "grad_norm_max", "grad_norm_min",
@@ -65,6 +65,10 @@ def show(run_id: str, all_segments: bool, db: str | None) -> None:
     click.echo(f"created {run['created_at']:%Y-%m-%d %H:%M:%S} UTC  "
                f"folder {printable(str(run['run_dir']))}")
     click.echo(printable(f"datasets {json.dumps(run['dataset_stats'], ensure_ascii=False)}"))
+    if run["tags"]:
+        click.echo(f"tags {printable(', '.join(run['tags']))}")
+    if run.get("notes"):
+        click.echo(f"notes {printable(run['notes'])}")
     if run.get("error"):
         click.echo(f"error {printable(run['error'])}")
     epochs = store.epochs(run["run_id"], include_superseded=all_segments)

@@ -28,7 +28,7 @@ from hlbd.store.tables import Base
 # Columns a run's rows may change after they were written (so after a copy): everything
 # else is history, and must be equal in both stores.
 MUTABLE = {
-    "runs": {"status", "finished_at", "heartbeat_at", "config", "error"},
+    "runs": {"status", "finished_at", "heartbeat_at", "config", "error", "tags", "notes"},
     "segments": {"status", "ended_at"},
     "checkpoints": {"pruned_at"},
 }

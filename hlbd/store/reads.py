@@ -267,5 +267,6 @@ def _decode_run(row: dict[str, Any]) -> dict[str, Any]:
     for key in ("config", "dataset_stats", "vocab", "extra"):
         if row.get(key) is not None:
             row[key] = json.loads(row[key])
+    row["tags"] = json.loads(row["tags"]) if row.get("tags") else []
     row["display_status"] = live_status(row)
     return row

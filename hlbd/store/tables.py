@@ -47,6 +47,10 @@ class Run(Base):
     source: Mapped[str] = mapped_column(String(16))
     source_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
     extra: Mapped[str | None] = mapped_column(Text)
+    # What a person says of the run, changeable after it ended: a JSON list of labels,
+    # and free text (NULL: none).
+    tags: Mapped[str | None] = mapped_column(Text)
+    notes: Mapped[str | None] = mapped_column(Text)
 
 
 class Segment(Base):

@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import exc, insert, select, update
 
-from hlbd.errors import ClaimLostError, RunClaimedError
+from hlbd.errors import ClaimLostError, InvalidTagError, RunClaimedError
 from hlbd.store import claims, history
 from hlbd.store.rows import (
     POINT_COLUMNS,
@@ -37,6 +37,24 @@ from hlbd.store.rows import (
 )
 from hlbd.store.tables import Anomaly, Checkpoint, Epoch, Evaluation, Run, Segment
 
+MAX_TAG = 64
+MAX_NOTES = 10_000
+
+
+def checked_tags(tags: Sequence[str]) -> list[str]:
+    """``tags`` as stored: each a non-empty string of at most MAX_TAG printable
+    characters without a comma (a link lists tags comma-separated), once each, in
+    order; InvalidTagError naming the first that is not."""
+    out: list[str] = []
+    for tag in tags:
+        if not isinstance(tag, str) or not tag.strip() or len(tag) > MAX_TAG \
+                or "," in tag or not tag.isprintable():
+            raise InvalidTagError(f"a tag is a non-empty text of at most {MAX_TAG} printable "
+                                  f"characters without a comma, not {tag!r}")
+        if tag.strip() not in out:
+            out.append(tag.strip())
+    return out
+
 
 class Writes:
     """The write half of Store (``self.engine``, ``self._claims``, ``self._time_to_db``)."""
@@ -47,7 +65,8 @@ class Writes:
                    extra: dict | None = None, status: str = "running",
                    run_id: str | None = None,
                    epochs: Sequence[dict[str, Any]] = (),
-                   hosts: Sequence[str] | None = None) -> str:
+                   hosts: Sequence[str] | None = None,
+                   tags: Sequence[str] = ()) -> str:
         """Insert a run and its first segment; returns the new run id.
 
         ``epochs`` are rows the run already has (an import): written as segment 1 in the
@@ -60,7 +79,32 @@ class Writes:
                         dataset_stats=dataset_stats, vocab=vocab, run_dir=run_dir,
                         source=source, source_hash=source_hash, extra=extra,
                         epochs=epochs, hosts=hosts)
+            if tags:
+                conn.execute(update(Run).where(Run.run_id == run_id).values(
+                    tags=json.dumps(checked_tags(tags), ensure_ascii=False)))
         return run_id
+
+    def tag(self, run_id: str, add: Sequence[str] = (),
+            remove: Sequence[str] = ()) -> list[str]:
+        """Add and remove tags of ``run_id`` (any time: tags are not its history);
+        returns its tags. InvalidTagError for a tag that cannot be stored."""
+        add, remove = checked_tags(add), set(remove)
+        with self.engine.begin() as conn:
+            stored = conn.scalar(select(Run.tags).where(Run.run_id == run_id))
+            tags = [t for t in json.loads(stored or "[]") if t not in remove]
+            tags += [t for t in add if t not in tags]
+            conn.execute(update(Run).where(Run.run_id == run_id).values(
+                tags=json.dumps(tags, ensure_ascii=False) if tags else None))
+        return tags
+
+    def note(self, run_id: str, text: str | None) -> None:
+        """Set the notes of ``run_id`` (None or empty: none)."""
+        if text is not None and len(text) > MAX_NOTES:
+            raise InvalidTagError(f"a note is at most {MAX_NOTES} characters, not "
+                                  f"{len(text)}")
+        with self.engine.begin() as conn:
+            conn.execute(update(Run).where(Run.run_id == run_id).values(
+                notes=text or None))
 
     def begin_segment(self, run_id: str, start_epoch: int,
                       resumed_from: str | None = None, config: dict | None = None, *,
