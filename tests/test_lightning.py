@@ -4,6 +4,7 @@ a real store; each recorded value is held to what Lightning and the module compu
 from __future__ import annotations
 
 import json
+import math
 import textwrap
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 import torch
 from helpers.torchrun import Launched, torchrun_command
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins import MixedPrecision
 from lightning.pytorch.utilities import grad_norm
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -142,6 +144,59 @@ def test_an_exception_in_training_ends_the_run_failed(db_url, tmp_path):
     assert run["status"] == "failed"
     assert run["error"] == "RuntimeError: diverged at step 2"
     assert [s["step"] for s in steps] == [1, 2]
+
+
+class Overflowing(Tiny):
+    """Tiny, whose gradient is Inf on the optimizer steps Lightning attempts at the
+    ``global_step`` values in ``inf_at`` (as an fp16 overflow makes it); it keeps, per
+    attempt, whether the step changed the weights (``stepped``)."""
+
+    def __init__(self, inf_at: set[int]):
+        super().__init__()
+        self.inf_at = inf_at
+        self.stepped: list[bool] = []
+
+    def on_after_backward(self):
+        if self.global_step in self.inf_at:
+            self.net[0].weight.grad[0, 0] = math.inf
+
+    def optimizer_step(self, *args, **kwargs):
+        before = [p.detach().clone() for p in self.parameters()]
+        super().optimizer_step(*args, **kwargs)
+        self.stepped.append(any(not torch.equal(b, p)
+                                for b, p in zip(before, self.parameters(), strict=True)))
+
+
+def test_a_step_the_amp_scaler_skipped_is_not_a_step(db_url, tmp_path):
+    logger = HlbdLogger(db=db_url, runs_dir=str(tmp_path / "runs"))
+    # Attempt 1 mid-epoch 1, attempt 5 the last of epoch 2 (3 attempts an epoch).
+    module = Overflowing(inf_at={1, 5})
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)
+    trainer(logger, tmp_path, enable_checkpointing=False,
+            plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)]).fit(module, data())
+    run, steps, epochs, points, _ = read(db_url, logger.version)
+
+    assert run["status"] == "finished"
+    # The scaler skipped the attempts with an Inf gradient: their weights did not move.
+    assert module.stepped == [n not in module.inf_at for n in range(6)]
+    ran = [n for n, stepped in enumerate(module.stepped) if stepped]
+    assert [s["step"] for s in steps] == list(range(1, len(ran) + 1))
+    for row, n in zip(steps, ran, strict=True):
+        assert row["loss"] == pytest.approx(sum(module.losses[2 * n:2 * n + 2]) / 2,
+                                            rel=1e-6)
+        assert row["grad_norm"] == pytest.approx(module.norms[n], rel=1e-5)
+        assert row["lr"] == module.lrs[n][0]
+    assert [(e["epoch"], e["steps"], e["skipped_steps"]) for e in epochs] == [
+        (1, 2, 1), (2, 2, 1)]
+    # Each skipped attempt's own loss and norm, at the step it was to be, apart.
+    attempts = {(p["key"], p["step"]): p["value"] for p in points if p["scope"] == "skipped"}
+    for n in sorted(module.inf_at):
+        was_to_be = sum(module.stepped[:n]) + 1
+        assert not math.isfinite(module.norms[n])
+        assert not math.isfinite(attempts["grad_norm", was_to_be])
+        assert attempts["loss", was_to_be] == pytest.approx(
+            sum(module.losses[2 * n:2 * n + 2]) / 2, rel=1e-6)
+    assert {p["step"]: p["value"] for p in points if p["key"] == "skipped"} == {2: 1.0}
 
 
 DDP = textwrap.dedent("""
