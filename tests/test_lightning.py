@@ -215,7 +215,8 @@ DDP = textwrap.dedent("""
                         enable_checkpointing=False, default_root_dir=sys.argv[2])
     trainer.fit(module, data())
     with open(os.path.join(sys.argv[2], f"rank{trainer.global_rank}.json"), "w") as out:
-        json.dump({"run_id": logger.run.id, "norms": module.norms, "lrs": module.lrs}, out)
+        json.dump({"run_id": logger.run.id, "norms": module.norms, "lrs": module.lrs,
+                   "losses": module.losses}, out)
 """)
 
 
@@ -242,3 +243,16 @@ def test_ddp_on_two_processes_is_one_run(db_url, tmp_path):
         assert row["grad_norm"] == pytest.approx(mine, rel=1e-5)
         assert mine == pytest.approx(theirs, rel=1e-6)  # reduced over ranks: one norm
     assert [s["lr"] for s in steps] == [lrs[0] for lrs in ranks[0]["lrs"]]
+    # The loss: each rank's step loss (its micro-batch losses, each divided by the 2
+    # batches accumulated; an epoch's last step has one), averaged over the ranks, as
+    # DDP averages their gradients.
+    def step_losses(losses: list[float]) -> list[float]:
+        groups = [group for epoch in range(0, len(losses), 3)
+                  for group in (losses[epoch:epoch + 2], losses[epoch + 2:epoch + 3])]
+        return [sum(group) / 2 for group in groups]
+
+    zero, one = (step_losses(r["losses"]) for r in ranks)
+    assert len(zero) == len(steps)
+    for row, mine, theirs in zip(steps, zero, one, strict=True):
+        assert row["loss"] == pytest.approx((mine + theirs) / 2, rel=1e-6)
+        assert mine != pytest.approx(theirs, rel=1e-3)  # each rank had its own share
