@@ -9,7 +9,15 @@ accumulation) for ``--epochs``; Lightning: an MLP regression (``--hidden`` wide)
 and not counted. The recorded runs share one database, as a user's runs do (the warm-up
 creates it: a new SQLite file's schema costs about 0.1 s once).
 
-    python bench/integrations.py [--repeats 7] [--epochs 4] [--only trainer|lightning]
+A recorded run pays once to start and end the run in the store (open it, create the
+run; write what is left, the status, close it) and then per step; the first is timed
+inside the callback (``start+end``) and ``per-step ratio`` is the ratio without it,
+which is what a longer run tends to. torch runs on ``--threads`` threads (1 by
+default): on a busy machine OpenMP threads waiting for each other made the same run
+take from 1 to 10 times as long.
+
+    python bench/integrations.py [--repeats 7] [--epochs 4] [--threads 1]
+                                 [--only trainer|lightning]
 """
 
 from __future__ import annotations
@@ -29,12 +37,36 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
-def trainer_run(kind: str, folder: Path, epochs: int) -> float:
+class StartEnd:
+    """Seconds spent in the calls that start and end a recorded run."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def timed(self, call, *args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return call(*args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - started
+
+
+def trainer_run(kind: str, folder: Path, epochs: int) -> tuple[float, float]:
+    """(seconds of train(), of them starting and ending the hlbd run)."""
     from helpers import hf
 
     from hlbd.integrations.transformers import HlbdCallback
 
-    callbacks = [HlbdCallback(db=str(folder.parent / "runs.db"), runs_dir=str(folder))] \
+    start_end = StartEnd()
+
+    class Timed(HlbdCallback):
+        def on_train_begin(self, *args, **kwargs):
+            return start_end.timed(super().on_train_begin, *args, **kwargs)
+
+        def on_train_end(self, *args, **kwargs):
+            return start_end.timed(super().on_train_end, *args, **kwargs)
+
+    callbacks = [Timed(db=str(folder.parent / "runs.db"), runs_dir=str(folder))] \
         if kind == "hlbd" else []
     report = "tensorboard" if kind == "tensorboard" else "none"
     trainer = hf.trainer(folder / kind, callbacks, epochs=epochs, report_to=report,
@@ -42,15 +74,26 @@ def trainer_run(kind: str, folder: Path, epochs: int) -> float:
     with contextlib.redirect_stdout(io.StringIO()):  # the per-step log lines
         started = time.perf_counter()
         trainer.train()
-        return time.perf_counter() - started
+        return time.perf_counter() - started, start_end.seconds
 
 
-def lightning_run(kind: str, folder: Path, epochs: int, batches: int, hidden: int) -> float:
+def lightning_run(kind: str, folder: Path, epochs: int, batches: int,
+                  hidden: int) -> tuple[float, float]:
+    """(seconds of fit(), of them starting and ending the hlbd run)."""
     import lightning.pytorch as L
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
     from hlbd.integrations.lightning import HlbdLogger
+
+    start_end = StartEnd()
+
+    class Timed(HlbdLogger):
+        def _open(self, trainer):
+            return start_end.timed(super()._open, trainer)
+
+        def finalize(self, status):
+            return start_end.timed(super().finalize, status)
 
     class Module(L.LightningModule):
         def __init__(self):
@@ -71,7 +114,7 @@ def lightning_run(kind: str, folder: Path, epochs: int, batches: int, hidden: in
     x = torch.randn(batches * 32, 64, generator=torch.Generator().manual_seed(0))
     data = DataLoader(TensorDataset(x, x.sum(1, keepdim=True)), batch_size=32)
     if kind == "hlbd":
-        logger = HlbdLogger(db=str(folder.parent / "runs.db"), runs_dir=str(folder))
+        logger = Timed(db=str(folder.parent / "runs.db"), runs_dir=str(folder))
         extra = {"logger": logger, "callbacks": [logger.callback()]}
     else:
         extra = {"logger": False}
@@ -81,7 +124,7 @@ def lightning_run(kind: str, folder: Path, epochs: int, batches: int, hidden: in
                         default_root_dir=str(folder), **extra)
     started = time.perf_counter()
     trainer.fit(Module(), data)
-    return time.perf_counter() - started
+    return time.perf_counter() - started, start_end.seconds
 
 
 def folder(root: str, name: str) -> Path:
@@ -90,20 +133,28 @@ def folder(root: str, name: str) -> Path:
     return path
 
 
-def compare(name: str, kinds: list[str], run, repeats: int) -> None:
-    times: dict[str, list[float]] = {k: [] for k in kinds}
+def compare(name: str, steps: int, kinds: list[str], run, repeats: int) -> None:
+    times: dict[str, list[tuple[float, float]]] = {k: [] for k in kinds}
     with tempfile.TemporaryDirectory() as tmp:
         for k in kinds:  # warm-up: imports, first compilation of kernels
             run(k, folder(tmp, f"warm-{k}"))
         for i in range(repeats):
             for k in kinds if i % 2 == 0 else reversed(kinds):
                 times[k].append(run(k, folder(tmp, f"{k}-{i}")))
-    base = statistics.median(times["none"])
-    print(f"{name}: median of {repeats} whole runs, none = {base:.3f} s")
+    whole = {k: [t for t, _ in times[k]] for k in kinds}
+    base = statistics.median(whole["none"])
+    print(f"{name}: median of {repeats} whole runs of {steps} optimizer steps, "
+          f"none = {base:.3f} s")
     for k in kinds[1:]:
-        median = statistics.median(times[k])
-        print(f"  {k:12s} {median:.3f} s  ratio {median / base:.3f}"
-              f"  (min {min(times[k]) / min(times['none']):.3f} of min)")
+        median = statistics.median(whole[k])
+        line = (f"  {k:12s} {median:.3f} s  ratio {median / base:.3f}"
+                f"  (min {min(whole[k]) / min(whole['none']):.3f} of min)")
+        start_end = [fixed for _, fixed in times[k]]
+        if any(start_end):
+            rest = statistics.median(t - fixed for t, fixed in times[k])
+            line += (f"  start+end {statistics.median(start_end) * 1e3:.0f} ms,"
+                     f" per-step ratio {rest / base:.3f}")
+        print(line)
 
 
 def main() -> None:
@@ -112,8 +163,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--batches", type=int, default=64)
     parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--only", choices=["trainer", "lightning"])
     args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
     logging.disable(logging.WARNING)
     warnings.filterwarnings("ignore")
     if args.only != "lightning":
@@ -122,10 +177,11 @@ def main() -> None:
             kinds.append("tensorboard")
         else:
             print("tensorboard not installed: the Trainer is compared with no reporting only")
-        compare("transformers.Trainer", kinds,
+        # 48 facts, batches of 8, 2 accumulated: 3 optimizer steps an epoch.
+        compare("transformers.Trainer", 3 * args.epochs, kinds,
                 lambda k, f: trainer_run(k, f, args.epochs), args.repeats)
     if args.only != "trainer":
-        compare("Lightning", ["none", "hlbd"],
+        compare("Lightning", args.batches * args.epochs, ["none", "hlbd"],
                 lambda k, f: lightning_run(k, f, args.epochs, args.batches, args.hidden),
                 args.repeats)
 

@@ -56,7 +56,7 @@ from typing import Any, Self
 import torch
 
 from hlbd import system
-from hlbd.errors import ClaimLostError, HlbdError
+from hlbd.errors import ClaimLostError, HlbdError, UnknownRunError
 from hlbd.recorder import StoreRecorder, wait_out_locks
 from hlbd.store import Store
 from hlbd.store.claims import still_being_written
@@ -192,8 +192,11 @@ def _existing(store: Store, run_id: str | None) -> dict | None:
     if not all(c in "0123456789abcdef" for c in run_id) or len(run_id) != 32:
         raise ValueError(f"run_id must be 32 lowercase hex digits (uuid4().hex), "
                          f"not {run_id!r}")
-    runs = [r for r in store.list_runs() if r["run_id"] == run_id]
-    return runs[0] if runs else None
+    try:  # that run alone: list_runs() would aggregate every run's epochs
+        run = store.get_run(run_id)
+    except UnknownRunError:
+        return None
+    return run if run["run_id"] == run_id else None  # get_run takes a prefix too
 
 
 def _new_run(store, name, config, runs_root, run_id, tags, extra=None) -> Run:

@@ -9,10 +9,12 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 from helpers import hf
+from helpers.torchrun import Launched, torchrun_command
 
 from hlbd.cli import main
 from hlbd.integrations.transformers import RUN_FILE, HlbdCallback
@@ -146,7 +148,7 @@ FAILS = textwrap.dedent("""
 
 def test_an_exception_out_of_train_ends_the_run_failed_with_its_text(db_url, tmp_path,
                                                                    procs):
-    tests = str(__import__("pathlib").Path(__file__).parent)
+    tests = str(Path(__file__).parent)
     proc = procs.python(FAILS, db_url, str(tmp_path / "out"), tests, cwd=str(tmp_path))
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 1, err
@@ -155,6 +157,65 @@ def test_an_exception_out_of_train_ends_the_run_failed_with_its_text(db_url, tmp
     assert run["status"] == "failed"
     assert run["error"] == "RuntimeError: diverged at step 2"
     assert [s["step"] for s in steps] == [1, 2]  # recorded before it failed
+
+
+DDP = textwrap.dedent("""
+    import json, os, sys
+    sys.path.insert(0, sys.argv[3])
+    from helpers import hf
+    from hlbd.integrations.transformers import HlbdCallback
+
+    callback, seen = HlbdCallback("ddp", db=sys.argv[1], runs_dir=sys.argv[2]), hf.Seen()
+    trainer = hf.trainer(os.path.join(sys.argv[2], "out"), [callback, seen],
+                         save_strategy="steps", save_steps=2, logging_steps=50)
+    trainer.train()
+    with open(os.path.join(sys.argv[2], f"rank{trainer.args.process_index}.json"), "w") as out:
+        json.dump({"run_id": callback.run.id, "world_size": trainer.args.world_size,
+                   "logs": seen.logs, "lrs": seen.lrs, "evals": seen.evals}, out)
+""")
+
+
+def test_under_torchrun_two_processes_are_one_run_recorded_by_rank_0(db_url, tmp_path):
+    script = tmp_path / "fit.py"
+    script.write_text(DDP)
+    tests = str(Path(__file__).parent)
+    launch = Launched(torchrun_command(str(script), db_url, str(tmp_path), tests,
+                                       module=None), tmp_path)
+    code, output = launch.wait()
+    assert code == 0, output
+    assert launch.left_behind == []
+    assert "hlbd:" not in output  # no warning from either rank
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["world_size"] == 2
+    assert ranks[0]["run_id"] == ranks[1]["run_id"]  # rank 1 knows the run it is part of
+    store = Store.open_read_only(db_url)
+    try:
+        runs = store.list_runs()
+        checkpoints = store.checkpoints(ranks[0]["run_id"])
+    finally:
+        store.close()
+    assert [(r["run_id"], r["status"]) for r in runs] == [(ranks[0]["run_id"], "finished")]
+    run, steps, epochs, points, segments = read(db_url, ranks[0]["run_id"])
+    assert len(segments) == 1 and run["config"]["logging_steps"] == 50
+    # 48 facts, 24 a rank: 3 micro-batches of 8 an epoch, 2 a step: 2 steps an epoch.
+    zero, one = ({int(step): logs for step, logs in r["logs"].items()} for r in ranks)
+    assert [s["step"] for s in steps] == sorted(zero) == sorted(one) == [1, 2, 3, 4]
+    for row in steps:
+        mine, theirs = zero[row["step"]], one[row["step"]]
+        # The Trainer logs the loss averaged over the ranks (its nested_gather), and the
+        # norm its clipping measured on the gradients DDP had already all-reduced: both
+        # are the same on every rank, and recorded once.
+        assert row["loss"] == mine["loss"] == theirs["loss"]
+        assert row["grad_norm"] == mine["grad_norm"] == theirs["grad_norm"]
+        assert row["lr"] == ranks[0]["lrs"][row["step"] - 1][0] == mine["learning_rate"]
+    assert [p["value"] for p in points if p["key"] == "lr/1"] == [
+        lrs[1] for lrs in ranks[0]["lrs"]]
+    assert [(e["epoch"], e["steps"]) for e in epochs] == [(1, 2), (2, 2)]
+    assert [p["value"] for p in points if p["key"] == "eval/loss"] == [
+        e["eval_loss"] for e in ranks[0]["evals"]]
+    # Each checkpoint the Trainer saved, recorded once, by rank 0.
+    assert [(c["step"], Path(c["path"]).name) for c in checkpoints] == [
+        (2, "checkpoint-2"), (4, "checkpoint-4")]
 
 
 def test_importing_hlbd_imports_no_framework():

@@ -4,6 +4,7 @@ a real store; each recorded value is held to what Lightning and the module compu
 from __future__ import annotations
 
 import json
+import math
 import textwrap
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 import torch
 from helpers.torchrun import Launched, torchrun_command
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins import MixedPrecision
 from lightning.pytorch.utilities import grad_norm
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -144,6 +146,59 @@ def test_an_exception_in_training_ends_the_run_failed(db_url, tmp_path):
     assert [s["step"] for s in steps] == [1, 2]
 
 
+class Overflowing(Tiny):
+    """Tiny, whose gradient is Inf on the optimizer steps Lightning attempts at the
+    ``global_step`` values in ``inf_at`` (as an fp16 overflow makes it); it keeps, per
+    attempt, whether the step changed the weights (``stepped``)."""
+
+    def __init__(self, inf_at: set[int]):
+        super().__init__()
+        self.inf_at = inf_at
+        self.stepped: list[bool] = []
+
+    def on_after_backward(self):
+        if self.global_step in self.inf_at:
+            self.net[0].weight.grad[0, 0] = math.inf
+
+    def optimizer_step(self, *args, **kwargs):
+        before = [p.detach().clone() for p in self.parameters()]
+        super().optimizer_step(*args, **kwargs)
+        self.stepped.append(any(not torch.equal(b, p)
+                                for b, p in zip(before, self.parameters(), strict=True)))
+
+
+def test_a_step_the_amp_scaler_skipped_is_not_a_step(db_url, tmp_path):
+    logger = HlbdLogger(db=db_url, runs_dir=str(tmp_path / "runs"))
+    # Attempt 1 mid-epoch 1, attempt 5 the last of epoch 2 (3 attempts an epoch).
+    module = Overflowing(inf_at={1, 5})
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)
+    trainer(logger, tmp_path, enable_checkpointing=False,
+            plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)]).fit(module, data())
+    run, steps, epochs, points, _ = read(db_url, logger.version)
+
+    assert run["status"] == "finished"
+    # The scaler skipped the attempts with an Inf gradient: their weights did not move.
+    assert module.stepped == [n not in module.inf_at for n in range(6)]
+    ran = [n for n, stepped in enumerate(module.stepped) if stepped]
+    assert [s["step"] for s in steps] == list(range(1, len(ran) + 1))
+    for row, n in zip(steps, ran, strict=True):
+        assert row["loss"] == pytest.approx(sum(module.losses[2 * n:2 * n + 2]) / 2,
+                                            rel=1e-6)
+        assert row["grad_norm"] == pytest.approx(module.norms[n], rel=1e-5)
+        assert row["lr"] == module.lrs[n][0]
+    assert [(e["epoch"], e["steps"], e["skipped_steps"]) for e in epochs] == [
+        (1, 2, 1), (2, 2, 1)]
+    # Each skipped attempt's own loss and norm, at the step it was to be, apart.
+    attempts = {(p["key"], p["step"]): p["value"] for p in points if p["scope"] == "skipped"}
+    for n in sorted(module.inf_at):
+        was_to_be = sum(module.stepped[:n]) + 1
+        assert not math.isfinite(module.norms[n])
+        assert not math.isfinite(attempts["grad_norm", was_to_be])
+        assert attempts["loss", was_to_be] == pytest.approx(
+            sum(module.losses[2 * n:2 * n + 2]) / 2, rel=1e-6)
+    assert {p["step"]: p["value"] for p in points if p["key"] == "skipped"} == {2: 1.0}
+
+
 DDP = textwrap.dedent("""
     import json, os, sys
     sys.path.insert(0, sys.argv[3])
@@ -160,7 +215,8 @@ DDP = textwrap.dedent("""
                         enable_checkpointing=False, default_root_dir=sys.argv[2])
     trainer.fit(module, data())
     with open(os.path.join(sys.argv[2], f"rank{trainer.global_rank}.json"), "w") as out:
-        json.dump({"run_id": logger.run.id, "norms": module.norms, "lrs": module.lrs}, out)
+        json.dump({"run_id": logger.run.id, "norms": module.norms, "lrs": module.lrs,
+                   "losses": module.losses}, out)
 """)
 
 
@@ -187,3 +243,16 @@ def test_ddp_on_two_processes_is_one_run(db_url, tmp_path):
         assert row["grad_norm"] == pytest.approx(mine, rel=1e-5)
         assert mine == pytest.approx(theirs, rel=1e-6)  # reduced over ranks: one norm
     assert [s["lr"] for s in steps] == [lrs[0] for lrs in ranks[0]["lrs"]]
+    # The loss: each rank's step loss (its micro-batch losses, each divided by the 2
+    # batches accumulated; an epoch's last step has one), averaged over the ranks, as
+    # DDP averages their gradients.
+    def step_losses(losses: list[float]) -> list[float]:
+        groups = [group for epoch in range(0, len(losses), 3)
+                  for group in (losses[epoch:epoch + 2], losses[epoch + 2:epoch + 3])]
+        return [sum(group) / 2 for group in groups]
+
+    zero, one = (step_losses(r["losses"]) for r in ranks)
+    assert len(zero) == len(steps)
+    for row, mine, theirs in zip(steps, zero, one, strict=True):
+        assert row["loss"] == pytest.approx((mine + theirs) / 2, rel=1e-6)
+        assert mine != pytest.approx(theirs, rel=1e-3)  # each rank had its own share

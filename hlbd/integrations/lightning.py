@@ -9,7 +9,8 @@ Where each number comes from (Lightning 2.x; ``lightning`` or ``pytorch_lightnin
 - ``loss``: what ``training_step`` returned, per optimizer step: with
   ``accumulate_grad_batches`` N, the sum of the step's micro-batch losses as Lightning
   scales them (each divided by N), the loss whose gradient the step took (the mean of a
-  full group's). Read in the callback's ``on_train_batch_end``: every step, not every
+  full group's); under DDP, the mean of every rank's (one all-reduce per step, on the
+  device). Read in the callback's ``on_train_batch_end``: every step, not every
   ``log_every_n_steps``; kept on the device until a flush.
 - ``grad_norm``: the total 2-norm of the gradients in ``on_before_optimizer_step``, after
   the AMP unscale and before Lightning clips (``gradient_clip_val``): the number
@@ -191,7 +192,8 @@ class HlbdCallback(Callback):
             losses, self._losses = self._losses, []
             # Lightning hands each micro-batch's loss divided by accumulate_grad_batches:
             # their sum is the loss whose gradient the step took.
-            run.log({"loss": torch.stack(losses).sum() if len(losses) > 1 else losses[0]})
+            run.log({"loss": _mean_over_ranks(
+                torch.stack(losses).sum() if len(losses) > 1 else losses[0])})
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self._epoch_pending = True  # closed once the epoch's own logged values are in
@@ -218,6 +220,19 @@ class HlbdCallback(Callback):
             paths, self._checkpoints = self._checkpoints, []
             for path in paths:
                 self.logger.run.checkpoint(path)
+
+
+def _mean_over_ranks(loss: torch.Tensor) -> torch.Tensor:
+    """A step's loss under DDP: the mean of every rank's, as DDP averages their gradients
+    (each rank calls this at the same step). One all-reduce of a device tensor, no host
+    sync (Lightning's strategy.reduce adds a barrier)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return loss
+    total = loss.clone()  # the module's own tensor is not reduced in place
+    dist.all_reduce(total)
+    return total / dist.get_world_size()
 
 
 def _trainer_settings(trainer) -> dict:

@@ -160,14 +160,17 @@ class HlbdCallback(TrainerCallback, ExportableState):
         if self.run is None or self.run._finished:
             return
         self._close_epoch()
+        if not state.is_world_process_zero:
+            # Rank 0 records; another rank would list the folder while rank 0 writes it
+            # (and on another node may not see it at all).
+            return
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if not folder.is_dir():
             log.warning("hlbd: no checkpoint folder %s to record", folder)
             return
-        if state.is_world_process_zero:
-            (folder / RUN_FILE).write_text(json.dumps(
-                {"run_id": self.run.id, "step": self.run.step, "epoch": self.run.epoch,
-                 "global_step": state.global_step}))
+        (folder / RUN_FILE).write_text(json.dumps(
+            {"run_id": self.run.id, "step": self.run.step, "epoch": self.run.epoch,
+             "global_step": state.global_step}))
         self.run.checkpoint(folder)
 
     def on_train_end(self, args, state, control, **kwargs):
