@@ -8,8 +8,7 @@ import random
 import sqlite3
 
 import pytest
-from alembic import command
-from helpers.backends import sqlite_only
+from helpers.backends import sqlite_at, sqlite_only
 
 from hlbd.config import config_diff
 from hlbd.runner import resume_checkpoint
@@ -213,11 +212,7 @@ def test_upgrading_a_0001_database_fills_rollups_and_forgets_invented_import_tim
     importer wrote it (its epochs stamped with the import time), upgraded to head."""
     run_id, _ = train_run(epochs=2, batch_size=2)
     old = tmp_path / "old.db"
-    url = connect.resolve_db_url(str(old))
-    engine = connect.write_engine(url)
-    with engine.begin() as conn:
-        command.upgrade(schema._alembic_config(conn), "0001")
-    engine.dispose()
+    url = sqlite_at(old, "0001")
     with sqlite3.connect(old) as conn:
         conn.execute("ATTACH DATABASE ? AS new", (str(connect.sqlite_path(store.url)),))
         for table in ("runs", "segments", "epochs", "steps", "checkpoints", "anomalies"):

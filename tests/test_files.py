@@ -20,15 +20,15 @@ import time
 from pathlib import Path
 
 import pytest
-from alembic import command
 from click.testing import CliRunner
+from helpers.backends import sqlite_at
 from helpers.procs import finish
 from helpers.tiny import tiny_config, tiny_flags
 
 from hlbd.checkpoint import load_checkpoint, prune_checkpoints
 from hlbd.cli import main
 from hlbd.runner import resume_checkpoint, resume_run, start_run
-from hlbd.store import Store, connect, schema
+from hlbd.store import Store
 
 LOUD = tiny_flags(quiet=False)  # the tiny model, progress as usual
 
@@ -278,10 +278,7 @@ def test_a_negative_keep_checkpoints_is_one_line_before_anything_exists(tmp_path
 
 def test_migration_0006_adds_pruned_at_and_keeps_every_checkpoint_row(tmp_path):
     db = tmp_path / "old.db"
-    engine = connect.write_engine(connect.resolve_db_url(str(db)))
-    with engine.begin() as conn:
-        command.upgrade(schema._alembic_config(conn), "0005")
-    engine.dispose()
+    sqlite_at(db, "0005")
     conn = sqlite3.connect(db)
     conn.executescript(
         "INSERT INTO runs (run_id, name, status, created_at, config, dataset_stats, source) "

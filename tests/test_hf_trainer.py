@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from helpers import hf
-from helpers.torchrun import Launched, torchrun_command
+from helpers.torchrun import run_script
 
 from hlbd.cli import main
 from hlbd.integrations.transformers import RUN_FILE, HlbdCallback
@@ -176,16 +176,9 @@ DDP = textwrap.dedent("""
 
 
 def test_under_torchrun_two_processes_are_one_run_recorded_by_rank_0(db_url, tmp_path):
-    script = tmp_path / "fit.py"
-    script.write_text(DDP)
-    tests = str(Path(__file__).parent)
-    launch = Launched(torchrun_command(str(script), db_url, str(tmp_path), tests,
-                                       module=None), tmp_path)
-    code, output = launch.wait()
-    assert code == 0, output
-    assert launch.left_behind == []
+    output, ranks = run_script(DDP, tmp_path, db_url, str(tmp_path),
+                               str(Path(__file__).parent))
     assert "hlbd:" not in output  # no warning from either rank
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["world_size"] == 2
     assert ranks[0]["run_id"] == ranks[1]["run_id"]  # rank 1 knows the run it is part of
     store = Store.open_read_only(db_url)

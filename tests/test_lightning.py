@@ -3,7 +3,6 @@ a real store; each recorded value is held to what Lightning and the module compu
 
 from __future__ import annotations
 
-import json
 import math
 import textwrap
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import lightning.pytorch as L
 import pytest
 import torch
-from helpers.torchrun import Launched, torchrun_command
+from helpers.torchrun import run_script
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins import MixedPrecision
 from lightning.pytorch.utilities import grad_norm
@@ -221,14 +220,7 @@ DDP = textwrap.dedent("""
 
 
 def test_ddp_on_two_processes_is_one_run(db_url, tmp_path):
-    script = tmp_path / "fit.py"
-    script.write_text(DDP)
-    tests = str(Path(__file__).parent)
-    launch = Launched(torchrun_command(str(script), db_url, str(tmp_path), tests,
-                                       module=None), tmp_path)
-    code, output = launch.wait()
-    assert code == 0, output
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    _, ranks = run_script(DDP, tmp_path, db_url, str(tmp_path), str(Path(__file__).parent))
     assert ranks[0]["run_id"] == ranks[1]["run_id"]
     store = Store.open_read_only(db_url)
     try:

@@ -9,9 +9,8 @@ import math
 import sqlite3
 
 import pytest
-from alembic import command
 from click.testing import CliRunner
-from helpers.backends import rows
+from helpers.backends import rows, sqlite_at
 from helpers.tiny import RESUMABLE, tiny_config
 from sqlalchemy.exc import IntegrityError
 
@@ -19,7 +18,7 @@ from hlbd import exporter, importer
 from hlbd.checkpoint import checkpoint_path
 from hlbd.cli import main
 from hlbd.runner import resume_checkpoint, start_run
-from hlbd.store import Store, connect, schema
+from hlbd.store import Store
 
 
 def test_a_nan_learning_rate_is_stored_flagged_and_comes_back_as_nan(tmp_path, store,
@@ -94,10 +93,7 @@ VALUES ('raced', 1, 2, 'grad_explosion', 11.0, 'm', '2026-01-01'),
 
 def test_the_migration_upgrades_a_database_written_by_the_previous_revision(tmp_path):
     db = tmp_path / "old.db"
-    engine = connect.write_engine(connect.resolve_db_url(str(db)))
-    with engine.begin() as conn:
-        command.upgrade(schema._alembic_config(conn), "0001")
-    engine.dispose()
+    sqlite_at(db, "0001")
     conn = sqlite3.connect(db)
     conn.executescript(OLD_REVISION_ROWS)
     conn.close()

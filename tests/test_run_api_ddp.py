@@ -3,10 +3,9 @@ by rank 0, each step once, its norm the global one that every rank saw."""
 
 from __future__ import annotations
 
-import json
 import textwrap
 
-from helpers.torchrun import Launched, torchrun_command
+from helpers.torchrun import run_script
 
 from hlbd.store import Store
 
@@ -49,14 +48,7 @@ LOOP = textwrap.dedent("""
 
 
 def test_two_ranks_are_one_run_recorded_once_by_rank_0(db_url, tmp_path):
-    script = tmp_path / "loop.py"
-    script.write_text(LOOP)
-    launch = Launched(torchrun_command(str(script), db_url, str(tmp_path), module=None),
-                      tmp_path)
-    code, output = launch.wait()
-    assert code == 0, output
-    assert launch.left_behind == []
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    _, ranks = run_script(LOOP, tmp_path, db_url, str(tmp_path))
     assert ranks[0]["run_id"] == ranks[1]["run_id"]  # rank 1 knows the run it is part of
 
     store = Store.open_read_only(db_url)

@@ -7,8 +7,8 @@ import json
 import sqlite3
 
 import pytest
-from alembic import command
 from click.testing import CliRunner
+from helpers.backends import sqlite_at
 
 import hlbd
 from hlbd.cli import main
@@ -83,11 +83,7 @@ def test_tags_and_notes_changed_after_a_copy_travel_with_the_next_copy(db_url, t
 
 def test_the_upgrade_moves_tags_from_extra_into_their_column(tmp_path):
     old = tmp_path / "old.db"
-    url = connect.resolve_db_url(str(old))
-    engine = connect.write_engine(url)
-    with engine.begin() as conn:
-        command.upgrade(schema._alembic_config(conn), "0009")
-    engine.dispose()
+    url = sqlite_at(old, "0009")
     with sqlite3.connect(old) as conn:
         for run_id, extra in (("own", {"recorded_by": "hlbd.Run", "tags": ["x", "y"]}),
                               ("none", {"recorded_by": "hlbd.Run", "tags": []}),

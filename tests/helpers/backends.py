@@ -224,3 +224,20 @@ def _sqlite_snapshot(path: Path) -> dict:
             "wal_sha256": hashlib.sha256(wal.read_bytes()).hexdigest() if wal.exists()
             else None,
             "counts": counts, "files": sorted(p.name for p in path.parent.iterdir())}
+
+
+def sqlite_at(path: Path, revision: str) -> str:
+    """A new SQLite file at ``path`` with the schema of an older ``revision`` (for the
+    migration tests); returns its URL."""
+    from alembic import command
+
+    from hlbd.store import schema
+
+    url = connect.resolve_db_url(str(path))
+    engine = connect.write_engine(url)
+    try:
+        with engine.begin() as conn:
+            command.upgrade(schema._alembic_config(conn), revision)
+    finally:
+        engine.dispose()
+    return url

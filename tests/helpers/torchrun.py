@@ -161,3 +161,16 @@ def small_dataset(path: Path, pairs: int = 37) -> Path:
     facts = bundled_dataset()["data"]["arithmetic"][:pairs]
     path.write_text(json.dumps({"data": {"arithmetic": facts}}, ensure_ascii=False))
     return path
+
+
+def run_script(source: str, folder: Path, *args: str) -> tuple[str, list[dict]]:
+    """``source`` run as a script on 2 ranks under torchrun with ``args``, waited for;
+    it must succeed and leave no process behind. Returns its output and what each rank
+    wrote to ``folder``/rank<R>.json, in rank order."""
+    script = folder / "script.py"
+    script.write_text(source)
+    launch = Launched(torchrun_command(str(script), *args, module=None), folder)
+    code, output = launch.wait()
+    assert code == 0, output
+    assert launch.left_behind == []
+    return output, [json.loads((folder / f"rank{r}.json").read_text()) for r in (0, 1)]
