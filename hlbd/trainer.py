@@ -165,9 +165,10 @@ def train(config: TrainConfig, examples: Examples, tokenizer: Tokenizer, run: Ru
     began = time.perf_counter()
     if ranks.is_main:
         begin = f"from the epoch {start_epoch} checkpoint" if resume else "from scratch"
+        held = f" ({len(held_out)} held out)" if held_out is not None else ""
         log.info(f"run {run.id} segment {run.segment}: epochs {start_epoch + 1}-"
-                 f"{config.epochs} {begin} on {device}; {len(examples)} pairs, {per_epoch} "
-                 f"batches of {config.batch_size} per epoch")
+                 f"{config.epochs} {begin} on {device}; {len(examples)} pairs{held}, "
+                 f"{per_epoch} batches of {config.batch_size} per epoch")
     buffer = StepBuffer()
     lr = optimizer.param_groups[0]["lr"]
     try:

@@ -51,7 +51,7 @@ def checkpoint_rows(db, run_id: str) -> list[tuple]:
 # -- logs ------------------------------------------------------------------------------
 
 EPOCH_LINE = re.compile(r"epoch (\d+)/(\d+)  loss \d+\.\d+  grad_norm \S+ \(max \S+\)  "
-                        r"lr \S+  acc \S+  \d+\.\ds$")
+                        r"lr \S+  acc \S+  \d+\.\ds  val_loss \d+\.\d+ exact \d\.\d+$")
 
 
 def test_a_log_file_gets_a_start_line_a_line_per_epoch_an_end_line_and_no_redraws(
@@ -67,8 +67,8 @@ def test_a_log_file_gets_a_start_line_a_line_per_epoch_an_end_line_and_no_redraw
 
     assert "\r" not in text  # no bar redraws: a line is a line
     lines = [line for line in text.splitlines() if not line.startswith("anomaly [")]
-    assert lines[0] == (f"run {run_id} segment 1: epochs 1-3 from scratch on cpu; 143 "
-                        "pairs, 9 batches of 16 per epoch")
+    assert lines[0] == (f"run {run_id} segment 1: epochs 1-3 from scratch on cpu; 129 "
+                        "pairs (14 held out), 9 batches of 16 per epoch")
     assert [EPOCH_LINE.match(line).groups() for line in lines[1:4]] == [
         ("1", "3"), ("2", "3"), ("3", "3")]
     assert re.fullmatch(rf"run {run_id}: finished, epochs 1-3 in \d+\.\ds; newest "

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 from helpers.backends import db_snapshot, postgres_only, sqlite_only
 from helpers.backends import rows as db_rows
@@ -25,10 +26,12 @@ from sqlalchemy.engine import make_url
 
 from hlbd import importer
 from hlbd.cli import main
+from hlbd.data import BUNDLED
 from hlbd.errors import QueryError, QueryInterrupted
 from hlbd.runner import resume_checkpoint, start_run
 from hlbd.store import Store, connect
 from hlbd.store.query import run_query
+from hlbd.trained import choose_checkpoint, evaluate_file
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 RUNAWAY = ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) "
@@ -37,8 +40,9 @@ RUNAWAY = ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) "
 
 @pytest.fixture(scope="module")
 def db(backend, databases, tmp_path_factory):
-    """A real database: a resumed run, an exploding run, an imported report and a loop of
-one's own with two parameter groups (its `lr/1` is in metric_points)."""
+    """A real database: a resumed run (evaluated once by hlbd eval), an exploding run, an
+    imported report and a loop of one's own with two parameter groups (its `lr/1` is in
+    metric_points)."""
     root = tmp_path_factory.mktemp("sqldb")
     url = databases.new(root)
     path = Path(url) if backend == "sqlite" else url  # a file, or a server's URL
@@ -59,6 +63,9 @@ one's own with two parameter groups (its `lr/1` is in metric_points)."""
                                "learning_rates": report["learning_rates"],
                                "dataset_stats": report["dataset_stats"]}))
     importer.import_reports(store, old)
+    # An evaluation of the resumed run (hlbd eval), for the evaluations table's example.
+    evaluate_file(store, resumed.run_id, choose_checkpoint(store, resumed.run_id), BUNDLED,
+                  max_pairs=4, device=torch.device("cpu"))
     store.close()
     own = own_loop_run(str(path), root / "own")
     run_query(str(path), "SELECT 1")  # a reader's -wal/-shm exist before any snapshot

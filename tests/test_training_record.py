@@ -13,9 +13,10 @@ from sqlalchemy import text
 
 from hlbd.checkpoint import load_checkpoint
 from hlbd.config import TrainConfig
-from hlbd.data import BUNDLED, load_dataset, mix
+from hlbd.data import BUNDLED
 from hlbd.model import build_model
 from hlbd.report import REPORT_NAME
+from hlbd.runner import prepare_data
 from hlbd.sequences import IGNORE, Examples, epoch_batches
 from hlbd.tokenizer import Tokenizer
 
@@ -26,7 +27,7 @@ def test_stored_grad_norm_is_the_pre_clip_norm_recomputed_by_hand(store, train_r
     run = store.get_run(run_id)
     config = run["config"]
     tokenizer = Tokenizer(run["vocab"])
-    pairs = mix(load_dataset(BUNDLED), config["seed"])
+    pairs = prepare_data(TrainConfig.from_dict(config)).pairs  # the held-out ones left out
     examples = Examples.encode(pairs, tokenizer, config["max_seq_len"])
     torch.manual_seed(config["seed"])
     model = build_model(len(tokenizer), TrainConfig.from_dict(config))
