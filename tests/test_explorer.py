@@ -330,6 +330,27 @@ def test_compare_flags_keep_the_step_the_rule_named(explored, monkeypatch):
         explosions["step"])
 
 
+def test_a_nan_loss_flag_points_at_its_step_on_the_run_and_compare_pages(explored,
+                                                                         monkeypatch):
+    db, ids, store = explored
+    run_id = ids["diverged"]
+    first_bad = {}
+    for s in store.steps(run_id):
+        if not math.isfinite(s["loss"]):
+            first_bad.setdefault(s["epoch"], s["step"])
+    assert first_bad
+    at = open_app(monkeypatch, db)
+    at.switch_page("views/run.py").run()
+    at.selectbox(key="detail_run").set_value(run_id).run()
+    flags = next(d.value for d in at.dataframe if "rule" in d.value.columns)
+    nan_loss = flags[flags["rule"] == "nonfinite_loss"]
+    assert dict(zip(nan_loss["epoch"], nan_loss["step"])) == first_bad
+    at = compare(at, [run_id], x_axis="step")
+    diamonds = charts(at)["Loss"].flags
+    assert sorted(diamonds[diamonds["rule"] == "nonfinite_loss"]["x"]) == sorted(
+        first_bad.values())
+
+
 def test_lowering_a_threshold_in_the_sidebar_raises_more_flags(explored, monkeypatch):
     db, ids, _ = explored
     at = open_app(monkeypatch, db)
