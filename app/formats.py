@@ -1,4 +1,5 @@
-"""How numbers are shown: a missing value says "not recorded"; NaN and Inf show as such.
+"""How numbers are shown: a missing value says "not recorded" (in a SQL result, "NULL");
+NaN and Inf show as such.
 
 Table columns of measured numbers are Arrow-backed floats, which (unlike NumPy floats)
 keep a measured NaN apart from a missing value: the grid shows ``NaN`` for the one and
@@ -15,6 +16,7 @@ import pyarrow as pa
 import streamlit as st
 
 NOT_RECORDED = "not recorded"
+SQL_NULL = "NULL"   # a SQL result's empty cell: NULL is NULL, whatever it means in the table
 NUMBER_FORMAT = "%.6g"
 
 
@@ -73,7 +75,9 @@ def number_columns(frame: pd.DataFrame) -> dict:
             if pd.api.types.is_float_dtype(frame[c].dtype)}
 
 
-def show(frame: pd.DataFrame, **kwargs) -> None:
-    """st.dataframe with numbers never cut and missing values saying so."""
+def show(frame: pd.DataFrame, *, missing: str = NOT_RECORDED, **kwargs) -> None:
+    """st.dataframe with numbers never cut and missing values saying so: ``missing`` is
+    what an empty cell shows ("not recorded" for the store's records, "NULL" for a
+    SQL result)."""
     config = {**number_columns(frame), **kwargs.pop("column_config", {})}
-    st.dataframe(frame, column_config=config, placeholder=NOT_RECORDED, **kwargs)
+    st.dataframe(frame, column_config=config, placeholder=missing, **kwargs)

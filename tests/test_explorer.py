@@ -556,6 +556,20 @@ def test_sql_page_shows_results_with_repeated_column_names(explored, monkeypatch
     assert any("run_id_2 (run_id)" in c.value for c in at.caption)
 
 
+def test_sql_page_shows_a_null_as_null_and_the_runs_pages_as_not_recorded(explored,
+                                                                          monkeypatch):
+    db, ids, _ = explored
+    at = open_app(monkeypatch, db)
+    assert at.dataframe[0].proto.placeholder == "not recorded"  # the runs table's records
+    at.switch_page("views/sql.py").run()
+    at.text_area[0].set_value("SELECT epoch, superseded_by FROM epochs "
+                              f"WHERE run_id = '{ids['resumed']}' ORDER BY epoch, segment")
+    at.button[0].click().run()
+    result = at.dataframe[0]
+    assert result.value["superseded_by"].isna().any()  # effective epochs: NULL
+    assert result.proto.placeholder == "NULL"
+
+
 @pytest.mark.parametrize("make", ["missing", "empty file"])
 def test_missing_or_empty_database_explains_how_to_start_a_first_run(tmp_path, monkeypatch,
                                                                      make):
