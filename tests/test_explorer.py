@@ -274,6 +274,24 @@ def test_imported_epochs_have_no_invented_times(explored, monkeypatch):
     assert any("written at 2026-01-01 00:00:00 UTC" in c.value for c in at.caption)
 
 
+def test_an_imported_run_does_not_show_the_importers_process_and_host(explored,
+                                                                       monkeypatch):
+    db, ids, store = explored
+    [segment] = store.segments(ids["imported"])
+    assert segment["pid"] is not None  # the store keeps who imported it
+    at = open_app(monkeypatch, db)
+    at.switch_page("views/run.py").run()
+    at.selectbox(key="detail_run").set_value(ids["imported"]).run()
+    segments = next(d.value for d in at.dataframe if "start epoch" in d.value.columns)
+    row = segments.iloc[0]
+    assert pd.isna(row["pid"]) and pd.isna(row["host"])
+    assert pd.isna(row["started (UTC)"]) and pd.isna(row["ended (UTC)"])
+    # A run trained here keeps its own.
+    at.selectbox(key="detail_run").set_value(ids["baseline"]).run()
+    segments = next(d.value for d in at.dataframe if "start epoch" in d.value.columns)
+    assert segments["pid"].iloc[0] == store.segments(ids["baseline"])[0]["pid"]
+
+
 def test_all_charts_of_the_page_share_one_x_range(explored, monkeypatch):
     db, ids, _store = explored
     # The resumed run's boundary, the diverged run's NaN markers and the imported run's
