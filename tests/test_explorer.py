@@ -133,6 +133,39 @@ def test_filters_narrow_the_runs_table_by_text_status_and_config(explored, monke
     assert at.dataframe[0].value.empty
 
 
+def test_a_filter_reads_spaced_comparisons_and_the_columns_its_help_names(explored,
+                                                                          monkeypatch):
+    db, _, store = explored
+    at = open_app(monkeypatch, db)
+    help_text = at.text_input(key="text_filter").help
+    assert "last loss" not in help_text and "last_loss" in help_text
+    slow = {r["run_id"] for r in store.list_runs() if (r["config"].get("lr") or 1) < 0.003}
+    assert slow
+    for text in ("lr<0.003", "lr < 0.003", "lr <0.003", "lr< 0.003"):
+        at.text_input(key="text_filter").set_value(text).run()
+        assert set(at.dataframe[0].value["id"]) == slow, text
+        assert not at.warning
+    below = {r["run_id"] for r in store.list_runs()
+             if r["last_loss"] is not None and r["last_loss"] < 100}
+    at.text_input(key="text_filter").set_value("last_loss < 100").run()
+    assert set(at.dataframe[0].value["id"]) == below  # NaN and the exploded run are out
+
+
+@pytest.mark.parametrize("text, named", [("lr<abc", "needs a number"),
+                                         ("bogus=3", "no column or config key is named"),
+                                         ("<3", "no column or config key before")])
+def test_a_filter_term_that_cannot_be_read_is_named_and_keeps_the_rows(
+        explored, monkeypatch, text, named):
+    db, ids, _ = explored
+    at = open_app(monkeypatch, db)
+    at.text_input(key="text_filter").set_value(text).run()
+    assert named in at.warning[0].value and f"`{text}`" in at.warning[0].value
+    assert set(at.dataframe[0].value["id"]) == set(ids.values())
+    # The term is left out; the rest of the filter still applies.
+    at.text_input(key="text_filter").set_value(f"{text} old.json").run()
+    assert at.dataframe[0].value["id"].tolist() == [ids["imported"]]
+
+
 def test_runs_picked_in_the_sidebar_or_by_link_show_ticked_and_a_tick_adds_to_them(
         explored, monkeypatch):
     db, ids, _ = explored
