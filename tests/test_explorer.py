@@ -166,6 +166,37 @@ def test_a_filter_term_that_cannot_be_read_is_named_and_keeps_the_rows(
     assert at.dataframe[0].value["id"].tolist() == [ids["imported"]]
 
 
+def test_a_header_click_sorts_the_runs_nan_and_not_recorded_last_either_way(explored,
+                                                                           monkeypatch):
+    db, ids, _ = explored
+    at = open_app(monkeypatch, db)
+
+    def click(column: str) -> pd.DataFrame:
+        """What the grid sends when its header is clicked: that column selected."""
+        rows = at.session_state["runs_table"]["selection"]["rows"]
+        at.session_state["runs_table"] = {"selection": {"rows": rows, "columns": [column],
+                                                        "cells": []}}
+        return at.run().dataframe[0].value
+
+    for column, nan_run, missing_run in (("best loss", "diverged", None),
+                                         ("max grad norm", None, "imported")):
+        for descending in (False, True):
+            table = click(column)
+            values = table[column].tolist()
+            measured = [v for v in values if not pd.isna(v)]
+            assert measured == sorted(measured, reverse=descending)
+            assert values[:len(measured)] == measured  # NaN and missing after them all
+            if nan_run:
+                assert table["id"].iloc[-1] == ids[nan_run]
+            if missing_run:
+                assert table["id"].iloc[-1] == ids[missing_run]
+            assert at.session_state["runs_table"]["selection"]["columns"] == []
+        assert "sorted by" in at.caption[0].value
+        # A third click: newest first again.
+        assert click(column)["id"].tolist() == open_app(monkeypatch, db).dataframe[
+            0].value["id"].tolist()
+
+
 def test_runs_picked_in_the_sidebar_or_by_link_show_ticked_and_a_tick_adds_to_them(
         explored, monkeypatch):
     db, ids, _ = explored

@@ -7,13 +7,14 @@ session). Screenshots go to the test's tmp folder.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import urllib.parse
 
 import pytest
-from helpers.explorer import APP, streamlit_flags, wait_until_serving
+from helpers.explorer import APP, click_header, grid_rows, streamlit_flags, wait_until_serving
 from helpers.procs import free_port
 from helpers.tiny import tiny_config
 
@@ -33,14 +34,22 @@ KNOWN_NOISE = ("the server responded with a status of 404",)
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    """Three real tiny runs (one resumed), served by `streamlit run`; yields
-    (url, ids, db). The runs page looks for new runs every second."""
+    """Real tiny runs served by `streamlit run`: two that went wrong first (one driven to
+    a NaN loss, one whose loss exploded to tens), then three ordinary ones (one resumed),
+    newest on top of the runs table; yields (url, ids, db). The runs page looks for new
+    runs every second."""
     root = tmp_path_factory.mktemp("served")
     db = root / "runs.db"
     store = Store.open(str(db))
-    ids = {name: start_run(tiny_config(name=name, epochs=3, lr=lr, save_interval=1), store,
+    ids = {name: start_run(tiny_config(name=name, **config), store,
                            runs_root=root / "runs", progress=False).run_id
-           for name, lr in (("first", 2e-3), ("second", 5e-3), ("third", 1e-3))}
+           for name, config in (
+               ("diverged", {"epochs": 2, "lr": 1e8, "max_grad_norm": 0.0,
+                             "weight_decay": 0.0}),
+               ("exploding", {"epochs": 4, "lr": 1.0, "max_grad_norm": 0.0}))}
+    ids.update({name: start_run(tiny_config(name=name, epochs=3, lr=lr, save_interval=1),
+                                store, runs_root=root / "runs", progress=False).run_id
+                for name, lr in (("first", 2e-3), ("second", 5e-3), ("third", 1e-3))})
     store.close()
     store = Store.open(str(db))
     resume_run(store, ids["second"], epochs=4, progress=False)
@@ -116,7 +125,7 @@ def tick(page, row: int) -> None:
 def test_ticks_stay_on_the_runs_picked_when_a_new_run_arrives(served, page, tmp_path):
     url, _ids, db = served
     page.goto(url)
-    page.get_by_text("3 of 3 runs").wait_for(timeout=WAIT_MS)
+    page.get_by_text("5 of 5 runs").wait_for(timeout=WAIT_MS)
     # Newest first: third, second, first. Tick the second and third rows.
     tick(page, 2)
     wait_for_picks(page, ["second"])
@@ -126,7 +135,7 @@ def test_ticks_stay_on_the_runs_picked_when_a_new_run_arrives(served, page, tmp_
     store = Store.open(str(db))
     try:
         newest = store.create_run("newest", tiny_config().to_dict(), {"bundled": 143})
-        page.get_by_text("4 of 4 runs").wait_for(timeout=WAIT_MS)
+        page.get_by_text("6 of 6 runs").wait_for(timeout=WAIT_MS)
         page.wait_for_timeout(1500)  # another refresh or two: nothing may move
         assert sidebar_picks(page) == ["first", "second"]
         page.screenshot(path=tmp_path / "runs_after_new_run.png", full_page=True)
@@ -222,4 +231,34 @@ def test_the_charts_in_the_browser_hold_exactly_the_stored_numbers(served, page)
         store.close()
     assert len(expected) > 30  # the resumed run's superseded steps are not among them
     assert sorted(drawn) == expected
+    assert page.errors == []
+
+
+def test_clicking_a_header_sorts_the_runs_with_nan_last_either_way(served, page):
+    url, _, _ = served
+    page.goto(url)
+    page.get_by_text(re.compile(r"\d+ of \d+ runs")).wait_for(timeout=WAIT_MS)
+    newest_first = [r["name"] for r in grid_rows(page)]
+
+    def best_losses() -> list[str]:
+        """The best-loss column top to bottom, once the grid's order has changed."""
+        for _ in range(WAIT_MS // 200):
+            rows = grid_rows(page)
+            if [r["name"] for r in rows] != newest_first:
+                break
+            page.wait_for_timeout(200)
+        column = next(t for t in rows[0] if "best loss" in t)
+        return [r[column] for r in rows]
+
+    for descending in (False, True):
+        click_header(page, "best loss")
+        values = best_losses()
+        measured = [float(v) for v in values if v not in ("NaN", "")]
+        assert measured == sorted(measured, reverse=descending)
+        # The diverged run's NaN after every number, then any run without epochs (an
+        # empty cell: not recorded), never first as the best.
+        tail = values[len(measured):]
+        assert tail[0] == "NaN" and tail == sorted(tail, key=lambda v: v != "NaN")
+        newest_first = [r["name"] for r in grid_rows(page)]
+    assert grid_rows(page)[len(measured)]["name"] == "diverged"
     assert page.errors == []

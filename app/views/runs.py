@@ -13,6 +13,7 @@ import live
 import reads
 import sidebar
 import table_picks
+import table_sort
 
 STATUSES = ["running", "stale", "crashed", "finished", "interrupted", "failed", "imported"]
 STATUS_COLORS = ["#1f77b4", "#b07aa1", "#d62728", "#2ca02c", "#ff7f0e", "#8c564b",
@@ -106,31 +107,42 @@ if wanted.problems:
     st.warning("Left out of the filter (the table shows what the other terms keep): "
                + "; ".join(wanted.problems))
 runs = [r for r in all_runs if matches(r, wanted)]
+sort = table_sort.clicked(table_picks.clicked_column())
+if sort is not None:
+    runs = [runs[i] for i in table_sort.order([row(r).get(sort[0]) for r in runs], sort[1])]
 ids = [r["run_id"] for r in runs]
 table_picks.sync_table(ids, sidebar.picked())
 frame = table(runs)
+columns = {
+    "status": st.column_config.MultiselectColumn(
+        options=STATUSES, color=STATUS_COLORS, width="small",
+        help="stale: no heartbeat for 2 minutes; crashed: its process is gone"),
+    "progress": st.column_config.TextColumn(help="epochs recorded of the planned total"),
+    "started (UTC)": st.column_config.DatetimeColumn(
+        format="YYYY-MM-DD HH:mm:ss", help="not recorded: an imported run"),
+    "duration (min)": formats.number_column(
+        help="time its segments ran (a live one: until now)"),
+    **{c: formats.number_column() for c in ("last loss", "best loss", "max grad norm",
+                                            "lr")},
+    "anomalies": st.column_config.NumberColumn(
+        help="flags the anomaly rules raise on the epoch records (thresholds in "
+             "the sidebar)"),
+    "id": st.column_config.TextColumn(width="large", help="the full run id (copy a "
+                                                           "cell with Ctrl+C)"),
+}
+if sort is not None and sort[0] in frame.columns:
+    columns[sort[0]] = {**columns.get(sort[0], st.column_config.Column()),
+                        "label": table_sort.label(sort[0], sort)}
 st.dataframe(
-    frame, key=table_picks.KEY, on_select="rerun", selection_mode="multi-row",
+    # Header clicks select a column (the grid then leaves sorting to us: table_sort).
+    frame, key=table_picks.KEY, on_select="rerun",
+    selection_mode=["multi-row", "single-column"],
     hide_index=True, width="stretch", placeholder=formats.NOT_RECORDED,
-    height=ROW_PX * (min(len(runs), MAX_ROWS_SHOWN) + 1) + 3,
-    column_config={
-        "status": st.column_config.MultiselectColumn(
-            options=STATUSES, color=STATUS_COLORS, width="small",
-            help="stale: no heartbeat for 2 minutes; crashed: its process is gone"),
-        "progress": st.column_config.TextColumn(help="epochs recorded of the planned total"),
-        "started (UTC)": st.column_config.DatetimeColumn(
-            format="YYYY-MM-DD HH:mm:ss", help="not recorded: an imported run"),
-        "duration (min)": formats.number_column(
-            help="time its segments ran (a live one: until now)"),
-        **{c: formats.number_column() for c in ("last loss", "best loss", "max grad norm",
-                                                "lr")},
-        "anomalies": st.column_config.NumberColumn(
-            help="flags the anomaly rules raise on the epoch records (thresholds in "
-                 "the sidebar)"),
-        "id": st.column_config.TextColumn(width="large", help="the full run id (copy a "
-                                                               "cell with Ctrl+C)"),
-    })
-st.caption(f"{len(runs)} of {len(all_runs)} runs, newest first (click a column header to "
-           "sort). Tick rows to compare them (or pick runs in the sidebar), then open "
-           "Compare.")
+    height=ROW_PX * (min(len(runs), MAX_ROWS_SHOWN) + 1) + 3, column_config=columns)
+order = (f"sorted by {sort[0]}, {'descending' if sort[1] else 'ascending'}, NaN and not "
+         "recorded last (click its header again to reverse it, a third time for newest "
+         "first)" if sort is not None else
+         "newest first (click a column header to sort by it)")
+st.caption(f"{len(runs)} of {len(all_runs)} runs, {order}. Tick rows to compare them (or "
+           "pick runs in the sidebar), then open Compare.")
 live.watch(url, thresholds)

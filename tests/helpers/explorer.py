@@ -137,6 +137,67 @@ def column_formats(element) -> dict[str, str]:
             for name, c in config.items() if isinstance(c, dict)}
 
 
+# In a browser page: the runs grid's columns as glide-data-grid lays them out (title,
+# width in px, the checkbox column first) and the box of its canvas, read from the
+# DataEditor's React props (the grid is drawn on a canvas; nothing else says where a
+# column is).
+GRID_LAYOUT_JS = """(index) => {
+  const canvas = document.querySelectorAll('[data-testid=stDataFrame]')[index]
+    .querySelector('canvas');
+  const key = Object.keys(canvas).find((k) => k.startsWith('__reactFiber$'));
+  for (let f = canvas[key]; f; f = f.return) {
+    const p = f.memoizedProps;
+    if (p && Array.isArray(p.columns) && p.getCellContent && p.theme) {
+      const box = canvas.getBoundingClientRect();
+      return {columns: p.columns.map((c) => ({title: c.title, width: c.width})),
+              box: {x: box.x, y: box.y, width: box.width, height: box.height},
+              header: p.headerHeight, font: `${p.theme.baseFontStyle} ${p.theme.fontFamily}`,
+              padding: p.theme.cellHorizontalPadding};
+    }
+  }
+  return null;
+}"""
+
+
+def grid_layout(page, index: int = 0) -> dict:
+    """The layout of the page's ``index``-th grid (GRID_LAYOUT_JS), each column with the
+    x of its left edge on the page."""
+    _wait_for_grid(page, index)
+    layout = page.evaluate(GRID_LAYOUT_JS, index)
+    x = layout["box"]["x"]
+    for column in layout["columns"]:
+        column["x"] = x
+        x += column["width"]
+    return layout
+
+
+def _wait_for_grid(page, index: int) -> None:
+    """Until the grid is drawn (its component loads after the page's text)."""
+    page.locator("[data-testid=stDataFrame] table[role=grid]").nth(index).wait_for(
+        state="attached", timeout=60_000)
+
+
+def click_header(page, title: str, index: int = 0) -> None:
+    """Click the header of the grid's column whose title holds ``title``."""
+    layout = grid_layout(page, index)
+    column = next(c for c in layout["columns"] if title in c["title"])
+    page.mouse.click(column["x"] + column["width"] / 2,
+                     layout["box"]["y"] + layout["header"] / 2)
+
+
+def grid_rows(page, index: int = 0) -> list[dict]:
+    """The grid's rows as its accessibility table gives them (the rows drawn), each a
+    dict of column title to cell text."""
+    _wait_for_grid(page, index)
+    return page.evaluate("""(index) => {
+      const table = document.querySelectorAll('[data-testid=stDataFrame]')[index]
+        .querySelector('table[role=grid]');
+      const titles = [...table.querySelectorAll('th')].map((th) => th.innerText);
+      return [...table.querySelectorAll('tbody tr')].map((tr) => Object.fromEntries(
+        [...tr.querySelectorAll('td')].map((td, i) => [titles[i], td.innerText])));
+    }""", index)
+
+
 def wait_until_serving(port: int, server: subprocess.Popen, timeout: float = 120) -> None:
     """Wait for a Streamlit server's health endpoint (or fail with its output)."""
 

@@ -1,4 +1,5 @@
-"""The runs table's filter language (app/filters.py): terms read, terms that cannot be."""
+"""The runs table's filter language (app/filters.py: terms read, terms that cannot be) and
+its order (app/table_sort.py: NaN and values not recorded last either way)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,21 @@ def filters(monkeypatch):
     import filters
 
     return filters
+
+
+@pytest.fixture
+def table_sort(monkeypatch):
+    monkeypatch.syspath_prepend(str(APP.parent))
+    import table_sort
+
+    return table_sort
+
+
+def test_nan_and_values_not_recorded_sort_last_either_way(table_sort):
+    values = [2.5, None, math.nan, 0.5, 1.5, None, math.nan, 0.5]
+    assert table_sort.order(values) == [3, 7, 4, 0, 2, 6, 1, 5]
+    assert table_sort.order(values, descending=True) == [0, 4, 3, 7, 2, 6, 1, 5]
+    assert table_sort.order(["b", None, "a"]) == [2, 0, 1]
 
 
 def test_words_and_comparisons_with_or_without_spaces(filters):
