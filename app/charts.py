@@ -27,11 +27,17 @@ def title(metric: str) -> str:
 
 
 VISIBLE_POINTS = 300        # up to this many points per chart, each is drawn as a dot
-# Distinct colours, one per run in creation order (tableau10, then ten more).
-PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#c9a227", "#b07aa1",
-           "#ff9da7", "#9c755f", "#79706e", "#1f3a93", "#8c6d31", "#17becf", "#843c39",
-           "#7b4173", "#637939", "#e7ba52", "#393b79", "#d6616b", "#31a354")
+# One colour per run in creation order. Each is a line at least 3:1 against Streamlit's
+# light (#ffffff) and dark (#0e1117) backgrounds (WCAG 1.4.11), none is a grey (CIELAB
+# chroma 35 and up), and they were picked farthest-first by CIEDE2000 from the sRGB
+# colours that qualify: every two differ by 15 or more, runs next to each other in
+# creation order by 26 or more (tests/test_explorer_palette.py measures all of that).
+PALETTE = ("#4678b4", "#a09600", "#ff0005", "#ff00e6", "#007355", "#8c5505", "#9b465f",
+           "#05aa32", "#7323ff", "#ff557d", "#5a6905", "#a087c3", "#05a0a0", "#dc7814",
+           "#735591", "#aa6450", "#b9009b", "#009bc8", "#c30a2d", "#be649b")
+RULE_COLOR = "#888888"   # the hover rule: 3.5:1 on the light background, 5.3:1 on the dark
 NUMBER = ".6~g"   # significant digits in tooltips
+RAW_UNDER_SMOOTH, SMOOTH_WIDTH = 0.75, 2.5   # line widths (px) with smoothing on
 Y_AXIS_EXTENT = 64          # pixels for a y axis' ticks and labels (up to ~9 characters) ...
 Y_AXIS_ROOM = Y_AXIS_EXTENT + 32   # ... and its title: what a chart takes left of its plot
 
@@ -143,11 +149,13 @@ def _metric_chart(d: MetricData, i: int, x: dict, color: dict, labels: list[str]
     y = {"field": "value", "type": "quantitative", "title": y_title, "scale": y_scale}
     hidden = {"condition": {"param": "hidden", "empty": False, "value": 0.05}}
     points = data("points", d.points)
+    # Smoothed, the raw line stays in full colour (a faded line falls below 3:1 against
+    # the background, in dark mode most) and is told apart by being thinner.
     main = [{"data": points,
-             "mark": {"type": "line", "clip": True, "strokeWidth": 1.5,
-                      "opacity": 0.3 if smoothing > 0 else 1.0},
+             "mark": {"type": "line", "clip": True,
+                      "strokeWidth": RAW_UNDER_SMOOTH if smoothing > 0 else 1.5},
              "encoding": {"x": x, "y": y, "color": color, "detail": {"field": "piece"},
-                          "opacity": {**hidden, "value": 0.3 if smoothing > 0 else 1.0}}}]
+                          "opacity": {**hidden, "value": 1.0}}}]
     if d.points["lo"].notna().any():
         main.insert(0, {"data": points, "transform": [{"filter": "datum.lo != null"}],
                         "mark": {"type": "area", "clip": True},
@@ -155,7 +163,8 @@ def _metric_chart(d: MetricData, i: int, x: dict, color: dict, labels: list[str]
                                      "color": color, "detail": {"field": "piece"},
                                      "opacity": {**hidden, "value": 0.18}}})
     if smoothing > 0:
-        main.append({"data": points, "mark": {"type": "line", "clip": True, "strokeWidth": 2},
+        main.append({"data": points, "mark": {"type": "line", "clip": True,
+                                              "strokeWidth": SMOOTH_WIDTH},
                      "encoding": {"x": x, "y": {**y, "field": "smooth"}, "color": color,
                                   "detail": {"field": "piece"},
                                   "opacity": {**hidden, "value": 1.0}}})
@@ -178,7 +187,7 @@ def _metric_chart(d: MetricData, i: int, x: dict, color: dict, labels: list[str]
             "mark": {"type": "circle", "size": 70, "clip": True, "stroke": "white",
                      "opacity": 1},
             "encoding": {"x": x, "y": y, "color": color}})
-    main.append({"data": hover, "mark": {"type": "rule", "color": "#888"},
+    main.append({"data": hover, "mark": {"type": "rule", "color": RULE_COLOR},
                  "encoding": {"x": x, "opacity": {"condition": {"param": "hover",
                                                                 "empty": False, "value": 0.8},
                                                   "value": 0}}})

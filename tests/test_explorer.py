@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import streamlit as st
 from helpers.backends import rows, sqlite_only
+from helpers.colour import blend, contrast
 from helpers.explorer import APP, chart_spec, charts, column_formats, compare, open_app
 from helpers.procs import kill_hard, spawn_hlbd, wait_until
 from helpers.tiny import tiny_config, tiny_flags
@@ -509,6 +510,23 @@ def test_a_run_keeps_its_colour_whichever_runs_are_picked(explored, monkeypatch)
     assert len(set(scale["range"])) == len(ids)
 
 
+def test_every_line_of_a_run_stands_3_to_1_on_light_and_dark_pages(explored, monkeypatch):
+    db, ids, _ = explored
+    at = compare(open_app(monkeypatch, db), [ids["baseline"], ids["faster"]])
+    at.slider(key="smoothing").set_value(0.6).run()  # a raw line under the smoothed one
+    for chart in charts(at).values():
+        for mark in chart.marks():
+            if mark["type"] not in ("line", "rule") or "color" not in mark["encoding"]:
+                continue
+            scale = mark["encoding"]["color"]["scale"]
+            opacity = mark.get("opacity", 1) * mark["encoding"].get("opacity", {}).get(
+                "value", 1)
+            for color in scale["range"]:
+                for background in ("#ffffff", "#0e1117"):  # Streamlit's light and dark
+                    drawn = blend(color, background, opacity)
+                    assert contrast(drawn, background) >= 3, (chart.title, color, opacity)
+
+
 def test_resumed_run_shows_its_resume_boundary(explored, monkeypatch):
     db, ids, store = explored
     at = compare(open_app(monkeypatch, db), [ids["resumed"]])
@@ -526,7 +544,7 @@ def test_smoothing_draws_over_the_faint_raw_line_and_never_touches_the_lr(explor
     loss = drawn["Loss"]
     lines = [m for m in loss.marks() if m["type"] == "line"]
     assert [m["encoding"]["y"]["field"] for m in lines] == ["value", "smooth"]
-    assert lines[0]["opacity"] < 1
+    assert lines[0]["strokeWidth"] < lines[1]["strokeWidth"]  # the raw line: thinner
     raw = [e["loss"] for e in store.epochs(ids["baseline"])]
     assert loss.points["value"].tolist() == raw
     smoothed = loss.points["smooth"].tolist()
