@@ -24,9 +24,10 @@ from hlbd.store import Store, connect
 
 @pytest.fixture(scope="module")
 def explored(databases, tmp_path_factory):
-    """A database with real tiny runs: two ordinary ones, one whose gradients explode,
-    one that diverges to NaN, one resumed, one killed with SIGKILL mid-run (crashed),
-    and one imported from an older tool's report that kept losses only."""
+    """A database with real tiny runs: two ordinary ones, one whose gradients explode
+    (its loss to about 1e9), one whose loss jumps to tens and stays there, one that
+    diverges to NaN, one resumed, one killed with SIGKILL mid-run (crashed), and one
+    imported from an older tool's report that kept losses only."""
     root = tmp_path_factory.mktemp("explorer")
     db = databases.new(root)
     store = Store.open(db)
@@ -39,6 +40,8 @@ def explored(databases, tmp_path_factory):
         "baseline": train(name="baseline", epochs=3),
         "faster": train(name="faster", epochs=3, lr=5e-3),
         "exploding": train(name="exploding", epochs=3, lr=50.0, max_grad_norm=0.0),
+        # lr 1 without clipping: a loss that jumps to tens and stays there.
+        "wild": train(name="wild", epochs=4, lr=1.0, max_grad_norm=0.0),
         "diverged": train(name="diverged", epochs=2, lr=1e8, max_grad_norm=0.0,
                           weight_decay=0.0),
         "resumed": train(name="resumed", epochs=2, save_interval=1),
@@ -493,6 +496,31 @@ def test_one_exploded_run_does_not_flatten_the_others(explored, monkeypatch):
     assert "domain" not in charts(at)["Loss"].y_scale()
     at.button_group(key="log_scale").set_value(["loss"]).run()
     assert charts(at)["Loss"].y_scale()["type"] == "log"
+
+
+def test_a_loss_that_jumps_to_tens_is_marked_on_the_edge_not_flattening_the_others(
+        explored, monkeypatch):
+    db, ids, store = explored
+    calm_ids = [ids["baseline"], ids["faster"]]
+    at = compare(open_app(monkeypatch, db), [*calm_ids, ids["wild"]])
+    loss = charts(at)["Loss"]
+    calm = [e["loss"] for i in calm_ids for e in store.epochs(i)]
+    wild = store.epochs(ids["wild"])
+    assert min(e["loss"] for e in wild) > 5 * max(calm)  # tens against a few
+    low, high = loss.y_scale()["domain"]
+    assert low <= min(calm) and max(calm) <= high < 1.2 * max(calm)  # the calm runs fill it
+    # Every wild point beyond the range is marked on the top edge, with its value.
+    marked = loss.clipped[loss.clipped["run"] == label(store, ids["wild"])]
+    assert sorted(marked["x"]) == [e["epoch"] for e in wild if e["loss"] > high]
+    assert set(marked["edge"]) == {0.97}
+    assert "Robust y range" in loss.subtitle and "wild" in loss.subtitle
+    # The LR that explains it is drawn as recorded, never cut.
+    lr = charts(at)["Learning rate"]
+    assert "domain" not in lr.y_scale() and lr.clipped.empty
+    assert mine(lr.points, store, ids["wild"])["value"].tolist() == [e["lr"] for e in wild]
+    # The choice is the user's: off, every value is in range.
+    at.toggle(key="robust").set_value(False).run()
+    assert "domain" not in charts(at)["Loss"].y_scale()
 
 
 def test_a_run_keeps_its_colour_whichever_runs_are_picked(explored, monkeypatch):

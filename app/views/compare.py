@@ -49,8 +49,10 @@ link.put("smooth", top[1].slider(
     help="The smoothed line is drawn over the faint raw one. The LR is never smoothed."))
 link.put("robust", top[2].toggle(
     "Robust y range", value=link.get("robust"), key="robust",
-    help="Leave out values far above the runs' typical range (one exploded run no longer "
-         "flattens the others); the points left out are marked on the chart's edge."))
+    help="Fit the y range to the calm runs: a run whose typical values are more than 10 "
+         "times the calmest run's has exploded and no longer flattens the others; its "
+         "points beyond the range are marked on the chart's edge. Never applied to the "
+         "LR, token accuracy or tokens/s."))
 bottom = st.columns([3, 2])
 # The recorded metrics, then every name a picked run logged of its own (lr/1, eval/loss).
 own = sorted({POINT + key for r in chosen
