@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 
 import vega_component
@@ -40,6 +41,33 @@ NUMBER = ".6~g"   # significant digits in tooltips
 RAW_UNDER_SMOOTH, SMOOTH_WIDTH = 0.75, 2.5   # line widths (px) with smoothing on
 Y_AXIS_EXTENT = 64          # pixels for a y axis' ticks and labels (up to ~9 characters) ...
 Y_AXIS_ROOM = Y_AXIS_EXTENT + 32   # ... and its title: what a chart takes left of its plot
+
+
+def axis_format(low: float, high: float, log_scale: bool = False) -> str:
+    """The d3 format of an axis' tick labels over [low, high], one notation for the
+    whole axis: plain numbers (Vega takes the decimals from the tick step: 80, 100,
+    0.0015), SI prefixes from 100,000 up (150k, 2M), scientific below 0.001 (2e-5) or on
+    a log axis that spans past either. Vega's own "~g" wrote 80 and 100 as 8e+1 and
+    1e+2, since it keeps only as many digits as the tick step needs."""
+    top = max(abs(low), abs(high))
+    if log_scale:
+        return "~e" if (0 < low < 1e-3 or top >= 1e5) else "~g"
+    if top >= 1e5:
+        return "~s"
+    if 0 < top < 1e-3:
+        return "~e"
+    return "~f"
+
+
+def _y_range(d: MetricData, log_scale: bool) -> tuple[float, float]:
+    """The values a chart's y axis spans (its robust domain, else everything drawn)."""
+    if d.domain is not None:
+        return d.domain[0], d.domain[1]
+    columns = [c for c in ("value", "lo", "hi", "smooth") if c in d.points]
+    values = pd.concat([d.points[c] for c in columns]).astype(float) if columns else \
+        pd.Series(dtype=float)
+    values = values[np.isfinite(values) & ((values > 0) if log_scale else True)]
+    return (float(values.min()), float(values.max())) if len(values) else (0.0, 1.0)
 
 
 def colors(ranks: dict[str, int], picked: list[str]) -> dict[str, str]:
@@ -76,7 +104,7 @@ def spec(data: list[MetricData], series: list[RunSeries], x_axis: str, *,
     x = {"field": "x", "type": "quantitative", "title": x_title(x_axis, series),
          "scale": {"zero": False, "nice": False},
          # labelFlush: the last x label stays inside the plot's width, not past it.
-         "axis": {"format": "~s" if x_axis == "step" else ("d" if counted else "~g"),
+         "axis": {"format": "~s" if x_axis == "step" else ("d" if counted else "~f"),
                   "tickMinStep": 1 if counted else None, "labelFlush": True}}
     if not counted:
         x["axis"].pop("tickMinStep")
@@ -118,7 +146,7 @@ def spec(data: list[MetricData], series: list[RunSeries], x_axis: str, *,
                               "symbolType": "stroke", "symbolStrokeWidth": 3},
                    # A fixed y-axis width: every chart's plot starts at the same x (one
                    # x axis for all), and the room the axes take is known beforehand.
-                   "axisY": {"format": "~g", "minExtent": Y_AXIS_EXTENT,
+                   "axisY": {"minExtent": Y_AXIS_EXTENT,
                              "maxExtent": Y_AXIS_EXTENT, "labelLimit": Y_AXIS_EXTENT - 8},
                    "view": {"stroke": None},
                    "mark": {"aria": False}},
@@ -146,7 +174,8 @@ def _metric_chart(d: MetricData, i: int, x: dict, color: dict, labels: list[str]
     y_scale = {"type": "log"} if log_scale else {"zero": False}
     if d.domain is not None:
         y_scale = {**y_scale, "domain": d.domain}
-    y = {"field": "value", "type": "quantitative", "title": y_title, "scale": y_scale}
+    y = {"field": "value", "type": "quantitative", "title": y_title, "scale": y_scale,
+         "axis": {"format": axis_format(*_y_range(d, log_scale), log_scale=log_scale)}}
     hidden = {"condition": {"param": "hidden", "empty": False, "value": 0.05}}
     points = data("points", d.points)
     # Smoothed, the raw line stays in full colour (a faded line falls below 3:1 against

@@ -14,7 +14,14 @@ import sys
 import urllib.parse
 
 import pytest
-from helpers.explorer import APP, click_header, grid_rows, streamlit_flags, wait_until_serving
+from helpers.explorer import (
+    APP,
+    AXIS_LABELS_JS,
+    click_header,
+    grid_rows,
+    streamlit_flags,
+    wait_until_serving,
+)
 from helpers.procs import free_port
 from helpers.tiny import tiny_config
 
@@ -261,4 +268,39 @@ def test_clicking_a_header_sorts_the_runs_with_nan_last_either_way(served, page)
         assert tail[0] == "NaN" and tail == sorted(tail, key=lambda v: v != "NaN")
         newest_first = [r["name"] for r in grid_rows(page)]
     assert grid_rows(page)[len(measured)]["name"] == "diverged"
+    assert page.errors == []
+
+
+SI = {"k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
+
+
+def read_label(text: str) -> tuple[str, float]:
+    """A tick label's notation (plain, SI or scientific) and the number it says."""
+    text = text.replace(",", "").replace("\u2212", "-")
+    if text[-1:] in SI:
+        return "SI", float(text[:-1]) * SI[text[-1]]
+    return ("scientific" if "e" in text else "plain"), float(text)
+
+
+@pytest.mark.parametrize("x_axis", ["epoch", "step", "wall"])
+def test_tick_labels_are_plain_numbers_unless_the_range_needs_more(served, page, x_axis):
+    url, ids, _ = served
+    picked = ",".join(ids[n][:8] for n in ("first", "second", "exploding"))
+    # Every chart, the robust range off: the exploded loss spans 0 to about 60.
+    page.goto(f"{url}/compare?runs={picked}&x={x_axis}&robust=0&log="
+              "&charts=loss,grad_norm,lr,token_accuracy,tokens_per_second")
+    page.wait_for_function("() => document.querySelector('.vega-embed')?.hlbdView",
+                           timeout=WAIT_MS)
+    axes = page.evaluate(AXIS_LABELS_JS)
+    assert len(axes) >= 6  # five y axes and the shared x axis
+    for labels in axes:
+        read = [(read_label(t["text"]), t["value"]) for t in labels if t["text"]]
+        notations = {notation for (notation, _), _ in read}
+        assert len(notations) == 1, labels  # one notation per axis
+        top = max(abs(v) for _, v in read)
+        smallest = min((abs(v) for _, v in read if v), default=1.0)
+        if notations != {"plain"}:  # SI or scientific only where plain digits do not fit
+            assert top >= 1e5 or smallest < 1e-3, labels
+        for (_, said), value in read:  # and each label says its tick's value
+            assert said == pytest.approx(value, rel=0.05, abs=1e-12), labels
     assert page.errors == []

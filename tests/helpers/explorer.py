@@ -198,6 +198,24 @@ def grid_rows(page, index: int = 0) -> list[dict]:
     }""", index)
 
 
+# In a browser page: every axis the compare charts drew, as the tick values and the label
+# texts Vega drew for them (from its scenegraph).
+AXIS_LABELS_JS = """() => {
+  const view = document.querySelector('.vega-embed').hlbdView;
+  const axes = [];
+  const walk = (group) => {
+    for (const mark of group.items || []) {
+      if (mark.role === 'axis-label') {
+        axes.push(mark.items.map((item) => ({value: item.datum.value, text: item.text})));
+      }
+      if (mark.marktype === 'group') for (const item of mark.items) walk(item);
+    }
+  };
+  walk(view.scenegraph().root.items[0]);
+  return axes;
+}"""
+
+
 def wait_until_serving(port: int, server: subprocess.Popen, timeout: float = 120) -> None:
     """Wait for a Streamlit server's health endpoint (or fail with its output)."""
 
