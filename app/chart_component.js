@@ -79,12 +79,64 @@ function themeConfig(element) {
   };
 }
 
+// A number in a tooltip: six significant digits, trailing zeros dropped.
+function number(value) {
+  return String(Number(Number(value).toPrecision(6)));
+}
+
+// Where the pointer of `event` is inside `group` (a scenegraph group item), in the
+// coordinates its marks are drawn in.
+function pointerIn(view, event, group) {
+  const box = view.container().querySelector("canvas").getBoundingClientRect();
+  const [originX, originY] = view.origin();
+  let x = event.clientX - box.left - originX;
+  let y = event.clientY - box.top - originY;
+  for (let g = group; g; g = g.mark?.group) {
+    x -= g.x || 0;
+    y -= g.y || 0;
+  }
+  return [x, y];
+}
+
+// The run whose hover dot (charts.py "dots_<metric>") is nearest the pointer in y, in
+// the chart the pointer is over; null when the chart draws none.
+function nearestRun(view, event, item) {
+  const group = item.mark.group;
+  const dots = (group?.items ?? []).find((mark) => mark.name?.startsWith("dots_"));
+  if (!dots?.items?.length) return null;
+  const [, y] = pointerIn(view, event, group);
+  let best = null;
+  for (const dot of dots.items) {
+    if (!best || Math.abs(dot.y - y) < Math.abs(best.y - y)) best = dot;
+  }
+  return best.datum.run;
+}
+
+// The hover tooltip of one x: its place as the title, then a row per run that has a
+// value there (a run without one has no row, never a "null"), hidden runs left out,
+// by value from the top of the chart down, the run nearest the pointer first.
+function hoverTooltip(view, event, item, labels, hidden) {
+  const datum = item.datum;
+  const rows = [];
+  labels.forEach((label, k) => {
+    const value = datum[`v${k}`];
+    if (value !== null && value !== undefined && !hidden.has(label)) rows.push({label, value});
+  });
+  rows.sort((a, b) => b.value - a.value);
+  const near = nearestRun(view, event, item);
+  const at = rows.findIndex((row) => row.label === near);
+  if (at > 0) rows.unshift(...rows.splice(at, 1));
+  const out = {title: datum.at};
+  for (const row of rows) out[row.label] = number(row.value);
+  return out;
+}
+
 function chartWidth(element, axisRoom) {
   return Math.max(120, Math.floor(element.getBoundingClientRect().width) - axisRoom);
 }
 
 // box: a block as wide as the page's column; el inside it, for vega-embed.
-function draw(box, el, data, zoomed) {
+function draw(box, el, data, zoomed, hidden = () => new Set()) {
   const spec = {...data.spec, datasets: {}};
   const labels = data.spec.usermeta?.runs ?? [];
   for (const name of data.datasets) spec.datasets[name] = rows(data[name], labels);
@@ -100,6 +152,26 @@ function draw(box, el, data, zoomed) {
   const actions = {export: true, source: false, compiled: false, editor: false};
   return vegaEmbed(el, spec, {actions, renderer: "canvas"}).then((result) => {
     el.hlbdView = result.view;  // for tests and the browser's console
+    // The hover band's tooltip is written here (hoverTooltip) once the dots of the x
+    // under the pointer are drawn; every other tooltip as Vega-Lite wrote it. A newer
+    // call (a move, a leave) wins over one still waiting.
+    const view = result.view;
+    const plain = view.tooltip();
+    let latest = 0;
+    view.tooltip((handler, event, item, value) => {
+      const call = ++latest;
+      if (value == null || !item?.mark?.name?.startsWith("hover_")) {
+        plain(handler, event, item, value);
+        return;
+      }
+      view.runAsync().then(() => {
+        if (call === latest) {
+          plain(handler, event, item, hoverTooltip(view, event, item, labels, hidden()));
+        }
+      });
+    });
+    // A new tooltip handler gives the view a new, blank renderer: draw into it.
+    view.runAsync();
     if (!data.zoomable) return {result, width};
     // The interval follows the pointer while it drags; it is sent once, when the
     // button is let go (anywhere on the page).

@@ -207,7 +207,8 @@ def _metric_chart(d: MetricData, i: int, x: dict, color: dict, labels: list[str]
     hover = data("hover", d.hover)
     keys = [f"v{k}" for k in range(len(labels)) if f"v{k}" in d.hover]
     if keys:
-        main.append({"data": hover, "transform": [
+        # Named: the tooltip finds the run nearest the pointer among these dots.
+        main.append({"name": f"dots_{m}", "data": hover, "transform": [
             {"filter": {"param": "hover", "empty": False}},
             {"fold": keys, "as": ["key", "value"]},
             {"filter": "isValid(datum.value)"},
@@ -218,8 +219,11 @@ def _metric_chart(d: MetricData, i: int, x: dict, color: dict, labels: list[str]
             "encoding": {"x": x, "y": y, "color": color}})
     main.append({"data": hover, "mark": {"type": "rule", "color": RULE_COLOR},
                  "encoding": {"x": x, "opacity": {"condition": {"param": "hover",
-                                                                "empty": False, "value": 0.8},
+                                                                "empty": False, "value": 1},
                                                   "value": 0}}})
+    # The browser writes the hover tooltip itself (chart_component.js hoverTooltip: no
+    # row for a run without a value there, rows by value, the run nearest the pointer
+    # first); these fields are what it starts from.
     tooltip = [{"field": "at", "type": "nominal", "title": "at"}] + [
         {"field": f"v{k}", "type": "quantitative", "title": label, "format": NUMBER}
         for k, label in enumerate(labels) if f"v{k}" in d.hover]

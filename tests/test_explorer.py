@@ -544,12 +544,16 @@ def test_every_line_of_a_run_stands_3_to_1_on_light_and_dark_pages(explored, mon
     at.slider(key="smoothing").set_value(0.6).run()  # a raw line under the smoothed one
     for chart in charts(at).values():
         for mark in chart.marks():
-            if mark["type"] not in ("line", "rule") or "color" not in mark["encoding"]:
+            if mark["type"] not in ("line", "rule"):
                 continue
-            scale = mark["encoding"]["color"]["scale"]
-            opacity = mark.get("opacity", 1) * mark["encoding"].get("opacity", {}).get(
-                "value", 1)
-            for color in scale["range"]:
+            encoded = mark["encoding"].get("opacity", {})
+            # Drawn at its value; the hover rule at its condition's, when it shows.
+            shown = (encoded["condition"] if encoded.get("condition", {}).get("param")
+                     == "hover" else encoded)
+            opacity = mark.get("opacity", 1) * shown.get("value", 1)
+            colors = (mark["encoding"]["color"]["scale"]["range"]
+                      if "color" in mark["encoding"] else [mark["color"]])
+            for color in colors:
                 for background in ("#ffffff", "#0e1117"):  # Streamlit's light and dark
                     drawn = blend(color, background, opacity)
                     assert contrast(drawn, background) >= 3, (chart.title, color, opacity)

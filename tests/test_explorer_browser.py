@@ -19,7 +19,9 @@ from helpers.explorer import (
     AXIS_LABELS_JS,
     click_header,
     grid_rows,
+    scene_items,
     streamlit_flags,
+    tooltip_rows,
     wait_until_serving,
 )
 from helpers.procs import free_port
@@ -303,4 +305,42 @@ def test_tick_labels_are_plain_numbers_unless_the_range_needs_more(served, page,
             assert top >= 1e5 or smallest < 1e-3, labels
         for (_, said), value in read:  # and each label says its tick's value
             assert said == pytest.approx(value, rel=0.05, abs=1e-12), labels
+    assert page.errors == []
+
+
+def test_the_hover_tooltip_lists_runs_with_a_value_there_by_value_the_nearest_first(
+        served, page):
+    url, ids, _ = served
+    names = {f"{n} · {ids[n][:8]}" for n in ("first", "second", "third")}
+    picked = ",".join(ids[n][:8] for n in ("first", "second", "third"))
+    page.goto(f"{url}/compare?runs={picked}&x=step")
+    page.wait_for_function("() => document.querySelector('.vega-embed')?.hlbdView",
+                           timeout=WAIT_MS)
+    bands = scene_items(page, "hover_loss")
+    # The resumed run ("second", 4 epochs) has steps past the others' last: there the
+    # tooltip has its row alone, no "null" for the runs without a value.
+    last = bands[-1]
+    page.mouse.move(last["x"], last["y"])
+    title, rows = tooltip_rows(page)
+    assert "null" not in page.locator("#vg-tooltip-element").inner_text()
+    assert [name for name, _ in rows if name in names] == [f"second · {ids['second'][:8]}"]
+    assert title == last["datum"]["at"] and len(rows) == 1
+    assert float(rows[0][1]) == pytest.approx(
+        next(v for k, v in last["datum"].items() if k.startswith("v") and v is not None),
+        rel=1e-5)
+    # Where all three have a value: every run once, the one nearest the pointer first
+    # (here the lowest), the rest by value from the top of the chart down.
+    middle = bands[len(bands) // 3]
+    page.mouse.move(middle["x"], middle["y"])
+    tooltip_rows(page)
+    dots = scene_items(page, "dots_loss")
+    assert {d["datum"]["run"] for d in dots} == names
+    lowest = max(dots, key=lambda d: d["y"])  # the lowest value is drawn lowest
+    page.mouse.move(middle["x"], lowest["y"] + 2)
+    page.wait_for_timeout(300)
+    _, rows = tooltip_rows(page)
+    assert rows[0][0] == lowest["datum"]["run"] and {r[0] for r in rows} == names
+    rest = [float(v) for _, v in rows[1:]]
+    assert rest == sorted(rest, reverse=True)
+    assert "null" not in page.locator("#vg-tooltip-element").inner_text()
     assert page.errors == []

@@ -216,6 +216,53 @@ AXIS_LABELS_JS = """() => {
 }"""
 
 
+# In a browser page: the items Vega drew for the marks whose name starts with
+# ``args.name`` (or whose role is ``args.role``), each with its datum, opacity and the
+# page position of its centre, from the first chart's scenegraph.
+SCENE_ITEMS_JS = """(args) => {
+  const view = document.querySelector('.vega-embed').hlbdView;
+  const canvas = view.container().querySelector('canvas').getBoundingClientRect();
+  const [originX, originY] = view.origin();
+  const out = [];
+  const walk = (group) => {
+    for (const mark of group.items || []) {
+      const named = args.name && (mark.name || '').startsWith(args.name);
+      if (named || (args.role && mark.role === args.role)) {
+        let x = canvas.x + originX, y = canvas.y + originY;
+        for (let g = mark.group; g; g = g.mark && g.mark.group) {
+          x += g.x || 0;
+          y += g.y || 0;
+        }
+        for (const item of mark.items) {
+          const b = item.bounds;
+          out.push({mark: mark.name, role: mark.role, datum: item.datum,
+                    opacity: item.opacity, x: x + (b.x1 + b.x2) / 2,
+                    y: y + (b.y1 + b.y2) / 2, width: b.x2 - b.x1, height: b.y2 - b.y1});
+        }
+      }
+      if (mark.marktype === 'group') for (const item of mark.items) walk(item);
+    }
+  };
+  walk(view.scenegraph().root.items[0]);
+  return out;
+}"""
+
+
+def scene_items(page, name: str | None = None, role: str | None = None) -> list[dict]:
+    """The drawn items of the compare charts' marks named ``name...`` or of ``role``."""
+    return page.evaluate(SCENE_ITEMS_JS, {"name": name, "role": role})
+
+
+def tooltip_rows(page) -> tuple[str, list[tuple[str, str]]]:
+    """The visible Vega tooltip: its title and its (name, value) rows, in order."""
+    tooltip = page.locator("#vg-tooltip-element")
+    tooltip.wait_for(state="visible", timeout=60_000)
+    title = tooltip.locator("h2")
+    rows = [(tr.locator("td.key").inner_text(), tr.locator("td.value").inner_text())
+            for tr in tooltip.locator("tr").all()]
+    return (title.inner_text() if title.count() else ""), rows
+
+
 def wait_until_serving(port: int, server: subprocess.Popen, timeout: float = 120) -> None:
     """Wait for a Streamlit server's health endpoint (or fail with its output)."""
 
