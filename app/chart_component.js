@@ -11,9 +11,12 @@
 // the scripts are only fetched, so they load while the server still builds the charts.
 //
 // Events sent back (Streamlit triggers: a value for the one rerun they cause): "zoom",
-// the x interval dragged across a chart ({x: [lo, hi]}), {} after a double-click on it.
+// the x interval dragged across a chart ({x: [lo, hi]}), {} after a double-click on it;
+// and the state "hidden", the labels of the runs hidden through the legend (data.hidden
+// gives them when the chart first shows; from then on the legend does).
 
 const SCRIPTS = ["vega.min.js", "vega-lite.min.js", "vega-embed.min.js"];
+const HIDDEN = "hidden_runs";  // the spec's parameter: runs hidden through the legend
 
 // Fetched at once, run in order (async = false), once per page; after a failure (the
 // server was away) the next chart tries again.
@@ -135,13 +138,29 @@ function chartWidth(element, axisRoom) {
   return Math.max(120, Math.floor(element.getBoundingClientRect().width) - axisRoom);
 }
 
-// box: a block as wide as the page's column; el inside it, for vega-embed.
-function draw(box, el, data, zoomed, hidden = () => new Set()) {
+// The run a click on the legend names (its symbol, its label or the entry around them),
+// or null for a click anywhere else.
+function legendRun(item, labels) {
+  for (let it = item; it; it = it.mark?.group) {
+    if (it.mark?.role?.startsWith("legend") && labels.includes(it.datum?.value)) {
+      return it.datum.value;
+    }
+  }
+  return null;
+}
+
+// box: a block as wide as the page's column; el inside it, for vega-embed; chart: what
+// mount() keeps (its data, the runs hidden through the legend, what to call back).
+function draw(box, el, chart) {
+  const data = chart.data;
   const spec = {...data.spec, datasets: {}};
   const labels = data.spec.usermeta?.runs ?? [];
   for (const name of data.datasets) spec.datasets[name] = rows(data[name], labels);
   const width = chartWidth(box, data.axis_room);
-  for (const chart of spec.vconcat ?? []) chart.width = width;
+  for (const one of spec.vconcat ?? []) one.width = width;
+  // The runs hidden through the legend stay hidden in every drawing of the chart.
+  spec.params = (spec.params ?? []).map((param) => (param.name === HIDDEN
+    ? {...param, value: labels.filter((label) => chart.hidden.has(label))} : param));
   spec.config = vega.mergeConfig(themeConfig(el), spec.config ?? {});
   // As many legend columns as fit (a label is up to ~30 characters), at most the spec's.
   const legend = spec.config.legend ?? {};
@@ -151,11 +170,11 @@ function draw(box, el, data, zoomed, hidden = () => new Set()) {
   // as PNG or SVG (its links to the online Vega editor are left out: a local tool).
   const actions = {export: true, source: false, compiled: false, editor: false};
   return vegaEmbed(el, spec, {actions, renderer: "canvas"}).then((result) => {
-    el.hlbdView = result.view;  // for tests and the browser's console
+    const view = result.view;
+    el.hlbdView = view;  // for tests and the browser's console
     // The hover band's tooltip is written here (hoverTooltip) once the dots of the x
     // under the pointer are drawn; every other tooltip as Vega-Lite wrote it. A newer
     // call (a move, a leave) wins over one still waiting.
-    const view = result.view;
     const plain = view.tooltip();
     let latest = 0;
     view.tooltip((handler, event, item, value) => {
@@ -166,22 +185,31 @@ function draw(box, el, data, zoomed, hidden = () => new Set()) {
       }
       view.runAsync().then(() => {
         if (call === latest) {
-          plain(handler, event, item, hoverTooltip(view, event, item, labels, hidden()));
+          plain(handler, event, item, hoverTooltip(view, event, item, labels, chart.hidden));
         }
       });
     });
     // A new tooltip handler gives the view a new, blank renderer: draw into it.
     view.runAsync();
+    // A click on a legend entry hides its run (every mark of it), again shows it.
+    view.addEventListener("click", (event, item) => {
+      const run = legendRun(item, labels);
+      if (run === null) return;
+      if (!chart.hidden.delete(run)) chart.hidden.add(run);
+      const hidden = labels.filter((label) => chart.hidden.has(label));
+      view.signal(HIDDEN, hidden).runAsync();
+      chart.said("hidden", hidden);
+    });
     if (!data.zoomable) return {result, width};
     // The interval follows the pointer while it drags; it is sent once, when the
     // button is let go (anywhere on the page).
     let dragged = null;
-    result.view.addSignalListener("zoom", (_, value) => {
+    view.addSignalListener("zoom", (_, value) => {
       const x = value?.x;
       dragged = x && x.length === 2 && x[0] !== x[1] ? value : null;
     });
     const release = () => {
-      if (dragged) zoomed(dragged);
+      if (dragged) chart.zoomed(dragged);
       dragged = null;
     };
     window.addEventListener("pointerup", release);
@@ -197,10 +225,14 @@ function mount(parentElement) {
   const el = document.createElement("div");
   box.appendChild(el);
   parentElement.appendChild(box);
-  const chart = {data: null, trigger: null, drawn: null, generation: 0};
-  const zoomed = (value) => chart.trigger("zoom", value);
+  // hidden: the labels of the runs hidden through the legend, from the page's link
+  // when the chart first shows, then as the legend says (the page is told, for its link).
+  const chart = {data: null, hidden: null, trigger: null, setState: null, drawn: null,
+                 generation: 0};
+  chart.zoomed = (value) => chart.trigger("zoom", value);
+  chart.said = (name, value) => chart.data?.zoomable && chart.setState?.(name, value);
   // A double-click on a chart goes back to the whole x range.
-  box.addEventListener("dblclick", () => chart.data?.zoomable && zoomed({}));
+  box.addEventListener("dblclick", () => chart.data?.zoomable && chart.zoomed({}));
   const discard = (drawn) => {
     window.removeEventListener("pointerup", drawn.release);
     drawn.result.finalize();
@@ -218,7 +250,7 @@ function mount(parentElement) {
       box.style.minHeight = `${box.offsetHeight}px`;
       drop();
       el.replaceChildren();
-      return draw(box, el, chart.data, zoomed).then((drawn) => {
+      return draw(box, el, chart).then((drawn) => {
         if (generation !== chart.generation) {
           discard(drawn);
         } else {
@@ -253,12 +285,14 @@ function mount(parentElement) {
   return chart;
 }
 
-export default function ({data, parentElement, setTriggerValue}) {
+export default function ({data, parentElement, setTriggerValue, setStateValue}) {
   const loading = loadVega(data.assets);
   if (!data.spec) return undefined;
   parentElement.__hlbdChart ??= mount(parentElement);
   const chart = parentElement.__hlbdChart;
   chart.trigger = setTriggerValue;
+  chart.setState = setStateValue;
+  chart.hidden ??= new Set(data.hidden ?? []);
   if (chart.data?.fingerprint !== data.fingerprint) {
     chart.data = data;
     chart.redraw(loading);

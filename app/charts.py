@@ -4,7 +4,8 @@ stacked on one shared x axis, drawn by vega_component.
 Drag across any chart to zoom all of them (double-click: back); hovering shows a rule and
 each run's value on every chart; NaN/Inf, flags and resumes are marked on the edges; a
 run's colour comes from its creation order, so it keeps it whichever runs are picked;
-clicking a legend entry hides that run.
+clicking a legend entry hides that run (every mark of it; its entry fades) and clicking
+it again shows it.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ PALETTE = ("#4678b4", "#a09600", "#ff0005", "#ff00e6", "#007355", "#8c5505", "#9
 RULE_COLOR = "#888888"   # the hover rule: 3.5:1 on the light background, 5.3:1 on the dark
 NUMBER = ".6~g"   # significant digits in tooltips
 RAW_UNDER_SMOOTH, SMOOTH_WIDTH = 0.75, 2.5   # line widths (px) with smoothing on
+HIDDEN = "hidden_runs"   # the spec's parameter: labels of the runs hidden in the legend
+SHOWN = {"filter": f"indexof({HIDDEN}, datum.run) < 0"}   # a layer's runs not hidden
 Y_AXIS_EXTENT = 64          # pixels for a y axis' ticks and labels (up to ~9 characters) ...
 Y_AXIS_ROOM = Y_AXIS_EXTENT + 32   # ... and its title: what a chart takes left of its plot
 
@@ -96,8 +99,13 @@ def spec(data: list[MetricData], series: list[RunSeries], x_axis: str, *,
     ``zoomable``: a drag selects an x range (the "zoom" selection the page reads back).
     """
     labels = [s.label for s in series]
+    # A legend entry of a hidden run is faded; the legend is the switch (the component
+    # turns a click on an entry into HIDDEN's new value).
+    faded = {"signal": f"indexof({HIDDEN}, datum.value) >= 0 ? 0.3 : 1"}
+    entry = {"interactive": True, "update": {"opacity": faded, "cursor": {"value": "pointer"}}}
     color = {"field": "run", "type": "nominal", "title": None,
-             "scale": {"domain": labels, "range": [s.color for s in series]}}
+             "scale": {"domain": labels, "range": [s.color for s in series]},
+             "legend": {"encode": {"symbols": entry, "labels": entry}}}
     counted = x_axis in ("epoch", "step")
     # One x scale for every chart (resolve: shared): its domain is the union of all they
     # draw, resume lines and markers included; a zoom filtered the data to its range.
@@ -124,8 +132,8 @@ def spec(data: list[MetricData], series: list[RunSeries], x_axis: str, *,
         {"name": "hover", "select": {"type": "point", "fields": ["x"], "on": "pointerover",
                                      "clear": "pointerout", "nearest": False},
          "views": hover_views},
-        {"name": "hidden", "select": {"type": "point", "fields": ["run"], "toggle": "true"},
-         "bind": "legend", "views": views},
+        # The runs hidden through the legend (labels): every mark of theirs is left out.
+        {"name": HIDDEN, "value": []},
     ]
     return {
         "$schema": "https://vega.github.io/schema/vega-lite/v6.json",
@@ -176,31 +184,28 @@ def _metric_chart(d: MetricData, i: int, x: dict, color: dict, labels: list[str]
         y_scale = {**y_scale, "domain": d.domain}
     y = {"field": "value", "type": "quantitative", "title": y_title, "scale": y_scale,
          "axis": {"format": axis_format(*_y_range(d, log_scale), log_scale=log_scale)}}
-    hidden = {"condition": {"param": "hidden", "empty": False, "value": 0.05}}
     points = data("points", d.points)
     # Smoothed, the raw line stays in full colour (a faded line falls below 3:1 against
     # the background, in dark mode most) and is told apart by being thinner.
-    main = [{"data": points,
+    main = [{"data": points, "transform": [SHOWN],
              "mark": {"type": "line", "clip": True,
                       "strokeWidth": RAW_UNDER_SMOOTH if smoothing > 0 else 1.5},
-             "encoding": {"x": x, "y": y, "color": color, "detail": {"field": "piece"},
-                          "opacity": {**hidden, "value": 1.0}}}]
+             "encoding": {"x": x, "y": y, "color": color, "detail": {"field": "piece"}}}]
     if d.points["lo"].notna().any():
-        main.insert(0, {"data": points, "transform": [{"filter": "datum.lo != null"}],
-                        "mark": {"type": "area", "clip": True},
+        main.insert(0, {"data": points,
+                        "transform": [{"filter": "datum.lo != null"}, SHOWN],
+                        "mark": {"type": "area", "clip": True, "opacity": 0.18},
                         "encoding": {"x": x, "y": {**y, "field": "lo"}, "y2": {"field": "hi"},
-                                     "color": color, "detail": {"field": "piece"},
-                                     "opacity": {**hidden, "value": 0.18}}})
+                                     "color": color, "detail": {"field": "piece"}}})
     if smoothing > 0:
-        main.append({"data": points, "mark": {"type": "line", "clip": True,
-                                              "strokeWidth": SMOOTH_WIDTH},
+        main.append({"data": points, "transform": [SHOWN],
+                     "mark": {"type": "line", "clip": True, "strokeWidth": SMOOTH_WIDTH},
                      "encoding": {"x": x, "y": {**y, "field": "smooth"}, "color": color,
-                                  "detail": {"field": "piece"},
-                                  "opacity": {**hidden, "value": 1.0}}})
+                                  "detail": {"field": "piece"}}})
     if len(d.points) <= VISIBLE_POINTS:
-        main.append({"data": points, "mark": {"type": "circle", "size": 22, "clip": True},
-                     "encoding": {"x": x, "y": y, "color": color,
-                                  "opacity": {**hidden, "value": 0.8}}})
+        main.append({"data": points, "transform": [SHOWN],
+                     "mark": {"type": "circle", "size": 22, "clip": True, "opacity": 0.8},
+                     "encoding": {"x": x, "y": y, "color": color}})
     # Hover: the runs' values at the x under the pointer, on every chart at once. Taken
     # from the one-row-per-x hover table (not from every point), so a pointer move
     # filters a few hundred rows, then unfolds the one row into a dot per run.
@@ -213,7 +218,8 @@ def _metric_chart(d: MetricData, i: int, x: dict, color: dict, labels: list[str]
             {"fold": keys, "as": ["key", "value"]},
             {"filter": "isValid(datum.value)"},
             {"calculate": f"{json.dumps([labels[int(k[1:])] for k in keys])}"
-                          f"[indexof({json.dumps(keys)}, datum.key)]", "as": "run"}],
+                          f"[indexof({json.dumps(keys)}, datum.key)]", "as": "run"},
+            SHOWN],
             "mark": {"type": "circle", "size": 70, "clip": True, "stroke": "white",
                      "opacity": 1},
             "encoding": {"x": x, "y": y, "color": color}})
@@ -236,30 +242,30 @@ def _metric_chart(d: MetricData, i: int, x: dict, color: dict, labels: list[str]
             "axis": None}
     if len(d.nonfinite):
         layers.append({"data": data("nonfinite", d.nonfinite.assign(edge=0.97)),
-                       "mark": {"type": "point", "shape": "triangle-down", "filled": True,
+                       "transform": [SHOWN], "mark": {"type": "point", "shape": "triangle-down", "filled": True,
                                 "size": 110, "stroke": "black", "strokeWidth": 1},
                        "encoding": {"x": x, "y": edge, "color": color, "tooltip": [
                            {"field": "run"}, {"field": "at", "title": "at"},
                            {"field": "what", "title": "non-finite"}]}})
     if len(d.clipped):
-        layers.append({"data": data("clipped", d.clipped),
+        layers.append({"data": data("clipped", d.clipped), "transform": [SHOWN],
                        "mark": {"type": "point", "shape": "diamond", "filled": False,
                                 "size": 60, "strokeWidth": 1.5},
                        "encoding": {"x": x, "y": edge, "color": color, "tooltip": [
                            {"field": "run"}, {"field": "what", "title": "value"}]}})
     if len(d.flags):
         layers.append({"data": data("flags", d.flags.assign(edge=0.03)),
-                       "mark": {"type": "point", "shape": "diamond", "filled": True,
+                       "transform": [SHOWN], "mark": {"type": "point", "shape": "diamond", "filled": True,
                                 "size": 130, "stroke": "black", "strokeWidth": 1},
                        "encoding": {"x": x, "y": edge, "color": color, "tooltip": [
                            {"field": "run"}, {"field": "rule"},
                            {"field": "message", "title": "anomaly"}]}})
     if len(d.resumes):
-        layers.append({"data": data("resumes", d.resumes),
+        layers.append({"data": data("resumes", d.resumes), "transform": [SHOWN],
                        "mark": {"type": "rule", "strokeDash": [5, 4], "strokeWidth": 1.5},
                        "encoding": {"x": x, "color": color, "tooltip": [
                            {"field": "run"}, {"field": "what", "title": "resume"}]}})
-    # The zoom and legend selections live on the first layer (params name their views).
+    # The zoom selection lives on the first layer (its param names these views).
     main[0]["name"] = names["zoom"]
     subtitle = []
     if d.missing:

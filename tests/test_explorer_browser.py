@@ -18,7 +18,10 @@ from helpers.explorer import (
     APP,
     AXIS_LABELS_JS,
     click_header,
+    click_legend,
+    drawn_runs,
     grid_rows,
+    legend_opacity,
     scene_items,
     streamlit_flags,
     tooltip_rows,
@@ -343,4 +346,49 @@ def test_the_hover_tooltip_lists_runs_with_a_value_there_by_value_the_nearest_fi
     rest = [float(v) for _, v in rows[1:]]
     assert rest == sorted(rest, reverse=True)
     assert "null" not in page.locator("#vg-tooltip-element").inner_text()
+    assert page.errors == []
+
+
+def wait_for_chart(page, previous=None) -> None:
+    """Until the compare charts are drawn (a new drawing, when ``previous`` was one)."""
+    page.wait_for_function("(old) => { const v = document.querySelector('.vega-embed')"
+                           "?.hlbdView; return v && v !== old && v._renderer; }",
+                           arg=previous, timeout=WAIT_MS)
+
+
+def current_view(page):
+    return page.evaluate_handle("() => document.querySelector('.vega-embed').hlbdView")
+
+
+def legend_after_click(page, before: dict) -> dict:
+    """The legend's opacities once a click changed them (or as they are after WAIT_MS)."""
+    for _ in range(WAIT_MS // 100):
+        now = legend_opacity(page)
+        if now != before:
+            return now
+        page.wait_for_timeout(100)
+    return legend_opacity(page)
+
+
+def test_a_legend_click_hides_that_run_and_fades_its_entry_only(served, page):
+    url, ids, _ = served
+    first, second = (f"{n} · {ids[n][:8]}" for n in ("first", "second"))
+    page.goto(f"{url}/compare?runs={ids['first'][:8]},{ids['second'][:8]}")
+    wait_for_chart(page)
+    drawn = drawn_runs(page)
+    assert drawn[first] and drawn[second]
+    # The resumed run draws its resume line (a rule with a "resumed ..." tooltip field).
+    resumes = [i for i in scene_items(page) if isinstance(i["datum"], dict)
+               and str(i["datum"].get("what", "")).startswith("resumed")]
+    assert {i["datum"]["run"] for i in resumes} == {second}
+    shown = legend_opacity(page)
+    click_legend(page, second)
+    faded = legend_after_click(page, shown)
+    assert faded[second] < 1 and faded[first] == 1  # the clicked entry fades, no other
+    after = drawn_runs(page)
+    assert second not in after  # no line, band, dot or resume line of it is left
+    assert after[first] == drawn[first]
+    click_legend(page, second)  # again: back
+    assert legend_after_click(page, faded) == shown
+    assert drawn_runs(page) == drawn
     assert page.errors == []

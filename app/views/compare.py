@@ -156,7 +156,8 @@ with reads.errors_shown():
     else:
         charts.draw(spec, key="charts")
         notes = [("Drag across a chart to zoom all of them (double-click: back); hover for "
-                 "every run's value; click a legend entry to hide that run."),
+                 "every run's value; click a legend entry to hide that run (again: show "
+                 "it)."),
                  ("Triangles on the top edge: NaN/Inf (the line breaks there). Filled "
                  "diamonds on the bottom edge: anomaly flags. Dashed lines: resumes.")]
         if x_axis == "step" and any(s.buckets is not None and len(s.buckets)

@@ -217,8 +217,9 @@ AXIS_LABELS_JS = """() => {
 
 
 # In a browser page: the items Vega drew for the marks whose name starts with
-# ``args.name`` (or whose role is ``args.role``), each with its datum, opacity and the
-# page position of its centre, from the first chart's scenegraph.
+# ``args.name`` (or whose role is ``args.role``; every mark's with neither), each with
+# its datum, opacity and the page position of its centre, from the first chart's
+# scenegraph.
 SCENE_ITEMS_JS = """(args) => {
   const view = document.querySelector('.vega-embed').hlbdView;
   const canvas = view.container().querySelector('canvas').getBoundingClientRect();
@@ -227,7 +228,8 @@ SCENE_ITEMS_JS = """(args) => {
   const walk = (group) => {
     for (const mark of group.items || []) {
       const named = args.name && (mark.name || '').startsWith(args.name);
-      if (named || (args.role && mark.role === args.role)) {
+      const every = !args.name && !args.role;
+      if (every || named || (args.role && mark.role === args.role)) {
         let x = canvas.x + originX, y = canvas.y + originY;
         for (let g = mark.group; g; g = g.mark && g.mark.group) {
           x += g.x || 0;
@@ -251,6 +253,29 @@ SCENE_ITEMS_JS = """(args) => {
 def scene_items(page, name: str | None = None, role: str | None = None) -> list[dict]:
     """The drawn items of the compare charts' marks named ``name...`` or of ``role``."""
     return page.evaluate(SCENE_ITEMS_JS, {"name": name, "role": role})
+
+
+def drawn_runs(page) -> dict[str, int]:
+    """How many items the charts draw for each run (lines' points, bands, dots, markers,
+    resume lines), legend left out."""
+    counts: dict[str, int] = {}
+    for item in scene_items(page):
+        run = (item["datum"] or {}).get("run") if isinstance(item["datum"], dict) else None
+        if run and not (item["role"] or "").startswith("legend"):
+            counts[run] = counts.get(run, 0) + 1
+    return counts
+
+
+def legend_opacity(page) -> dict[str, float]:
+    """Each legend entry's label opacity, by run label."""
+    return {i["datum"]["value"]: i["opacity"] for i in scene_items(page, role="legend-label")}
+
+
+def click_legend(page, label: str) -> None:
+    """Click the legend entry of the run labelled ``label``."""
+    entry = next(i for i in scene_items(page, role="legend-label")
+                 if i["datum"]["value"] == label)
+    page.mouse.click(entry["x"], entry["y"])
 
 
 def tooltip_rows(page) -> tuple[str, list[tuple[str, str]]]:
