@@ -161,11 +161,12 @@ def spec(data: list[MetricData], series: list[RunSeries], x_axis: str, *,
     }
 
 
-def draw(chart: dict, key: str | None = None) -> None:
+def draw(chart: dict, key: str | None = None, hidden: list[str] = ()) -> None:
     """Show a spec() chart across the page's width, its y axes included (the plots take
-    the width less Y_AXIS_ROOM); a zoomable one's drags come back as
-    vega_component.zoom_event(key)."""
-    vega_component.draw(vega_component.payload(chart, Y_AXIS_ROOM), key=key)
+    the width less Y_AXIS_ROOM), the runs labelled ``hidden`` hidden; a zoomable one's
+    drags come back as vega_component.zoom_event(key), its legend clicks as
+    vega_component.hidden_runs(key)."""
+    vega_component.draw(vega_component.payload(chart, Y_AXIS_ROOM), key=key, hidden=hidden)
 
 
 def _metric_chart(d: MetricData, i: int, x: dict, color: dict, labels: list[str],

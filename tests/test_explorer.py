@@ -623,6 +623,25 @@ def test_a_link_reproduces_the_compare_view_and_follows_changes(explored, monkey
     assert params["grad_explode"] == "5"
 
 
+def test_a_link_names_runs_hidden_in_the_legend_and_keeps_naming_them(explored,
+                                                                      monkeypatch):
+    db, ids, store = explored
+    monkeypatch.setenv("HLBD_DB", str(db))
+    at = AppTest.from_file(str(APP), default_timeout=60)
+    at.query_params.update({"runs": f"{ids['faster'][:8]},{ids['baseline'][:8]}",
+                            "hide": f"{ids['faster'][:8]},nope"})
+    at.run()
+    at.switch_page("views/compare.py").run()
+    element = next(e for e in at.get("bidi_component")
+                   if e.proto.component_name == "hlbd_chart" and e.proto.HasField("mixed"))
+    assert json.loads(element.proto.mixed.json)["hidden"] == [label(store, ids["faster"])]
+    assert at.query_params["hide"] == ids["faster"][:8]
+    # The legend said otherwise (the component's state): the link follows.
+    at.session_state["charts"] = {"hidden": [label(store, ids["baseline"])]}
+    at.run()
+    assert at.query_params["hide"] == ids["baseline"][:8]
+
+
 # -- run detail, SQL, databases ---------------------------------------------------------
 
 

@@ -392,3 +392,28 @@ def test_a_legend_click_hides_that_run_and_fades_its_entry_only(served, page):
     assert legend_after_click(page, faded) == shown
     assert drawn_runs(page) == drawn
     assert page.errors == []
+
+
+def test_runs_hidden_in_the_legend_stay_hidden_through_redraws_and_in_the_link(served,
+                                                                               page):
+    url, ids, _ = served
+    first, second = (f"{n} · {ids[n][:8]}" for n in ("first", "second"))
+    page.goto(f"{url}/compare?runs={ids['first'][:8]},{ids['second'][:8]}")
+    wait_for_chart(page)
+    click_legend(page, second)
+    page.wait_for_function(f"() => location.search.includes('hide={ids['second'][:8]}')",
+                           timeout=WAIT_MS)
+    # A new drawing (another x axis: a new spec, a new Vega view): still hidden.
+    before = current_view(page)
+    page.get_by_test_id("stButtonGroup").first.get_by_text("step", exact=True).click()
+    wait_for_chart(page, before)
+    assert second not in drawn_runs(page) and drawn_runs(page)[first]
+    assert legend_opacity(page)[second] < 1
+    assert "hide=" in page.url
+    # The link opens the view with the run hidden.
+    other = page.context.new_page()
+    other.goto(page.url)
+    wait_for_chart(other)
+    assert second not in drawn_runs(other) and drawn_runs(other)[first]
+    assert legend_opacity(other)[second] < 1
+    assert page.errors == []

@@ -76,6 +76,19 @@ def zoom_from_chart() -> None:
         link.put("range", (float(min(span)), float(max(span))) if span else None)
 
 
+def hidden_in_legend() -> list[str]:
+    """The labels of the picked runs hidden through the legend: as the chart last said,
+    else as the link says (``hide``); the link follows."""
+    by_label = {sidebar.label(r): r["run_id"] for r in chosen}
+    said = vega_component.hidden_runs("charts")
+    if said is not None:
+        link.put("hide", [by_label[label] for label in said if label in by_label])
+    wanted = link.get("hide")
+    hidden = [r for r in chosen if any(r["run_id"].startswith(w) for w in wanted)]
+    link.put("hide", [r["run_id"] for r in hidden])
+    return [sidebar.label(r) for r in hidden]
+
+
 def points_per_run(count: int) -> int:
     low, high = POINTS_PER_RUN
     return max(low, min(high, POINTS // max(count, 1)))
@@ -154,7 +167,7 @@ with reads.errors_shown():
     if spec is None:
         st.info("Pick at least one chart above.")
     else:
-        charts.draw(spec, key="charts")
+        charts.draw(spec, key="charts", hidden=hidden_in_legend())
         notes = [("Drag across a chart to zoom all of them (double-click: back); hover for "
                  "every run's value; click a legend entry to hide that run (again: show "
                  "it)."),
