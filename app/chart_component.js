@@ -217,6 +217,16 @@ function draw(box, el, chart) {
   });
 }
 
+// A pointer that was resting over the old drawing rests over the new one: the same
+// move, handed to the new canvas, brings its hover rule, dots and tooltip back.
+function hoverAgain(el, pointer) {
+  const canvas = el.querySelector("canvas");
+  if (!pointer || !canvas) return;
+  canvas.dispatchEvent(new PointerEvent("pointermove", {
+    clientX: pointer.clientX, clientY: pointer.clientY, bubbles: true,
+    pointerType: "mouse", isPrimary: true}));
+}
+
 // One chart per element Streamlit gives it. Streamlit calls the default export again
 // with the same parentElement whenever the data changes (and the cleanup it returns
 // only when the element goes), so the chart lives on the element and is redrawn.
@@ -233,6 +243,15 @@ function mount(parentElement) {
   chart.said = (name, value) => chart.data?.zoomable && chart.setState?.(name, value);
   // A double-click on a chart goes back to the whole x range.
   box.addEventListener("dblclick", () => chart.data?.zoomable && chart.zoomed({}));
+  // Where the pointer rests over the charts, so that a new drawing (a live update)
+  // shows the hover rule and tooltip again without waiting for the pointer to move.
+  chart.pointer = null;
+  box.addEventListener("pointermove", (event) => {
+    if (event.isTrusted) chart.pointer = {clientX: event.clientX, clientY: event.clientY};
+  });
+  box.addEventListener("pointerleave", () => {
+    chart.pointer = null;
+  });
   const discard = (drawn) => {
     window.removeEventListener("pointerup", drawn.release);
     drawn.result.finalize();
@@ -256,6 +275,7 @@ function mount(parentElement) {
         } else {
           chart.drawn = drawn;
           box.style.minHeight = "";
+          hoverAgain(el, chart.pointer);
         }
       });
     }).catch((error) => {

@@ -27,8 +27,8 @@ from helpers.explorer import (
     tooltip_rows,
     wait_until_serving,
 )
-from helpers.procs import free_port
-from helpers.tiny import tiny_config
+from helpers.procs import free_port, wait_until
+from helpers.tiny import tiny_config, tiny_flags
 
 from hlbd.runner import resume_run, start_run
 from hlbd.store import Store
@@ -416,4 +416,40 @@ def test_runs_hidden_in_the_legend_stay_hidden_through_redraws_and_in_the_link(s
     wait_for_chart(other)
     assert second not in drawn_runs(other) and drawn_runs(other)[first]
     assert legend_opacity(other)[second] < 1
+    assert page.errors == []
+
+
+def test_a_live_update_keeps_the_tooltip_and_the_hidden_runs_where_they_were(served, page,
+                                                                            procs):
+    url, ids, db = served
+    # A trainer writes a run while the page shows it: the page redraws at each news.
+    trainer = procs.hlbd("train", "--db", db, "--runs-dir", db.parent / "live-runs",
+                         "--name", "live", *tiny_flags(epochs=400))
+    store = Store.open(str(db))
+    try:
+        live = wait_until(lambda: next((r["run_id"] for r in store.list_runs()
+                                        if r["name"] == "live" and r["epochs"] >= 2),
+                                       None), trainer)
+    finally:
+        store.close()
+    first = f"first · {ids['first'][:8]}"
+    page.goto(f"{url}/compare?runs={live[:8]},{ids['first'][:8]}")
+    wait_for_chart(page)
+    click_legend(page, first)
+    page.wait_for_function("() => location.search.includes('hide=')", timeout=WAIT_MS)
+    band = scene_items(page, "hover_loss")[1]
+    page.mouse.move(band["x"], band["y"])
+    tooltip_rows(page)
+    # The next live update draws the chart anew; the pointer does not move.
+    before = current_view(page)
+    wait_for_chart(page, before)
+    assert trainer.poll() is None  # it was a live update, the run still going
+    page.wait_for_timeout(500)
+    tooltip = page.locator("#vg-tooltip-element")
+    assert "visible" in (tooltip.get_attribute("class") or "")
+    # It speaks of the x now under the pointer (the axis grows as epochs arrive).
+    title, rows = tooltip_rows(page)
+    assert title in {b["datum"]["at"] for b in scene_items(page, "hover_loss")}
+    assert rows[0][0].startswith("live")
+    assert first not in drawn_runs(page) and legend_opacity(page)[first] < 1
     assert page.errors == []
