@@ -246,6 +246,25 @@ def test_the_charts_in_the_browser_hold_exactly_the_stored_numbers(served, page)
     assert page.errors == []
 
 
+def test_an_empty_runs_table_stays_above_its_caption(served, page):
+    url, _, _ = served
+    page.goto(url)
+    page.get_by_text(re.compile(r"\d+ of \d+ runs")).wait_for(timeout=WAIT_MS)
+    page.get_by_label("Filter", exact=True).fill("no-run-is-named-this")
+    page.keyboard.press("Enter")
+    caption = page.get_by_text(re.compile(r"^0 of \d+ runs"))
+    caption.wait_for(timeout=WAIT_MS)
+    grid = page.get_by_test_id("stDataFrame")
+    grid.locator("canvas").first.wait_for(timeout=WAIT_MS)
+    # Everything the grid draws (its canvas holds the header and the "empty" row) ends
+    # above the caption's first line.
+    bottom = grid.evaluate("(e) => Math.max(e.getBoundingClientRect().bottom, "
+                           "...[...e.querySelectorAll('*')].map("
+                           "(c) => c.getBoundingClientRect().bottom))")
+    assert bottom <= caption.bounding_box()["y"]
+    assert page.errors == []
+
+
 def test_clicking_a_header_sorts_the_runs_with_nan_last_either_way(served, page):
     url, _, _ = served
     page.goto(url)

@@ -138,7 +138,9 @@ st.dataframe(
     frame, key=table_picks.KEY, on_select="rerun",
     selection_mode=["multi-row", "single-column"],
     hide_index=True, width="stretch", placeholder=formats.NOT_RECORDED,
-    height=ROW_PX * (min(len(runs), MAX_ROWS_SHOWN) + 1) + 3, column_config=columns)
+    # The header and the rows; with none, the grid still draws one ("empty").
+    height=ROW_PX * (min(max(len(runs), 1), MAX_ROWS_SHOWN) + 1) + 3,
+    column_config=columns)
 order = (f"sorted by {sort[0]}, {'descending' if sort[1] else 'ascending'}, NaN and not "
          "recorded last (click its header again to reverse it, a third time for newest "
          "first)" if sort is not None else
