@@ -6,6 +6,7 @@ session). Screenshots go to the test's tmp folder.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -20,6 +21,7 @@ from helpers.explorer import (
     click_header,
     click_legend,
     drawn_runs,
+    grid_layout,
     grid_rows,
     legend_opacity,
     scene_items,
@@ -30,6 +32,7 @@ from helpers.explorer import (
 from helpers.procs import free_port, wait_until
 from helpers.tiny import tiny_config, tiny_flags
 
+from hlbd import importer
 from hlbd.runner import resume_run, start_run
 from hlbd.store import Store
 
@@ -48,8 +51,8 @@ KNOWN_NOISE = ("the server responded with a status of 404",)
 def served(tmp_path_factory):
     """Real tiny runs served by `streamlit run`: two that went wrong first (one driven to
     a NaN loss, one whose loss exploded to tens), then three ordinary ones (one resumed),
-    newest on top of the runs table; yields (url, ids, db). The runs page looks for new
-    runs every second."""
+    newest on top of the runs table, and one imported from an older tool's report;
+    yields (url, ids, db). The runs page looks for new runs every second."""
     root = tmp_path_factory.mktemp("served")
     db = root / "runs.db"
     store = Store.open(str(db))
@@ -65,6 +68,14 @@ def served(tmp_path_factory):
     store.close()
     store = Store.open(str(db))
     resume_run(store, ids["second"], epochs=4, progress=False)
+    # An older tool's report of the first run's losses (written 2026-01-01: the table's
+    # last row): its grad norms, LRs and times are not recorded.
+    report = json.loads((root / "runs" / ids["first"] / "experiment_report.json").read_text())
+    (root / "old" / "exp").mkdir(parents=True)
+    (root / "old" / "exp" / "experiment_report.json").write_text(json.dumps(
+        {"control_losses": report["control_losses"], "timestamp": 1_767_225_600.0}))
+    [old] = importer.import_reports(store, root / "old", name="imported")
+    ids["imported"] = old.run_id
     store.close()
     port = free_port()
     server = subprocess.Popen(
@@ -137,7 +148,7 @@ def tick(page, row: int) -> None:
 def test_ticks_stay_on_the_runs_picked_when_a_new_run_arrives(served, page, tmp_path):
     url, _ids, db = served
     page.goto(url)
-    page.get_by_text("5 of 5 runs").wait_for(timeout=WAIT_MS)
+    page.get_by_text("6 of 6 runs").wait_for(timeout=WAIT_MS)
     # Newest first: third, second, first. Tick the second and third rows.
     tick(page, 2)
     wait_for_picks(page, ["second"])
@@ -147,7 +158,7 @@ def test_ticks_stay_on_the_runs_picked_when_a_new_run_arrives(served, page, tmp_
     store = Store.open(str(db))
     try:
         newest = store.create_run("newest", tiny_config().to_dict(), {"bundled": 143})
-        page.get_by_text("6 of 6 runs").wait_for(timeout=WAIT_MS)
+        page.get_by_text("7 of 7 runs").wait_for(timeout=WAIT_MS)
         page.wait_for_timeout(1500)  # another refresh or two: nothing may move
         assert sidebar_picks(page) == ["first", "second"]
         page.screenshot(path=tmp_path / "runs_after_new_run.png", full_page=True)
@@ -262,6 +273,35 @@ def test_an_empty_runs_table_stays_above_its_caption(served, page):
                            "...[...e.querySelectorAll('*')].map("
                            "(c) => c.getBoundingClientRect().bottom))")
     assert bottom <= caption.bounding_box()["y"]
+    assert page.errors == []
+
+
+def cut_cells(page, placeholder: str) -> list[tuple[str, int, float]]:
+    """The columns of the page's grids that draw ``placeholder`` in a cell narrower than
+    it: (title, the column's width, the width the text and the cell's padding need)."""
+    cut = []
+    for index in range(page.get_by_test_id("stDataFrame").count()):
+        layout = grid_layout(page, index)
+        needs = page.evaluate("(font) => { const c = document.createElement('canvas')"
+                              ".getContext('2d'); c.font = font; return c.measureText("
+                              f"{json.dumps(placeholder)}).width; }}", layout["font"])
+        needs += 2 * layout["padding"]
+        empty = {title for row in grid_rows(page, index)
+                 for title, text in row.items() if text == ""}
+        cut += [(c["title"], c["width"], needs) for c in layout["columns"]
+                if c["title"] in empty and c["width"] < needs]
+    return cut
+
+
+def test_a_cell_not_recorded_says_so_whole_in_every_grid(served, page):
+    url, ids, _ = served
+    page.goto(url)
+    page.get_by_text(re.compile(r"\d+ of \d+ runs")).wait_for(timeout=WAIT_MS)
+    assert cut_cells(page, "not recorded") == []
+    page.goto(f"{url}/run?run={ids['imported'][:8]}")
+    page.get_by_text("Epochs").first.wait_for(timeout=WAIT_MS)
+    page.get_by_test_id("stDataFrame").nth(2).wait_for(timeout=WAIT_MS)
+    assert cut_cells(page, "not recorded") == []
     assert page.errors == []
 
 

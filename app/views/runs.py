@@ -130,6 +130,7 @@ columns = {
     "id": st.column_config.TextColumn(width="large", help="the full run id (copy a "
                                                            "cell with Ctrl+C)"),
 }
+columns = formats.with_widths(columns, formats.missing_widths(frame))
 if sort is not None and sort[0] in frame.columns:
     columns[sort[0]] = {**columns.get(sort[0], st.column_config.Column()),
                         "label": table_sort.label(sort[0], sort)}
