@@ -41,6 +41,7 @@ RULE_COLOR = "#888888"   # the hover rule: 3.5:1 on the light background, 5.3:1 
 NUMBER = ".6~g"   # significant digits in tooltips
 RAW_UNDER_SMOOTH, SMOOTH_WIDTH = 0.75, 2.5   # line widths (px) with smoothing on
 HIDDEN = "hidden_runs"   # the spec's parameter: labels of the runs hidden in the legend
+HIT_PX = 24   # a marker's hover target, across (WCAG 2.5.8's minimum target size)
 SHOWN = {"filter": f"indexof({HIDDEN}, datum.run) < 0"}   # a layer's runs not hidden
 Y_AXIS_EXTENT = 64          # pixels for a y axis' ticks and labels (up to ~9 characters) ...
 Y_AXIS_ROOM = Y_AXIS_EXTENT + 32   # ... and its title: what a chart takes left of its plot
@@ -242,30 +243,26 @@ def _metric_chart(d: MetricData, i: int, x: dict, color: dict, labels: list[str]
     edge = {"field": "edge", "type": "quantitative", "scale": {"domain": [0, 1]},
             "axis": None}
     if len(d.nonfinite):
-        layers.append({"data": data("nonfinite", d.nonfinite.assign(edge=0.97)),
-                       "transform": [SHOWN], "mark": {"type": "point", "shape": "triangle-down", "filled": True,
-                                "size": 110, "stroke": "black", "strokeWidth": 1},
-                       "encoding": {"x": x, "y": edge, "color": color, "tooltip": [
-                           {"field": "run"}, {"field": "at", "title": "at"},
-                           {"field": "what", "title": "non-finite"}]}})
+        layers += _marker(data("nonfinite", d.nonfinite.assign(edge=0.97)), x, edge, color,
+                          {"type": "point", "shape": "triangle-down", "filled": True,
+                           "size": 110, "stroke": "black", "strokeWidth": 1},
+                          [{"field": "run"}, {"field": "at", "title": "at"},
+                           {"field": "what", "title": "non-finite"}])
     if len(d.clipped):
-        layers.append({"data": data("clipped", d.clipped), "transform": [SHOWN],
-                       "mark": {"type": "point", "shape": "diamond", "filled": False,
-                                "size": 60, "strokeWidth": 1.5},
-                       "encoding": {"x": x, "y": edge, "color": color, "tooltip": [
-                           {"field": "run"}, {"field": "what", "title": "value"}]}})
+        layers += _marker(data("clipped", d.clipped), x, edge, color,
+                          {"type": "point", "shape": "diamond", "filled": False,
+                           "size": 60, "strokeWidth": 1.5},
+                          [{"field": "run"}, {"field": "what", "title": "value"}])
     if len(d.flags):
-        layers.append({"data": data("flags", d.flags.assign(edge=0.03)),
-                       "transform": [SHOWN], "mark": {"type": "point", "shape": "diamond", "filled": True,
-                                "size": 130, "stroke": "black", "strokeWidth": 1},
-                       "encoding": {"x": x, "y": edge, "color": color, "tooltip": [
-                           {"field": "run"}, {"field": "rule"},
-                           {"field": "message", "title": "anomaly"}]}})
+        layers += _marker(data("flags", d.flags.assign(edge=0.03)), x, edge, color,
+                          {"type": "point", "shape": "diamond", "filled": True,
+                           "size": 130, "stroke": "black", "strokeWidth": 1},
+                          [{"field": "run"}, {"field": "rule"},
+                           {"field": "message", "title": "anomaly"}])
     if len(d.resumes):
-        layers.append({"data": data("resumes", d.resumes), "transform": [SHOWN],
-                       "mark": {"type": "rule", "strokeDash": [5, 4], "strokeWidth": 1.5},
-                       "encoding": {"x": x, "color": color, "tooltip": [
-                           {"field": "run"}, {"field": "what", "title": "resume"}]}})
+        layers += _marker(data("resumes", d.resumes), x, None, color,
+                          {"type": "rule", "strokeDash": [5, 4], "strokeWidth": 1.5},
+                          [{"field": "run"}, {"field": "what", "title": "resume"}])
     # The zoom selection lives on the first layer (its param names these views).
     main[0]["name"] = names["zoom"]
     subtitle = []
@@ -276,3 +273,19 @@ def _metric_chart(d: MetricData, i: int, x: dict, color: dict, labels: list[str]
              "height": HEIGHT,
              "layer": layers, "resolve": {"scale": {"y": "independent"}}}
     return chart, names
+
+
+def _marker(data: dict, x: dict, y: dict | None, color: dict, mark: dict,
+            tooltip: list[dict]) -> list[dict]:
+    """A layer of markers (NaN/Inf, clipped points, flags, resume lines) and, over it, the
+    same markers as invisible targets of HIT_PX across that show its tooltip: the
+    visible ones are a few pixels wide, too small to hover."""
+    position = {"x": x, **({"y": y} if y else {})}
+    # (A band for a line: Vega bounds a transparent stroke by its line alone.)
+    hit = ({"type": "rect", "width": HIT_PX, "opacity": 0} if mark["type"] == "rule"
+           else {"type": "point", "shape": "circle", "filled": True, "opacity": 0,
+                 "size": HIT_PX * HIT_PX})
+    return [{"data": data, "transform": [SHOWN], "mark": mark,
+             "encoding": {**position, "color": color}},
+            {"data": data, "transform": [SHOWN], "mark": hit,
+             "encoding": {**position, "tooltip": tooltip}}]

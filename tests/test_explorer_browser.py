@@ -512,3 +512,24 @@ def test_a_live_update_keeps_the_tooltip_and_the_hidden_runs_where_they_were(ser
     assert rows[0][0].startswith("live")
     assert first not in drawn_runs(page) and legend_opacity(page)[first] < 1
     assert page.errors == []
+
+
+def test_markers_answer_a_pointer_near_them_not_only_on_their_few_pixels(served, page):
+    url, ids, _ = served
+    page.goto(f"{url}/compare?runs={ids['exploding'][:8]},{ids['second'][:8]}")
+    wait_for_chart(page)
+    targets = {
+        # A flag diamond on the bottom edge (the exploding run's grad norms), and a
+        # resume line (the resumed run's), each pointed at 10 px beside its centre.
+        "anomaly": next(i for i in scene_items(page) if isinstance(i["datum"], dict)
+                        and i["datum"].get("rule") == "grad_explosion"),
+        "resume": next(i for i in scene_items(page) if isinstance(i["datum"], dict)
+                       and str(i["datum"].get("what", "")).startswith("resumed")),
+    }
+    for title, item in targets.items():
+        page.mouse.move(item["x"] + 10, item["y"] if title == "anomaly" else
+                        item["y"] - item["height"] / 4)
+        page.wait_for_timeout(300)
+        _, rows = tooltip_rows(page)
+        assert title in dict(rows), (title, rows)
+    assert page.errors == []
