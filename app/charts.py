@@ -29,15 +29,16 @@ def title(metric: str) -> str:
 
 
 VISIBLE_POINTS = 300        # up to this many points per chart, each is drawn as a dot
-# One colour per run in creation order. Each is a line at least 3:1 against Streamlit's
-# light (#ffffff) and dark (#0e1117) backgrounds (WCAG 1.4.11), none is a grey (CIELAB
-# chroma 35 and up), and they were picked farthest-first by CIEDE2000 from the sRGB
-# colours that qualify: every two differ by 15 or more, runs next to each other in
-# creation order by 26 or more (tests/test_explorer_palette.py measures all of that).
-PALETTE = ("#4678b4", "#a09600", "#ff0005", "#ff00e6", "#007355", "#8c5505", "#9b465f",
-           "#05aa32", "#7323ff", "#ff557d", "#5a6905", "#a087c3", "#05a0a0", "#dc7814",
-           "#735591", "#aa6450", "#b9009b", "#009bc8", "#c30a2d", "#be649b")
-RULE_COLOR = "#888888"   # the hover rule: 3.5:1 on the light background, 5.3:1 on the dark
+# One colour per run in creation order. Each is a line at least 3:1 against the page in
+# Streamlit's light theme (#ffffff) and dark one (#171614; #0e1117 before 1.67) (WCAG
+# 1.4.11), none is a grey (CIELAB chroma 35 and up), every two differ by 15 or more in
+# CIEDE2000, and they are in the order that keeps runs made one after another (ranks
+# wrap around) 43 or more apart. Picked farthest-first by CIEDE2000 from the sRGB
+# colours that qualify, then ordered; tests/test_explorer_palette.py measures it all.
+PALETTE = ("#4678b4", "#ff557d", "#05aa32", "#6e5a96", "#a09600", "#a087c3", "#556e00",
+           "#9b4b64", "#009bc8", "#c87d69", "#7828ff", "#007355", "#a54b37", "#05a0a0",
+           "#ff00e6", "#8c5a1e", "#b900a0", "#dc7800", "#826eff", "#ff0005")
+RULE_COLOR = "#888888"   # the hover rule: 3.5:1 on the light background, 5.1:1 on the dark
 NUMBER = ".6~g"   # significant digits in tooltips
 RAW_UNDER_SMOOTH, SMOOTH_WIDTH = 0.75, 2.5   # line widths (px) with smoothing on
 HIDDEN = "hidden_runs"   # the spec's parameter: labels of the runs hidden in the legend

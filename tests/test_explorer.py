@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import streamlit as st
 from helpers.backends import rows, sqlite_only
-from helpers.colour import blend, contrast
+from helpers.colour import THEME_BACKGROUNDS, blend, contrast
 from helpers.explorer import APP, chart_spec, charts, column_formats, compare, open_app
 from helpers.procs import kill_hard, spawn_hlbd, wait_until
 from helpers.tiny import tiny_config, tiny_flags
@@ -554,7 +554,7 @@ def test_every_line_of_a_run_stands_3_to_1_on_light_and_dark_pages(explored, mon
             colors = (mark["encoding"]["color"]["scale"]["range"]
                       if "color" in mark["encoding"] else [mark["color"]])
             for color in colors:
-                for background in ("#ffffff", "#0e1117"):  # Streamlit's light and dark
+                for background in THEME_BACKGROUNDS.values():
                     drawn = blend(color, background, opacity)
                     assert contrast(drawn, background) >= 3, (chart.title, color, opacity)
 

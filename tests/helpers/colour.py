@@ -6,6 +6,11 @@ from __future__ import annotations
 
 import math
 
+# The page backgrounds of Streamlit's themes, which the explorer's charts draw on (they
+# are transparent): light; dark as Streamlit 1.67 draws it (measured in Chromium); dark
+# as earlier versions drew it.
+THEME_BACKGROUNDS = {"light": "#ffffff", "dark": "#171614", "dark before 1.67": "#0e1117"}
+
 
 def _linear(channel: int) -> float:
     c = channel / 255
