@@ -166,10 +166,10 @@ function draw(box, el, chart) {
   const legend = spec.config.legend ?? {};
   legend.columns = Math.max(1, Math.min(legend.columns ?? 4, Math.floor(width / 240)));
   spec.config.legend = legend;
-  // Canvas draws thousands of points faster than SVG. The "..." menu saves the charts
-  // as PNG or SVG (its links to the online Vega editor are left out: a local tool).
-  const actions = {export: true, source: false, compiled: false, editor: false};
-  return vegaEmbed(el, spec, {actions, renderer: "canvas"}).then((result) => {
+  // Canvas draws thousands of points faster than SVG. No "..." menu: it saved all the
+  // charts in one transparent image named "visualization"; the buttons of
+  // exportButtons save one chart each.
+  return vegaEmbed(el, spec, {actions: false, renderer: "canvas"}).then((result) => {
     const view = result.view;
     el.hlbdView = view;  // for tests and the browser's console
     // The hover band's tooltip is written here (hoverTooltip) once the dots of the x
@@ -217,6 +217,89 @@ function draw(box, el, chart) {
   });
 }
 
+// The colour the page is drawn on (the charts themselves are transparent).
+function pageBackground(element) {
+  for (let e = element; e; e = e.parentElement) {
+    const color = getComputedStyle(e).backgroundColor;
+    if (color && color !== "transparent" && !/rgba\(.*, 0\)$/.test(color)) return color;
+  }
+  return "white";
+}
+
+// A file name from the metric and the runs' names: "Loss - first, second.png".
+function exportName(title, labels, hidden) {
+  const names = [...new Set(labels.filter((label) => !hidden.has(label))
+    .map((label) => label.split(" · ")[0]))];
+  const runs = names.length > 4
+    ? `${names.slice(0, 3).join(", ")} and ${names.length - 3} more` : names.join(", ");
+  return `${title} - ${runs}`.replace(/[\\/:*?"<>|\x00-\x1f]+/g, "_").slice(0, 180) + ".png";
+}
+
+// One chart of the stack as a PNG, at twice the screen's pixels: the legend above it,
+// on the page's background (a transparent image is unreadable in a dark viewer).
+async function exportChart(view, index, title, labels, hidden, background) {
+  const scale = 2;
+  const whole = await view.toCanvas(scale);
+  const [originX, originY] = view.origin();
+  const root = view.scenegraph().root.items[0];
+  // Each part with a margin: Vega's bounds run close to the text of the axis titles.
+  const margin = 6;
+  const part = (test) => {
+    const b = root.items.find(test)?.items?.[0]?.bounds;
+    return b && {x1: Math.max(b.x1 - margin, -originX), y1: Math.max(b.y1 - margin, -originY),
+                 x2: b.x2 + margin, y2: b.y2 + margin};
+  };
+  const parts = [part((mark) => mark.role === "legend"),
+                 part((mark) => mark.name === `concat_${index}_group`)].filter(Boolean);
+  const pad = 6;
+  const width = Math.max(...parts.map((b) => b.x2 - b.x1)) + 2 * pad;
+  const height = parts.reduce((sum, b) => sum + b.y2 - b.y1, 0) + pad * (parts.length + 1);
+  const out = document.createElement("canvas");
+  out.width = Math.ceil(width * scale);
+  out.height = Math.ceil(height * scale);
+  const context = out.getContext("2d");
+  context.fillStyle = background;
+  context.fillRect(0, 0, out.width, out.height);
+  let y = pad;
+  for (const b of parts) {
+    const [w, h] = [b.x2 - b.x1, b.y2 - b.y1];
+    context.drawImage(whole, (b.x1 + originX) * scale, (b.y1 + originY) * scale, w * scale,
+                      h * scale, pad * scale, y * scale, w * scale, h * scale);
+    y += h + pad;
+  }
+  const link = document.createElement("a");
+  link.download = exportName(title, labels, hidden);
+  link.href = out.toDataURL("image/png");
+  link.click();
+}
+
+// "Save as PNG" and a button per chart, above the charts.
+function exportButtons(bar, chart) {
+  const titles = (chart.data.spec.vconcat ?? []).map((one) => one.title?.text ?? "chart");
+  const labels = chart.data.spec.usermeta?.runs ?? [];
+  bar.replaceChildren();
+  if (!titles.length) return;
+  const caption = document.createElement("span");
+  caption.textContent = "Save as PNG:";
+  bar.appendChild(caption);
+  titles.forEach((title, index) => {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.style.cssText = "font:inherit;color:inherit;background:transparent;" +
+      "border:1px solid var(--st-border-color, currentColor);border-radius:0.5rem;" +
+      "padding:1px 8px;cursor:pointer";
+    button.textContent = title;
+    button.title = `Save the ${title} chart as a PNG image`;
+    button.addEventListener("click", () => {
+      const view = chart.drawn?.result.view;
+      if (view) {
+        exportChart(view, index, title, labels, chart.hidden, pageBackground(bar));
+      }
+    });
+    bar.appendChild(button);
+  });
+}
+
 // A pointer that was resting over the old drawing rests over the new one: the same
 // move, handed to the new canvas, brings its hover rule, dots and tooltip back.
 function hoverAgain(el, pointer) {
@@ -232,8 +315,12 @@ function hoverAgain(el, pointer) {
 // only when the element goes), so the chart lives on the element and is redrawn.
 function mount(parentElement) {
   const box = document.createElement("div");
+  const bar = document.createElement("div");
+  bar.className = "hlbd-export";
+  bar.style.cssText = "display:flex;flex-wrap:wrap;gap:6px;align-items:center;" +
+    "justify-content:flex-end;font-size:0.8rem;margin-bottom:4px";
   const el = document.createElement("div");
-  box.appendChild(el);
+  box.append(bar, el);
   parentElement.appendChild(box);
   // hidden: the labels of the runs hidden through the legend, from the page's link
   // when the chart first shows, then as the legend says (the page is told, for its link).
@@ -275,6 +362,7 @@ function mount(parentElement) {
         } else {
           chart.drawn = drawn;
           box.style.minHeight = "";
+          exportButtons(bar, chart);
           hoverAgain(el, chart.pointer);
         }
       });

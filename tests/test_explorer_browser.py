@@ -533,3 +533,36 @@ def test_markers_answer_a_pointer_near_them_not_only_on_their_few_pixels(served,
         _, rows = tooltip_rows(page)
         assert title in dict(rows), (title, rows)
     assert page.errors == []
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_a_chart_saves_alone_as_a_png_on_the_page_background_named_for_its_runs(
+        served, browser, scheme, tmp_path):
+    from PIL import Image
+
+    url, ids, _ = served
+    context = browser.new_context(viewport={"width": 1400, "height": 1100},
+                                  color_scheme=scheme, accept_downloads=True)
+    try:
+        page = context.new_page()
+        page.goto(f"{url}/compare?runs={ids['first'][:8]},{ids['second'][:8]}")
+        wait_for_chart(page)
+        background = page.evaluate("() => getComputedStyle(document.querySelector("
+                                   "'[data-testid=stApp]')).backgroundColor")
+        page_rgb = tuple(int(v) for v in re.findall(r"\d+", background)[:3])
+        with page.expect_download() as saved:
+            page.locator(".hlbd-export button", has_text="Gradient norm").click()
+        assert saved.value.suggested_filename == "Gradient norm - first, second.png"
+        path = tmp_path / f"{scheme}.png"
+        saved.value.save_as(path)
+        image = Image.open(path).convert("RGBA")
+        # Opaque, on the page's own background (a dark viewer shows it as the page did).
+        width, height = image.size
+        for corner in ((0, 0), (width - 1, 0), (0, height - 1), (width - 1, height - 1)):
+            assert image.getpixel(corner) == (*page_rgb, 255)
+        # One chart with the legend, not the stack of three (at twice the screen's pixels).
+        stack = page.locator(".vega-embed canvas").first.bounding_box()["height"]
+        assert height / 2 < 0.5 * stack
+        assert len(image.getcolors(maxcolors=1 << 24)) > 20  # it drew a chart, not a blank
+    finally:
+        context.close()
