@@ -429,6 +429,25 @@ def legend_after_click(page, before: dict) -> dict:
     return legend_opacity(page)
 
 
+# In a browser page: how many pixels of the first chart's canvas are drawn (not clear).
+DRAWN_PIXELS_JS = """() => {
+  const canvas = document.querySelector('.vega-embed canvas');
+  const pixels = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+  let drawn = 0;
+  for (let i = 3; i < pixels.length; i += 4) if (pixels[i]) drawn++;
+  return drawn;
+}"""
+
+
+def test_the_charts_are_drawn_before_the_pointer_comes_near(served, page):
+    url, ids, _ = served
+    page.goto(f"{url}/compare?runs={ids['first'][:8]},{ids['second'][:8]}")
+    wait_for_chart(page)
+    # No pointer event: the lines, axes and legend are on the canvas all the same.
+    page.wait_for_function(f"() => ({DRAWN_PIXELS_JS})() > 10000", timeout=WAIT_MS)
+    assert page.errors == []
+
+
 def test_a_legend_click_hides_that_run_and_fades_its_entry_only(served, page):
     url, ids, _ = served
     first, second = (f"{n} · {ids[n][:8]}" for n in ("first", "second"))
