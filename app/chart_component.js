@@ -134,6 +134,26 @@ function hoverTooltip(view, event, item, labels, hidden) {
   return out;
 }
 
+// Text lines broken at spaces so that none is wider than `pixels` (about 7 px a
+// character in the charts' 13 px subtitles).
+function wrapLines(text, pixels) {
+  const most = Math.max(20, Math.floor(pixels / 7));
+  const out = [];
+  for (const line of Array.isArray(text) ? text : [text]) {
+    let current = "";
+    for (const word of String(line).split(" ")) {
+      if (current && current.length + 1 + word.length > most) {
+        out.push(current);
+        current = word;
+      } else {
+        current = current ? `${current} ${word}` : word;
+      }
+    }
+    if (current) out.push(current);
+  }
+  return out;
+}
+
 function chartWidth(element, axisRoom) {
   return Math.max(120, Math.floor(element.getBoundingClientRect().width) - axisRoom);
 }
@@ -157,7 +177,14 @@ function draw(box, el, chart) {
   const labels = data.spec.usermeta?.runs ?? [];
   for (const name of data.datasets) spec.datasets[name] = rows(data[name], labels);
   const width = chartWidth(box, data.axis_room);
-  for (const one of spec.vconcat ?? []) one.width = width;
+  for (const one of spec.vconcat ?? []) {
+    one.width = width;
+    // A subtitle (what was not recorded, what the robust range left out) wraps at the
+    // chart's width: Vega widens the whole chart to fit a long line instead.
+    if (one.title?.subtitle) {
+      one.title = {...one.title, subtitle: wrapLines(one.title.subtitle, width + data.axis_room)};
+    }
+  }
   // The runs hidden through the legend stay hidden in every drawing of the chart.
   spec.params = (spec.params ?? []).map((param) => (param.name === HIDDEN
     ? {...param, value: labels.filter((label) => chart.hidden.has(label))} : param));

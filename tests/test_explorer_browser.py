@@ -299,7 +299,7 @@ def test_a_cell_not_recorded_says_so_whole_in_every_grid(served, page):
     page.get_by_text(re.compile(r"\d+ of \d+ runs")).wait_for(timeout=WAIT_MS)
     assert cut_cells(page, "not recorded") == []
     page.goto(f"{url}/run?run={ids['imported'][:8]}")
-    page.get_by_text("Epochs").first.wait_for(timeout=WAIT_MS)
+    page.get_by_role("heading", name="Epochs").wait_for(timeout=WAIT_MS)
     page.get_by_test_id("stDataFrame").nth(2).wait_for(timeout=WAIT_MS)
     assert cut_cells(page, "not recorded") == []
     assert page.errors == []
@@ -533,6 +533,22 @@ def test_a_live_update_keeps_the_tooltip_and_the_hidden_runs_where_they_were(ser
     assert page.errors == []
 
 
+def in_view(page, wanted) -> dict:
+    """The first drawn item whose datum is ``wanted``, scrolled into the window first."""
+    def find() -> dict:
+        return next(i for i in scene_items(page) if isinstance(i["datum"], dict)
+                    and wanted(i["datum"]))
+
+    height = page.viewport_size["height"]
+    item = find()
+    if not 50 < item["y"] < height - 50:
+        page.mouse.move(page.viewport_size["width"] / 2, height / 2)
+        page.mouse.wheel(0, item["y"] - height / 2)
+        page.wait_for_timeout(500)
+        item = find()
+    return item
+
+
 def test_markers_answer_a_pointer_near_them_not_only_on_their_few_pixels(served, page):
     url, ids, _ = served
     page.goto(f"{url}/compare?runs={ids['exploding'][:8]},{ids['second'][:8]}")
@@ -540,12 +556,11 @@ def test_markers_answer_a_pointer_near_them_not_only_on_their_few_pixels(served,
     targets = {
         # A flag diamond on the bottom edge (the exploding run's grad norms), and a
         # resume line (the resumed run's), each pointed at 10 px beside its centre.
-        "anomaly": next(i for i in scene_items(page) if isinstance(i["datum"], dict)
-                        and i["datum"].get("rule") == "grad_explosion"),
-        "resume": next(i for i in scene_items(page) if isinstance(i["datum"], dict)
-                       and str(i["datum"].get("what", "")).startswith("resumed")),
+        "anomaly": lambda d: d.get("rule") == "grad_explosion",
+        "resume": lambda d: str(d.get("what", "")).startswith("resumed"),
     }
-    for title, item in targets.items():
+    for title, wanted in targets.items():
+        item = in_view(page, wanted)
         page.mouse.move(item["x"] + 10, item["y"] if title == "anomaly" else
                         item["y"] - item["height"] / 4)
         page.wait_for_timeout(300)
@@ -583,5 +598,72 @@ def test_a_chart_saves_alone_as_a_png_on_the_page_background_named_for_its_runs(
         stack = page.locator(".vega-embed canvas").first.bounding_box()["height"]
         assert height / 2 < 0.5 * stack
         assert len(image.getcolors(maxcolors=1 << 24)) > 20  # it drew a chart, not a blank
+    finally:
+        context.close()
+
+
+# In a browser page: the widgets of the main column whose content runs past their own box
+# or past the column, the charts' canvases that run past the column, and how wide the
+# page scrolls.
+FIT_JS = """() => {
+  const main = document.querySelector('[data-testid=stMainBlockContainer]');
+  const right = main.getBoundingClientRect().right
+    - parseFloat(getComputedStyle(main).paddingRight);
+  const cut = [];
+  for (const e of main.querySelectorAll('[data-testid=stButtonGroup], [data-testid=stSlider],'
+      + ' [data-testid=stCheckbox], [data-testid=stWidgetLabel], .hlbd-export')) {
+    const box = e.getBoundingClientRect();
+    let inner = box.right;
+    for (const c of e.querySelectorAll('*')) inner = Math.max(inner, c.getBoundingClientRect().right);
+    if (e.scrollWidth > e.clientWidth + 1 || inner > box.right + 1 || box.right > right + 1) {
+      cut.push(e.innerText.slice(0, 40));
+    }
+  }
+  const overflow = [...document.querySelectorAll('.vega-embed canvas')]
+    .filter((c) => c.getBoundingClientRect().right > right + 1).length;
+  return {cut, overflow, scroll: document.documentElement.scrollWidth - window.innerWidth};
+}"""
+
+
+@pytest.mark.parametrize("width, charts", [
+    (800, ""), (1400, "&charts=loss,grad_norm,lr,token_accuracy,tokens_per_second")])
+def test_the_compare_page_fits_the_window_its_controls_and_charts_whole(served, browser,
+                                                                       width, charts):
+    url, ids, _ = served
+    context = browser.new_context(viewport={"width": width, "height": 1000})
+    try:
+        page = context.new_page()
+        picked = ",".join(ids[n][:8] for n in ("first", "second", "exploding"))
+        # The exploded run's loss makes the chart say, at length, what the robust range
+        # left out; every chart is on the log-scale pills at 1400 px.
+        page.goto(f"{url}/compare?runs={picked}{charts}")
+        wait_for_chart(page)
+        page.get_by_text("Save as PNG").wait_for(timeout=WAIT_MS)
+        assert page.evaluate(FIT_JS) == {"cut": [], "overflow": 0, "scroll": 0}
+    finally:
+        context.close()
+
+
+def test_the_sidebar_folds_away_for_good_and_every_page_stays_one_click_off(served,
+                                                                            browser):
+    url, ids, _ = served
+    context = browser.new_context(viewport={"width": 800, "height": 1000})
+    try:
+        page = context.new_page()
+        page.goto(f"{url}/compare?runs={ids['first'][:8]}")
+        wait_for_chart(page)
+        sidebar = page.get_by_test_id("stSidebar")
+        assert sidebar.bounding_box()["width"] <= 260  # open, it leaves the page room
+        sidebar.hover()
+        page.get_by_test_id("stSidebarCollapseButton").click()
+        page.wait_for_function("() => document.querySelector('[data-testid=stSidebar]')"
+                               ".getBoundingClientRect().right <= 0", timeout=WAIT_MS)
+        # Folded, every page is still reachable, and it stays folded.
+        for name, heading in (("SQL", "SQL"), ("Runs", "Runs"), ("Run detail", "Run detail"),
+                              ("Compare", "Compare runs")):
+            page.get_by_role("link", name=name, exact=True).click()
+            page.get_by_role("heading", name=heading).wait_for(timeout=WAIT_MS)
+            assert sidebar.bounding_box()["x"] + sidebar.bounding_box()["width"] <= 0
+        assert page.evaluate(FIT_JS)["scroll"] == 0
     finally:
         context.close()
