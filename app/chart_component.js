@@ -82,6 +82,16 @@ function themeConfig(element) {
   };
 }
 
+// vega-tooltip's own handler (it draws #vg-tooltip-element), taken once from a tiny view
+// of its own: vega-embed does not export it, and the charts' handler hands it the
+// tooltips it writes.
+function plainTooltip() {
+  window.__hlbdTooltip ??= vegaEmbed(document.createElement("div"),
+                                     {mark: "point"}, {actions: false})
+    .then((probe) => probe.view.tooltip());
+  return window.__hlbdTooltip;
+}
+
 // A number in a tooltip: six significant digits, trailing zeros dropped.
 function number(value) {
   return String(Number(Number(value).toPrecision(6)));
@@ -193,31 +203,32 @@ function draw(box, el, chart) {
   const legend = spec.config.legend ?? {};
   legend.columns = Math.max(1, Math.min(legend.columns ?? 4, Math.floor(width / 240)));
   spec.config.legend = legend;
+  // The hover band's tooltip is written here (hoverTooltip) once the dots of the x
+  // under the pointer are drawn; every other tooltip as Vega-Lite wrote it. A newer
+  // call (a move, a leave) wins over one still waiting. Given to vega-embed, which sets
+  // it before the first drawing (set on a drawn view, a handler starts a new, blank
+  // renderer: everything would be drawn twice).
+  let view = null;
+  let latest = 0;
+  const tooltip = (plain) => (handler, event, item, value) => {
+    const call = ++latest;
+    if (!view || value == null || !item?.mark?.name?.startsWith("hover_")) {
+      plain(handler, event, item, value);
+      return;
+    }
+    view.runAsync().then(() => {
+      if (call === latest) {
+        plain(handler, event, item, hoverTooltip(view, event, item, labels, chart.hidden));
+      }
+    });
+  };
   // Canvas draws thousands of points faster than SVG. No "..." menu: it saved all the
   // charts in one transparent image named "visualization"; the buttons of
   // exportButtons save one chart each.
-  return vegaEmbed(el, spec, {actions: false, renderer: "canvas"}).then((result) => {
-    const view = result.view;
+  return plainTooltip().then((plain) => vegaEmbed(el, spec, {
+    actions: false, renderer: "canvas", tooltip: tooltip(plain)})).then((result) => {
+    view = result.view;
     el.hlbdView = view;  // for tests and the browser's console
-    // The hover band's tooltip is written here (hoverTooltip) once the dots of the x
-    // under the pointer are drawn; every other tooltip as Vega-Lite wrote it. A newer
-    // call (a move, a leave) wins over one still waiting.
-    const plain = view.tooltip();
-    let latest = 0;
-    view.tooltip((handler, event, item, value) => {
-      const call = ++latest;
-      if (value == null || !item?.mark?.name?.startsWith("hover_")) {
-        plain(handler, event, item, value);
-        return;
-      }
-      view.runAsync().then(() => {
-        if (call === latest) {
-          plain(handler, event, item, hoverTooltip(view, event, item, labels, chart.hidden));
-        }
-      });
-    });
-    // A new tooltip handler gives the view a new, blank renderer: draw into it.
-    view.runAsync();
     // A click on a legend entry hides its run (every mark of it), again shows it.
     view.addEventListener("click", (event, item) => {
       const run = legendRun(item, labels);
