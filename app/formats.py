@@ -1,4 +1,5 @@
-"""How numbers are shown: a missing value says "not recorded"; NaN and Inf show as such.
+"""How numbers are shown: a missing value says "not recorded" (in a SQL result, "NULL");
+NaN and Inf show as such.
 
 Table columns of measured numbers are Arrow-backed floats, which (unlike NumPy floats)
 keep a measured NaN apart from a missing value: the grid shows ``NaN`` for the one and
@@ -9,12 +10,14 @@ as numbers, and are shown with six significant digits, never cut.
 from __future__ import annotations
 
 import math
+from datetime import datetime
 
 import pandas as pd
 import pyarrow as pa
 import streamlit as st
 
 NOT_RECORDED = "not recorded"
+SQL_NULL = "NULL"   # a SQL result's empty cell: NULL is NULL, whatever it means in the table
 NUMBER_FORMAT = "%.6g"
 
 
@@ -73,7 +76,49 @@ def number_columns(frame: pd.DataFrame) -> dict:
             if pd.api.types.is_float_dtype(frame[c].dtype)}
 
 
-def show(frame: pd.DataFrame, **kwargs) -> None:
-    """st.dataframe with numbers never cut and missing values saying so."""
+# The grid's text is 14 px Source Sans: at most 7.2 px a character (7.0 for a digit),
+# and 8 px of padding each side of a cell.
+CHARACTER_PX, CELL_PADDING_PX = 7.2, 24
+
+
+def text_width(text: str) -> int:
+    """Pixels a grid cell needs for ``text`` (an upper bound)."""
+    return round(len(text) * CHARACTER_PX + CELL_PADDING_PX)
+
+
+def missing_widths(frame: pd.DataFrame, missing: str = NOT_RECORDED) -> dict[str, int]:
+    """A width for each column of ``frame`` that has an empty cell, wide enough for
+    ``missing`` as well as its name and values. The grid sizes a column by the values
+    it has, not by the placeholder it draws for a missing one, and cuts a right-aligned
+    number column's placeholder from the left ("corded")."""
+    out = {}
+    for column in frame.columns:
+        if not frame[column].isna().to_numpy(dtype=bool).any():
+            continue
+        texts = [str(column), missing, *(_shown(v) for v in frame[column].dropna())]
+        out[column] = max(text_width(t) for t in texts)
+    return out
+
+
+def _shown(value) -> str:
+    """About what the grid shows for a value (numbers to six digits, times to seconds)."""
+    if isinstance(value, float):
+        return short(value)
+    if isinstance(value, datetime):
+        return f"{value:%Y-%m-%d %H:%M:%S}"
+    return str(value)
+
+
+def with_widths(config: dict, widths: dict[str, int]) -> dict:
+    """``config`` (a column_config mapping) with these columns' widths set."""
+    return {**config, **{c: {**(config.get(c) or st.column_config.Column()), "width": w}
+                         for c, w in widths.items()}}
+
+
+def show(frame: pd.DataFrame, *, missing: str = NOT_RECORDED, **kwargs) -> None:
+    """st.dataframe with numbers never cut and missing values saying so: ``missing`` is
+    what an empty cell shows ("not recorded" for the store's records, "NULL" for a
+    SQL result)."""
     config = {**number_columns(frame), **kwargs.pop("column_config", {})}
-    st.dataframe(frame, column_config=config, placeholder=NOT_RECORDED, **kwargs)
+    config = with_widths(config, missing_widths(frame, missing))
+    st.dataframe(frame, column_config=config, placeholder=missing, **kwargs)

@@ -6,7 +6,8 @@ match them, so copying it from the address bar reproduces the page.
 
 Parameters: ``runs`` (ids or unique prefixes, comma-separated), ``x`` (epoch, step,
 wall), ``smooth`` (0 to 0.99), ``charts`` and ``log`` (metric names), ``robust=0``
-(plain y range), ``range=LO,HI`` (x zoom), ``run`` (the Run detail page's run) and
+(plain y range), ``range=LO,HI`` (x zoom), ``hide`` (runs hidden through the legend,
+like ``runs``), ``run`` (the Run detail page's run) and
 any anomaly threshold by name (``grad_explode=5``) that differs from its default.
 Values that cannot be read are ignored, never guessed.
 """
@@ -38,6 +39,7 @@ def start(metrics: tuple[str, ...], threshold_defaults: dict) -> None:
         return
     q = st.query_params
     view = {"runs": [w for w in q.get("runs", "").split(",") if w.strip()],
+            "hide": [w for w in q.get("hide", "").split(",") if w.strip()],
             "x": q.get("x") if q.get("x") in X_AXES else "epoch",
             "smooth": 0.0, "charts": list(DEFAULT_CHARTS), "log": ["grad_norm"],
             "robust": q.get("robust") != "0", "range": None, "run": q.get("run"),
@@ -104,6 +106,9 @@ def write_url(page: str, picked: list[str], all_ids: list[str], thresholds: dict
             params["robust"] = "0"
         if view["range"]:
             params["range"] = ",".join(f"{v:.10g}" for v in view["range"])
+        hidden = [i for i in all_ids if any(i.startswith(w) for w in view["hide"])]
+        if hidden:
+            params["hide"] = ",".join(short_ids(hidden, all_ids))
     if page == "run" and get("run"):
         params["run"] = short_ids([get("run")], all_ids)[0]
     for name, value in thresholds.items():

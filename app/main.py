@@ -13,14 +13,19 @@ import reads
 import sidebar
 import table_picks
 
-st.set_page_config(page_title="hlbd explorer", layout="wide")
+# The pages are named at the top, so the sidebar (database, runs, thresholds) can stay
+# folded away on a narrow window and every page is still one click off; open, it
+# takes SIDEBAR_PX, not Streamlit's 300.
+SIDEBAR_PX = 250
+st.set_page_config(page_title="hlbd explorer", layout="wide",
+                   initial_sidebar_state=SIDEBAR_PX)
 PAGES = {
     "runs": st.Page("views/runs.py", title="Runs", default=True),
     "compare": st.Page("views/compare.py", title="Compare", url_path="compare"),
     "run": st.Page("views/run.py", title="Run detail", url_path="run"),
     "sql": st.Page("views/sql.py", title="SQL", url_path="sql"),
 }
-page = st.navigation(list(PAGES.values()))
+page = st.navigation(list(PAGES.values()), position="top")
 link.start(tuple(charts.METRICS), reads.threshold_defaults())
 url = sidebar.choose_database()
 problem = reads.database_problem(url)

@@ -24,7 +24,15 @@ POINT = "p:"   # a chart of a name a run logged of its own (hlbd.Run, the integr
 # The x axes a point can be placed on, with their titles.
 X_AXES = {"epoch": "epoch", "step": "step", "wall": "wall time"}
 SMOOTHED = ("loss", "grad_norm")                # smoothing never touches the LR
-OUTLIER_RATIO = 100.0       # robust range: values this far above the runs' typical top
+# The robust y range: a run whose typical top (its values' 75th percentile) is more than
+# OUTLIER_RATIO times the calmest run's has exploded, and so is any value more than
+# OUTLIER_RATIO times the calm runs' typical top.
+OUTLIER_RATIO = 10.0
+TYPICAL_TOP = 0.75
+# Charts the robust range leaves as they are: the LR is a setting, not a measurement
+# that explodes (an exploding run's LR is what explains it), accuracy is bounded, and
+# throughput differs between machines by design.
+NOT_ROBUST = ("lr", "token_accuracy", "tokens_per_second")
 
 
 @dataclass
@@ -272,12 +280,14 @@ def metric_data(series: list[RunSeries], metric: str, x_axis: str, *, title: str
     if dropped_nonpositive:
         notes.append(f"{dropped_nonpositive} value(s) at or below 0 are not drawn on the "
                      "log scale")
-    domain = robust_domain(frame, [s.label for s in series]) if robust and not log_scale \
-        else None
+    domain = (robust_domain(frame) if robust and not log_scale and robust_applies(metric)
+              else None)
     clipped = _clipped(frame, domain)
     if domain is not None and len(clipped):
-        notes.append(f"{len(clipped)} point(s) outside the robust y range are marked on "
-                     "its edge (turn off 'Robust y range' to see them all)")
+        runs = ", ".join(dict.fromkeys(clipped["run"]))
+        notes.append(f"Robust y range {domain[0]:.4g} to {domain[1]:.4g}: {len(clipped)} "
+                     f"point(s) of {runs} beyond it are marked on its edge (turn off "
+                     "'Robust y range' to see them all)")
     return MetricData(
         metric=metric, points=frame, hover=_hover_frame(hover_cols, x_axis),
         nonfinite=pd.DataFrame(nonfinite, columns=["run", "x", "at", "what"]),
@@ -286,26 +296,42 @@ def metric_data(series: list[RunSeries], metric: str, x_axis: str, *, title: str
         notes=notes)
 
 
-def robust_domain(frame: pd.DataFrame, labels: list[str]) -> list[float] | None:
-    """A y range that leaves out values far above the runs' typical top, or None when
-    nothing is far out.
+def robust_applies(metric: str) -> bool:
+    """Whether the robust y range may cut ``metric``'s chart (not the LR, lr/1 ... of a
+    run's own, accuracy or throughput: NOT_ROBUST)."""
+    parts = metric.removeprefix(POINT).split("/") if metric.startswith(POINT) else []
+    return metric not in NOT_ROBUST and not any(
+        p.startswith("lr") or p == "learning_rate" for p in parts)
 
-    A run's typical top is the 90th percentile of its values; "far" is more than
-    OUTLIER_RATIO times the lowest typical top of the runs on the chart. So an exploded
-    run (loss 1e9 next to runs near 1) no longer flattens the others, while runs that
-    differ by a factor of a few keep their full range.
+
+def robust_domain(frame: pd.DataFrame) -> list[float] | None:
+    """A y range that leaves out exploded values, or None when nothing is far out.
+
+    Each run's typical top is the 75th percentile of its values. The calm runs are those
+    whose typical top is at most OUTLIER_RATIO times the lowest one; the range reaches
+    the calm runs' highest value that is not itself more than OUTLIER_RATIO times their
+    typical top, and down to the lowest value of any run. So a run whose loss went to
+    2493 and then stayed near 50, beside runs near 3, is marked on the edge instead of
+    flattening them (a fixed multiple of the others, as before, kept its 50s in range),
+    while runs that differ by a few times keep their full range.
     """
     values = frame[["run", "value"]].dropna()
     if values.empty:
         return None
-    tops = values.groupby("run", observed=True)["value"].quantile(0.9)
-    limit = OUTLIER_RATIO * max(abs(tops.min()), 1e-12)
-    extremes = pd.concat([frame["value"], frame["lo"], frame["hi"],
-                          frame.get("smooth", frame["value"])]).dropna()
-    kept = extremes[extremes <= limit]
-    if kept.empty or len(kept) == len(extremes):
+    tops = values.groupby("run", observed=True)["value"].quantile(TYPICAL_TOP).abs()
+    calm = tops[tops <= OUTLIER_RATIO * max(tops.min(), 1e-12)]
+    limit = OUTLIER_RATIO * max(calm.max(), 1e-12)
+    columns = [c for c in ("value", "lo", "hi", "smooth") if c in frame]
+    extremes = pd.concat([frame[["run", c]].set_axis(["run", "v"], axis=1)
+                          for c in columns]).dropna()
+    kept = extremes[extremes["run"].isin(calm.index) & (extremes["v"] <= limit)]["v"]
+    if kept.empty:
         return None
-    low, high = float(kept.min()), float(kept.max())
+    high = float(kept.max())
+    inside = extremes["v"][extremes["v"] <= high]
+    if len(inside) == len(extremes):
+        return None
+    low = float(inside.min())
     pad = (high - low) * 0.05 or abs(high) * 0.05 or 1.0
     return [low - pad if low - pad > 0 or low < 0 else 0.0, high + pad]
 

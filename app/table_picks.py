@@ -37,10 +37,22 @@ def apply_ticks() -> None:
     st.session_state["runs_table_synced"] = rows
 
 
+def clicked_column() -> str | None:
+    """The column whose header the user just clicked (the table selects columns, one at a
+    time, instead of sorting them itself), or None; sync_table clears it."""
+    try:
+        columns = list(st.session_state[KEY]["selection"]["columns"])
+    except (KeyError, TypeError):
+        return None
+    return columns[0] if columns else None
+
+
 def sync_table(ids: list[str], picked: list[str]) -> None:
-    """Tick exactly the picked runs among ``ids`` (the table's rows, in order)."""
+    """Tick exactly the picked runs among ``ids`` (the table's rows, in order), no
+    column selected."""
     rows = sorted(ids.index(i) for i in picked if i in ids)
-    if _rows(st.session_state.get(KEY)) != rows:
+    state = st.session_state.get(KEY)
+    if _rows(state) != rows or clicked_column() is not None:
         st.session_state[KEY] = {"selection": {"rows": rows, "columns": [], "cells": []}}
     st.session_state["runs_table_ids"] = ids
     st.session_state["runs_table_synced"] = rows

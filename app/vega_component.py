@@ -74,11 +74,15 @@ def preload() -> None:
         _CHART(data={"assets": assets_url()}, key="vega_preload")
 
 
-def draw(data: dict, key: str | None = None) -> None:
-    """Draw a payload(). A zoomable chart's user events come in the rerun they cause, as
-    ``zoom_event(key)``."""
-    kwargs = {"on_zoom_change": lambda: None} if data.get("zoomable") else {}
-    _CHART(data={**data, "assets": assets_url()}, key=key, **kwargs)
+def draw(data: dict, key: str | None = None, hidden: list[str] = ()) -> None:
+    """Draw a payload(), the runs labelled ``hidden`` hidden when the chart first shows
+    (from then on the browser keeps what the legend says, through every redraw). A
+    zoomable chart's user events come in the rerun they cause, as ``zoom_event(key)``
+    and ``hidden_runs(key)``."""
+    kwargs = ({"on_zoom_change": lambda: None, "on_hidden_change": lambda: None}
+              if data.get("zoomable") else {})
+    # "hidden" is not in the fingerprint: the legend changed it in the browser already.
+    _CHART(data={**data, "assets": assets_url(), "hidden": list(hidden)}, key=key, **kwargs)
 
 
 def zoom_event(key: str) -> dict | None:
@@ -88,3 +92,11 @@ def zoom_event(key: str) -> dict | None:
     state = st.session_state.get(key)
     event = state.get("zoom") if isinstance(state, dict) else None
     return dict(event) if isinstance(event, dict) else None
+
+
+def hidden_runs(key: str) -> list[str] | None:
+    """The labels of the runs hidden through the legend of the chart drawn under
+    ``key``, as the browser last said; None before it said anything."""
+    state = st.session_state.get(key)
+    hidden = state.get("hidden") if isinstance(state, dict) else None
+    return [str(label) for label in hidden] if isinstance(hidden, list) else None

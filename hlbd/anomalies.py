@@ -61,7 +61,13 @@ THRESHOLD_HELP = {
 }
 
 # Rules whose flag names a step when the steps are given to detect().
-STEP_RULES = ("nonfinite_grad_norm", "grad_explosion")
+STEP_RULES = ("nonfinite_loss", "nonfinite_grad_norm", "grad_explosion")
+
+
+def _first_nonfinite(steps: list[dict], series: str) -> int | None:
+    """The first of an epoch's steps whose ``series`` value is NaN/Inf, or None."""
+    return next((s["step"] for s in steps if s[series] is not None
+                 and not math.isfinite(s[series])), None)
 
 
 def _flag(run_id, epoch, rule, value, threshold, message, *, segment=None, step=None):
@@ -169,14 +175,15 @@ def detect(run: dict, epochs: list[dict], steps: list[dict] = (),
                                segment=_seg, step=step))
 
         if loss is not None and not math.isfinite(loss):
-            add("nonfinite_loss", loss, None, f"epoch {n}: loss is {loss}")
+            step = _first_nonfinite(by_epoch_steps.get(n, []), "loss")
+            add("nonfinite_loss", loss, None, f"epoch {n}: loss is {loss}"
+                + (f" (first at step {step})" if step is not None else ""), step=step)
         if e.get("nonfinite_steps"):
-            bad = [s for s in by_epoch_steps.get(n, []) if s["grad_norm"] is not None
-                   and not math.isfinite(s["grad_norm"])]
-            where = f" (first at step {bad[0]['step']})" if bad else ""
+            step = _first_nonfinite(by_epoch_steps.get(n, []), "grad_norm")
+            where = f" (first at step {step})" if step is not None else ""
             add("nonfinite_grad_norm", float(e["nonfinite_steps"]), 0.0,
                 f"epoch {n}: {e['nonfinite_steps']} step(s) with a NaN/Inf grad norm{where}",
-                step=bad[0]["step"] if bad else None)
+                step=step)
         if e.get("skipped_steps"):
             add("amp_skipped_step", float(e["skipped_steps"]), 0.0,
                 f"epoch {n}: AMP skipped {e['skipped_steps']} optimizer step(s)")

@@ -46,6 +46,27 @@ def test_exploding_run_is_flagged_by_the_trainer_and_the_cli(store, train_run, d
     assert "grad_explosion" not in quiet.output
 
 
+def test_a_nonfinite_loss_flag_names_the_first_step_whose_loss_was_nan(store, train_run,
+                                                                       db_url):
+    # An LR of 1e8 without clipping drives the loss to NaN within the first epoch.
+    run_id, _ = train_run(epochs=2, lr=1e8, max_grad_norm=0.0, weight_decay=0.0)
+    steps = store.steps(run_id)
+    first_bad = {}
+    for s in steps:
+        if not math.isfinite(s["loss"]):
+            first_bad.setdefault(s["epoch"], s["step"])
+    assert first_bad  # the run did go NaN
+    # The trainer's live flags, `hlbd anomalies` and the rules over all steps agree.
+    for flags in (store.anomalies(run_id), detect(store.get_run(run_id),
+                                                  store.epochs(run_id), steps)):
+        nonfinite = {f["epoch"]: f["step"] for f in flags if f["rule"] == "nonfinite_loss"}
+        assert nonfinite == first_bad
+    result = CliRunner().invoke(main, ["anomalies", run_id, "--db", db_url])
+    lines = [line for line in result.output.splitlines() if "nonfinite_loss" in line]
+    assert lines and all(f"first at step {first_bad[e]}" in " ".join(lines)
+                         for e in first_bad)
+
+
 def test_a_resume_that_lost_scheduler_state_shows_as_unexplained_lr(store, train_run,
                                                                     tmp_path):
     run_id, outcome = train_run(epochs=4, save_interval=2, t_0=10)

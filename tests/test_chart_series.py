@@ -158,15 +158,46 @@ def test_one_exploding_run_is_cut_from_the_y_range_and_marked_on_its_edge(shape)
     exploded = run(shape, "exploded", [epoch(1, loss=2.0), epoch(2, loss=4.0),
                                        epoch(3, loss=1e9)])
     data = shape.metric_data([calm, exploded], "loss", "epoch", title="Loss")
-    # calm's 90th percentile is 2.8, so anything above 100 x 2.8 is far out: 1e9. The
-    # rest spans 1 to 4, padded by 5% of 3 on each side.
-    assert data.domain == pytest.approx([0.85, 4.15])
+    # Typical tops (75th percentiles): calm 2.5, exploded 5e8, far more than 10 x 2.5:
+    # exploded is not calm. The range is calm's values, 1 to 3, padded by 5% of 2.
+    assert data.domain == pytest.approx([0.9, 3.1])
     assert data.clipped[["run", "x", "what", "edge"]].to_dict("records") == [
+        {"run": "exploded", "x": 2.0, "what": "4 (off the chart)", "edge": 0.97},
         {"run": "exploded", "x": 3.0, "what": "1e+09 (off the chart)", "edge": 0.97}]
-    assert data.notes == [("1 point(s) outside the robust y range are marked on its edge "
-                           "(turn off 'Robust y range' to see them all)")]
+    assert data.notes == [("Robust y range 0.9 to 3.1: 2 point(s) of exploded beyond it "
+                           "are marked on its edge (turn off 'Robust y range' to see "
+                           "them all)")]
     plain = shape.metric_data([calm, exploded], "loss", "epoch", title="Loss", robust=False)
     assert plain.domain is None and plain.clipped.empty and plain.notes == []
+
+
+def test_a_run_that_exploded_and_stayed_high_does_not_flatten_the_others(shape):
+    # Issue 23's case: one run's loss 2493, then near 48, beside runs near 3; a fixed
+    # multiple of the calm runs' top (100 x) kept the 48s in range.
+    calm = run(shape, "calm", [epoch(1, loss=4.0), epoch(2, loss=3.0), epoch(3, loss=2.5)])
+    steady = run(shape, "steady", [epoch(1, loss=3.5), epoch(2, loss=2.0),
+                                   epoch(3, loss=1.5)])
+    wild = run(shape, "wild", [epoch(1, loss=2493.0), epoch(2, loss=48.0),
+                               epoch(3, loss=47.5)])
+    data = shape.metric_data([calm, steady, wild], "loss", "epoch", title="Loss")
+    # Calm runs' values span 1.5 to 4; padded by 5% of 2.5.
+    assert data.domain == pytest.approx([1.375, 4.125])
+    assert sorted(data.clipped["x"]) == [1.0, 2.0, 3.0]
+    assert set(data.clipped["run"]) == {"wild"}
+    # A run's own value inside the calm range (here none) would stay drawn; the calm
+    # runs are drawn whole.
+    assert set(data.points["run"]) == {"calm", "steady", "wild"}
+
+
+def test_the_lr_accuracy_and_throughput_are_never_cut(shape):
+    calm = run(shape, "calm", [epoch(1, lr=0.002, tokens_per_second=1e4),
+                               epoch(2, lr=0.001, tokens_per_second=1.1e4)])
+    wild = run(shape, "wild", [epoch(1, lr=1.0, tokens_per_second=5e5),
+                               epoch(2, lr=1.0, tokens_per_second=6e5)])
+    for metric in ("lr", "tokens_per_second"):
+        data = shape.metric_data([calm, wild], metric, "epoch", title=metric)
+        assert data.domain is None and data.clipped.empty
+    assert not shape.robust_applies("p:lr/1") and shape.robust_applies("p:eval/loss")
 
 
 def test_runs_a_few_times_apart_keep_their_full_range(shape):

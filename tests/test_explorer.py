@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import streamlit as st
 from helpers.backends import rows, sqlite_only
+from helpers.colour import THEME_BACKGROUNDS, blend, contrast
 from helpers.explorer import APP, chart_spec, charts, column_formats, compare, open_app
 from helpers.procs import kill_hard, spawn_hlbd, wait_until
 from helpers.tiny import tiny_config, tiny_flags
@@ -23,9 +24,10 @@ from hlbd.store import Store, connect
 
 @pytest.fixture(scope="module")
 def explored(databases, tmp_path_factory):
-    """A database with real tiny runs: two ordinary ones, one whose gradients explode,
-    one that diverges to NaN, one resumed, one killed with SIGKILL mid-run (crashed),
-    and one imported from an older tool's report that kept losses only."""
+    """A database with real tiny runs: two ordinary ones, one whose gradients explode
+    (its loss to about 1e9), one whose loss jumps to tens and stays there, one that
+    diverges to NaN, one resumed, one killed with SIGKILL mid-run (crashed), and one
+    imported from an older tool's report that kept losses only."""
     root = tmp_path_factory.mktemp("explorer")
     db = databases.new(root)
     store = Store.open(db)
@@ -38,6 +40,8 @@ def explored(databases, tmp_path_factory):
         "baseline": train(name="baseline", epochs=3),
         "faster": train(name="faster", epochs=3, lr=5e-3),
         "exploding": train(name="exploding", epochs=3, lr=50.0, max_grad_norm=0.0),
+        # lr 1 without clipping: a loss that jumps to tens and stays there.
+        "wild": train(name="wild", epochs=4, lr=1.0, max_grad_norm=0.0),
         "diverged": train(name="diverged", epochs=2, lr=1e8, max_grad_norm=0.0,
                           weight_decay=0.0),
         "resumed": train(name="resumed", epochs=2, save_interval=1),
@@ -131,6 +135,70 @@ def test_filters_narrow_the_runs_table_by_text_status_and_config(explored, monke
     at.text_input(key="text_filter").set_value("").run()
     at.multiselect(key="status_filter").set_value([]).run()
     assert at.dataframe[0].value.empty
+
+
+def test_a_filter_reads_spaced_comparisons_and_the_columns_its_help_names(explored,
+                                                                          monkeypatch):
+    db, _, store = explored
+    at = open_app(monkeypatch, db)
+    help_text = at.text_input(key="text_filter").help
+    assert "last loss" not in help_text and "last_loss" in help_text
+    slow = {r["run_id"] for r in store.list_runs() if (r["config"].get("lr") or 1) < 0.003}
+    assert slow
+    for text in ("lr<0.003", "lr < 0.003", "lr <0.003", "lr< 0.003"):
+        at.text_input(key="text_filter").set_value(text).run()
+        assert set(at.dataframe[0].value["id"]) == slow, text
+        assert not at.warning
+    below = {r["run_id"] for r in store.list_runs()
+             if r["last_loss"] is not None and r["last_loss"] < 100}
+    at.text_input(key="text_filter").set_value("last_loss < 100").run()
+    assert set(at.dataframe[0].value["id"]) == below  # NaN and the exploded run are out
+
+
+@pytest.mark.parametrize("text, named", [("lr<abc", "needs a number"),
+                                         ("bogus=3", "no column or config key is named"),
+                                         ("<3", "no column or config key before")])
+def test_a_filter_term_that_cannot_be_read_is_named_and_keeps_the_rows(
+        explored, monkeypatch, text, named):
+    db, ids, _ = explored
+    at = open_app(monkeypatch, db)
+    at.text_input(key="text_filter").set_value(text).run()
+    assert named in at.warning[0].value and f"`{text}`" in at.warning[0].value
+    assert set(at.dataframe[0].value["id"]) == set(ids.values())
+    # The term is left out; the rest of the filter still applies.
+    at.text_input(key="text_filter").set_value(f"{text} old.json").run()
+    assert at.dataframe[0].value["id"].tolist() == [ids["imported"]]
+
+
+def test_a_header_click_sorts_the_runs_nan_and_not_recorded_last_either_way(explored,
+                                                                           monkeypatch):
+    db, ids, _ = explored
+    at = open_app(monkeypatch, db)
+
+    def click(column: str) -> pd.DataFrame:
+        """What the grid sends when its header is clicked: that column selected."""
+        rows = at.session_state["runs_table"]["selection"]["rows"]
+        at.session_state["runs_table"] = {"selection": {"rows": rows, "columns": [column],
+                                                        "cells": []}}
+        return at.run().dataframe[0].value
+
+    for column, nan_run, missing_run in (("best loss", "diverged", None),
+                                         ("max grad norm", None, "imported")):
+        for descending in (False, True):
+            table = click(column)
+            values = table[column].tolist()
+            measured = [v for v in values if not pd.isna(v)]
+            assert measured == sorted(measured, reverse=descending)
+            assert values[:len(measured)] == measured  # NaN and missing after them all
+            if nan_run:
+                assert table["id"].iloc[-1] == ids[nan_run]
+            if missing_run:
+                assert table["id"].iloc[-1] == ids[missing_run]
+            assert at.session_state["runs_table"]["selection"]["columns"] == []
+        assert "sorted by" in at.caption[0].value
+        # A third click: newest first again.
+        assert click(column)["id"].tolist() == open_app(monkeypatch, db).dataframe[
+            0].value["id"].tolist()
 
 
 def test_runs_picked_in_the_sidebar_or_by_link_show_ticked_and_a_tick_adds_to_them(
@@ -274,6 +342,24 @@ def test_imported_epochs_have_no_invented_times(explored, monkeypatch):
     assert any("written at 2026-01-01 00:00:00 UTC" in c.value for c in at.caption)
 
 
+def test_an_imported_run_does_not_show_the_importers_process_and_host(explored,
+                                                                       monkeypatch):
+    db, ids, store = explored
+    [segment] = store.segments(ids["imported"])
+    assert segment["pid"] is not None  # the store keeps who imported it
+    at = open_app(monkeypatch, db)
+    at.switch_page("views/run.py").run()
+    at.selectbox(key="detail_run").set_value(ids["imported"]).run()
+    segments = next(d.value for d in at.dataframe if "start epoch" in d.value.columns)
+    row = segments.iloc[0]
+    assert pd.isna(row["pid"]) and pd.isna(row["host"])
+    assert pd.isna(row["started (UTC)"]) and pd.isna(row["ended (UTC)"])
+    # A run trained here keeps its own.
+    at.selectbox(key="detail_run").set_value(ids["baseline"]).run()
+    segments = next(d.value for d in at.dataframe if "start epoch" in d.value.columns)
+    assert segments["pid"].iloc[0] == store.segments(ids["baseline"])[0]["pid"]
+
+
 def test_all_charts_of_the_page_share_one_x_range(explored, monkeypatch):
     db, ids, _store = explored
     # The resumed run's boundary, the diverged run's NaN markers and the imported run's
@@ -328,6 +414,27 @@ def test_compare_flags_keep_the_step_the_rule_named(explored, monkeypatch):
     explosions = listed[listed["rule"] == "grad_explosion"]
     assert sorted(diamonds[diamonds["rule"] == "grad_explosion"]["x"]) == sorted(
         explosions["step"])
+
+
+def test_a_nan_loss_flag_points_at_its_step_on_the_run_and_compare_pages(explored,
+                                                                         monkeypatch):
+    db, ids, store = explored
+    run_id = ids["diverged"]
+    first_bad = {}
+    for s in store.steps(run_id):
+        if not math.isfinite(s["loss"]):
+            first_bad.setdefault(s["epoch"], s["step"])
+    assert first_bad
+    at = open_app(monkeypatch, db)
+    at.switch_page("views/run.py").run()
+    at.selectbox(key="detail_run").set_value(run_id).run()
+    flags = next(d.value for d in at.dataframe if "rule" in d.value.columns)
+    nan_loss = flags[flags["rule"] == "nonfinite_loss"]
+    assert dict(zip(nan_loss["epoch"], nan_loss["step"])) == first_bad
+    at = compare(at, [run_id], x_axis="step")
+    diamonds = charts(at)["Loss"].flags
+    assert sorted(diamonds[diamonds["rule"] == "nonfinite_loss"]["x"]) == sorted(
+        first_bad.values())
 
 
 def test_lowering_a_threshold_in_the_sidebar_raises_more_flags(explored, monkeypatch):
@@ -391,6 +498,31 @@ def test_one_exploded_run_does_not_flatten_the_others(explored, monkeypatch):
     assert charts(at)["Loss"].y_scale()["type"] == "log"
 
 
+def test_a_loss_that_jumps_to_tens_is_marked_on_the_edge_not_flattening_the_others(
+        explored, monkeypatch):
+    db, ids, store = explored
+    calm_ids = [ids["baseline"], ids["faster"]]
+    at = compare(open_app(monkeypatch, db), [*calm_ids, ids["wild"]])
+    loss = charts(at)["Loss"]
+    calm = [e["loss"] for i in calm_ids for e in store.epochs(i)]
+    wild = store.epochs(ids["wild"])
+    assert min(e["loss"] for e in wild) > 5 * max(calm)  # tens against a few
+    low, high = loss.y_scale()["domain"]
+    assert low <= min(calm) and max(calm) <= high < 1.2 * max(calm)  # the calm runs fill it
+    # Every wild point beyond the range is marked on the top edge, with its value.
+    marked = loss.clipped[loss.clipped["run"] == label(store, ids["wild"])]
+    assert sorted(marked["x"]) == [e["epoch"] for e in wild if e["loss"] > high]
+    assert set(marked["edge"]) == {0.97}
+    assert "Robust y range" in loss.subtitle and "wild" in loss.subtitle
+    # The LR that explains it is drawn as recorded, never cut.
+    lr = charts(at)["Learning rate"]
+    assert "domain" not in lr.y_scale() and lr.clipped.empty
+    assert mine(lr.points, store, ids["wild"])["value"].tolist() == [e["lr"] for e in wild]
+    # The choice is the user's: off, every value is in range.
+    at.toggle(key="robust").set_value(False).run()
+    assert "domain" not in charts(at)["Loss"].y_scale()
+
+
 def test_a_run_keeps_its_colour_whichever_runs_are_picked(explored, monkeypatch):
     db, ids, store = explored
 
@@ -404,6 +536,27 @@ def test_a_run_keeps_its_colour_whichever_runs_are_picked(explored, monkeypatch)
     everything = compare(open_app(monkeypatch, db), list(ids.values()))
     scale = next(iter(charts(everything).values())).marks()[0]["encoding"]["color"]["scale"]
     assert len(set(scale["range"])) == len(ids)
+
+
+def test_every_line_of_a_run_stands_3_to_1_on_light_and_dark_pages(explored, monkeypatch):
+    db, ids, _ = explored
+    at = compare(open_app(monkeypatch, db), [ids["baseline"], ids["faster"]])
+    at.slider(key="smoothing").set_value(0.6).run()  # a raw line under the smoothed one
+    for chart in charts(at).values():
+        for mark in chart.marks():
+            if mark["type"] not in ("line", "rule"):
+                continue
+            encoded = mark["encoding"].get("opacity", {})
+            # Drawn at its value; the hover rule at its condition's, when it shows.
+            shown = (encoded["condition"] if encoded.get("condition", {}).get("param")
+                     == "hover" else encoded)
+            opacity = mark.get("opacity", 1) * shown.get("value", 1)
+            colors = (mark["encoding"]["color"]["scale"]["range"]
+                      if "color" in mark["encoding"] else [mark["color"]])
+            for color in colors:
+                for background in THEME_BACKGROUNDS.values():
+                    drawn = blend(color, background, opacity)
+                    assert contrast(drawn, background) >= 3, (chart.title, color, opacity)
 
 
 def test_resumed_run_shows_its_resume_boundary(explored, monkeypatch):
@@ -423,7 +576,7 @@ def test_smoothing_draws_over_the_faint_raw_line_and_never_touches_the_lr(explor
     loss = drawn["Loss"]
     lines = [m for m in loss.marks() if m["type"] == "line"]
     assert [m["encoding"]["y"]["field"] for m in lines] == ["value", "smooth"]
-    assert lines[0]["opacity"] < 1
+    assert lines[0]["strokeWidth"] < lines[1]["strokeWidth"]  # the raw line: thinner
     raw = [e["loss"] for e in store.epochs(ids["baseline"])]
     assert loss.points["value"].tolist() == raw
     smoothed = loss.points["smooth"].tolist()
@@ -468,6 +621,25 @@ def test_a_link_reproduces_the_compare_view_and_follows_changes(explored, monkey
     assert params["x"] == "wall" and "smooth" not in params
     assert params["runs"] == f"{ids['faster'][:8]},{ids['baseline'][:8]}"
     assert params["grad_explode"] == "5"
+
+
+def test_a_link_names_runs_hidden_in_the_legend_and_keeps_naming_them(explored,
+                                                                      monkeypatch):
+    db, ids, store = explored
+    monkeypatch.setenv("HLBD_DB", str(db))
+    at = AppTest.from_file(str(APP), default_timeout=60)
+    at.query_params.update({"runs": f"{ids['faster'][:8]},{ids['baseline'][:8]}",
+                            "hide": f"{ids['faster'][:8]},nope"})
+    at.run()
+    at.switch_page("views/compare.py").run()
+    element = next(e for e in at.get("bidi_component")
+                   if e.proto.component_name == "hlbd_chart" and e.proto.HasField("mixed"))
+    assert json.loads(element.proto.mixed.json)["hidden"] == [label(store, ids["faster"])]
+    assert at.query_params["hide"] == ids["faster"][:8]
+    # The legend said otherwise (the component's state): the link follows.
+    at.session_state["charts"] = {"hidden": [label(store, ids["baseline"])]}
+    at.run()
+    assert at.query_params["hide"] == ids["baseline"][:8]
 
 
 # -- run detail, SQL, databases ---------------------------------------------------------
@@ -533,6 +705,20 @@ def test_sql_page_shows_results_with_repeated_column_names(explored, monkeypatch
     assert {"run_id", "run_id_2", "segment", "segment_2"} <= set(result.columns)
     assert (result["run_id"] == result["run_id_2"]).all()
     assert any("run_id_2 (run_id)" in c.value for c in at.caption)
+
+
+def test_sql_page_shows_a_null_as_null_and_the_runs_pages_as_not_recorded(explored,
+                                                                          monkeypatch):
+    db, ids, _ = explored
+    at = open_app(monkeypatch, db)
+    assert at.dataframe[0].proto.placeholder == "not recorded"  # the runs table's records
+    at.switch_page("views/sql.py").run()
+    at.text_area[0].set_value("SELECT epoch, superseded_by FROM epochs "
+                              f"WHERE run_id = '{ids['resumed']}' ORDER BY epoch, segment")
+    at.button[0].click().run()
+    result = at.dataframe[0]
+    assert result.value["superseded_by"].isna().any()  # effective epochs: NULL
+    assert result.proto.placeholder == "NULL"
 
 
 @pytest.mark.parametrize("make", ["missing", "empty file"])

@@ -25,6 +25,7 @@ from series import POINT, RunSeries, metric_data
 # extreme in it; zooming in reads finer buckets. The browser's time grows with points.
 POINTS = 6_000
 POINTS_PER_RUN = (250, 500)
+SLIDER_PX = 280   # the smoothing slider's width: a value per 3 px
 
 st.title("Compare runs")
 vega_component.preload()
@@ -37,33 +38,37 @@ if not chosen:
             if runs else f"No runs in `{url}` yet. {reads.FIRST_RUN_HELP}")
     st.stop()
 
-top = st.columns([3, 3, 2])
-x_axis = top[0].segmented_control("x axis", list(series.X_AXES), format_func=series.X_AXES.get,
-                                  default=link.get("x"), key="x_axis") or link.get("x")
+# The controls wrap onto more lines as the page narrows (an 800 px window, the sidebar
+# open), never cut: each takes its own width in a row that wraps; the pills fill theirs.
+top = st.container(horizontal=True, wrap=True, gap="medium")
+x_axis = top.segmented_control("x axis", list(series.X_AXES), format_func=series.X_AXES.get,
+                               default=link.get("x"), key="x_axis") or link.get("x")
 if x_axis != link.get("x"):
     link.put("range", None)  # a zoom in epochs means nothing in steps
 link.put("x", x_axis)
-link.put("smooth", top[1].slider(
-    "Smoothing of loss and grad norm (TensorBoard's debiased EMA; 0 = off)", 0.0, 0.99,
-    link.get("smooth"), 0.01, key="smoothing",
-    help="The smoothed line is drawn over the faint raw one. The LR is never smoothed."))
-link.put("robust", top[2].toggle(
+link.put("smooth", top.slider(
+    "Smoothing of loss and grad norm", 0.0, 0.99, link.get("smooth"), 0.01,
+    key="smoothing", width=SLIDER_PX,
+    help="TensorBoard's debiased EMA (0 = off), drawn over the raw line. The LR is never "
+         "smoothed."))
+link.put("robust", top.toggle(
     "Robust y range", value=link.get("robust"), key="robust",
-    help="Leave out values far above the runs' typical range (one exploded run no longer "
-         "flattens the others); the points left out are marked on the chart's edge."))
-bottom = st.columns([3, 2])
+    help="Fit the y range to the calm runs: a run whose typical values are more than 10 "
+         "times the calmest run's has exploded and no longer flattens the others; its "
+         "points beyond the range are marked on the chart's edge. Never applied to the "
+         "LR, token accuracy or tokens/s."))
 # The recorded metrics, then every name a picked run logged of its own (lr/1, eval/loss).
 own = sorted({POINT + key for r in chosen
               for key in reads.point_keys(url, r["run_id"], r["version"])})
 available = [*charts.METRICS, *own]
-link.put("charts", bottom[0].pills(
+link.put("charts", st.pills(
     "Charts", available, selection_mode="multi",
     default=[m for m in link.get("charts") if m in available],
-    format_func=charts.title, key="metrics") or [])
-link.put("log", bottom[1].pills(
+    format_func=charts.title, key="metrics", width="stretch") or [])
+link.put("log", st.pills(
     "Log scale", link.get("charts"), selection_mode="multi",
     default=[m for m in link.get("log") if m in link.get("charts")],
-    format_func=charts.title, key="log_scale") or [])
+    format_func=charts.title, key="log_scale", width="stretch") or [])
 
 
 def zoom_from_chart() -> None:
@@ -72,6 +77,19 @@ def zoom_from_chart() -> None:
     if event is not None:
         span = event.get("x")
         link.put("range", (float(min(span)), float(max(span))) if span else None)
+
+
+def hidden_in_legend() -> list[str]:
+    """The labels of the picked runs hidden through the legend: as the chart last said,
+    else as the link says (``hide``); the link follows."""
+    by_label = {sidebar.label(r): r["run_id"] for r in chosen}
+    said = vega_component.hidden_runs("charts")
+    if said is not None:
+        link.put("hide", [by_label[label] for label in said if label in by_label])
+    wanted = link.get("hide")
+    hidden = [r for r in chosen if any(r["run_id"].startswith(w) for w in wanted)]
+    link.put("hide", [r["run_id"] for r in hidden])
+    return [sidebar.label(r) for r in hidden]
 
 
 def points_per_run(count: int) -> int:
@@ -152,9 +170,10 @@ with reads.errors_shown():
     if spec is None:
         st.info("Pick at least one chart above.")
     else:
-        charts.draw(spec, key="charts")
+        charts.draw(spec, key="charts", hidden=hidden_in_legend())
         notes = [("Drag across a chart to zoom all of them (double-click: back); hover for "
-                 "every run's value; click a legend entry to hide that run."),
+                 "every run's value; click a legend entry to hide that run (again: show "
+                 "it)."),
                  ("Triangles on the top edge: NaN/Inf (the line breaks there). Filled "
                  "diamonds on the bottom edge: anomaly flags. Dashed lines: resumes.")]
         if x_axis == "step" and any(s.buckets is not None and len(s.buckets)

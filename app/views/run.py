@@ -38,7 +38,9 @@ def when(value) -> str:
 
 def segment_table(run: dict, segments: list[dict]) -> pd.DataFrame:
     """The segments as shown: the last one's status is the run's own when the run
-    stopped without saying so (crashed, stale), its end not recorded."""
+    stopped without saying so (crashed, stale), its end not recorded. An imported run's
+    first segment is the import: its times, process and host are the importer's, not
+    the run's, so they are not recorded."""
     rows = []
     for s in segments:
         status, ended = s["status"], s["ended_at"]
@@ -52,8 +54,8 @@ def segment_table(run: dict, segments: list[dict]) -> pd.DataFrame:
                      "ended (UTC)": None if imported else ended,
                      "resumed from": s["resumed_from"] or ("(the start)" if s["segment"] == 1
                                                            else None),
-                     "pid": s["pid"],
-                     "host": s["hostname"]})
+                     "pid": None if imported else s["pid"],
+                     "host": None if imported else s["hostname"]})
     frame = pd.DataFrame(rows)
     for column in ("started (UTC)", "ended (UTC)"):
         frame[column] = pd.Series(frame[column].tolist(), dtype="datetime64[us]")

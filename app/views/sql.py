@@ -50,7 +50,7 @@ if submitted and query.strip():
             names = unique_names(result.columns)
             frame = formats.table([dict(zip(names, row)) for row in result.rows])
             frame = frame.reindex(columns=names)
-            formats.show(frame, hide_index=True, width="stretch")
+            formats.show(frame, missing=formats.SQL_NULL, hide_index=True, width="stretch")
             renamed = [f"{new} ({old})" for new, old in zip(names, result.columns) if new != old]
             st.caption(f"{len(frame):,} rows" + (f" (stopped at {reads.SQL_MAX_ROWS:,}; "
                                                   "add a LIMIT or narrow the query)"

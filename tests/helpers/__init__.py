@@ -4,7 +4,8 @@
   postgres_only marks, and reading a store back (rows, db_snapshot, dump).
 - exact: the per-epoch columns a resume must reproduce (EXACT_COLUMNS, exact_metrics).
 - explorer: driving the explorer (open_app, compare), reading its charts (Chart, charts,
-  chart_spec, column_formats), and serving it (streamlit_flags, wait_until_serving).
+  chart_spec, column_formats), serving it (streamlit_flags, wait_until_serving), and
+  its grids in a browser (grid_layout, grid_rows, click_header).
 - procs: the processes a test starts (env, Procs, spawn_hlbd), waiting on them
   (wait_until, the one polling loop), ending them (finish, kill_hard), and free_port.
 - torchrun: launching torchrun (torchrun_command, Launched) and its process tree, and

@@ -137,6 +137,157 @@ def column_formats(element) -> dict[str, str]:
             for name, c in config.items() if isinstance(c, dict)}
 
 
+# In a browser page: the runs grid's columns as glide-data-grid lays them out (title,
+# width in px, the checkbox column first) and the box of its canvas, read from the
+# DataEditor's React props (the grid is drawn on a canvas; nothing else says where a
+# column is).
+GRID_LAYOUT_JS = """(index) => {
+  const canvas = document.querySelectorAll('[data-testid=stDataFrame]')[index]
+    .querySelector('canvas');
+  const key = Object.keys(canvas).find((k) => k.startsWith('__reactFiber$'));
+  for (let f = canvas[key]; f; f = f.return) {
+    const p = f.memoizedProps;
+    if (p && Array.isArray(p.columns) && p.getCellContent && p.theme) {
+      const box = canvas.getBoundingClientRect();
+      return {columns: p.columns.map((c) => ({title: c.title, width: c.width})),
+              box: {x: box.x, y: box.y, width: box.width, height: box.height},
+              header: p.headerHeight, font: `${p.theme.baseFontStyle} ${p.theme.fontFamily}`,
+              padding: p.theme.cellHorizontalPadding};
+    }
+  }
+  return null;
+}"""
+
+
+def grid_layout(page, index: int = 0) -> dict:
+    """The layout of the page's ``index``-th grid (GRID_LAYOUT_JS), each column with the
+    x of its left edge on the page."""
+    _wait_for_grid(page, index)
+    layout = page.evaluate(GRID_LAYOUT_JS, index)
+    x = layout["box"]["x"]
+    for column in layout["columns"]:
+        column["x"] = x
+        x += column["width"]
+    return layout
+
+
+def _wait_for_grid(page, index: int) -> None:
+    """Until the grid is drawn (its component loads after the page's text)."""
+    page.locator("[data-testid=stDataFrame] table[role=grid]").nth(index).wait_for(
+        state="attached", timeout=60_000)
+
+
+def click_header(page, title: str, index: int = 0) -> None:
+    """Click the header of the grid's column whose title holds ``title``."""
+    layout = grid_layout(page, index)
+    column = next(c for c in layout["columns"] if title in c["title"])
+    page.mouse.click(column["x"] + column["width"] / 2,
+                     layout["box"]["y"] + layout["header"] / 2)
+
+
+def grid_rows(page, index: int = 0) -> list[dict]:
+    """The grid's rows as its accessibility table gives them (the rows drawn), each a
+    dict of column title to cell text."""
+    _wait_for_grid(page, index)
+    return page.evaluate("""(index) => {
+      const table = document.querySelectorAll('[data-testid=stDataFrame]')[index]
+        .querySelector('table[role=grid]');
+      const titles = [...table.querySelectorAll('th')].map((th) => th.innerText);
+      return [...table.querySelectorAll('tbody tr')].map((tr) => Object.fromEntries(
+        [...tr.querySelectorAll('td')].map((td, i) => [titles[i], td.innerText])));
+    }""", index)
+
+
+# In a browser page: every axis the compare charts drew, as the tick values and the label
+# texts Vega drew for them (from its scenegraph).
+AXIS_LABELS_JS = """() => {
+  const view = document.querySelector('.vega-embed').hlbdView;
+  const axes = [];
+  const walk = (group) => {
+    for (const mark of group.items || []) {
+      if (mark.role === 'axis-label') {
+        axes.push(mark.items.map((item) => ({value: item.datum.value, text: item.text})));
+      }
+      if (mark.marktype === 'group') for (const item of mark.items) walk(item);
+    }
+  };
+  walk(view.scenegraph().root.items[0]);
+  return axes;
+}"""
+
+
+# In a browser page: the items Vega drew for the marks whose name starts with
+# ``args.name`` (or whose role is ``args.role``; every mark's with neither), each with
+# its datum, opacity and the page position of its centre, from the first chart's
+# scenegraph.
+SCENE_ITEMS_JS = """(args) => {
+  const view = document.querySelector('.vega-embed').hlbdView;
+  const canvas = view.container().querySelector('canvas').getBoundingClientRect();
+  const [originX, originY] = view.origin();
+  const out = [];
+  const walk = (group) => {
+    for (const mark of group.items || []) {
+      const named = args.name && (mark.name || '').startsWith(args.name);
+      const every = !args.name && !args.role;
+      if (every || named || (args.role && mark.role === args.role)) {
+        let x = canvas.x + originX, y = canvas.y + originY;
+        for (let g = mark.group; g; g = g.mark && g.mark.group) {
+          x += g.x || 0;
+          y += g.y || 0;
+        }
+        for (const item of mark.items) {
+          const b = item.bounds;
+          out.push({mark: mark.name, role: mark.role, datum: item.datum,
+                    opacity: item.opacity, x: x + (b.x1 + b.x2) / 2,
+                    y: y + (b.y1 + b.y2) / 2, width: b.x2 - b.x1, height: b.y2 - b.y1});
+        }
+      }
+      if (mark.marktype === 'group') for (const item of mark.items) walk(item);
+    }
+  };
+  walk(view.scenegraph().root.items[0]);
+  return out;
+}"""
+
+
+def scene_items(page, name: str | None = None, role: str | None = None) -> list[dict]:
+    """The drawn items of the compare charts' marks named ``name...`` or of ``role``."""
+    return page.evaluate(SCENE_ITEMS_JS, {"name": name, "role": role})
+
+
+def drawn_runs(page) -> dict[str, int]:
+    """How many items the charts draw for each run (lines' points, bands, dots, markers,
+    resume lines), legend left out."""
+    counts: dict[str, int] = {}
+    for item in scene_items(page):
+        run = (item["datum"] or {}).get("run") if isinstance(item["datum"], dict) else None
+        if run and not (item["role"] or "").startswith("legend"):
+            counts[run] = counts.get(run, 0) + 1
+    return counts
+
+
+def legend_opacity(page) -> dict[str, float]:
+    """Each legend entry's label opacity, by run label."""
+    return {i["datum"]["value"]: i["opacity"] for i in scene_items(page, role="legend-label")}
+
+
+def click_legend(page, label: str) -> None:
+    """Click the legend entry of the run labelled ``label``."""
+    entry = next(i for i in scene_items(page, role="legend-label")
+                 if i["datum"]["value"] == label)
+    page.mouse.click(entry["x"], entry["y"])
+
+
+def tooltip_rows(page) -> tuple[str, list[tuple[str, str]]]:
+    """The visible Vega tooltip: its title and its (name, value) rows, in order."""
+    tooltip = page.locator("#vg-tooltip-element")
+    tooltip.wait_for(state="visible", timeout=60_000)
+    title = tooltip.locator("h2")
+    rows = [(tr.locator("td.key").inner_text(), tr.locator("td.value").inner_text())
+            for tr in tooltip.locator("tr").all()]
+    return (title.inner_text() if title.count() else ""), rows
+
+
 def wait_until_serving(port: int, server: subprocess.Popen, timeout: float = 120) -> None:
     """Wait for a Streamlit server's health endpoint (or fail with its output)."""
 

@@ -1,0 +1,56 @@
+"""The runs table's order: a click on a column header sorts by that column, here on the
+server; a second click reverses it, a third goes back to newest first.
+
+The grid's own header sort compares a NaN cell as the text "NaN" against numbers, which
+is neither above nor below them, so a run whose loss is NaN could land first, as the best
+loss. Sorted here, NaN and then values not recorded go last whichever way.
+"""
+
+from __future__ import annotations
+
+import math
+
+import streamlit as st
+
+KEY = "runs_sort"   # session state: (column, descending) or None (newest first)
+ARROWS = {False: "↑", True: "↓"}
+
+
+def _missing(value) -> int:
+    """0 for a value, 1 for NaN, 2 for not recorded: the groups that sort last."""
+    if value is None:
+        return 2
+    if isinstance(value, float) and math.isnan(value):
+        return 1
+    return 0
+
+
+def order(values: list, descending: bool = False) -> list[int]:
+    """The positions of ``values`` in sorted order: values ascending (or descending),
+    then NaN, then values not recorded; equal values keep their order."""
+    present = [i for i, v in enumerate(values) if not _missing(v)]
+    present.sort(key=lambda i: values[i], reverse=descending)  # stable either way
+    return present + [i for i, v in enumerate(values) if _missing(v) == 1] + [
+        i for i, v in enumerate(values) if _missing(v) == 2]
+
+
+def clicked(column: str | None) -> tuple[str, bool] | None:
+    """Take a header click into the sort state and return the state: the column and
+    whether descending, or None for newest first."""
+    state = st.session_state.get(KEY)
+    if column is not None:
+        if state is None or state[0] != column:
+            state = (column, False)
+        elif not state[1]:
+            state = (column, True)
+        else:
+            state = None
+        st.session_state[KEY] = state
+    return state
+
+
+def label(column: str, state: tuple[str, bool] | None) -> str:
+    """A column's header: its name, with an arrow when the table is sorted by it."""
+    if state is None or state[0] != column:
+        return column
+    return f"{column} {ARROWS[state[1]]}"
