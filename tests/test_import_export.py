@@ -98,6 +98,9 @@ def test_a_report_without_grad_norms_is_imported_with_nulls_and_unknown_keys_kep
     assert run["extra"]["report"]["optimizer"] == {"kind": "adamw", "betas": [0.9, 0.95]}
     assert run["extra"]["report"]["timestamp"] == report["timestamp"]
     assert run["extra"]["imported_from"] == str(path.resolve())
+    # It ran elsewhere, in a process not known: not the importer's.
+    (segment,) = store.segments(run["run_id"])
+    assert (segment["pid"], segment["hostname"]) == (None, None)
 
     epochs = store.epochs(run["run_id"])
     assert [e["loss"] for e in epochs] == report["control_losses"]

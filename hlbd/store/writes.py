@@ -360,10 +360,12 @@ def insert_run(conn, run_id: str, now: datetime, *, name: str, status: str, conf
         vocab=json.dumps(list(vocab), ensure_ascii=False) if vocab else None,
         run_dir=run_dir, source=source, source_hash=source_hash,
         extra=json.dumps(extra, sort_keys=True) if extra else None))
+    # An import's segment ran elsewhere, in a process not known: not this one's.
+    here = source != "imported"
     conn.execute(insert(Segment).values(
         run_id=run_id, segment=1, start_epoch=0, started_at=now, ended_at=ended,
-        status=status, pid=os.getpid(), hostname=socket.gethostname(),
-        **process_columns(hosts)))
+        status=status, pid=os.getpid() if here else None,
+        hostname=socket.gethostname() if here else None, **process_columns(hosts)))
     if epochs:
         # Rows recorded elsewhere: when each was recorded is not known (NULL).
         conn.execute(insert(Epoch), [epoch_values(run_id, 1, e, None) for e in epochs])
