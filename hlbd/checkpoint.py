@@ -8,6 +8,7 @@ checkpoint loads with ``torch.load(path, weights_only=True)``.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import pickle
 import re
@@ -77,9 +78,18 @@ class _WriteErrors:
         self._file.flush()
 
 
+def lowest(candidates: list[dict], by_epoch: dict[int, float]) -> tuple[float, dict] | None:
+    """The checkpoint candidate whose epoch has the lowest finite value in ``by_epoch``
+    (val_loss, or the training loss), with that value; None if none has one."""
+    scored = [(by_epoch[c["epoch"]], c) for c in candidates
+              if by_epoch.get(c["epoch"]) is not None and math.isfinite(by_epoch[c["epoch"]])]
+    return min(scored, key=lambda pair: pair[0]) if scored else None
+
+
 def prune_checkpoints(store, run_id: str, segment: int, keep: int) -> list[Path]:
     """Delete the checkpoint files of ``run_id`` beyond the newest ``keep`` that a resume
-    could use (0: none deleted); returns the files deleted.
+    could use (0: none deleted), and beyond the best one (its epoch had the lowest
+    val_loss: what ``--checkpoint best`` takes); returns the files deleted.
 
     Called by segment ``segment`` after its newest checkpoint is written and recorded.
     Counted are ``store.checkpoint_candidates`` (the effective history's, newest first)
@@ -92,11 +102,16 @@ def prune_checkpoints(store, run_id: str, segment: int, keep: int) -> list[Path]
     if keep <= 0:
         return []
     kept, good = set(), 0
-    for candidate in store.checkpoint_candidates(run_id):
+    candidates = store.checkpoint_candidates(run_id)
+    for candidate in candidates:
         if good == keep:
             break
         kept.add(candidate["path"])
         good += _intact(candidate)
+    best = lowest([c for c in candidates if _intact(c)],
+                  store.epoch_values(run_id, "val_loss"))
+    if best is not None:
+        kept.add(best[1]["path"])
     rows = store.checkpoints(run_id)
     store.mark_checkpoints_pruned(run_id, segment, [
         r["id"] for r in rows if r["pruned_at"] is None and r["path"] not in kept])

@@ -12,14 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from hlbd.checkpoint import load_checkpoint
+from hlbd.checkpoint import load_checkpoint, lowest
 from hlbd.config import TrainConfig
 from hlbd.data import BUNDLED, bundled_dataset, load_dataset
 from hlbd.errors import CheckpointError, HlbdError
@@ -71,11 +70,9 @@ def _best(store: Store, run_id: str, present: list[dict]) -> Chosen:
     val = store.epoch_values(run_id, "val_loss")
     train = {e["epoch"]: e["loss"] for e in store.epochs(run_id)}
     for name, by_epoch in (("val_loss", val), ("training loss", train)):
-        scored = [(by_epoch[c["epoch"]], c) for c in present
-                  if by_epoch.get(c["epoch"]) is not None
-                  and math.isfinite(by_epoch[c["epoch"]])]
-        if scored:
-            value, c = min(scored, key=lambda pair: pair[0])
+        best = lowest(present, by_epoch)
+        if best is not None:
+            value, c = best
             return Chosen(c["path"], c["epoch"], c["step"],
                           f"best: epoch {c['epoch']}, lowest {name} {value:.4g} of the "
                           f"{len(present)} checkpoint(s) on disk")

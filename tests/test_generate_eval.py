@@ -114,7 +114,8 @@ def test_eval_records_an_evaluation_once_and_show_lists_it(db_url, pruned_run):
 def test_best_is_the_checkpoint_of_the_lowest_val_loss_and_runs_shows_it(db_url, store,
                                                                         tmp_path):
     """Random answers: the held-out loss is lowest early and climbs as the model
-    memorises the rest; best is that early checkpoint, not the newest."""
+    memorises the rest; best is that early checkpoint, not the newest, and
+    --keep-checkpoints 1 keeps it beside the newest."""
     rng = random.Random(1)
     items = [{"input": "".join(rng.choices("abcdefgh", k=5)),
               "output": "".join(rng.choices("abcdefgh", k=4))} for _ in range(60)]
@@ -122,11 +123,13 @@ def test_best_is_the_checkpoint_of_the_lowest_val_loss_and_runs_shows_it(db_url,
     dataset.write_text(json.dumps({"data": {"noise": items}}))
     outcome = start_run(tiny_config(datasets=[str(dataset)], epochs=14, lr=1e-2, t_0=14,
                                     d_model=64, d_ff=128, batch_size=8, save_interval=1,
-                                    keep_checkpoints=0), store,
+                                    keep_checkpoints=1), store,
                         runs_root=tmp_path / "runs", progress=False)
     val = store.epoch_values(outcome.run_id, "val_loss")
     lowest = min(val, key=val.get)
     assert lowest < 14, val  # the test needs a best that is not the newest
+    assert sorted(p.name for p in outcome.run_dir.glob("checkpoint_epoch_*.pt")) == sorted(
+        {f"checkpoint_epoch_{lowest}.pt", "checkpoint_epoch_14.pt"})
     result = cli("generate", "--db", db_url, "--run-id", outcome.run_id,
                  "--checkpoint", "best", "abcde")
     assert result.exit_code == 0, result.output

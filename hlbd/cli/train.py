@@ -43,7 +43,8 @@ TRAIN_FLAGS = [
     ("--eta-min", "eta_min", float, "CosineAnnealingWarmRestarts eta_min."),
     ("--save-interval", "save_interval", int, "Checkpoint every N epochs (and at the end)."),
     ("--keep-checkpoints", "keep_checkpoints", int,
-     "Keep the newest N checkpoint files (0: all); older ones go once a newer one is saved."),
+     ("Keep the newest N checkpoint files and the best (lowest val_loss); 0: all. Older "
+      "ones go once a newer one is saved.")),
     ("--d-model", "d_model", int, "Model width."),
     ("--n-layers", "n_layers", int, "Transformer layers."),
     ("--n-heads", "n_heads", int, "Attention heads."),
