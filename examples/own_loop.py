@@ -71,7 +71,7 @@ def train(db: str | None = None, epochs: int = 3, resume: str | None = None,
     with hlbd.init(name="own-loop", config=config, db=db, runs_dir=runs_dir,
                    run_id=resume, resume="must" if resume else None) as run:
         if run.resumed_from:  # continue exactly where the checkpoint left off
-            state = torch.load(run.resumed_from.path, weights_only=False)
+            state = torch.load(run.resumed_from.path, weights_only=True)
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
