@@ -145,6 +145,50 @@ def test_an_exception_in_training_ends_the_run_failed(db_url, tmp_path):
     assert [s["step"] for s in steps] == [1, 2]
 
 
+class Validated(Tiny):
+    """Tiny with a validation set; it keeps each validation's mean loss as it computed it
+    (the sanity check's aside)."""
+
+    def __init__(self):
+        super().__init__()
+        self.val_losses: list[float] = []
+        self._batch_losses: list[torch.Tensor] = []
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        loss = torch.nn.functional.mse_loss(self.net(x), y)
+        self._batch_losses.append(loss.detach())
+        self.log("val_loss", loss)  # Lightning's default in validation: the epoch mean
+        return loss
+
+    def on_validation_epoch_end(self):
+        if not self.trainer.sanity_checking:
+            self.val_losses.append(torch.stack(self._batch_losses).mean().item())
+        self._batch_losses = []
+
+
+def test_validation_as_an_epoch_ends_is_that_epochs_value(db_url, tmp_path):
+    logger = HlbdLogger(db=db_url, runs_dir=str(tmp_path / "runs"))
+    module = Validated()
+    trainer(logger, tmp_path, epochs=3, enable_checkpointing=False).fit(
+        module, data(), val_dataloaders=data())
+    store = Store.open_read_only(db_url)
+    try:
+        values = store.epoch_values(logger.version, "val_loss")
+        points = [p for p in store.points(logger.version) if p["key"] == "val_loss"]
+        [summary] = [r for r in store.list_runs() if r["run_id"] == logger.version]
+    finally:
+        store.close()
+    # One value per epoch, at the step the epoch closed, equal to the module's own mean
+    # (every batch is 8 pairs); none left at a step.
+    assert [(p["scope"], p["step"]) for p in points] == [("epoch", 3), ("epoch", 6),
+                                                         ("epoch", 9)]
+    assert [p["value"] for p in points] == pytest.approx(module.val_losses, rel=1e-6)
+    assert len(module.val_losses) == 3
+    assert summary["best_val_loss"] == pytest.approx(min(module.val_losses), rel=1e-6)
+    assert list(values.values()) == [p["value"] for p in points]  # what runs/overfit read
+
+
 class Overflowing(Tiny):
     """Tiny, whose gradient is Inf on the optimizer steps Lightning attempts at the
     ``global_step`` values in ``inf_at`` (as an fp16 overflow makes it); it keeps, per

@@ -21,7 +21,8 @@ Where each number comes from (Lightning 2.x; ``lightning`` or ``pytorch_lightnin
   a step, its values kept with scope ``skipped``.
 - Whatever the module ``self.log``s reaches ``log_metrics`` at Lightning's intervals, and
   is recorded under its name at that step (a name hlbd records itself, such as
-  ``loss``, as ``logged/loss``); ``log_hyperparams`` adds to the run's config.
+  ``loss``, as ``logged/loss``); what comes as an epoch ends, its validation included
+  (``val_loss``), as the epoch's values; ``log_hyperparams`` adds to the run's config.
 - A checkpoint Lightning saves carries ``hlbd`` (the run id and step) and is recorded;
   ``trainer.fit(..., ckpt_path=...)`` from it (moved or not) continues the same run, the
   steps recorded after it kept, superseded.
@@ -154,6 +155,7 @@ class HlbdCallback(Callback):
         self.logger = logger
         self._losses: list[torch.Tensor] = []
         self._epoch_pending = False
+        self._last_batch_done = False  # the epoch's last training batch has run
         self._epoch_values: dict[str, Any] = {}
         self._checkpoints: list[str] = []  # saved as the open epoch ended
 
@@ -179,6 +181,14 @@ class HlbdCallback(Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._close_epoch()
+        self._last_batch_done = False
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        # Lightning validates as the epoch ends before on_train_epoch_end: what the
+        # module logs there (val_loss) is the epoch's, not a step's. A validation in the
+        # middle of an epoch (val_check_interval < 1) stays at its step.
+        if self._last_batch_done and not trainer.sanity_checking:
+            self._epoch_pending = True
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         run = self.logger.run
@@ -188,6 +198,7 @@ class HlbdCallback(Callback):
         self._losses.append(loss.detach())
         done = ((batch_idx + 1) % trainer.accumulate_grad_batches == 0
                 or batch_idx + 1 == trainer.num_training_batches)
+        self._last_batch_done = batch_idx + 1 == trainer.num_training_batches
         if done:
             losses, self._losses = self._losses, []
             # Lightning hands each micro-batch's loss divided by accumulate_grad_batches:
