@@ -37,17 +37,20 @@ nothing.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import math
 import numbers
 import os
 import signal
+import sys
 import threading
 import time
 import traceback
 import uuid
-from collections.abc import Iterable, Mapping
+import weakref
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -103,7 +106,43 @@ def init(name: str | None = None, config: Mapping[str, Any] | None = None, *,
         raise ValueError(f"resume must be None, 'must' or 'allow', not {resume!r}")
     if resume == "must" and not run_id:
         raise ValueError("resume='must' needs the run_id of the run to continue")
-    return _start(name, config, db, runs_dir, run_id, resume, tags)
+    run = _start(name, config, db, runs_dir, run_id, resume, tags)
+    global _hooked
+    if not _hooked:
+        _hooked = True
+        end_with_the_process(_end_left_open)
+    _LEFT_OPEN.add(run)
+    return run
+
+
+# The runs init() opened that are not finished yet (weakly: a run nobody holds is gone),
+# ended with the process; the hooks are installed the first time one is open, and
+# stay (they do nothing with none open).
+_LEFT_OPEN: weakref.WeakSet[Run] = weakref.WeakSet()
+_hooked = False
+
+
+def _end_left_open(kind, exc, tb) -> None:
+    for run in list(_LEFT_OPEN):
+        run._ended_by(kind, exc, tb)
+
+
+def end_with_the_process(ended_by: Callable[[Any, Any, Any], None]) -> None:
+    """Call ``ended_by(kind, exc, tb)`` when an exception ends the process (before it
+    is printed), and ``ended_by(None, None, None)`` at exit: a run left open ends with
+    the process, as wandb's does. A killed process (SIGKILL, SIGTERM without a
+    handler) runs neither: its run turns crashed, then stale, by the heartbeat."""
+    previous = sys.excepthook
+
+    def hook(kind, exc, tb):
+        try:
+            ended_by(kind, exc, tb)
+        except Exception:  # noqa: BLE001 - the record's failure must not hide the exception
+            traceback.print_exc()
+        previous(kind, exc, tb)
+
+    sys.excepthook = hook
+    atexit.register(ended_by, None, None, None)
 
 
 def _start(name, config, db, runs_dir, run_id, resume, tags, at: int | None = None,
@@ -568,6 +607,19 @@ class Run:
             self.finish("failed", text)
 
     # -- inside -------------------------------------------------------------------------
+
+    def _ended_by(self, kind, exc, tb) -> None:
+        """The process ends (see end_with_the_process) with this run still open: a
+        normal exit is finished, an exception what ``with`` would have made of it."""
+        if self._finished:
+            return
+        try:
+            if kind is None:
+                self.finish("finished")
+            else:
+                self.__exit__(kind, exc, tb)
+        except Exception:  # noqa: BLE001 - at exit: say it, the process ends anyway
+            traceback.print_exc()
 
     def _checked(self, metrics: Mapping[str, Any]) -> dict[str, Any]:
         """``metrics`` as recorded: floats, and tensors copied on their device (the

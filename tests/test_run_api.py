@@ -748,3 +748,42 @@ def test_a_database_in_a_folder_that_does_not_exist_is_named_so(tmp_path):
     with pytest.raises(StoreError, match=r"its folder .*nowhere does not exist"):
         hlbd.init(db=str(tmp_path / "nowhere" / "runs.db"))
     assert not (tmp_path / "nowhere").exists()
+
+
+# A run opened without `with` and never finished, ended by the process as ``how`` says.
+LEFT_OPEN = r'''
+import sys, torch, hlbd
+db, folder, how = sys.argv[1], sys.argv[2], sys.argv[3]
+run = hlbd.init(db=db, runs_dir=folder)
+print(run.id, flush=True)
+run.log({"loss": torch.tensor(0.5)})
+run.end_epoch()
+if how == "raise":
+    raise ValueError("boom")
+if how == "ctrl-c":
+    raise KeyboardInterrupt
+'''
+
+
+@pytest.mark.parametrize(("how", "status", "error"), [
+    ("exit", "finished", None), ("raise", "failed", "ValueError: boom"),
+    ("ctrl-c", "interrupted", "KeyboardInterrupt")])
+def test_a_run_left_open_ends_with_the_process(procs, db_url, tmp_path, how, status,
+                                               error):
+    proc = procs.python(LEFT_OPEN, db_url, tmp_path / "runs", how)
+    try:
+        out, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    assert (proc.returncode == 0) == (how == "exit"), err
+    if how == "raise":
+        assert "ValueError: boom" in err  # the exception is still printed
+    store = Store.open_read_only(db_url)
+    try:
+        run = store.get_run(out.split()[0])
+        epochs = store.epochs(run["run_id"])
+    finally:
+        store.close()
+    assert (run["status"], run["error"]) == (status, error)
+    assert [e["loss"] for e in epochs] == [0.5]  # what was logged is all there

@@ -397,9 +397,8 @@ def test_the_readme_has_the_promised_examples():
 @pytest.mark.parametrize("index", range(len(readme_queries())))
 def test_each_readme_query_runs_and_finds_rows_in_a_real_database(db, backend, index):
     code, only = readme_queries()[index]
-    sql = (code.replace("RUN_ID", db["resumed"])
-           .replace("RUN_A", db["resumed"]).replace("RUN_B", db["wild"])
-           .replace("3f2a...", db["own"]))
+    sql = (code.replace("OWN_RUN_ID", db["own"]).replace("RUN_ID", db["resumed"])
+           .replace("RUN_A", db["resumed"]).replace("RUN_B", db["wild"]))
     if only not in (None, backend):  # the README says which database it is written for
         with pytest.raises(QueryError):
             run_query(str(db["path"]), sql)

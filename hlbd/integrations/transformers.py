@@ -39,12 +39,9 @@ SIGTERM); a later ``train()`` in the same process fails a run that never ended.
 
 from __future__ import annotations
 
-import atexit
 import json
 import logging
 import math
-import sys
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +49,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from hlbd.integrations import json_safe
-from hlbd.run import Run, _start
+from hlbd.run import Run, _start, end_with_the_process
 
 log = logging.getLogger(__name__)
 RUN_FILE = "hlbd_run.json"  # in each checkpoint folder: which hlbd run, at which step
@@ -108,7 +105,7 @@ class HlbdCallback(TrainerCallback, ExportableState):
         self._epoch_pending = False
         if not self._hooked:
             self._hooked = True
-            _end_with_the_process(self)
+            end_with_the_process(self._ended_by)
         self.run.__enter__()  # SIGTERM ends training as Ctrl-C does
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
@@ -194,22 +191,6 @@ class HlbdCallback(TrainerCallback, ExportableState):
                 self.run.finish("interrupted", "the process exited before training ended")
             else:
                 self.run.__exit__(kind, exc, tb)
-
-
-def _end_with_the_process(callback: HlbdCallback) -> None:
-    """An exception out of trainer.train() that ends the process ends the run (failed,
-    or interrupted for Ctrl-C and SIGTERM); so does an exit before training ended."""
-    previous = sys.excepthook
-
-    def hook(kind, exc, tb):
-        try:
-            callback._ended_by(kind, exc, tb)
-        except Exception:  # noqa: BLE001 - the record's failure must not hide the exception
-            traceback.print_exc()
-        previous(kind, exc, tb)
-
-    sys.excepthook = hook
-    atexit.register(callback._ended_by, None, None, None)
 
 
 def _resumed_from(args, state) -> dict:
