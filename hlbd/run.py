@@ -446,12 +446,19 @@ class Run:
         elif not isinstance(step, numbers.Integral) or isinstance(step, bool) or step < 0:
             raise ValueError(f"step must be a non-negative int, not {step!r}")
         step = int(step)
+        if step == 0 and self._watched:
+            raise ValueError("no optimizer step has run yet: with watch(), log after "
+                             "optimizer.step() (steps count from 1)")
         if step <= self._closed_step and step not in self._open:
             raise ValueError(f"step {step}: the record of this segment has closed every "
                              f"step up to {self._closed_step} (steps only go forward; an "
                              "epoch's steps close with end_epoch())")
         values = self._open.get(step, {})
         for key in checked:
+            if key in values and _is_hlbds(key, self._watched):
+                raise ValueError(f"{key!r} is recorded by hlbd itself (watch() records "
+                                 "each group's LR as the step used it, clip_grad_norm_ "
+                                 "the norm before clipping); log yours under another name")
             if key in values:
                 raise ValueError(f"{key!r} was already recorded at step {step}: one value "
                                  "per name and step (log after optimizer.step(), or pass "
@@ -719,6 +726,13 @@ class Run:
         if taken:
             self._closed_step = max(self._closed_step, taken[-1][0])
         return taken
+
+
+def _is_hlbds(key: str, watched: bool) -> bool:
+    """Whether hlbd records ``key`` itself at each step: the norm clip_grad_norm_
+    measured, and under watch() each group's LR."""
+    return key == "grad_norm" or (watched and (key == "lr" or (
+        key.startswith("lr/") and key[3:].isdigit())))
 
 
 def _checked_key(key: Any) -> str:

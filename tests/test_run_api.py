@@ -170,6 +170,34 @@ def test_a_step_that_goes_back_or_a_value_given_twice_is_refused(db_url, tmp_pat
         store.close()
 
 
+def test_the_habits_of_other_trackers_are_told_what_to_do_instead(db_url, tmp_path):
+    model = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with hlbd.init(db=db_url, runs_dir=str(tmp_path)) as run:
+        run.watch(optimizer)
+        loss = model(torch.ones(1, 2)).sum()
+        # wandb users log before the step, or from step 0
+        with pytest.raises(ValueError, match=r"log after optimizer.step\(\)"):
+            run.log({"loss": loss.detach()})
+        with pytest.raises(ValueError, match=r"log after optimizer.step\(\)"):
+            run.log({"loss": loss.detach()}, step=0)
+        loss.backward()
+        norm = run.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        # ... and log the LR and the norm themselves
+        for key in ("lr", "grad_norm"):
+            with pytest.raises(ValueError, match=f"'{key}' is recorded by hlbd itself"):
+                run.log({key: 0.1})
+        run.log({"loss": loss.detach()})
+        run.end_epoch()
+    store = Store.open_read_only(db_url)
+    try:
+        [row] = store.steps(run.id)
+    finally:
+        store.close()
+    assert (row["step"], row["lr"], row["grad_norm"]) == (1, 0.1, pytest.approx(norm.item()))
+
+
 def test_an_exception_in_the_block_fails_the_run_with_its_text_and_is_raised(db_url,
                                                                              tmp_path):
     with pytest.raises(RuntimeError, match="diverged"), \
