@@ -703,6 +703,18 @@ def test_show_lists_the_series_a_loop_logged(db_url, tmp_path):
     assert ["val_loss", "epoch", "1", "2", "2"] in rows
 
 
+def test_show_says_steps_were_recorded_when_no_epoch_was_closed(db_url, tmp_path):
+    from click.testing import CliRunner
+
+    from hlbd.cli import main
+
+    with hlbd.init(db=db_url, runs_dir=str(tmp_path)) as run:
+        for loss in (0.3, 0.2, 0.1):
+            run.log({"loss": loss})
+    out = CliRunner().invoke(main, ["show", run.id, "--db", db_url]).output
+    assert "no epochs recorded, but 3 steps (end_epoch() closes an epoch)" in out
+
+
 def test_series_reads_one_name_of_the_effective_history(db_url, tmp_path):
     path = tmp_path / "state.pt"
     with hlbd.init(db=db_url, runs_dir=str(tmp_path)) as run:

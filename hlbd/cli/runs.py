@@ -73,7 +73,9 @@ def show(run_id: str, all_segments: bool, db: str | None) -> None:
         click.echo(f"error {printable(run['error'])}")
     epochs = store.epochs(run["run_id"], include_superseded=all_segments)
     if not epochs:
-        click.echo("no epochs recorded")
+        steps = len(store.steps(run["run_id"]))
+        click.echo("no epochs recorded" + (f", but {steps} steps (end_epoch() closes an "
+                                           "epoch)" if steps else ""))
     else:
         columns = EPOCH_COLUMNS + (["superseded_by"] if all_segments else [])
         click.echo(table(columns, [[e.get(c) for c in columns] for e in epochs]))
