@@ -131,13 +131,19 @@ function nearestRun(view, event, item) {
 function hoverTooltip(view, event, item, labels, hidden) {
   const datum = item.datum;
   const rows = [];
+  // v0, v1, ...: each run's value; w0, w1, ...: its held-out (validation) value.
   labels.forEach((label, k) => {
+    if (hidden.has(label)) return;
     const value = datum[`v${k}`];
-    if (value !== null && value !== undefined && !hidden.has(label)) rows.push({label, value});
+    if (value !== null && value !== undefined) rows.push({label, value});
+    const held = datum[`w${k}`];
+    if (held !== null && held !== undefined) {
+      rows.push({label: `${label} · validation`, value: held, run: label});
+    }
   });
   rows.sort((a, b) => b.value - a.value);
   const near = nearestRun(view, event, item);
-  const at = rows.findIndex((row) => row.label === near);
+  const at = rows.findIndex((row) => (row.run ?? row.label) === near);
   if (at > 0) rows.unshift(...rows.splice(at, 1));
   const out = {title: datum.at};
   for (const row of rows) out[row.label] = number(row.value);

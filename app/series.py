@@ -11,7 +11,7 @@ exploded run's points out and marks them on its edge. Built with pandas, column 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 import numpy as np
@@ -33,6 +33,10 @@ TYPICAL_TOP = 0.75
 # that explodes (an exploding run's LR is what explains it), accuracy is bounded, and
 # throughput differs between machines by design.
 NOT_ROBUST = ("lr", "token_accuracy", "tokens_per_second")
+# A training metric's held-out counterpart, recorded per epoch (hlbd train's evaluation,
+# or a loop's run.end_epoch({"val_loss": ...})): drawn dashed on the training metric's
+# chart, in the run's colour.
+VALIDATION = {"loss": "val_loss", "token_accuracy": "val_token_accuracy"}
 
 
 @dataclass
@@ -65,6 +69,10 @@ class MetricData:
     flags: pd.DataFrame       # run, x, rule, message
     resumes: pd.DataFrame     # run, x, what
     missing: list[str]        # labels of runs that did not record it (on this axis)
+    # The runs' held-out values of it (VALIDATION), when it has them: run, x, value, at,
+    # piece; in the hover table as w0, w1, ... beside each run's v0, v1, ...
+    validation: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(
+        columns=["run", "x", "value", "at", "piece"]))
     domain: list[float] | None = None   # the y range, when the robust range cut some
     notes: list[str] = field(default_factory=list)
 
@@ -220,6 +228,19 @@ def _point_rows(s: RunSeries, key: str, x_axis: str, scale: float) -> dict:
             "at": at}
 
 
+def read_keys(metrics) -> tuple[str, ...]:
+    """The run's own names (Store.points keys) the charts of ``metrics`` draw: each
+    picked POINT chart's, and the VALIDATION counterpart of each picked metric."""
+    own = [m.removeprefix(POINT) for m in metrics if m.startswith(POINT)]
+    return tuple(dict.fromkeys(own + [VALIDATION[m] for m in metrics if m in VALIDATION]))
+
+
+def _validation_rows(s: RunSeries, key: str, x_axis: str, scale: float) -> dict:
+    """_point_rows of ``key``'s epoch values only (what a held-out evaluation records)."""
+    epochs_only = [p for p in s.points.get(key, []) if p["scope"] == "epoch"]
+    return _point_rows(replace(s, points={key: epochs_only}), key, x_axis, scale)
+
+
 def metric_data(series: list[RunSeries], metric: str, x_axis: str, *, title: str,
                 smoothing: float = 0.0, log_scale: bool = False, robust: bool = True,
                 x_range: tuple[float, float] | None = None) -> MetricData:
@@ -275,14 +296,22 @@ def metric_data(series: list[RunSeries], metric: str, x_axis: str, *, title: str
                                        pd.Series(at[finite], index=x[finite])])
     frame = (pd.concat(points, ignore_index=True) if points else
              pd.DataFrame(columns=["run", "x", "value", "lo", "hi", "piece"]))
+    validation = pd.DataFrame(columns=["run", "x", "value", "at", "piece"])
+    if metric in VALIDATION:
+        validation = _validation(series, VALIDATION[metric], x_axis, scale, title=title,
+                                 log_scale=log_scale, x_range=x_range,
+                                 hover_cols=hover_cols, nonfinite=nonfinite)
     if "smooth" not in frame and smoothing > 0 and metric in SMOOTHED:
         frame["smooth"] = frame["value"]
     if dropped_nonpositive:
         notes.append(f"{dropped_nonpositive} value(s) at or below 0 are not drawn on the "
                      "log scale")
-    domain = (robust_domain(frame) if robust and not log_scale and robust_applies(metric)
+    # The held-out values count for the y range as much as the training ones.
+    drawn = pd.concat([frame, validation[["run", "x", "value"]]], ignore_index=True) \
+        if len(validation) else frame
+    domain = (robust_domain(drawn) if robust and not log_scale and robust_applies(metric)
               else None)
-    clipped = _clipped(frame, domain)
+    clipped = _clipped(drawn, domain)
     if domain is not None and len(clipped):
         runs = ", ".join(dict.fromkeys(clipped["run"]))
         notes.append(f"Robust y range {domain[0]:.4g} to {domain[1]:.4g}: {len(clipped)} "
@@ -293,7 +322,37 @@ def metric_data(series: list[RunSeries], metric: str, x_axis: str, *, title: str
         nonfinite=pd.DataFrame(nonfinite, columns=["run", "x", "at", "what"]),
         clipped=clipped, flags=_flags(series, metric, x_axis, scale, x_range),
         resumes=_resumes(series, x_axis, scale, x_range), missing=missing, domain=domain,
-        notes=notes)
+        notes=notes, validation=validation)
+
+
+def _validation(series: list[RunSeries], key: str, x_axis: str, scale: float, *,
+                title: str, log_scale: bool, x_range, hover_cols: dict,
+                nonfinite: list[dict]) -> pd.DataFrame:
+    """The runs' recorded values of ``key`` (a VALIDATION counterpart) as drawn: each at
+    its epoch (on steps: where that epoch ended), the line broken wherever one is
+    missing or not finite (a NaN/Inf is a marker). Adds w0, w1, ... to ``hover_cols``
+    and the non-finite values to ``nonfinite``."""
+    frames = []
+    for i, s in enumerate(series):
+        r = _validation_rows(s, key, x_axis, scale)
+        x, value, at = r["x"], r["value"], np.array(r["at"], dtype=object)
+        placed = np.isfinite(x)
+        if x_range is not None:
+            placed &= (x >= x_range[0]) & (x <= x_range[1])
+        finite = placed & np.isfinite(value) & ((value > 0) if log_scale else True)
+        for j in np.flatnonzero(placed & (r["bad"] > 0)):
+            nonfinite.append({"run": s.label, "x": x[j], "at": at[j],
+                              "what": f"validation {title.lower()} ({key}) is {value[j]}"})
+        piece = np.cumsum(~finite)[finite]
+        frames.append(pd.DataFrame({"run": s.label, "x": x[finite], "value": value[finite],
+                                    "at": at[finite],
+                                    "piece": piece.astype(np.int32) + 100_000 * i}))
+        if finite.any():
+            hover_cols[f"w{i}"] = pd.Series(value[finite], index=x[finite])
+            hover_cols["_at"] = pd.concat([hover_cols.get("_at", pd.Series(dtype=object)),
+                                           pd.Series(at[finite], index=x[finite])])
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["run", "x", "value", "at", "piece"])
 
 
 def robust_applies(metric: str) -> bool:

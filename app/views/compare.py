@@ -17,7 +17,7 @@ import sidebar
 import vega_component
 from hlbd.config import config_diff
 from hlbd.store.buckets import bucket_width
-from series import POINT, RunSeries, metric_data
+from series import POINT, RunSeries, metric_data, read_keys
 
 # Step buckets per chart, shared by the picked runs, each getting at least / at most
 # POINTS_PER_RUN. A full-width plot is 850-1000 px wide on a 1400-1600 px window: 500
@@ -131,8 +131,7 @@ def chart(url: str, picked: tuple, x_axis: str, x_range, metrics: tuple, smoothi
     versions included (``picked`` as in load_series): a new session opening the same
     link gets the spec built once, and a run with news is read and drawn anew.
     """
-    own = tuple(m.removeprefix(POINT) for m in metrics
-                if m.startswith(POINT))
+    own = read_keys(metrics)   # a POINT chart's name, and val_loss beside loss
     series = load_series(url, picked, x_axis, x_range, thresholds, own)
     if not metrics:
         return None, series
