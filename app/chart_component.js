@@ -135,7 +135,11 @@ function hoverTooltip(view, event, item, labels, hidden) {
   labels.forEach((label, k) => {
     if (hidden.has(label)) return;
     const value = datum[`v${k}`];
-    if (value !== null && value !== undefined) rows.push({label, value});
+    // n0, n1, ...: a group's line is the mean of this many members here.
+    const members = datum[`n${k}`];
+    const named = members === null || members === undefined ? label
+      : `${label} (mean of ${members})`;
+    if (value !== null && value !== undefined) rows.push({label: named, value, run: label});
     const held = datum[`w${k}`];
     if (held !== null && held !== undefined) {
       rows.push({label: `${label} · validation`, value: held, run: label});

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 import vega_component
+from groups import Grouping
 from series import POINT, SMOOTHED, MetricData, RunSeries, wall_scale
 
 METRICS = {"loss": "Loss", "grad_norm": "Gradient norm", "lr": "Learning rate",
@@ -45,6 +46,7 @@ HIDDEN = "hidden_runs"   # the spec's parameter: labels of the runs hidden in th
 VALIDATION_DASH = [6, 4]   # a held-out (validation) line: dashed, in its run's colour
 # The line styles' legend: which line is the training value, which the held-out one.
 KINDS = {"training": [1, 0], "validation (held out)": VALIDATION_DASH}
+MEMBER_WIDTH, MEMBER_OPACITY = 0.8, 0.5   # a group's members, drawn under its line
 HIT_PX = 24   # a marker's hover target, across (WCAG 2.5.8's minimum target size)
 SHOWN = {"filter": f"indexof({HIDDEN}, datum.run) < 0"}   # a layer's runs not hidden
 Y_AXIS_EXTENT = 64          # pixels for a y axis' ticks and labels (up to ~9 characters) ...
@@ -98,18 +100,22 @@ def x_title(x_axis: str, series: list[RunSeries]) -> str:
 
 def spec(data: list[MetricData], series: list[RunSeries], x_axis: str, *,
          smoothing: float = 0.0, log_metrics: tuple[str, ...] = (),
-         zoomable: bool = True) -> dict:
+         zoomable: bool = True, grouping: Grouping | None = None) -> dict:
     """The Vega-Lite spec: a chart per metric, stacked, one x scale, one legend.
 
-    ``zoomable``: a drag selects an x range (the "zoom" selection the page reads back).
+    ``zoomable``: a drag selects an x range (the "zoom" selection the page reads back);
+    ``grouping``: the data is grouped (metric_data's grouping): a line and a legend
+    entry per group, in its colour.
     """
-    labels = [s.label for s in series]
+    labels = [s.label for s in series] if grouping is None else grouping.labels
+    line_colors = ([s.color for s in series] if grouping is None else
+                   [c for _, c in grouping.colors])
     # A legend entry of a hidden run is faded; the legend is the switch (the component
     # turns a click on an entry into HIDDEN's new value).
     faded = {"signal": f"indexof({HIDDEN}, datum.value) >= 0 ? 0.3 : 1"}
     entry = {"interactive": True, "update": {"opacity": faded, "cursor": {"value": "pointer"}}}
     color = {"field": "run", "type": "nominal", "title": None,
-             "scale": {"domain": labels, "range": [s.color for s in series]},
+             "scale": {"domain": labels, "range": line_colors},
              "legend": {"encode": {"symbols": entry, "labels": entry}}}
     counted = x_axis in ("epoch", "step")
     # One x scale for every chart (resolve: shared): its domain is the union of all they
@@ -191,9 +197,23 @@ def _metric_chart(d: MetricData, i: int, x: dict, color: dict, labels: list[str]
     y = {"field": "value", "type": "quantitative", "title": y_title, "scale": y_scale,
          "axis": {"format": axis_format(*_y_range(d, log_scale), log_scale=log_scale)}}
     points = data("points", d.points)
+    main = []
+    if len(d.members):
+        # A group's members under its line: thin, in the group's colour.
+        main.append({"data": data("members", d.members), "transform": [SHOWN],
+                     "mark": {"type": "line", "clip": True, "strokeWidth": MEMBER_WIDTH,
+                              "opacity": MEMBER_OPACITY},
+                     "encoding": {"x": x, "y": y, "color": color,
+                                  "detail": {"field": "piece"},
+                                  "tooltip": [{"field": "member", "title": "run"},
+                                              {"field": "run", "title": "group"},
+                                              {"field": "x", "type": "quantitative",
+                                               "title": x["title"]},
+                                              {"field": "value", "type": "quantitative",
+                                               "title": title(m), "format": NUMBER}]}})
     # Smoothed, the raw line stays in full colour (a faded line falls below 3:1 against
     # the background, in dark mode most) and is told apart by being thinner.
-    main = [{"data": points, "transform": [SHOWN],
+    main += [{"data": points, "transform": [SHOWN],
              "mark": {"type": "line", "clip": True,
                       "strokeWidth": RAW_UNDER_SMOOTH if smoothing > 0 else 1.5},
              "encoding": {"x": x, "y": y, "color": color, "detail": {"field": "piece"}}}]
@@ -244,7 +264,10 @@ def _metric_chart(d: MetricData, i: int, x: dict, color: dict, labels: list[str]
         for k, label in enumerate(labels) if f"v{k}" in d.hover] + [
         {"field": f"w{k}", "type": "quantitative", "title": f"{label} · validation",
          "format": NUMBER}
-        for k, label in enumerate(labels) if f"w{k}" in d.hover]
+        for k, label in enumerate(labels) if f"w{k}" in d.hover] + [
+        {"field": f"n{k}", "type": "quantitative", "title": f"{label} · runs with a value",
+         "format": "d"}
+        for k, label in enumerate(labels) if f"n{k}" in d.hover]
     main.append({"name": names["hover"], "data": hover,
                  "mark": {"type": "rect", "opacity": 0},
                  "encoding": {"x": {**x, "field": "x_lo"}, "x2": {"field": "x_hi"},

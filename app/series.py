@@ -17,6 +17,7 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 
+from groups import Grouping, aggregate
 from hlbd.store.rows import STEP_SERIES
 
 STEP_METRICS = STEP_SERIES                     # recorded per optimizer step too
@@ -73,6 +74,11 @@ class MetricData:
     # piece; in the hover table as w0, w1, ... beside each run's v0, v1, ...
     validation: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(
         columns=["run", "x", "value", "at", "piece"]))
+    # Grouped (groups.py), ``points`` and ``validation`` hold the groups' lines (``run``
+    # is the group, ``n`` how many members have a value at x; the hover table's n0,
+    # n1, ...), and this the members' own values when they are drawn too.
+    members: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(
+        columns=["run", "member", "x", "value", "piece"]))
     domain: list[float] | None = None   # the y range, when the robust range cut some
     notes: list[str] = field(default_factory=list)
 
@@ -243,11 +249,13 @@ def _validation_rows(s: RunSeries, key: str, x_axis: str, scale: float) -> dict:
 
 def metric_data(series: list[RunSeries], metric: str, x_axis: str, *, title: str,
                 smoothing: float = 0.0, log_scale: bool = False, robust: bool = True,
-                x_range: tuple[float, float] | None = None) -> MetricData:
+                x_range: tuple[float, float] | None = None,
+                grouping: Grouping | None = None) -> MetricData:
     """The frames of one metric's chart; ``title`` names the metric in its markers
-    (charts.METRICS)."""
+    (charts.METRICS); with ``grouping``, a line per group of runs (groups.aggregate)."""
     scale = wall_scale(series)[1]
     points, hover_cols, nonfinite, missing, notes = [], {}, [], [], []
+    gaps = []   # where a run has a place on the axis but no value to draw
     dropped_nonpositive = 0
     for i, s in enumerate(series):
         by_step = x_axis == "step" and metric in STEP_METRICS
@@ -290,6 +298,7 @@ def metric_data(series: list[RunSeries], metric: str, x_axis: str, *, title: str
         if smoothed is not None:
             frame["smooth"] = smoothed[placed[drawable]]
         points.append(frame)
+        gaps.append(pd.DataFrame({"run": s.label, "x": x[placed & ~finite]}))
         hover_cols[f"v{i}"] = pd.Series(value[finite], index=x[finite])
         hover_cols.setdefault("_at", pd.Series(dtype=object))
         hover_cols["_at"] = pd.concat([hover_cols["_at"],
@@ -301,6 +310,14 @@ def metric_data(series: list[RunSeries], metric: str, x_axis: str, *, title: str
         validation = _validation(series, VALIDATION[metric], x_axis, scale, title=title,
                                  log_scale=log_scale, x_range=x_range,
                                  hover_cols=hover_cols, nonfinite=nonfinite)
+    members = pd.DataFrame(columns=["run", "member", "x", "value", "piece"])
+    if grouping is not None:
+        members = frame.assign(member=frame["run"], run=frame["run"].map(grouping.group))[
+            ["run", "member", "x", "value", "piece"]] if grouping.members else members
+        frame, validation, hover_cols = _grouped(
+            frame, pd.concat(gaps, ignore_index=True), validation, grouping, hover_cols,
+            smoothing=smoothing if metric in SMOOTHED else 0.0, log_scale=log_scale)
+        nonfinite = _to_groups(nonfinite, grouping, "what")
     if "smooth" not in frame and smoothing > 0 and metric in SMOOTHED:
         frame["smooth"] = frame["value"]
     if dropped_nonpositive:
@@ -317,12 +334,50 @@ def metric_data(series: list[RunSeries], metric: str, x_axis: str, *, title: str
         notes.append(f"Robust y range {domain[0]:.4g} to {domain[1]:.4g}: {len(clipped)} "
                      f"point(s) of {runs} beyond it are marked on its edge (turn off "
                      "'Robust y range' to see them all)")
+    flags = _flags(series, metric, x_axis, scale, x_range)
+    resumes = _resumes(series, x_axis, scale, x_range)
+    if grouping is not None:
+        flags = pd.DataFrame(_to_groups(flags.to_dict("records"), grouping, "message"),
+                             columns=flags.columns)
+        resumes = pd.DataFrame(_to_groups(resumes.to_dict("records"), grouping, "what"),
+                               columns=resumes.columns)
     return MetricData(
         metric=metric, points=frame, hover=_hover_frame(hover_cols, x_axis),
         nonfinite=pd.DataFrame(nonfinite, columns=["run", "x", "at", "what"]),
-        clipped=clipped, flags=_flags(series, metric, x_axis, scale, x_range),
-        resumes=_resumes(series, x_axis, scale, x_range), missing=missing, domain=domain,
-        notes=notes, validation=validation)
+        clipped=clipped, flags=flags, resumes=resumes, missing=missing, domain=domain,
+        notes=notes, validation=validation, members=members)
+
+
+def _grouped(frame: pd.DataFrame, gaps: pd.DataFrame, validation: pd.DataFrame,
+             grouping: Grouping, hover_cols: dict, *, smoothing: float,
+             log_scale: bool) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """The runs' drawn values as their groups' lines (groups.aggregate), the held-out
+    ones too, and the hover table's columns for them: v0, v1, ... each group's mean,
+    n0, n1, ... how many members it is over, w0, w1, ... its held-out mean."""
+    lines = aggregate(frame, gaps, grouping)
+    if log_scale:
+        lines.loc[~(lines["lo"] > 0), ["lo", "hi"]] = np.nan
+    if smoothing > 0 and len(lines):
+        lines["smooth"] = np.concatenate([smooth(g["value"].to_numpy(dtype=float), smoothing)
+                                          for _, g in lines.groupby("run", sort=False)])
+    held = aggregate(validation, validation[["run", "x"]].iloc[:0], grouping)
+    out = {"_at": hover_cols.get("_at", pd.Series(dtype=object))}
+    for k, group in enumerate(grouping.labels):
+        mine, mine_held = lines[lines["run"] == group], held[held["run"] == group]
+        if len(mine):
+            out[f"v{k}"] = pd.Series(mine["value"].to_numpy(), index=mine["x"].to_numpy())
+            out[f"n{k}"] = pd.Series(mine["n"].to_numpy(), index=mine["x"].to_numpy())
+        if len(mine_held):
+            out[f"w{k}"] = pd.Series(mine_held["value"].to_numpy(),
+                                     index=mine_held["x"].to_numpy())
+    return lines, held, out
+
+
+def _to_groups(rows: list[dict], grouping: Grouping, text: str) -> list[dict]:
+    """Markers of member runs as markers of their groups, their ``text`` naming the
+    member."""
+    return [{**r, "run": grouping.group(r["run"]), text: f"{r['run']}: {r[text]}"}
+            for r in rows]
 
 
 def _validation(series: list[RunSeries], key: str, x_axis: str, scale: float, *,
