@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import math
 
+import pandas as pd
 import pytest
-from helpers.explorer import charts, compare, open_app
+from helpers.explorer import APP, charts, compare, open_app
 from helpers.tiny import tiny_config
+from streamlit.testing.v1 import AppTest
 
 from hlbd.runner import start_run
 from hlbd.store import Store, buckets
@@ -109,3 +111,205 @@ def test_a_chart_without_a_held_out_counterpart_draws_no_validation_line(seeds,
         if chart.metric != "loss":
             assert not layers_of(chart, f"validation_{chart.metric}")
     assert not math.isnan(charts(at)["Loss"].points["value"].iloc[0])
+
+
+# -- groups ---------------------------------------------------------------------------
+
+
+def group_by(at, by: str, members: bool = False):
+    at.selectbox(key="group_by").set_value(by).run()
+    if members:
+        at.toggle(key="group_members").set_value(True).run()
+    assert not at.exception
+    return at
+
+
+def expected(values_by_run: dict[str, dict[float, float]]) -> dict[float, tuple]:
+    """Per x: mean, min, max and count over the runs that have a value there."""
+    xs = sorted({x for values in values_by_run.values() for x in values})
+    out = {}
+    for x in xs:
+        there = [v[x] for v in values_by_run.values() if x in v]
+        out[x] = (sum(there) / len(there), min(there), max(there), len(there))
+    return out
+
+
+def assert_drawn(points, group: str, values_by_run: dict) -> None:
+    mine = points[points["run"] == group].sort_values("x")
+    want = expected(values_by_run)
+    assert list(mine["x"]) == list(want)
+    assert list(mine["value"]) == pytest.approx([w[0] for w in want.values()])
+    assert list(mine["lo"]) == pytest.approx([w[1] for w in want.values()])
+    assert list(mine["hi"]) == pytest.approx([w[2] for w in want.values()])
+    assert list(mine["n"]) == [w[3] for w in want.values()]
+
+
+def test_runs_grouped_by_a_config_key_draw_the_mean_and_min_max_of_the_members_per_epoch(
+        seeds, monkeypatch):
+    db, ids, store = seeds
+    order = ["seed0", "seed1", "short", "faster"]
+    at = group_by(compare(open_app(monkeypatch, db), [ids[n] for n in order]), "config.lr")
+    loss = charts(at)["Loss"]
+    sweep = {n: {float(e["epoch"]): e["loss"] for e in store.epochs(ids[n])}
+             for n in ("seed0", "seed1", "short")}
+    assert_drawn(loss.points, "lr = 0.002", sweep)
+    assert_drawn(loss.points, "lr = 0.005",
+                 {"faster": {float(e["epoch"]): e["loss"] for e in store.epochs(ids["faster"])}})
+    # Epoch 3: the run that stopped at epoch 2 is not counted, nor filled in.
+    at3 = loss.points[(loss.points["run"] == "lr = 0.002") & (loss.points["x"] == 3.0)]
+    assert int(at3["n"].iloc[0]) == 2
+    assert at3["value"].iloc[0] == pytest.approx(
+        (sweep["seed0"][3.0] + sweep["seed1"][3.0]) / 2)
+    # One legend entry per group, in its first member's colour; no member line unasked.
+    [line] = [m for m in loss.marks() if m["data"] == "points_loss" and m["type"] == "line"]
+    scale = line["encoding"]["color"]["scale"]
+    assert scale["domain"] == ["lr = 0.002", "lr = 0.005"]
+    colours = dict(zip(scale["domain"], scale["range"]))
+    ungrouped = compare(open_app(monkeypatch, db), [ids[n] for n in order])
+    [run_line] = [m for m in charts(ungrouped)["Loss"].marks()
+                  if m["data"] == "points_loss" and m["type"] == "line"]
+    run_colours = dict(zip(run_line["encoding"]["color"]["scale"]["domain"],
+                           run_line["encoding"]["color"]["scale"]["range"]))
+    assert colours["lr = 0.002"] == run_colours[label(store, ids["seed0"])]
+    assert colours["lr = 0.005"] == run_colours[label(store, ids["faster"])]
+    assert "members_loss" not in loss.datasets
+    # The band is drawn from the lowest to the highest member value.
+    assert any(m["type"] == "area" and m["encoding"]["y"]["field"] == "lo"
+               for m in loss.marks() if m["data"] == "points_loss")
+    # The hover tells of how many runs each mean is.
+    hover = loss.hover.set_index("x")
+    assert hover.loc[3.0, "n0"] == 2 and hover.loc[2.0, "n0"] == 3
+    tooltip = next(m for m in loss.marks() if m["data"] == "hover_loss"
+                   and m["encoding"].get("tooltip"))["encoding"]["tooltip"]
+    assert {"field": "n0", "type": "quantitative", "title": "lr = 0.002 · runs with a value",
+            "format": "d"} in tooltip
+
+
+def test_grad_norm_groups_span_their_members_lowest_and_highest_step(seeds, monkeypatch):
+    db, ids, store = seeds
+    at = group_by(compare(open_app(monkeypatch, db), [ids["seed0"], ids["seed1"]]),
+                  "config.lr")
+    norm = charts(at)["Gradient norm"].points
+    epochs = {n: store.epochs(ids[n]) for n in ("seed0", "seed1")}
+    for epoch in (1, 2, 3):
+        rows = [e for n in epochs for e in epochs[n] if e["epoch"] == epoch]
+        drawn = norm[norm["x"] == float(epoch)].iloc[0]
+        assert drawn["value"] == pytest.approx(sum(e["grad_norm"] for e in rows) / 2)
+        assert drawn["lo"] == pytest.approx(min(e["grad_norm_min"] for e in rows))
+        assert drawn["hi"] == pytest.approx(max(e["grad_norm_max"] for e in rows))
+
+
+def test_groups_on_the_step_axis_count_only_members_with_that_step(seeds, monkeypatch):
+    db, ids, store = seeds
+    members = ["seed0", "seed1", "short"]
+    at = group_by(compare(open_app(monkeypatch, db), [ids[n] for n in members],
+                          x_axis="step"), "tags")
+    loss = charts(at)["Loss"]
+    assert set(loss.points["run"]) == {"tags: sweep"}
+    # Tiny runs are drawn a point per step (bucket width 1).
+    steps = {n: {float(s["step"]): s["loss"] for s in store.steps(ids[n])} for n in members}
+    assert_drawn(loss.points, "tags: sweep", steps)
+    last_short = max(steps["short"])
+    after = loss.points[loss.points["x"] > last_short]
+    assert len(after) and set(after["n"]) == {2}
+
+
+def test_members_are_drawn_on_demand_in_their_groups_colour(seeds, monkeypatch):
+    db, ids, store = seeds
+    at = group_by(compare(open_app(monkeypatch, db), [ids["seed0"], ids["faster"]]),
+                  "tags", members=True)
+    loss = charts(at)["Loss"]
+    members = loss.frame("members", ["run", "member", "x", "value"])
+    for name, group in (("seed0", "tags: sweep"), ("faster", "tags: probe")):
+        mine = members[members["member"] == label(store, ids[name])].sort_values("x")
+        assert set(mine["run"]) == {group}
+        assert list(mine["value"]) == pytest.approx([e["loss"] for e in store.epochs(ids[name])])
+    [line] = [m for m in loss.marks() if m["data"] == "members_loss"]
+    [group_line] = [m for m in loss.marks() if m["data"] == "points_loss"
+                    and m["type"] == "line"]
+    assert line["encoding"]["color"] == group_line["encoding"]["color"]
+
+
+def test_config_but_the_seed_makes_seeds_of_one_config_one_line(seeds, monkeypatch):
+    db, ids, store = seeds
+    at = group_by(compare(open_app(monkeypatch, db),
+                          [ids["seed0"], ids["seed1"], ids["faster"]]), "config")
+    loss = charts(at)["Loss"]
+    assert set(loss.points["run"]) == {"lr = 0.002", "lr = 0.005"}
+    # The held-out loss is grouped the same way (its mean, dashed).
+    held = loss.frame("validation", ["run", "x", "value"])
+    values = {n: store.epoch_values(ids[n], "val_loss") for n in ("seed0", "seed1")}
+    mine = held[held["run"] == "lr = 0.002"].sort_values("x")
+    assert list(mine["value"]) == pytest.approx(
+        [(values["seed0"][n] + values["seed1"][n]) / 2 for n in (1, 2, 3)])
+
+
+def test_the_group_choice_is_in_the_link_and_a_link_reproduces_it(seeds, monkeypatch):
+    db, ids, _ = seeds
+    at = group_by(compare(open_app(monkeypatch, db), [ids["seed0"], ids["faster"]]),
+                  "config.lr", members=True)
+    assert at.query_params["group"] == "config.lr"
+    assert at.query_params["members"] == "1"
+    monkeypatch.setenv("HLBD_DB", str(db))
+    again = AppTest.from_file(str(APP), default_timeout=60)
+    for key, value in at.query_params.items():
+        again.query_params[key] = value[0] if isinstance(value, list) else value
+    again.run()
+    again.switch_page("views/compare.py").run()
+    assert not again.exception
+    assert again.selectbox(key="group_by").value == "config.lr"
+    assert set(charts(again)["Loss"].points["run"]) == {"lr = 0.002", "lr = 0.005"}
+    assert "members_loss" in charts(again)["Loss"].datasets
+
+
+# -- groups.py on its own (small runs written out by hand) ----------------------------
+
+
+@pytest.fixture
+def groups_module(monkeypatch):
+    """app/groups.py, imported as Streamlit imports it (app/ on sys.path)."""
+    monkeypatch.syspath_prepend(str(APP.parent))
+    import groups
+
+    return groups
+
+
+def test_a_group_line_is_over_the_members_with_a_value_and_breaks_where_none_has(
+        groups_module):
+    g = groups_module
+    grouping = g.Grouping(by="config.lr", of=(("a", "A"), ("b", "A"), ("c", "C")),
+                          colors=(("A", "#111111"), ("C", "#222222")))
+    values = pd.DataFrame({"run": ["a", "b", "a", "a", "c"], "x": [1.0, 1.0, 2.0, 4.0, 1.0],
+                           "value": [2.0, 4.0, 3.0, 5.0, 7.0],
+                           "lo": [1.5, None, None, None, None],
+                           "hi": [2.5, None, None, None, None]})
+    # b has a place at 2 but no value (not counted); at 3 neither has one: a break.
+    gaps = pd.DataFrame({"run": ["b", "a", "b"], "x": [2.0, 3.0, 3.0]})
+    lines = g.aggregate(values, gaps, grouping)
+    a = lines[lines["run"] == "A"].set_index("x")
+    assert list(a.index) == [1.0, 2.0, 4.0]
+    assert list(a["value"]) == [3.0, 3.0, 5.0]      # (2 + 4) / 2; a alone; a alone
+    assert list(a["lo"]) == [1.5, 3.0, 5.0]         # a's bucket min at 1, then values
+    assert list(a["hi"]) == [4.0, 3.0, 5.0]
+    assert list(a["n"]) == [2, 1, 1]
+    assert a.loc[2.0, "piece"] != a.loc[4.0, "piece"]   # no line across x = 3
+    assert a.loc[1.0, "piece"] == a.loc[2.0, "piece"]
+    assert list(lines[lines["run"] == "C"]["value"]) == [7.0]
+
+
+def test_groups_are_named_by_the_key_the_tags_or_what_their_configs_differ_in(
+        groups_module):
+    g = groups_module
+    runs = [{"run_id": "1", "tags": ["b", "a"], "config": {"lr": 0.002, "seed": 0}},
+            {"run_id": "2", "tags": [], "config": {"lr": 0.002, "seed": 1}},
+            {"run_id": "3", "tags": ["a"], "config": {"lr": 0.005, "seed": 0,
+                                                      "name": "x"}},
+            {"run_id": "4", "tags": None, "config": {}}]
+    assert g.names(runs, "config.lr") == {"1": "lr = 0.002", "2": "lr = 0.002",
+                                          "3": "lr = 0.005", "4": "lr not recorded"}
+    assert g.names(runs, "tags") == {"1": "tags: a, b", "2": "no tags", "3": "tags: a",
+                                     "4": "no tags"}
+    assert g.names(runs, "config") == {"1": "lr = 0.002", "2": "lr = 0.002",
+                                       "3": "lr = 0.005", "4": "lr = not recorded"}
+    assert g.choices(runs) == ["", "config", "tags", "config.lr", "config.name",
+                               "config.seed"]
