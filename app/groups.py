@@ -105,6 +105,14 @@ def grouping(runs: list[dict], by: str, label, colors: dict[str, str],
     return Grouping(by=by, of=of, colors=tuple(first.items()), members=members)
 
 
+def colors_by_tags(runs: list[dict], colors: dict[str, str]) -> dict[str, str]:
+    """Each run in the colour of the first of ``runs`` with the same tags (ungrouped, a
+    line per run, coloured as its tags' group)."""
+    tags, first = names(runs, TAGS), {}
+    return {r["run_id"]: first.setdefault(tags[r["run_id"]], colors[r["run_id"]])
+            for r in runs}
+
+
 def aggregate(values: pd.DataFrame, gaps: pd.DataFrame, grouping: Grouping) -> pd.DataFrame:
     """The groups' lines from their members' drawn values.
 

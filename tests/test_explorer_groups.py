@@ -313,3 +313,19 @@ def test_groups_are_named_by_the_key_the_tags_or_what_their_configs_differ_in(
                                        "3": "lr = 0.005", "4": "lr = not recorded"}
     assert g.choices(runs) == ["", "config", "tags", "config.lr", "config.name",
                                "config.seed"]
+
+
+def test_colour_by_tags_gives_runs_with_the_same_tags_one_colour(seeds, monkeypatch):
+    db, ids, store = seeds
+    picked = [ids["seed0"], ids["short"], ids["faster"]]
+    at = compare(open_app(monkeypatch, db), picked)
+    at.toggle(key="tag_colors").set_value(True).run()
+    assert not at.exception
+    assert at.query_params["colors"] == "tags"
+    [line] = [m for m in charts(at)["Loss"].marks()
+              if m["data"] == "points_loss" and m["type"] == "line"]
+    scale = line["encoding"]["color"]["scale"]
+    colour = dict(zip(scale["domain"], scale["range"]))
+    assert len(scale["domain"]) == 3   # still a line and a legend entry per run
+    assert colour[label(store, ids["seed0"])] == colour[label(store, ids["short"])]
+    assert colour[label(store, ids["faster"])] != colour[label(store, ids["seed0"])]

@@ -84,6 +84,10 @@ link.put("group", grouped.selectbox(
 link.put("members", grouped.toggle(
     "Show members", value=link.get("members"), key="group_members",
     disabled=not link.get("group"), help="Each run of a group as a thin line under it."))
+link.put("tag_colors", grouped.toggle(
+    "Colour by tags", value=link.get("tag_colors"), key="tag_colors",
+    disabled=bool(link.get("group")), help="A line per run, runs with the same tags in one "
+                                           "colour."))
 
 
 def zoom_from_chart() -> None:
@@ -179,6 +183,8 @@ with reads.errors_shown():
     x_range = link.get("range")
     colors = charts.colors({r["run_id"]: r["rank"] for r in runs.values()},
                            [r["run_id"] for r in chosen])
+    if link.get("tag_colors") and not link.get("group"):
+        colors = groups.colors_by_tags(chosen, colors)
     spec, series = chart(
         url, tuple((r["run_id"], r["version"], sidebar.label(r), r["created_at"],
                     colors[r["run_id"]]) for r in chosen),
