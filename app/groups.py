@@ -127,11 +127,12 @@ def aggregate(values: pd.DataFrame, gaps: pd.DataFrame, grouping: Grouping) -> p
         return pd.DataFrame(columns=columns)
     low = values["lo"].fillna(values["value"]) if "lo" in values else values["value"]
     high = values["hi"].fillna(values["value"]) if "hi" in values else values["value"]
+    group_of = dict(grouping.of)
     rows = pd.concat([
-        pd.DataFrame({"group": values["run"].map(grouping.group), "x": values["x"],
+        pd.DataFrame({"group": values["run"].map(group_of), "x": values["x"],
                       "member": values["run"], "value": values["value"], "low": low,
                       "high": high}),
-        pd.DataFrame({"group": gaps["run"].map(grouping.group), "x": gaps["x"],
+        pd.DataFrame({"group": gaps["run"].map(group_of), "x": gaps["x"],
                       "member": gaps["run"], "value": np.nan, "low": np.nan,
                       "high": np.nan})], ignore_index=True)
     rows["counted"] = rows["member"].where(rows["value"].notna())
