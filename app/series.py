@@ -312,7 +312,7 @@ def metric_data(series: list[RunSeries], metric: str, x_axis: str, *, title: str
                                  hover_cols=hover_cols, nonfinite=nonfinite)
     members = pd.DataFrame(columns=["run", "member", "x", "value", "piece"])
     if grouping is not None:
-        members = frame.assign(member=frame["run"], run=frame["run"].map(grouping.group))[
+        members = frame.assign(member=frame["run"], run=frame["run"].map(dict(grouping.of)))[
             ["run", "member", "x", "value", "piece"]] if grouping.members else members
         frame, validation, hover_cols = _grouped(
             frame, pd.concat(gaps, ignore_index=True), validation, grouping, hover_cols,
@@ -328,7 +328,8 @@ def metric_data(series: list[RunSeries], metric: str, x_axis: str, *, title: str
         if len(validation) else frame
     domain = (robust_domain(drawn) if robust and not log_scale and robust_applies(metric)
               else None)
-    clipped = _clipped(drawn, domain)
+    clipped = pd.concat([_clipped(frame, domain), _clipped(validation, domain, "validation: ")],
+                        ignore_index=True)
     if domain is not None and len(clipped):
         runs = ", ".join(dict.fromkeys(clipped["run"]))
         notes.append(f"Robust y range {domain[0]:.4g} to {domain[1]:.4g}: {len(clipped)} "
@@ -450,13 +451,15 @@ def robust_domain(frame: pd.DataFrame) -> list[float] | None:
     return [low - pad if low - pad > 0 or low < 0 else 0.0, high + pad]
 
 
-def _clipped(frame: pd.DataFrame, domain: list[float] | None) -> pd.DataFrame:
+def _clipped(frame: pd.DataFrame, domain: list[float] | None, kind: str = "") -> pd.DataFrame:
+    """The points of ``frame`` beyond ``domain``, as markers on its edge; ``kind``
+    starts their text (the held-out values say "validation: ")."""
     columns = ["run", "x", "at", "what", "edge"]
     if domain is None or frame.empty:
         return pd.DataFrame(columns=columns)
     out = frame[(frame["value"] > domain[1]) | (frame["value"] < domain[0])]
     return pd.DataFrame({"run": out["run"], "x": out["x"], "at": "",
-                         "what": [f"{v:.6g} (off the chart)" for v in out["value"]],
+                         "what": [f"{kind}{v:.6g} (off the chart)" for v in out["value"]],
                          "edge": np.where(out["value"] > domain[1], 0.97, 0.03)},
                         columns=columns)
 
