@@ -142,12 +142,13 @@ function hoverTooltip(view, event, item, labels, hidden) {
     if (value !== null && value !== undefined) rows.push({label: named, value, run: label});
     const held = datum[`w${k}`];
     if (held !== null && held !== undefined) {
-      rows.push({label: `${label} · validation`, value: held, run: label});
+      rows.push({label: `${label} · validation`, value: held, run: label, held: true});
     }
   });
   rows.sort((a, b) => b.value - a.value);
   const near = nearestRun(view, event, item);
-  const at = rows.findIndex((row) => (row.run ?? row.label) === near);
+  // The nearest run's own value first (its held-out one keeps its place by value).
+  const at = rows.findIndex((row) => row.run === near && !row.held);
   if (at > 0) rows.unshift(...rows.splice(at, 1));
   const out = {title: datum.at};
   for (const row of rows) out[row.label] = number(row.value);
