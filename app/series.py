@@ -255,7 +255,7 @@ def metric_data(series: list[RunSeries], metric: str, x_axis: str, *, title: str
     (charts.METRICS); with ``grouping``, a line per group of runs (groups.aggregate)."""
     scale = wall_scale(series)[1]
     points, hover_cols, nonfinite, missing, notes = [], {}, [], [], []
-    gaps = []   # where a run has a place on the axis but no value to draw
+    gaps = [pd.DataFrame(columns=["run", "x"])]   # where a run has a place but no value
     dropped_nonpositive = 0
     for i, s in enumerate(series):
         by_step = x_axis == "step" and metric in STEP_METRICS
