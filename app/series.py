@@ -306,16 +306,18 @@ def metric_data(series: list[RunSeries], metric: str, x_axis: str, *, title: str
     frame = (pd.concat(points, ignore_index=True) if points else
              pd.DataFrame(columns=["run", "x", "value", "lo", "hi", "piece"]))
     validation = pd.DataFrame(columns=["run", "x", "value", "at", "piece"])
+    held_gaps = [pd.DataFrame(columns=["run", "x"])]
     if metric in VALIDATION:
         validation = _validation(series, VALIDATION[metric], x_axis, scale, title=title,
                                  log_scale=log_scale, x_range=x_range,
-                                 hover_cols=hover_cols, nonfinite=nonfinite)
+                                 hover_cols=hover_cols, nonfinite=nonfinite, gaps=held_gaps)
     members = pd.DataFrame(columns=["run", "member", "x", "value", "piece"])
     if grouping is not None:
         members = frame.assign(member=frame["run"], run=frame["run"].map(dict(grouping.of)))[
             ["run", "member", "x", "value", "piece"]] if grouping.members else members
         frame, validation, hover_cols = _grouped(
-            frame, pd.concat(gaps, ignore_index=True), validation, grouping, hover_cols,
+            frame, pd.concat(gaps, ignore_index=True), validation,
+            pd.concat(held_gaps, ignore_index=True), grouping, hover_cols,
             smoothing=smoothing if metric in SMOOTHED else 0.0, log_scale=log_scale)
         nonfinite = _to_groups(nonfinite, grouping, "what")
     if "smooth" not in frame and smoothing > 0 and metric in SMOOTHED:
@@ -350,7 +352,7 @@ def metric_data(series: list[RunSeries], metric: str, x_axis: str, *, title: str
 
 
 def _grouped(frame: pd.DataFrame, gaps: pd.DataFrame, validation: pd.DataFrame,
-             grouping: Grouping, hover_cols: dict, *, smoothing: float,
+             held_gaps: pd.DataFrame, grouping: Grouping, hover_cols: dict, *, smoothing: float,
              log_scale: bool) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """The runs' drawn values as their groups' lines (groups.aggregate), the held-out
     ones too, and the hover table's columns for them: v0, v1, ... each group's mean,
@@ -361,7 +363,7 @@ def _grouped(frame: pd.DataFrame, gaps: pd.DataFrame, validation: pd.DataFrame,
     if smoothing > 0 and len(lines):
         lines["smooth"] = np.concatenate([smooth(g["value"].to_numpy(dtype=float), smoothing)
                                           for _, g in lines.groupby("run", sort=False)])
-    held = aggregate(validation, validation[["run", "x"]].iloc[:0], grouping)
+    held = aggregate(validation, held_gaps, grouping)
     out = {"_at": hover_cols.get("_at", pd.Series(dtype=object))}
     for k, group in enumerate(grouping.labels):
         mine, mine_held = lines[lines["run"] == group], held[held["run"] == group]
@@ -383,11 +385,11 @@ def _to_groups(rows: list[dict], grouping: Grouping, text: str) -> list[dict]:
 
 def _validation(series: list[RunSeries], key: str, x_axis: str, scale: float, *,
                 title: str, log_scale: bool, x_range, hover_cols: dict,
-                nonfinite: list[dict]) -> pd.DataFrame:
+                nonfinite: list[dict], gaps: list[pd.DataFrame]) -> pd.DataFrame:
     """The runs' recorded values of ``key`` (a VALIDATION counterpart) as drawn: each at
     its epoch (on steps: where that epoch ended), the line broken wherever one is
-    missing or not finite (a NaN/Inf is a marker). Adds w0, w1, ... to ``hover_cols``
-    and the non-finite values to ``nonfinite``."""
+    missing or not finite (a NaN/Inf is a marker). Adds w0, w1, ... to ``hover_cols``,
+    the non-finite values to ``nonfinite`` and where a run has no value to ``gaps``."""
     frames = []
     for i, s in enumerate(series):
         r = _validation_rows(s, key, x_axis, scale)
@@ -400,6 +402,7 @@ def _validation(series: list[RunSeries], key: str, x_axis: str, scale: float, *,
             nonfinite.append({"run": s.label, "x": x[j], "at": at[j],
                               "what": f"validation {title.lower()} ({key}) is {value[j]}"})
         piece = np.cumsum(~finite)[finite]
+        gaps.append(pd.DataFrame({"run": s.label, "x": x[placed & ~finite]}))
         frames.append(pd.DataFrame({"run": s.label, "x": x[finite], "value": value[finite],
                                     "at": at[finite],
                                     "piece": piece.astype(np.int32) + 100_000 * i}))
