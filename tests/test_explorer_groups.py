@@ -34,7 +34,8 @@ from hlbd.store import Store, buckets
 @pytest.fixture(scope="module")
 def seeds(databases, tmp_path_factory):
     """Real tiny runs: three of one config but for their seed (one of them trained an
-    epoch less), tagged "sweep", and one with another learning rate, tagged "probe"."""
+    epoch less), tagged "sweep", one with another learning rate, tagged "probe", and one
+    driven to NaN."""
     root = tmp_path_factory.mktemp("groups")
     db = databases.new(root)
     store = Store.open(db)
@@ -46,7 +47,10 @@ def seeds(databases, tmp_path_factory):
     ids = {"seed0": train(name="seed0", epochs=3, seed=0),
            "seed1": train(name="seed1", epochs=3, seed=1),
            "short": train(name="short", epochs=2, seed=2),
-           "faster": train(name="faster", epochs=3, seed=0, lr=5e-3)}
+           "faster": train(name="faster", epochs=3, seed=0, lr=5e-3),
+           # lr 1e8: its loss, and so its held-out loss, goes to NaN.
+           "diverged": train(name="diverged", epochs=2, lr=1e8, max_grad_norm=0.0,
+                             weight_decay=0.0)}
     for name in ("seed0", "seed1", "short"):
         store.tag(ids[name], ["sweep"])
     store.tag(ids["faster"], ["probe"])
@@ -116,6 +120,19 @@ def test_val_token_accuracy_is_drawn_with_token_accuracy(seeds, monkeypatch):
     assert list(drawn["x"]) == [float(n) for n in sorted(stored)]
     assert list(drawn["value"]) == pytest.approx([stored[n] for n in sorted(stored)])
     assert "validation_grad_norm" not in accuracy.datasets
+
+
+def test_a_nan_val_loss_is_a_validation_marker_never_a_drawn_number(seeds, monkeypatch):
+    db, ids, store = seeds
+    stored = store.epoch_values(ids["diverged"], "val_loss")
+    nan_epochs = [n for n, v in stored.items() if not math.isfinite(v)]
+    assert nan_epochs
+    loss = charts(compare(open_app(monkeypatch, db), [ids["diverged"]]))["Loss"]
+    marked = loss.nonfinite[loss.nonfinite["what"].str.startswith("validation")]
+    assert sorted(marked["x"]) == [float(n) for n in sorted(nan_epochs)]
+    assert set(marked["what"]) == {"validation loss (val_loss) is nan"}
+    drawn = loss.frame("validation", ["run", "x", "value"])
+    assert not set(drawn["x"]) & {float(n) for n in nan_epochs}
 
 
 def test_a_chart_without_a_held_out_counterpart_draws_no_validation_line(seeds,
