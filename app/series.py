@@ -320,6 +320,10 @@ def metric_data(series: list[RunSeries], metric: str, x_axis: str, *, title: str
             pd.concat(held_gaps, ignore_index=True), grouping, hover_cols,
             smoothing=smoothing if metric in SMOOTHED else 0.0, log_scale=log_scale)
         nonfinite = _to_groups(nonfinite, grouping, "what")
+        if x_axis == "wall":
+            notes.append("Groups on wall time: a mean is over the members with a value at "
+                         "the very same time since their start, which is rare (group on "
+                         "epochs or steps)")
     if "smooth" not in frame and smoothing > 0 and metric in SMOOTHED:
         frame["smooth"] = frame["value"]
     if dropped_nonpositive:

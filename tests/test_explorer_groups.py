@@ -246,6 +246,16 @@ def test_groups_on_the_step_axis_count_only_members_with_that_step(seeds, monkey
     assert len(after) and set(after["n"]) == {2}
 
 
+def test_groups_on_wall_time_say_that_members_seldom_share_a_time(seeds, monkeypatch):
+    db, ids, store = seeds
+    at = group_by(compare(open_app(monkeypatch, db), [ids["seed0"], ids["seed1"]],
+                          x_axis="wall"), "config.lr")
+    loss = charts(at)["Loss"]
+    assert "Groups on wall time" in loss.subtitle
+    # Each member's value is counted once, at its own time.
+    assert loss.points["n"].sum() == sum(len(store.epochs(ids[n])) for n in ("seed0", "seed1"))
+
+
 def test_members_are_drawn_on_demand_in_their_groups_colour(seeds, monkeypatch):
     db, ids, store = seeds
     at = group_by(compare(open_app(monkeypatch, db), [ids["seed0"], ids["faster"]]),
