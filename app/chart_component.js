@@ -131,13 +131,24 @@ function nearestRun(view, event, item) {
 function hoverTooltip(view, event, item, labels, hidden) {
   const datum = item.datum;
   const rows = [];
+  // v0, v1, ...: each run's value; w0, w1, ...: its held-out (validation) value.
   labels.forEach((label, k) => {
+    if (hidden.has(label)) return;
     const value = datum[`v${k}`];
-    if (value !== null && value !== undefined && !hidden.has(label)) rows.push({label, value});
+    // n0, n1, ...: a group's line is the mean of this many members here.
+    const members = datum[`n${k}`];
+    const named = members === null || members === undefined ? label
+      : `${label} (mean of ${members})`;
+    if (value !== null && value !== undefined) rows.push({label: named, value, run: label});
+    const held = datum[`w${k}`];
+    if (held !== null && held !== undefined) {
+      rows.push({label: `${label} · validation`, value: held, run: label, held: true});
+    }
   });
   rows.sort((a, b) => b.value - a.value);
   const near = nearestRun(view, event, item);
-  const at = rows.findIndex((row) => row.label === near);
+  // The nearest run's own value first (its held-out one keeps its place by value).
+  const at = rows.findIndex((row) => row.run === near && !row.held);
   if (at > 0) rows.unshift(...rows.splice(at, 1));
   const out = {title: datum.at};
   for (const row of rows) out[row.label] = number(row.value);

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 import vega_component
+from groups import Grouping
 from series import POINT, SMOOTHED, MetricData, RunSeries, wall_scale
 
 METRICS = {"loss": "Loss", "grad_norm": "Gradient norm", "lr": "Learning rate",
@@ -42,6 +43,10 @@ RULE_COLOR = "#888888"   # the hover rule: 3.5:1 on the light background, 5.1:1 
 NUMBER = ".6~g"   # significant digits in tooltips
 RAW_UNDER_SMOOTH, SMOOTH_WIDTH = 0.75, 2.5   # line widths (px) with smoothing on
 HIDDEN = "hidden_runs"   # the spec's parameter: labels of the runs hidden in the legend
+VALIDATION_DASH = [6, 4]   # a held-out (validation) line: dashed, in its run's colour
+# The line styles' legend: which line is the training value, which the held-out one.
+KINDS = {"training": [1, 0], "validation (held out)": VALIDATION_DASH}
+MEMBER_WIDTH, MEMBER_OPACITY = 0.8, 0.5   # a group's members, drawn under its line
 HIT_PX = 24   # a marker's hover target, across (WCAG 2.5.8's minimum target size)
 SHOWN = {"filter": f"indexof({HIDDEN}, datum.run) < 0"}   # a layer's runs not hidden
 Y_AXIS_EXTENT = 64          # pixels for a y axis' ticks and labels (up to ~9 characters) ...
@@ -69,8 +74,8 @@ def _y_range(d: MetricData, log_scale: bool) -> tuple[float, float]:
     if d.domain is not None:
         return d.domain[0], d.domain[1]
     columns = [c for c in ("value", "lo", "hi", "smooth") if c in d.points]
-    values = pd.concat([d.points[c] for c in columns]).astype(float) if columns else \
-        pd.Series(dtype=float)
+    values = pd.concat([*(d.points[c] for c in columns), d.validation["value"]]).astype(
+        float) if columns else pd.Series(dtype=float)
     values = values[np.isfinite(values) & ((values > 0) if log_scale else True)]
     return (float(values.min()), float(values.max())) if len(values) else (0.0, 1.0)
 
@@ -95,18 +100,22 @@ def x_title(x_axis: str, series: list[RunSeries]) -> str:
 
 def spec(data: list[MetricData], series: list[RunSeries], x_axis: str, *,
          smoothing: float = 0.0, log_metrics: tuple[str, ...] = (),
-         zoomable: bool = True) -> dict:
+         zoomable: bool = True, grouping: Grouping | None = None) -> dict:
     """The Vega-Lite spec: a chart per metric, stacked, one x scale, one legend.
 
-    ``zoomable``: a drag selects an x range (the "zoom" selection the page reads back).
+    ``zoomable``: a drag selects an x range (the "zoom" selection the page reads back);
+    ``grouping``: the data is grouped (metric_data's grouping): a line and a legend
+    entry per group, in its colour.
     """
-    labels = [s.label for s in series]
+    labels = [s.label for s in series] if grouping is None else grouping.labels
+    line_colors = ([s.color for s in series] if grouping is None else
+                   [c for _, c in grouping.colors])
     # A legend entry of a hidden run is faded; the legend is the switch (the component
     # turns a click on an entry into HIDDEN's new value).
     faded = {"signal": f"indexof({HIDDEN}, datum.value) >= 0 ? 0.3 : 1"}
     entry = {"interactive": True, "update": {"opacity": faded, "cursor": {"value": "pointer"}}}
     color = {"field": "run", "type": "nominal", "title": None,
-             "scale": {"domain": labels, "range": [s.color for s in series]},
+             "scale": {"domain": labels, "range": line_colors},
              "legend": {"encode": {"symbols": entry, "labels": entry}}}
     counted = x_axis in ("epoch", "step")
     # One x scale for every chart (resolve: shared): its domain is the union of all they
@@ -188,9 +197,23 @@ def _metric_chart(d: MetricData, i: int, x: dict, color: dict, labels: list[str]
     y = {"field": "value", "type": "quantitative", "title": y_title, "scale": y_scale,
          "axis": {"format": axis_format(*_y_range(d, log_scale), log_scale=log_scale)}}
     points = data("points", d.points)
+    main = []
+    if len(d.members):
+        # A group's members under its line: thin, in the group's colour.
+        main.append({"data": data("members", d.members), "transform": [SHOWN],
+                     "mark": {"type": "line", "clip": True, "strokeWidth": MEMBER_WIDTH,
+                              "opacity": MEMBER_OPACITY},
+                     "encoding": {"x": x, "y": y, "color": color,
+                                  "detail": {"field": "piece"},
+                                  "tooltip": [{"field": "member", "title": "run"},
+                                              {"field": "run", "title": "group"},
+                                              {"field": "x", "type": "quantitative",
+                                               "title": x["title"]},
+                                              {"field": "value", "type": "quantitative",
+                                               "title": title(m), "format": NUMBER}]}})
     # Smoothed, the raw line stays in full colour (a faded line falls below 3:1 against
     # the background, in dark mode most) and is told apart by being thinner.
-    main = [{"data": points, "transform": [SHOWN],
+    main += [{"data": points, "transform": [SHOWN],
              "mark": {"type": "line", "clip": True,
                       "strokeWidth": RAW_UNDER_SMOOTH if smoothing > 0 else 1.5},
              "encoding": {"x": x, "y": y, "color": color, "detail": {"field": "piece"}}}]
@@ -209,11 +232,14 @@ def _metric_chart(d: MetricData, i: int, x: dict, color: dict, labels: list[str]
         main.append({"data": points, "transform": [SHOWN],
                      "mark": {"type": "circle", "size": 22, "clip": True, "opacity": 0.8},
                      "encoding": {"x": x, "y": y, "color": color}})
+    if len(d.validation):
+        main += _validation_layers(data("validation", d.validation), x, y, color)
     # Hover: the runs' values at the x under the pointer, on every chart at once. Taken
     # from the one-row-per-x hover table (not from every point), so a pointer move
     # filters a few hundred rows, then unfolds the one row into a dot per run.
     hover = data("hover", d.hover)
-    keys = [f"v{k}" for k in range(len(labels)) if f"v{k}" in d.hover]
+    keys = [f"{kind}{k}" for kind in "vw" for k in range(len(labels))
+            if f"{kind}{k}" in d.hover]   # v: the run's value, w: its held-out one
     if keys:
         # Named: the tooltip finds the run nearest the pointer among these dots.
         main.append({"name": f"dots_{m}", "data": hover, "transform": [
@@ -235,7 +261,13 @@ def _metric_chart(d: MetricData, i: int, x: dict, color: dict, labels: list[str]
     # first); these fields are what it starts from.
     tooltip = [{"field": "at", "type": "nominal", "title": "at"}] + [
         {"field": f"v{k}", "type": "quantitative", "title": label, "format": NUMBER}
-        for k, label in enumerate(labels) if f"v{k}" in d.hover]
+        for k, label in enumerate(labels) if f"v{k}" in d.hover] + [
+        {"field": f"w{k}", "type": "quantitative", "title": f"{label} · validation",
+         "format": NUMBER}
+        for k, label in enumerate(labels) if f"w{k}" in d.hover] + [
+        {"field": f"n{k}", "type": "quantitative", "title": f"{label} · runs with a value",
+         "format": "d"}
+        for k, label in enumerate(labels) if f"n{k}" in d.hover]
     main.append({"name": names["hover"], "data": hover,
                  "mark": {"type": "rect", "opacity": 0},
                  "encoding": {"x": {**x, "field": "x_lo"}, "x2": {"field": "x_hi"},
@@ -274,6 +306,22 @@ def _metric_chart(d: MetricData, i: int, x: dict, color: dict, labels: list[str]
              "height": HEIGHT,
              "layer": layers, "resolve": {"scale": {"y": "independent"}}}
     return chart, names
+
+
+def _validation_layers(data: dict, x: dict, y: dict, color: dict) -> list[dict]:
+    """The runs' held-out values: a dashed line in each run's colour (the style legend
+    says which line is which) and a hollow dot at each value, so that a single
+    evaluation shows too."""
+    dash = {"datum": list(KINDS)[1], "type": "nominal", "title": None,
+            "scale": {"domain": list(KINDS), "range": list(KINDS.values())},
+            "legend": {"symbolStrokeColor": RULE_COLOR, "symbolStrokeWidth": 2}}
+    return [{"data": data, "transform": [SHOWN],
+             "mark": {"type": "line", "clip": True, "strokeWidth": 1.5},
+             "encoding": {"x": x, "y": y, "color": color, "detail": {"field": "piece"},
+                          "strokeDash": dash}},
+            {"data": data, "transform": [SHOWN],
+             "mark": {"type": "point", "filled": False, "size": 30, "clip": True},
+             "encoding": {"x": x, "y": y, "color": color}}]
 
 
 def _marker(data: dict, x: dict, y: dict | None, color: dict, mark: dict,

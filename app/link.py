@@ -7,7 +7,10 @@ match them, so copying it from the address bar reproduces the page.
 Parameters: ``runs`` (ids or unique prefixes, comma-separated), ``x`` (epoch, step,
 wall), ``smooth`` (0 to 0.99), ``charts`` and ``log`` (metric names), ``robust=0``
 (plain y range), ``range=LO,HI`` (x zoom), ``hide`` (runs hidden through the legend,
-like ``runs``), ``run`` (the Run detail page's run) and
+like ``runs``), ``group`` (what the compare charts group runs by: ``tags``,
+``config`` or ``config.KEY``; app/groups.py) with ``members=1`` (draw the members too),
+``colors=tags`` (ungrouped runs coloured by their tags), ``run`` (the Run detail page's
+run) and
 any anomaly threshold by name (``grad_explode=5``) that differs from its default.
 Values that cannot be read are ignored, never guessed.
 """
@@ -43,6 +46,9 @@ def start(metrics: tuple[str, ...], threshold_defaults: dict) -> None:
             "x": q.get("x") if q.get("x") in X_AXES else "epoch",
             "smooth": 0.0, "charts": list(DEFAULT_CHARTS), "log": ["grad_norm"],
             "robust": q.get("robust") != "0", "range": None, "run": q.get("run"),
+            # Checked against the picked runs' config keys on the Compare page.
+            "group": q.get("group", ""), "members": q.get("members") == "1",
+            "tag_colors": q.get("colors") == "tags",
             "thresholds": {}}
     smooth = _floats(q.get("smooth", ""), 1)
     if smooth and 0 <= smooth[0] <= 0.99:
@@ -106,6 +112,12 @@ def write_url(page: str, picked: list[str], all_ids: list[str], thresholds: dict
             params["robust"] = "0"
         if view["range"]:
             params["range"] = ",".join(f"{v:.10g}" for v in view["range"])
+        if view["group"]:
+            params["group"] = view["group"]
+            if view["members"]:
+                params["members"] = "1"
+        elif view["tag_colors"]:
+            params["colors"] = "tags"
         hidden = [i for i in all_ids if any(i.startswith(w) for w in view["hide"])]
         if hidden:
             params["hide"] = ",".join(short_ids(hidden, all_ids))

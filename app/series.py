@@ -11,12 +11,13 @@ exploded run's points out and marks them on its edge. Built with pandas, column 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 import numpy as np
 import pandas as pd
 
+from groups import Grouping, aggregate
 from hlbd.store.rows import STEP_SERIES
 
 STEP_METRICS = STEP_SERIES                     # recorded per optimizer step too
@@ -33,6 +34,10 @@ TYPICAL_TOP = 0.75
 # that explodes (an exploding run's LR is what explains it), accuracy is bounded, and
 # throughput differs between machines by design.
 NOT_ROBUST = ("lr", "token_accuracy", "tokens_per_second")
+# A training metric's held-out counterpart, recorded per epoch (hlbd train's evaluation,
+# or a loop's run.end_epoch({"val_loss": ...})): drawn dashed on the training metric's
+# chart, in the run's colour.
+VALIDATION = {"loss": "val_loss", "token_accuracy": "val_token_accuracy"}
 
 
 @dataclass
@@ -65,6 +70,15 @@ class MetricData:
     flags: pd.DataFrame       # run, x, rule, message
     resumes: pd.DataFrame     # run, x, what
     missing: list[str]        # labels of runs that did not record it (on this axis)
+    # The runs' held-out values of it (VALIDATION), when it has them: run, x, value, at,
+    # piece; in the hover table as w0, w1, ... beside each run's v0, v1, ...
+    validation: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(
+        columns=["run", "x", "value", "at", "piece"]))
+    # Grouped (groups.py), ``points`` and ``validation`` hold the groups' lines (``run``
+    # is the group, ``n`` how many members have a value at x; the hover table's n0,
+    # n1, ...), and this the members' own values when they are drawn too.
+    members: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(
+        columns=["run", "member", "x", "value", "piece"]))
     domain: list[float] | None = None   # the y range, when the robust range cut some
     notes: list[str] = field(default_factory=list)
 
@@ -220,13 +234,28 @@ def _point_rows(s: RunSeries, key: str, x_axis: str, scale: float) -> dict:
             "at": at}
 
 
+def read_keys(metrics) -> tuple[str, ...]:
+    """The run's own names (Store.points keys) the charts of ``metrics`` draw: each
+    picked POINT chart's, and the VALIDATION counterpart of each picked metric."""
+    own = [m.removeprefix(POINT) for m in metrics if m.startswith(POINT)]
+    return tuple(dict.fromkeys(own + [VALIDATION[m] for m in metrics if m in VALIDATION]))
+
+
+def _validation_rows(s: RunSeries, key: str, x_axis: str, scale: float) -> dict:
+    """_point_rows of ``key``'s epoch values only (what a held-out evaluation records)."""
+    epochs_only = [p for p in s.points.get(key, []) if p["scope"] == "epoch"]
+    return _point_rows(replace(s, points={key: epochs_only}), key, x_axis, scale)
+
+
 def metric_data(series: list[RunSeries], metric: str, x_axis: str, *, title: str,
                 smoothing: float = 0.0, log_scale: bool = False, robust: bool = True,
-                x_range: tuple[float, float] | None = None) -> MetricData:
+                x_range: tuple[float, float] | None = None,
+                grouping: Grouping | None = None) -> MetricData:
     """The frames of one metric's chart; ``title`` names the metric in its markers
-    (charts.METRICS)."""
+    (charts.METRICS); with ``grouping``, a line per group of runs (groups.aggregate)."""
     scale = wall_scale(series)[1]
     points, hover_cols, nonfinite, missing, notes = [], {}, [], [], []
+    gaps = [pd.DataFrame(columns=["run", "x"])]   # where a run has a place but no value
     dropped_nonpositive = 0
     for i, s in enumerate(series):
         by_step = x_axis == "step" and metric in STEP_METRICS
@@ -269,31 +298,124 @@ def metric_data(series: list[RunSeries], metric: str, x_axis: str, *, title: str
         if smoothed is not None:
             frame["smooth"] = smoothed[placed[drawable]]
         points.append(frame)
+        gaps.append(pd.DataFrame({"run": s.label, "x": x[placed & ~finite]}))
         hover_cols[f"v{i}"] = pd.Series(value[finite], index=x[finite])
         hover_cols.setdefault("_at", pd.Series(dtype=object))
         hover_cols["_at"] = pd.concat([hover_cols["_at"],
                                        pd.Series(at[finite], index=x[finite])])
     frame = (pd.concat(points, ignore_index=True) if points else
              pd.DataFrame(columns=["run", "x", "value", "lo", "hi", "piece"]))
+    validation = pd.DataFrame(columns=["run", "x", "value", "at", "piece"])
+    held_gaps = [pd.DataFrame(columns=["run", "x"])]
+    if metric in VALIDATION:
+        validation = _validation(series, VALIDATION[metric], x_axis, scale, title=title,
+                                 log_scale=log_scale, x_range=x_range,
+                                 hover_cols=hover_cols, nonfinite=nonfinite, gaps=held_gaps)
+    members = pd.DataFrame(columns=["run", "member", "x", "value", "piece"])
+    if grouping is not None:
+        members = frame.assign(member=frame["run"], run=frame["run"].map(dict(grouping.of)))[
+            ["run", "member", "x", "value", "piece"]] if grouping.members else members
+        frame, validation, hover_cols = _grouped(
+            frame, pd.concat(gaps, ignore_index=True), validation,
+            pd.concat(held_gaps, ignore_index=True), grouping, hover_cols,
+            smoothing=smoothing if metric in SMOOTHED else 0.0, log_scale=log_scale)
+        nonfinite = _to_groups(nonfinite, grouping, "what")
+        if x_axis == "wall":
+            notes.append("Groups on wall time: a mean is over the members with a value at "
+                         "the very same time since their start, which is rare (group on "
+                         "epochs or steps)")
     if "smooth" not in frame and smoothing > 0 and metric in SMOOTHED:
         frame["smooth"] = frame["value"]
     if dropped_nonpositive:
         notes.append(f"{dropped_nonpositive} value(s) at or below 0 are not drawn on the "
                      "log scale")
-    domain = (robust_domain(frame) if robust and not log_scale and robust_applies(metric)
+    # The held-out values count for the y range as much as the training ones.
+    drawn = pd.concat([frame, validation[["run", "x", "value"]]], ignore_index=True) \
+        if len(validation) else frame
+    domain = (robust_domain(drawn) if robust and not log_scale and robust_applies(metric)
               else None)
-    clipped = _clipped(frame, domain)
+    clipped = pd.concat([_clipped(frame, domain), _clipped(validation, domain, "validation: ")],
+                        ignore_index=True)
     if domain is not None and len(clipped):
         runs = ", ".join(dict.fromkeys(clipped["run"]))
         notes.append(f"Robust y range {domain[0]:.4g} to {domain[1]:.4g}: {len(clipped)} "
                      f"point(s) of {runs} beyond it are marked on its edge (turn off "
                      "'Robust y range' to see them all)")
+    flags = _flags(series, metric, x_axis, scale, x_range)
+    resumes = _resumes(series, x_axis, scale, x_range)
+    if grouping is not None:
+        flags = pd.DataFrame(_to_groups(flags.to_dict("records"), grouping, "message"),
+                             columns=flags.columns)
+        resumes = pd.DataFrame(_to_groups(resumes.to_dict("records"), grouping, "what"),
+                               columns=resumes.columns)
     return MetricData(
         metric=metric, points=frame, hover=_hover_frame(hover_cols, x_axis),
         nonfinite=pd.DataFrame(nonfinite, columns=["run", "x", "at", "what"]),
-        clipped=clipped, flags=_flags(series, metric, x_axis, scale, x_range),
-        resumes=_resumes(series, x_axis, scale, x_range), missing=missing, domain=domain,
-        notes=notes)
+        clipped=clipped, flags=flags, resumes=resumes, missing=missing, domain=domain,
+        notes=notes, validation=validation, members=members)
+
+
+def _grouped(frame: pd.DataFrame, gaps: pd.DataFrame, validation: pd.DataFrame,
+             held_gaps: pd.DataFrame, grouping: Grouping, hover_cols: dict, *, smoothing: float,
+             log_scale: bool) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """The runs' drawn values as their groups' lines (groups.aggregate), the held-out
+    ones too, and the hover table's columns for them: v0, v1, ... each group's mean,
+    n0, n1, ... how many members it is over, w0, w1, ... its held-out mean."""
+    lines = aggregate(frame, gaps, grouping)
+    if log_scale:
+        lines.loc[~(lines["lo"] > 0), ["lo", "hi"]] = np.nan
+    if smoothing > 0 and len(lines):
+        lines["smooth"] = np.concatenate([smooth(g["value"].to_numpy(dtype=float), smoothing)
+                                          for _, g in lines.groupby("run", sort=False)])
+    held = aggregate(validation, held_gaps, grouping)
+    out = {"_at": hover_cols.get("_at", pd.Series(dtype=object))}
+    for k, group in enumerate(grouping.labels):
+        mine, mine_held = lines[lines["run"] == group], held[held["run"] == group]
+        if len(mine):
+            out[f"v{k}"] = pd.Series(mine["value"].to_numpy(), index=mine["x"].to_numpy())
+            out[f"n{k}"] = pd.Series(mine["n"].to_numpy(), index=mine["x"].to_numpy())
+        if len(mine_held):
+            out[f"w{k}"] = pd.Series(mine_held["value"].to_numpy(),
+                                     index=mine_held["x"].to_numpy())
+    return lines, held, out
+
+
+def _to_groups(rows: list[dict], grouping: Grouping, text: str) -> list[dict]:
+    """Markers of member runs as markers of their groups, their ``text`` naming the
+    member."""
+    return [{**r, "run": grouping.group(r["run"]), text: f"{r['run']}: {r[text]}"}
+            for r in rows]
+
+
+def _validation(series: list[RunSeries], key: str, x_axis: str, scale: float, *,
+                title: str, log_scale: bool, x_range, hover_cols: dict,
+                nonfinite: list[dict], gaps: list[pd.DataFrame]) -> pd.DataFrame:
+    """The runs' recorded values of ``key`` (a VALIDATION counterpart) as drawn: each at
+    its epoch (on steps: where that epoch ended), the line broken wherever one is
+    missing or not finite (a NaN/Inf is a marker). Adds w0, w1, ... to ``hover_cols``,
+    the non-finite values to ``nonfinite`` and where a run has no value to ``gaps``."""
+    frames = []
+    for i, s in enumerate(series):
+        r = _validation_rows(s, key, x_axis, scale)
+        x, value, at = r["x"], r["value"], np.array(r["at"], dtype=object)
+        placed = np.isfinite(x)
+        if x_range is not None:
+            placed &= (x >= x_range[0]) & (x <= x_range[1])
+        finite = placed & np.isfinite(value) & ((value > 0) if log_scale else True)
+        for j in np.flatnonzero(placed & (r["bad"] > 0)):
+            nonfinite.append({"run": s.label, "x": x[j], "at": at[j],
+                              "what": f"validation {title.lower()} ({key}) is {value[j]}"})
+        piece = np.cumsum(~finite)[finite]
+        gaps.append(pd.DataFrame({"run": s.label, "x": x[placed & ~finite]}))
+        frames.append(pd.DataFrame({"run": s.label, "x": x[finite], "value": value[finite],
+                                    "at": at[finite],
+                                    "piece": piece.astype(np.int32) + 100_000 * i}))
+        if finite.any():
+            hover_cols[f"w{i}"] = pd.Series(value[finite], index=x[finite])
+            hover_cols["_at"] = pd.concat([hover_cols.get("_at", pd.Series(dtype=object)),
+                                           pd.Series(at[finite], index=x[finite])])
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["run", "x", "value", "at", "piece"])
 
 
 def robust_applies(metric: str) -> bool:
@@ -336,13 +458,15 @@ def robust_domain(frame: pd.DataFrame) -> list[float] | None:
     return [low - pad if low - pad > 0 or low < 0 else 0.0, high + pad]
 
 
-def _clipped(frame: pd.DataFrame, domain: list[float] | None) -> pd.DataFrame:
+def _clipped(frame: pd.DataFrame, domain: list[float] | None, kind: str = "") -> pd.DataFrame:
+    """The points of ``frame`` beyond ``domain``, as markers on its edge; ``kind``
+    starts their text (the held-out values say "validation: ")."""
     columns = ["run", "x", "at", "what", "edge"]
     if domain is None or frame.empty:
         return pd.DataFrame(columns=columns)
     out = frame[(frame["value"] > domain[1]) | (frame["value"] < domain[0])]
     return pd.DataFrame({"run": out["run"], "x": out["x"], "at": "",
-                         "what": [f"{v:.6g} (off the chart)" for v in out["value"]],
+                         "what": [f"{kind}{v:.6g} (off the chart)" for v in out["value"]],
                          "edge": np.where(out["value"] > domain[1], 0.97, 0.03)},
                         columns=columns)
 

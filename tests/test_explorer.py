@@ -283,7 +283,8 @@ def test_comparing_two_runs_draws_loss_grad_norm_and_lr_one_point_per_epoch(expl
     assert hover["v0"].tolist() == [e["loss"] for e in store.epochs(ids["baseline"])]
     tooltip = next(m for m in drawn["Loss"].marks() if m["type"] == "rect")["encoding"][
         "tooltip"]
-    assert [t.get("title") for t in tooltip[1:]] == [label(store, i) for i in picked]
+    assert [t.get("title") for t in tooltip[1:] if t["field"].startswith("v")] == [
+        label(store, i) for i in picked]   # (w0, w1, ...: their held-out values)
     assert all(t["format"] == ".6~g" for t in tooltip[1:])
 
 
@@ -467,7 +468,8 @@ def test_nan_values_are_markers_on_the_top_edge_and_break_the_line(explored, mon
     assert nan_epochs  # a learning rate of 1e8 does drive the loss to NaN
     at = compare(open_app(monkeypatch, db), [run_id])
     loss = charts(at)["Loss"]
-    assert sorted(loss.nonfinite["x"]) == nan_epochs
+    training = loss.nonfinite[~loss.nonfinite["what"].str.startswith("validation")]
+    assert sorted(training["x"]) == nan_epochs   # (its NaN val_loss is marked too)
     assert not set(loss.points["x"]) & set(nan_epochs)
     marker = next(m for m in loss.marks() if m.get("shape") == "triangle-down")
     assert marker["encoding"]["y"]["scale"]["domain"] == [0, 1]  # drawn on the edge
@@ -510,7 +512,8 @@ def test_a_loss_that_jumps_to_tens_is_marked_on_the_edge_not_flattening_the_othe
     low, high = loss.y_scale()["domain"]
     assert low <= min(calm) and max(calm) <= high < 1.2 * max(calm)  # the calm runs fill it
     # Every wild point beyond the range is marked on the top edge, with its value.
-    marked = loss.clipped[loss.clipped["run"] == label(store, ids["wild"])]
+    marked = loss.clipped[(loss.clipped["run"] == label(store, ids["wild"]))
+                          & ~loss.clipped["what"].str.startswith("validation: ")]
     assert sorted(marked["x"]) == [e["epoch"] for e in wild if e["loss"] > high]
     assert set(marked["edge"]) == {0.97}
     assert "Robust y range" in loss.subtitle and "wild" in loss.subtitle
@@ -574,7 +577,7 @@ def test_smoothing_draws_over_the_faint_raw_line_and_never_touches_the_lr(explor
     at.slider(key="smoothing").set_value(0.6).run()
     drawn = charts(at)
     loss = drawn["Loss"]
-    lines = [m for m in loss.marks() if m["type"] == "line"]
+    lines = [m for m in loss.marks() if m["type"] == "line" and m["data"] == "points_loss"]
     assert [m["encoding"]["y"]["field"] for m in lines] == ["value", "smooth"]
     assert lines[0]["strokeWidth"] < lines[1]["strokeWidth"]  # the raw line: thinner
     raw = [e["loss"] for e in store.epochs(ids["baseline"])]

@@ -9,6 +9,7 @@ import streamlit as st
 
 import charts
 import formats
+import groups
 import link
 import live
 import reads
@@ -17,7 +18,7 @@ import sidebar
 import vega_component
 from hlbd.config import config_diff
 from hlbd.store.buckets import bucket_width
-from series import POINT, RunSeries, metric_data
+from series import POINT, RunSeries, metric_data, read_keys
 
 # Step buckets per chart, shared by the picked runs, each getting at least / at most
 # POINTS_PER_RUN. A full-width plot is 850-1000 px wide on a 1400-1600 px window: 500
@@ -69,6 +70,24 @@ link.put("log", st.pills(
     "Log scale", link.get("charts"), selection_mode="multi",
     default=[m for m in link.get("log") if m in link.get("charts")],
     format_func=charts.title, key="log_scale", width="stretch") or [])
+
+# Grouping (app/groups.py): runs of one group drawn as one line, its mean with a min-max
+# band; seeds of one config become one line.
+grouped = st.container(horizontal=True, gap="medium", vertical_alignment="bottom")
+group_choices = groups.choices(chosen)
+link.put("group", grouped.selectbox(
+    "Group runs by", group_choices, format_func=groups.title, key="group_by", width=260,
+    index=group_choices.index(link.get("group")) if link.get("group") in group_choices else 0,
+    help="A line per group: at each x the mean of its members' values there, the band "
+         "their lowest to highest; a member without a value there is not counted (the "
+         "hover says of how many runs)."))
+link.put("members", grouped.toggle(
+    "Show members", value=link.get("members"), key="group_members",
+    disabled=not link.get("group"), help="Each run of a group as a thin line under it."))
+link.put("tag_colors", grouped.toggle(
+    "Colour by tags", value=link.get("tag_colors"), key="tag_colors",
+    disabled=bool(link.get("group")), help="A line per run, runs with the same tags in one "
+                                           "colour."))
 
 
 def zoom_from_chart() -> None:
@@ -124,22 +143,24 @@ def load_series(url: str, picked: tuple, x_axis: str, x_range, thresholds: tuple
 
 @st.cache_data(ttl=reads.RUN_TTL, max_entries=32, show_spinner=False)
 def chart(url: str, picked: tuple, x_axis: str, x_range, metrics: tuple, smoothing: float,
-          log: tuple, robust: bool, thresholds: tuple) -> tuple[dict | None, list]:
+          log: tuple, robust: bool, thresholds: tuple,
+          grouping: groups.Grouping | None = None) -> tuple[dict | None, list]:
     """The charts' spec (None without metrics) and the series they draw.
 
     Cached across sessions and keyed by everything the charts show, the picked runs'
     versions included (``picked`` as in load_series): a new session opening the same
     link gets the spec built once, and a run with news is read and drawn anew.
     """
-    own = tuple(m.removeprefix(POINT) for m in metrics
-                if m.startswith(POINT))
+    own = read_keys(metrics)   # a POINT chart's name, and val_loss beside loss
     series = load_series(url, picked, x_axis, x_range, thresholds, own)
     if not metrics:
         return None, series
     data = [metric_data(series, m, x_axis, title=charts.title(m), smoothing=smoothing,
-                        log_scale=m in log, robust=robust, x_range=x_range)
+                        log_scale=m in log, robust=robust, x_range=x_range,
+                        grouping=grouping)
             for m in metrics]
-    return charts.spec(data, series, x_axis, smoothing=smoothing, log_metrics=log), series
+    return charts.spec(data, series, x_axis, smoothing=smoothing, log_metrics=log,
+                       grouping=grouping), series
 
 
 def config_table(run_ids: list[str]) -> pd.DataFrame:
@@ -162,11 +183,15 @@ with reads.errors_shown():
     x_range = link.get("range")
     colors = charts.colors({r["run_id"]: r["rank"] for r in runs.values()},
                            [r["run_id"] for r in chosen])
+    if link.get("tag_colors") and not link.get("group"):
+        colors = groups.colors_by_tags(chosen, colors)
     spec, series = chart(
         url, tuple((r["run_id"], r["version"], sidebar.label(r), r["created_at"],
                     colors[r["run_id"]]) for r in chosen),
         x_axis, x_range, tuple(m for m in available if m in link.get("charts")),
-        link.get("smooth"), tuple(link.get("log")), link.get("robust"), thresholds)
+        link.get("smooth"), tuple(link.get("log")), link.get("robust"), thresholds,
+        grouping=groups.grouping(chosen, link.get("group"), sidebar.label, colors,
+                                 link.get("members")))
     if spec is None:
         st.info("Pick at least one chart above.")
     else:
