@@ -1,0 +1,194 @@
+"""The explorer's run detail page (tags, notes, status history, evaluations, flags linked
+to the charts, any series the run has) and its Hyperparameters page (exact match per
+module side by side, parallel coordinates, scatter, brushing), through AppTest on a
+database written by real tiny runs."""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import parse_qs, urlsplit
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from helpers.explorer import APP, charts, open_app
+from helpers.tiny import tiny_config
+from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
+from streamlit.testing.v1 import AppTest
+
+from hlbd import importer
+from hlbd.cli import main
+from hlbd.data import BUNDLED
+from hlbd.runner import resume_run, start_run
+from hlbd.store import Store
+
+
+@pytest.fixture(scope="module")
+def detailed(databases, tmp_path_factory):
+    """Real tiny runs: two tagged and noted, one evaluated with `hlbd eval`, one resumed,
+    one whose gradients explode (flags with steps), and one imported from an older
+    tool's report that kept a list hlbd cannot place (``autopoietic_losses``)."""
+    root = tmp_path_factory.mktemp("detail")
+    db = databases.new(root)
+    store = Store.open(db)
+
+    def train(**overrides) -> str:
+        return start_run(tiny_config(**overrides), store, runs_root=root / "runs",
+                         progress=False).run_id
+
+    ids = {"baseline": train(name="baseline", epochs=3),
+           "faster": train(name="faster", epochs=3, lr=5e-3, d_model=48),
+           "exploding": train(name="exploding", epochs=2, lr=50.0, max_grad_norm=0.0),
+           "resumed": train(name="resumed", epochs=2, save_interval=1)}
+    resume_run(store, ids["resumed"], epochs=3, progress=False)
+    store.tag(ids["baseline"], ["tiny", "reference"])
+    store.note(ids["baseline"], "The run the others are measured against.")
+    evaluated = CliRunner().invoke(main, ["eval", "--db", str(db), "--run-id",
+                                          ids["baseline"], "--dataset", BUNDLED,
+                                          "--max-pairs", "6"])
+    assert evaluated.exit_code == 0, evaluated.output
+    # An older tool's report: the baseline's measured epoch losses, and its measured
+    # step losses under a name of that tool's own that hlbd cannot place.
+    report = json.loads((root / "runs" / ids["baseline"] / "experiment_report.json")
+                        .read_text())
+    old = {"control_losses": report["control_losses"],
+           "autopoietic_losses": report["batch_losses"], "timestamp": 1_767_225_600.0}
+    (root / "old" / "exp").mkdir(parents=True)
+    (root / "old" / "exp" / "experiment_report.json").write_text(json.dumps(old))
+    [imported] = importer.import_reports(store, root / "old", name="old-report")
+    ids["imported"] = imported.run_id
+    yield db, ids, store
+    store.close()
+    databases.drop(db)
+
+
+def detail(monkeypatch, db, run_id: str) -> AppTest:
+    at = open_app(monkeypatch, db)
+    at.switch_page("views/run.py").run()
+    at.selectbox(key="detail_run").set_value(run_id).run()
+    assert not at.exception
+    return at
+
+
+def table_with(at: AppTest, column: str) -> pd.DataFrame:
+    return next(d.value for d in at.dataframe if column in d.value.columns)
+
+
+# -- run detail -------------------------------------------------------------------------
+
+
+def test_run_detail_shows_the_runs_tags_and_notes(detailed, monkeypatch):
+    db, ids, store = detailed
+    run = store.get_run(ids["baseline"])
+    at = detail(monkeypatch, db, ids["baseline"])
+    [tags] = [m.value for m in at.markdown if m.value.startswith("Tags:")]
+    assert tags == "Tags: " + " ".join(f"`{t}`" for t in run["tags"])
+    assert [t.value for t in at.text] == [run["notes"]]
+    # A run without either says so.
+    at.selectbox(key="detail_run").set_value(ids["faster"]).run()
+    assert any(m.value == "Tags: none" for m in at.markdown)
+    assert not at.text and any(c.value.startswith("Notes: none") for c in at.caption)
+
+
+def test_status_history_says_start_or_resume_and_the_last_heartbeat(detailed, monkeypatch):
+    db, ids, store = detailed
+    run, segments = store.get_run(ids["resumed"]), store.segments(ids["resumed"])
+    at = detail(monkeypatch, db, ids["resumed"])
+    history = table_with(at, "start epoch")
+    assert history["what"].tolist() == ["start"] + ["resume"] * (len(segments) - 1)
+    assert history["resumed from"].tolist()[1:] == [s["resumed_from"] for s in segments[1:]]
+    beats = history["last heartbeat (UTC)"].tolist()
+    assert all(pd.isna(b) for b in beats[:-1])
+    assert beats[-1] == pd.Timestamp(run["heartbeat_at"])
+    # An imported run's first segment is the import: no heartbeat of its own.
+    history = table_with(detail(monkeypatch, db, ids["imported"]), "start epoch")
+    assert history["what"].tolist() == ["import"]
+    assert pd.isna(history["last heartbeat (UTC)"].iloc[0])
+
+
+def test_run_detail_lists_its_evaluations_with_checkpoint_file_hash_and_values(
+        detailed, monkeypatch):
+    db, ids, store = detailed
+    [evaluation] = store.evaluations(ids["baseline"])
+    at = detail(monkeypatch, db, ids["baseline"])
+    shown = table_with(at, "dataset sha256")
+    assert len(shown) == 1
+    row = shown.iloc[0]
+    assert row["checkpoint"] == evaluation["checkpoint"]
+    assert row["checkpoint epoch"] == evaluation["checkpoint_epoch"]
+    assert row["dataset"] == evaluation["dataset"]
+    assert row["dataset sha256"] == evaluation["dataset_sha256"]
+    assert row["evaluated (UTC)"] == pd.Timestamp(evaluation["evaluated_at"])
+    assert evaluation["values"]
+    for name, value in evaluation["values"].items():
+        assert row[name] == pytest.approx(value, nan_ok=True)
+    # A run never evaluated says how to evaluate it.
+    at.selectbox(key="detail_run").set_value(ids["faster"]).run()
+    assert not any("dataset sha256" in d.value.columns for d in at.dataframe)
+    assert any(c.value.startswith("No evaluations recorded") for c in at.caption)
+
+
+def test_a_flag_links_to_compare_on_its_run_zoomed_around_its_step(detailed, monkeypatch):
+    db, ids, store = detailed
+    run_id = ids["exploding"]
+    at = detail(monkeypatch, db, run_id)
+    flags = table_with(at, "rule")
+    stepped = flags[flags["step"].notna()]
+    assert len(stepped)
+    per_epoch = max(e["steps"] for e in store.epochs(run_id))
+    for step, href in zip(stepped["step"], stepped["on the charts"], strict=True):
+        target = urlsplit(href)
+        assert target.path == "compare"
+        query = {k: v[0] for k, v in parse_qs(target.query).items()}
+        assert run_id.startswith(query["runs"]) and query["x"] == "step"
+        low, high = map(float, query["range"].split(","))
+        assert low < step < high and high - low <= 2 * per_epoch
+    # The link opens Compare on that run, step axis, zoomed there, the flag drawn.
+    step, href = stepped["step"].iloc[0], stepped["on the charts"].iloc[0]
+    monkeypatch.setenv("HLBD_DB", str(db))
+    linked = AppTest.from_file(str(APP), default_timeout=60)
+    query = {k: v[0] for k, v in parse_qs(urlsplit(href).query).items()}
+    low, high = map(float, query["range"].split(","))
+    linked.query_params.update(query)
+    linked.run()
+    linked.switch_page("views/compare.py").run()
+    assert not linked.exception
+    assert linked.session_state["picked"] == [run_id]
+    assert linked.button_group(key="x_axis").value == "step"
+    drawn = charts(linked)
+    assert step in set(drawn["Gradient norm"].flags["x"])
+    xs = drawn["Loss"].points["x"]
+    assert xs.min() >= low and xs.max() <= high
+
+
+def test_every_series_the_run_has_can_be_charted_on_its_page(detailed, monkeypatch):
+    db, ids, store = detailed
+    run_id = ids["baseline"]
+    keys = {p["key"] for p in store.point_series(run_id)}
+    assert {"val_loss", "sys/rss_bytes", "val/exact"} <= keys
+    at = detail(monkeypatch, db, run_id)
+    picker = at.multiselect(key="detail_series")
+    assert keys <= set(picker.options)  # shown by their names
+    picker.set_value(["loss", "p:val_loss", "p:sys/rss_bytes"]).run()
+    assert not at.exception
+    drawn = charts(at)
+    assert list(drawn) == ["Loss", "val_loss", "sys/rss_bytes"]
+    for key in ("val_loss", "sys/rss_bytes"):
+        points = drawn[key].points.sort_values("x")
+        stored = store.epoch_values(run_id, key)
+        assert points["x"].tolist() == list(stored)
+        assert points["value"].tolist() == pytest.approx(list(stored.values()))
+
+
+def test_an_imported_list_is_charted_by_its_position_in_the_list(detailed, monkeypatch):
+    db, ids, store = detailed
+    kept = store.get_run(ids["imported"])["extra"]["report"]["autopoietic_losses"]
+    at = detail(monkeypatch, db, ids["imported"])
+    at.multiselect(key="detail_series").set_value(
+        ["extra:report/autopoietic_losses"]).run()
+    assert not at.exception
+    [chart] = at.get("vega_lite_chart")
+    frame = convert_arrow_bytes_to_pandas_df(chart.proto.datasets[0].data.data)
+    assert frame["position in the list"].tolist() == list(range(1, len(kept) + 1))
+    assert frame["value"].tolist() == pytest.approx(kept, nan_ok=True)
+    assert any("report/autopoietic_losses" in m.value for m in at.markdown)
