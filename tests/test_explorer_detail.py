@@ -192,3 +192,43 @@ def test_an_imported_list_is_charted_by_its_position_in_the_list(detailed, monke
     assert frame["position in the list"].tolist() == list(range(1, len(kept) + 1))
     assert frame["value"].tolist() == pytest.approx(kept, nan_ok=True)
     assert any("report/autopoietic_losses" in m.value for m in at.markdown)
+
+
+# -- hyperparameters --------------------------------------------------------------------
+
+
+def label(store, run_id: str) -> str:
+    return f"{store.get_run(run_id)['name']} · {run_id[:8]}"
+
+
+def params_page(monkeypatch, db, picked: list[str]) -> AppTest:
+    at = open_app(monkeypatch, db)
+    at.sidebar.multiselect(key="picked").set_value(picked).run()
+    at.switch_page("views/params.py").run()
+    assert not at.exception
+    return at
+
+
+def test_exact_match_per_module_of_the_picked_runs_side_by_side_at_best_and_last_epoch(
+        detailed, monkeypatch):
+    db, ids, store = detailed
+    picked = [ids["baseline"], ids["faster"], ids["imported"]]
+    at = params_page(monkeypatch, db, picked)
+    for at_epoch in ("best", "last"):
+        at.button_group(key="exact_at").set_value(at_epoch).run()
+        table = table_with(at, label(store, ids["baseline"]))
+        assert list(table.columns) == [label(store, i) for i in picked]
+        for run_id in picked[:2]:
+            keys = [p["key"] for p in store.point_series(run_id)
+                    if p["key"] == "val/exact" or p["key"].startswith("val/exact/")]
+            assert len(keys) > 1 and set(keys) <= set(table.index)
+            val_loss = store.epoch_values(run_id, "val_loss")
+            epoch = (min(val_loss, key=val_loss.get) if at_epoch == "best"
+                     else max(store.epoch_values(run_id, "val/exact")))
+            column = table[label(store, run_id)]
+            assert column["epoch"] == epoch
+            for key in keys:
+                assert column[key] == pytest.approx(store.epoch_values(run_id, key)[epoch])
+        # The imported run recorded none of them: not recorded, never zero.
+        assert table[label(store, ids["imported"])].isna().all()
+    assert table.index[1] == "val/exact"
