@@ -76,6 +76,15 @@ def parallel_rows(values: dict[str, dict[str, float | None]], axes: list[str]) -
     return rows
 
 
+def value_range(rows: list[dict], axis: str) -> str:
+    """An axis' lowest to highest finite value as text (parallel_rows' rows)."""
+    finite = [r["value"] for r in rows if r["axis"] == axis and r["norm"] is not None]
+    if not finite:
+        return "not recorded"
+    low, high = min(finite), max(finite)
+    return f"{low:.4g}" if low == high else f"{low:.4g} to {high:.4g}"
+
+
 def brushed(selection: dict | None, rows: list[dict]) -> list[str]:
     """The runs a brush covers, in the order of ``rows`` (dicts with a ``run`` field).
 

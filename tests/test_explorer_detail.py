@@ -232,3 +232,68 @@ def test_exact_match_per_module_of_the_picked_runs_side_by_side_at_best_and_last
         # The imported run recorded none of them: not recorded, never zero.
         assert table[label(store, ids["imported"])].isna().all()
     assert table.index[1] == "val/exact"
+
+
+def chart_frames(at: AppTest) -> list[pd.DataFrame]:
+    """The data of the page's st.vega_lite_chart charts, in page order."""
+    return [convert_arrow_bytes_to_pandas_df(
+        c.proto.data.data if c.proto.HasField("data") else c.proto.datasets[0].data.data)
+            for c in at.get("vega_lite_chart")]
+
+
+def same(shown, stored) -> bool:
+    """A shown value is the stored one; missing where the store has none."""
+    return pd.isna(shown) if stored is None else shown == pytest.approx(stored, nan_ok=True)
+
+
+def test_parallel_coordinates_draw_each_runs_config_and_summaries(detailed, monkeypatch):
+    db, ids, store = detailed
+    at = params_page(monkeypatch, db, [ids["faster"]])
+    axes = at.multiselect(key="parallel_axes")
+    # By default the config keys that differ between runs, then the summaries.
+    assert {"lr", "d_model"} <= set(axes.value) and "n_layers" not in axes.value
+    assert axes.value[-2:] == ["best val loss", "last loss"]
+    axes.set_value(["lr", "d_model", "best val loss"]).run()
+    parallel = chart_frames(at)[0]
+    listed = {r["run_id"]: r for r in store.list_runs()}
+    for run_id, run in listed.items():
+        mine = parallel[parallel["run"] == run_id].set_index("axis")
+        assert same(mine.loc["lr", "value"], run["config"].get("lr"))
+        assert same(mine.loc["d_model", "value"], run["config"].get("d_model"))
+        assert same(mine.loc["best val loss", "value"], run["best_val_loss"])
+        assert bool(mine["picked"].all()) == (run_id == ids["faster"])
+    # The imported run has no config: no place on those axes (not a made-up 0).
+    imported = parallel[parallel["run"] == ids["imported"]].set_index("axis")
+    assert imported[["value", "norm"]].loc["lr"].isna().all()
+    # Each axis runs from its lowest value (0) to its highest (1).
+    lr = parallel[parallel["axis"] == "lr"].dropna(subset=["norm"])
+    assert lr.loc[lr["value"].idxmin(), "norm"] == 0 and lr.loc[lr["value"].idxmax(),
+                                                                 "norm"] == 1
+
+
+def test_a_brush_on_the_scatter_offers_to_pick_the_runs_it_covers(detailed, monkeypatch):
+    db, ids, store = detailed
+    at = params_page(monkeypatch, db, [])
+    at.selectbox(key="scatter_x").set_value("lr").run()
+    at.selectbox(key="scatter_y").set_value("last loss").run()
+    scatter = chart_frames(at)[1]
+    listed = {r["run_id"]: r for r in store.list_runs()}
+    for row in scatter.itertuples():
+        assert row.x == pytest.approx(listed[row.run]["config"]["lr"])
+        assert row.y == pytest.approx(listed[row.run]["last_loss"])
+    # The imported run has no lr: not drawn, and said so.
+    assert ids["imported"] not in set(scatter["run"])
+    assert any("are not drawn" in c.value for c in at.caption)
+    # A brush around the runs of the lowest lr (as the browser reports it) ...
+    low = scatter["x"].min()
+    covered = scatter[scatter["x"] == low]
+    at.session_state["scatter"] = {"selection": {"brush": {
+        "x": [low * 0.99, low * 1.01], "y": [covered["y"].min() - 1e-9,
+                                            covered["y"].max() + 1e-9]}}}
+    at.run()
+    assert not at.exception
+    button = next(b for b in at.button if b.key == "pick_scatter")
+    assert button.label == f"Pick these {len(covered)} runs"
+    button.click().run()
+    # ... makes them the sidebar's picked runs.
+    assert sorted(at.session_state["picked"]) == sorted(covered["run"])

@@ -4,6 +4,9 @@ scatter, where a brush picks runs."""
 
 from __future__ import annotations
 
+import json
+import math
+
 import pandas as pd
 import streamlit as st
 
@@ -11,7 +14,7 @@ import formats
 import hyperparams
 import reads
 import sidebar
-from hyperparams import EXACT
+from hyperparams import EXACT, SUMMARIES
 
 st.title("Hyperparameters")
 url = sidebar.database_url()
@@ -72,3 +75,154 @@ with reads.errors_shown():
         st.caption("Greedy-decoded exact match on each run's held-out pairs, overall and "
                    "per module (Hardcore files) or level (Full files). A run without "
                    "val_loss has no best epoch: not recorded.")
+
+
+PICKED, OTHER = "#e4572e", "#8a8f98"   # picked runs' lines and dots; the others'
+BRUSHED = "#1f77b4"
+
+
+def pick(run_ids: list[str]) -> None:
+    """The runs a brush covers become the sidebar's picked runs (a button's callback:
+    it runs before the sidebar is drawn)."""
+    st.session_state["picked"] = list(run_ids)
+
+
+def pick_action(covered: list[str], key: str) -> None:
+    """Say which runs the brush covers and offer to pick them."""
+    if not covered:
+        st.caption("Drag across the chart to brush runs; the ones it covers can become "
+                   "the picked runs.")
+        return
+    names = ", ".join(sidebar.label(runs[i]) for i in covered)
+    st.markdown(f"Brushed {len(covered)} run(s): {names}")
+    st.button(f"Pick these {len(covered)} runs", key=f"pick_{key}", on_click=pick,
+              args=(covered,), help="They become the sidebar's runs to compare.")
+
+
+def selection(key: str, param: str = "brush") -> dict | None:
+    """The brush of the chart ``key`` as its widget state holds it (field -> range)."""
+    try:
+        return dict(st.session_state[key]["selection"][param]) or None
+    except (KeyError, TypeError):
+        return None
+
+
+def parallel_spec(axes: list[str], ranges: list[str]) -> dict:
+    """One line per run through its dots, one unit (a brush works there); each axis
+    labelled with its name and its lowest to highest value."""
+    run = {"field": "label", "type": "nominal", "title": "run"}
+    names = [f"{a} ({r})" for a, r in zip(axes, ranges, strict=True)]
+    # Each axis at its index on a quantitative x (a brush cannot span an ordinal one).
+    x = {"field": "x", "type": "quantitative", "title": None,
+         "scale": {"domain": [-0.25, len(axes) - 0.75], "nice": False, "zero": False},
+         "axis": {"values": list(range(len(axes))), "orient": "top", "grid": True,
+                  "labelExpr": f"{json.dumps(names)}[datum.value]", "labelLimit": 220,
+                  "labelFontWeight": "bold", "labelFlush": False}}
+    y = {"field": "norm", "type": "quantitative", "axis": None,
+         "scale": {"domain": [0, 1]}}
+    tooltip = [run, {"field": "axis", "title": "axis"},
+               {"field": "value", "type": "quantitative", "format": ".6~g"}]
+    return {
+        "height": 340,
+        "mark": {"type": "line", "invalid": "break-paths-show-domains",
+                 "strokeWidth": 1.5, "point": {"size": 50, "filled": True}},
+        "params": [{"name": "brush", "select": {"type": "interval",
+                                                "encodings": ["x", "y"]}}],
+        "encoding": {"x": x, "y": y, "detail": {"field": "run"}, "tooltip": tooltip,
+                     "color": {"condition": {"test": "datum.picked", "value": PICKED},
+                               "value": OTHER},
+                     "opacity": {"condition": {"test": "datum.picked", "value": 0.95},
+                                 "value": 0.5}},
+    }
+
+
+def scatter_spec(x_title: str, y_title: str) -> dict:
+    run = {"field": "label", "type": "nominal", "title": "run"}
+    return {
+        "height": 320,
+        "mark": {"type": "circle", "size": 90},
+        "params": [{"name": "brush", "select": {"type": "interval",
+                                                "encodings": ["x", "y"]}}],
+        "encoding": {
+            "x": {"field": "x", "type": "quantitative", "title": x_title,
+                  "scale": {"zero": False}},
+            "y": {"field": "y", "type": "quantitative", "title": y_title,
+                  "scale": {"zero": False}},
+            "color": {"condition": {"param": "brush", "empty": False, "value": BRUSHED},
+                      "value": OTHER},
+            "stroke": {"condition": {"test": "datum.picked", "value": PICKED},
+                       "value": None},
+            "strokeWidth": {"value": 2.5},
+            "tooltip": [run, {"field": "x", "type": "quantitative", "title": x_title,
+                              "format": ".6~g"},
+                        {"field": "y", "type": "quantitative", "title": y_title,
+                         "format": ".6~g"}]},
+    }
+
+
+def finite(value) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def run_values() -> dict[str, dict[str, float | None]]:
+    """Each run's numeric config and summaries, by run id."""
+    out = {}
+    for r in runs.values():
+        summaries = {name: (None if r.get(field) is None else float(r[field]))
+                     for name, field in SUMMARIES.items()}
+        out[r["run_id"]] = {**hyperparams.numeric_config(r.get("config")), **summaries}
+    return out
+
+
+with reads.errors_shown():
+    values = run_values()
+    picked = set(sidebar.picked())
+    config_keys = list(dict.fromkeys(k for v in values.values() for k in v
+                                     if k not in SUMMARIES))
+    varying = hyperparams.varying([{k: v[k] for k in config_keys if v.get(k) is not None}
+                                   for v in values.values()])
+
+    st.subheader("Parallel coordinates")
+    axes = st.multiselect(
+        "Axes", [*config_keys, *SUMMARIES], default=[*varying[:8], "best val loss",
+                                                     "last loss"],
+        key="parallel_axes",
+        help="Config keys (nested ones joined by /) and run summaries; by default the "
+             "config keys that differ between runs.")
+    if axes:
+        rows = hyperparams.parallel_rows(values, axes)
+        for row in rows:
+            row["x"] = axes.index(row["axis"])
+            row["label"] = sidebar.label(runs[row["run"]])
+            row["picked"] = row["run"] in picked
+        st.vega_lite_chart(pd.DataFrame(rows), parallel_spec(axes, [
+            hyperparams.value_range(rows, a) for a in axes]),
+                                   on_select="rerun", selection_mode="brush",
+                                   key="parallel", width="stretch")
+        st.caption("One line per run; each axis from its lowest value (bottom) to its "
+                   "highest (top), its range beside its name. A line breaks at an axis "
+                   "the run did not record. Picked runs in orange. Drag a box around dots "
+                   "to brush runs.")
+        pick_action(hyperparams.brushed(selection("parallel"), rows), "parallel")
+    else:
+        st.caption("Pick at least one axis.")
+
+    st.subheader("Scatter")
+    left, right = st.columns(2)
+    x_key = left.selectbox("x: config key", config_keys or [None], key="scatter_x",
+                           index=config_keys.index(varying[0]) if varying else 0)
+    y_key = right.selectbox("y: summary", list(SUMMARIES), key="scatter_y")
+    if x_key is None:
+        st.caption("No run has a numeric config.")
+    else:
+        points = [{"run": i, "label": sidebar.label(runs[i]), "x": v.get(x_key),
+                   "y": v.get(y_key), "picked": i in picked} for i, v in values.items()]
+        placed = [p for p in points if finite(p["x"]) and finite(p["y"])]
+        st.vega_lite_chart(pd.DataFrame(placed, columns=list(points[0])),
+                                   scatter_spec(x_key, y_key), on_select="rerun",
+                                   selection_mode="brush", key="scatter", width="stretch")
+        left_out = len(points) - len(placed)
+        st.caption("One dot per run; picked runs ringed in orange. Drag a box to brush "
+                   "runs." + (f" {left_out} run(s) whose {x_key} or {y_key} is not "
+                              "recorded (or NaN/Inf) are not drawn." if left_out else ""))
+        pick_action(hyperparams.brushed(selection("scatter"), placed), "scatter")
