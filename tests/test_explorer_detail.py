@@ -6,6 +6,7 @@ database written by real tiny runs."""
 from __future__ import annotations
 
 import json
+import math
 from urllib.parse import parse_qs, urlsplit
 
 import pandas as pd
@@ -297,3 +298,74 @@ def test_a_brush_on_the_scatter_offers_to_pick_the_runs_it_covers(detailed, monk
     button.click().run()
     # ... makes them the sidebar's picked runs.
     assert sorted(at.session_state["picked"]) == sorted(covered["run"])
+
+
+# -- the pages' pure functions ----------------------------------------------------------
+
+
+@pytest.fixture
+def app_modules(monkeypatch):
+    """app/hyperparams.py and app/extra_series.py, imported as Streamlit imports them."""
+    monkeypatch.syspath_prepend(str(APP.parent))
+    import extra_series
+    import hyperparams
+
+    return hyperparams, extra_series
+
+
+def test_exact_names_put_overall_first_then_modules_then_levels_by_number(app_modules):
+    hyperparams, _ = app_modules
+    keys = ["val/exact/level_10", "val_loss", "val/exact/zodiac", "val/exact/level_2",
+            "val/exact", "val/exact/arithmetic"]
+    assert hyperparams.exact_keys(keys) == [
+        "val/exact", "val/exact/arithmetic", "val/exact/zodiac", "val/exact/level_2",
+        "val/exact/level_10"]
+
+
+def test_the_best_epoch_is_the_lowest_finite_val_loss_and_none_without_one(app_modules):
+    hyperparams, _ = app_modules
+    assert hyperparams.best_epoch({1: 2.0, 2: math.nan, 3: 1.5, 4: 1.5}) == 3
+    assert hyperparams.best_epoch({1: math.nan}) is None
+    assert hyperparams.best_epoch({}) is None
+
+
+def test_parallel_rows_place_values_between_each_axis_extremes_and_leave_gaps(app_modules):
+    hyperparams, _ = app_modules
+    rows = hyperparams.parallel_rows({"a": {"lr": 0.1, "loss": 2.0},
+                                      "b": {"lr": 0.3, "loss": math.nan},
+                                      "c": {"lr": 0.2}}, ["lr", "loss"])
+    norm = {(r["run"], r["axis"]): r["norm"] for r in rows}
+    assert norm[("a", "lr")] == 0 and norm[("b", "lr")] == 1
+    assert norm[("c", "lr")] == pytest.approx(0.5)
+    assert norm[("a", "loss")] == 0.5   # one value: the middle, nothing to spread
+    assert norm[("b", "loss")] is None and norm[("c", "loss")] is None
+
+
+def test_a_brush_covers_a_run_when_one_of_its_points_lies_inside_on_every_field(
+        app_modules):
+    hyperparams, _ = app_modules
+    rows = [{"run": "a", "x": 0, "norm": 0.9}, {"run": "a", "x": 1, "norm": 0.1},
+            {"run": "b", "x": 0, "norm": 0.2}, {"run": "b", "x": 1, "norm": None},
+            {"run": "c", "x": 0, "norm": math.nan}]
+    assert hyperparams.brushed({"x": [-0.2, 0.2], "norm": [0.5, 1.0]}, rows) == ["a"]
+    assert hyperparams.brushed({"x": [-0.2, 1.2], "norm": [0.0, 0.3]}, rows) == ["a", "b"]
+    assert hyperparams.brushed({}, rows) == [] and hyperparams.brushed(None, rows) == []
+
+
+def test_numeric_config_joins_nested_keys_and_leaves_text_and_flags_out(app_modules):
+    hyperparams, _ = app_modules
+    config = {"lr": 0.002, "epochs": 3, "amp": True, "name": "x", "val_dataset": None,
+              "split": {"fraction": 0.1, "held_out_by_stratum": {"zodiac": 1}}}
+    assert hyperparams.numeric_config(config) == {
+        "lr": 0.002, "epochs": 3.0, "split/fraction": 0.1,
+        "split/held_out_by_stratum/zodiac": 1.0}
+
+
+def test_extra_series_are_the_lists_of_numbers_at_any_depth(app_modules):
+    _, extra_series = app_modules
+    extra = {"report": {"autopoietic_losses": [2.5, None, 1.0], "notes": ["a", "b"],
+                        "current_epoch": 3, "flags": [True, False]},
+             "batch_losses": [1, 2]}
+    assert extra_series.extra_series(extra) == {
+        "report/autopoietic_losses": [2.5, None, 1.0], "batch_losses": [1.0, 2.0]}
+    assert extra_series.counts([2.5, None, math.nan, math.inf]) == (1, 2)
