@@ -7,15 +7,27 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
 from urllib.parse import parse_qs, urlsplit
 
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from helpers.explorer import APP, charts, open_app
+from helpers.explorer import (
+    APP,
+    charts,
+    open_app,
+    streamlit_flags,
+    wait_until_serving,
+)
+from helpers.procs import free_port
 from helpers.tiny import tiny_config
 from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 from streamlit.testing.v1 import AppTest
+from test_explorer_browser import CHROMIUM, CHROMIUM_ARGS, sidebar_picks
 
 from hlbd import importer
 from hlbd.cli import main
@@ -369,3 +381,78 @@ def test_extra_series_are_the_lists_of_numbers_at_any_depth(app_modules):
     assert extra_series.extra_series(extra) == {
         "report/autopoietic_losses": [2.5, None, 1.0], "batch_losses": [1.0, 2.0]}
     assert extra_series.counts([2.5, None, math.nan, math.inf]) == (1, 2)
+
+
+# -- in the browser ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def served_detail(detailed):
+    """The explorer served with `streamlit run` on the detailed database."""
+    db, ids, store = detailed
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(APP), *streamlit_flags(port)],
+        env={**os.environ, "HLBD_DB": str(db)}, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        wait_until_serving(port, server)
+        yield f"http://127.0.0.1:{port}", ids, store
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def drag(page, box: dict, start: tuple[float, float], end: tuple[float, float]) -> None:
+    """Drag across ``box`` from and to these fractions of its width and height."""
+    page.mouse.move(box["x"] + start[0] * box["width"], box["y"] + start[1] * box["height"])
+    page.mouse.down()
+    page.mouse.move(box["x"] + end[0] * box["width"], box["y"] + end[1] * box["height"],
+                    steps=12)
+    page.mouse.up()
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("chart, start, end", [
+    (0, (0.05, 0.4), (0.45, 0.97)),     # parallel coordinates: the first axes' lower half
+    (1, (0.97, 0.7), (0.0, 0.0)),       # scatter: from its plot's corner over all of it
+])
+def test_a_brush_in_the_browser_picks_the_runs_it_covers(served_detail, browser, chart,
+                                                         start, end):
+    url, _, store = served_detail
+    page = browser.new_page(viewport={"width": 1400, "height": 1800})
+    try:
+        page.goto(f"{url}/params")
+        charts_drawn = page.get_by_test_id("stVegaLiteChart")
+        charts_drawn.nth(1).wait_for(timeout=60_000)
+        page.wait_for_timeout(1500)  # let Vega finish drawing
+        charts_drawn.nth(chart).scroll_into_view_if_needed()
+        drag(page, charts_drawn.nth(chart).bounding_box(), start, end)
+        said = page.get_by_text("Brushed ")
+        said.wait_for(timeout=60_000)
+        names = sorted(n.split(" · ")[0] for n in
+                       said.inner_text().split(": ", 1)[1].split(", "))
+        known = {r["name"] for r in store.list_runs()}
+        assert names and set(names) <= known
+        page.get_by_role("button", name=f"Pick these {len(names)} runs").click()
+        for _ in range(300):
+            if sidebar_picks(page) == names:
+                break
+            page.wait_for_timeout(200)
+        assert sidebar_picks(page) == names
+    finally:
+        page.close()

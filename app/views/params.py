@@ -79,6 +79,7 @@ with reads.errors_shown():
 
 PICKED, OTHER = "#e4572e", "#8a8f98"   # picked runs' lines and dots; the others'
 BRUSHED = "#1f77b4"
+EDGE_PX = 24   # room between a plot's edge and the dots on its domain's ends
 
 
 def pick(run_ids: list[str]) -> None:
@@ -119,7 +120,7 @@ def parallel_spec(axes: list[str], ranges: list[str]) -> dict:
                   "labelExpr": f"{json.dumps(names)}[datum.value]", "labelLimit": 220,
                   "labelFontWeight": "bold", "labelFlush": False}}
     y = {"field": "norm", "type": "quantitative", "axis": None,
-         "scale": {"domain": [0, 1]}}
+         "scale": {"domain": [0, 1], "padding": EDGE_PX}}
     tooltip = [run, {"field": "axis", "title": "axis"},
                {"field": "value", "type": "quantitative", "format": ".6~g"}]
     return {
@@ -144,10 +145,12 @@ def scatter_spec(x_title: str, y_title: str) -> dict:
         "params": [{"name": "brush", "select": {"type": "interval",
                                                 "encodings": ["x", "y"]}}],
         "encoding": {
+            # Padding: a dot on the domain's edge stays inside the plot, where a brush
+            # can take it in.
             "x": {"field": "x", "type": "quantitative", "title": x_title,
-                  "scale": {"zero": False}},
+                  "scale": {"zero": False, "padding": EDGE_PX}},
             "y": {"field": "y", "type": "quantitative", "title": y_title,
-                  "scale": {"zero": False}},
+                  "scale": {"zero": False, "padding": EDGE_PX}},
             "color": {"condition": {"param": "brush", "empty": False, "value": BRUSHED},
                       "value": OTHER},
             "stroke": {"condition": {"test": "datum.picked", "value": PICKED},
