@@ -456,3 +456,20 @@ def test_a_brush_in_the_browser_picks_the_runs_it_covers(served_detail, browser,
         assert sidebar_picks(page) == names
     finally:
         page.close()
+
+
+def test_the_scatter_has_a_log_y_for_an_exploded_run(detailed, monkeypatch):
+    db, _, store = detailed
+    at = params_page(monkeypatch, db, [])
+    at.selectbox(key="scatter_y").set_value("best loss").run()
+    linear = json.loads(at.get("vega_lite_chart")[1].proto.spec)
+    assert linear["encoding"]["y"]["scale"].get("type") is None
+    at.toggle(key="scatter_log").set_value(True).run()
+    spec = json.loads(at.get("vega_lite_chart")[1].proto.spec)
+    assert spec["encoding"]["y"]["scale"]["type"] == "log"
+    drawn = chart_frames(at)[1].set_index("run")["y"]
+    x_key = at.selectbox(key="scatter_x").value
+    positive = {r["run_id"]: r["best_loss"] for r in store.list_runs()
+                if r["config"].get(x_key) is not None and r["best_loss"] is not None
+                and math.isfinite(r["best_loss"]) and r["best_loss"] > 0}
+    assert dict(drawn) == pytest.approx(positive)

@@ -137,7 +137,7 @@ def parallel_spec(axes: list[str], ranges: list[str]) -> dict:
     }
 
 
-def scatter_spec(x_title: str, y_title: str) -> dict:
+def scatter_spec(x_title: str, y_title: str, log_y: bool = False) -> dict:
     run = {"field": "label", "type": "nominal", "title": "run"}
     return {
         "height": 320,
@@ -150,7 +150,8 @@ def scatter_spec(x_title: str, y_title: str) -> dict:
             "x": {"field": "x", "type": "quantitative", "title": x_title,
                   "scale": {"zero": False, "padding": EDGE_PX}},
             "y": {"field": "y", "type": "quantitative", "title": y_title,
-                  "scale": {"zero": False, "padding": EDGE_PX}},
+                  "scale": {"zero": False, "padding": EDGE_PX,
+                            **({"type": "log"} if log_y else {})}},
             "color": {"condition": {"param": "brush", "empty": False, "value": BRUSHED},
                       "value": OTHER},
             "stroke": {"condition": {"test": "datum.picked", "value": PICKED},
@@ -211,21 +212,29 @@ with reads.errors_shown():
         st.caption("Pick at least one axis.")
 
     st.subheader("Scatter")
-    left, right = st.columns(2)
+    left, right, scale = st.columns([2, 2, 1], vertical_alignment="bottom")
     x_key = left.selectbox("x: config key", config_keys or [None], key="scatter_x",
                            index=config_keys.index(varying[0]) if varying else 0)
     y_key = right.selectbox("y: summary", list(SUMMARIES), key="scatter_y")
+    log_y = scale.toggle("Log y", key="scatter_log",
+                         help="One exploded run (a loss in the thousands) flattens the "
+                              "others on a linear axis; values at or below 0 cannot be "
+                              "drawn on a log one and are left out, said below.")
     if x_key is None:
         st.caption("No run has a numeric config.")
     else:
         points = [{"run": i, "label": sidebar.label(runs[i]), "x": v.get(x_key),
                    "y": v.get(y_key), "picked": i in picked} for i, v in values.items()]
         placed = [p for p in points if finite(p["x"]) and finite(p["y"])]
+        not_positive = sum(p["y"] <= 0 for p in placed) if log_y else 0
+        placed = [p for p in placed if not log_y or p["y"] > 0]
         st.vega_lite_chart(pd.DataFrame(placed, columns=list(points[0])),
-                                   scatter_spec(x_key, y_key), on_select="rerun",
-                                   selection_mode="brush", key="scatter", width="stretch")
-        left_out = len(points) - len(placed)
+                           scatter_spec(x_key, y_key, log_y), on_select="rerun",
+                           selection_mode="brush", key="scatter", width="stretch")
+        left_out = len(points) - len(placed) - not_positive
         st.caption("One dot per run; picked runs ringed in orange. Drag a box to brush "
                    "runs." + (f" {left_out} run(s) whose {x_key} or {y_key} is not "
-                              "recorded (or NaN/Inf) are not drawn." if left_out else ""))
+                              "recorded (or NaN/Inf) are not drawn." if left_out else "")
+                   + (f" {not_positive} run(s) whose {y_key} is at or below 0 are not "
+                      "drawn on the log scale." if not_positive else ""))
         pick_action(hyperparams.brushed(selection("scatter"), placed), "scatter")
