@@ -113,11 +113,12 @@ def evaluation_table(evaluated: list[dict]) -> pd.DataFrame:
     """One row per evaluation: which checkpoint, which file (and its hash), when, and a
     column per value it recorded (missing where another evaluation has it and it not)."""
     names = list(dict.fromkeys(k for e in evaluated for k in e["values"]))
-    rows = [{"evaluated (UTC)": e["evaluated_at"], "checkpoint": e["checkpoint"],
-             "checkpoint epoch": e["checkpoint_epoch"], "dataset": e["dataset"],
-             "dataset sha256": e["dataset_sha256"], "pairs": e["pairs"],
-             "scored pairs": e["exact_pairs"], "seconds": e["seconds"],
-             **{n: e["values"].get(n) for n in names}} for e in evaluated]
+    # The values first after what was scored; the long path and hash at the end.
+    rows = [{"evaluated (UTC)": e["evaluated_at"], "checkpoint epoch": e["checkpoint_epoch"],
+             "dataset": e["dataset"], **{n: e["values"].get(n) for n in names},
+             "pairs": e["pairs"], "scored pairs": e["exact_pairs"], "seconds": e["seconds"],
+             "dataset sha256": e["dataset_sha256"], "checkpoint": e["checkpoint"]}
+            for e in evaluated]
     return formats.table(rows, ("seconds", *names))
 
 
