@@ -18,6 +18,7 @@ Values that cannot be read are ignored, never guessed.
 from __future__ import annotations
 
 import math
+from urllib.parse import urlencode
 
 import streamlit as st
 
@@ -128,3 +129,14 @@ def write_url(page: str, picked: list[str], all_ids: list[str], thresholds: dict
             params[name] = f"{value:g}"
     if dict(st.query_params) != params:
         st.query_params.from_dict(params)
+
+
+def compare_link(run_short: str, x_axis: str, x_range: tuple[float, float],
+                 charts: list[str]) -> str:
+    """A link (relative to the app) that opens the Compare page on one run, on
+    ``x_axis``, zoomed to ``x_range``, drawing ``charts``: what start() reads."""
+    params = {"runs": run_short, "x": x_axis,
+              "range": ",".join(f"{v:.10g}" for v in x_range)}
+    if list(charts) != list(DEFAULT_CHARTS):
+        params["charts"] = ",".join(charts)
+    return "compare?" + urlencode(params, safe=",:/")

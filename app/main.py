@@ -23,6 +23,7 @@ PAGES = {
     "runs": st.Page("views/runs.py", title="Runs", default=True),
     "compare": st.Page("views/compare.py", title="Compare", url_path="compare"),
     "run": st.Page("views/run.py", title="Run detail", url_path="run"),
+    "params": st.Page("views/params.py", title="Hyperparameters", url_path="params"),
     "sql": st.Page("views/sql.py", title="SQL", url_path="sql"),
 }
 page = st.navigation(list(PAGES.values()), position="top")

@@ -223,3 +223,12 @@ def errors_shown() -> Iterator[None]:
         yield
     except (HlbdError, SQLAlchemyError) as exc:
         st.error(f"Could not read the run database: {error_message(exc)}")
+
+
+@st.cache_data(ttl=RUN_TTL, max_entries=500, show_spinner=False)
+def evaluations(url: str, run_id: str, version: tuple) -> list[dict]:
+    """``hlbd eval``'s evaluations of the run (Store.evaluations), oldest first.
+
+    Keyed by the run's version like the rest: an evaluation of a finished run is new
+    to a cached read, so the TTL of LIVE_TTL bounds how long it can go unseen."""
+    return store(url).evaluations(run_id)
