@@ -3,6 +3,8 @@ read in bulk and only again when it changed, columns of choice, tags, links."""
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 import pytest
 import streamlit as st
@@ -72,6 +74,17 @@ class Statements:
         self.sent.append(statement)
 
 
+def test_the_table_holds_one_page_of_rows_however_many_runs(listed, monkeypatch):
+    db, ids = listed[60]
+    newest_first = ids[::-1]
+    at = load(monkeypatch, db, per="25")
+    assert not at.exception
+    assert table(at)["id"].tolist() == newest_first[:25]
+    at = load(monkeypatch, db, per="25", page="3")
+    assert table(at)["id"].tolist() == newest_first[50:]
+    assert any("60 of 60 runs, rows 51-60" in c.value for c in at.caption)
+
+
 def test_a_page_load_sends_as_many_queries_for_60_runs_as_for_6(listed, monkeypatch):
     """The run list is read in bulk: a run more is a row more, not queries more (the
     page used to read each run's record, epochs and validation losses one at a time)."""
@@ -111,3 +124,62 @@ def test_later_loads_ask_the_store_only_whether_it_changed(listed, monkeypatch):
     assert held == [held[0]] * 4 and held[0][1] == 1
 
 
+def test_a_link_reproduces_filter_tags_sort_columns_and_page(listed, monkeypatch):
+    db, ids = listed[60]
+    store = Store.open_read_only(db)
+    try:
+        runs = {r["run_id"]: r for r in store.list_runs()}
+    finally:
+        store.close()
+    params = {"q": "run-1", "tag": "sweep", "sort": "-name", "cols": "tags,best_val_loss,seed",
+              "per": "25"}
+    at = load(monkeypatch, db, **params)
+    assert not at.exception
+    frame = table(at)
+    assert list(frame.columns) == ["name", "detail", "tags", "best val loss", "seed"]
+    # run-1, run-10 ... run-19 that are tagged sweep, by name descending.
+    kept = sorted((run_id for i, run_id in enumerate(ids)
+                   if "run-1" in f"run-{i}" and "sweep" in TAGS[i % 3]),
+                  key=lambda r: runs[r]["name"], reverse=True)
+    assert frame["name"].tolist() == [runs[r]["name"] for r in kept]
+    for name, best, tags in zip(frame["name"], frame["best val loss"], frame["tags"],
+                                strict=True):
+        run = next(r for r in runs.values() if r["name"] == name)
+        assert best == pytest.approx(run["best_val_loss"])
+        assert list(tags) == run["tags"]
+    assert at.multiselect(key="tag_filter").value == ["sweep"]
+    assert at.text_input(key="text_filter").value == "run-1"
+    # The page writes the same view back: the link stays as it was.
+    assert {k: at.query_params[k] for k in params} == params
+
+
+def test_the_tag_filter_keeps_the_runs_with_every_tag_picked(listed, monkeypatch):
+    db, ids = listed[60]
+    at = load(monkeypatch, db, per="100")
+    at.multiselect(key="tag_filter").set_value(["baseline", "sweep"]).run()
+    assert sorted(table(at)["id"]) == sorted(ids[::3])
+    assert at.query_params["tag"] == "baseline,sweep"
+    at.multiselect(key="tag_filter").set_value(["sweep"]).run()
+    assert sorted(table(at)["id"]) == sorted(i for n, i in enumerate(ids) if n % 3 != 2)
+
+
+def test_any_summary_or_config_key_is_a_column_in_the_order_picked(listed, monkeypatch):
+    db, _ = listed[6]
+    store = Store.open_read_only(db)
+    try:
+        runs = {r["run_id"]: r for r in store.list_runs()}
+    finally:
+        store.close()
+    at = load(monkeypatch, db)
+    at.multiselect(key="runs_columns").set_value(["best_exact", "d_model", "tags", "id"]).run()
+    frame = table(at)
+    # The name first (pinned), the link to its detail, then the columns as picked.
+    assert list(frame.columns) == ["name", "detail", "best exact", "d_model", "tags", "id"]
+    assert at.query_params["cols"] == "best_exact,d_model,tags,id"
+    for _, row in frame.iterrows():
+        run = runs[row["id"]]
+        assert row["best exact"] == pytest.approx(run["best_exact"]) or (
+            run["best_exact"] is None and pd.isna(row["best exact"]))
+        assert row["d_model"] == run["config"]["d_model"]
+        assert row["detail"] == f"run?run={row['id']}"
+    assert not math.isnan(frame["best exact"].iloc[0])
