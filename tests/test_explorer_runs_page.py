@@ -183,3 +183,19 @@ def test_any_summary_or_config_key_is_a_column_in_the_order_picked(listed, monke
         assert row["d_model"] == run["config"]["d_model"]
         assert row["detail"] == f"run?run={row['id']}"
     assert not math.isnan(frame["best exact"].iloc[0])
+
+
+def test_the_sidebar_offers_the_newest_runs_and_those_picked_not_every_run(listed,
+                                                                            monkeypatch):
+    """Its options go to the browser on every run of the page: with thousands of runs,
+    the newest PICKER_RUNS and the picked ones; the Runs table picks any other."""
+    db, ids = listed[60]
+    assert not load(monkeypatch, db).exception
+    import sidebar  # app/ is on the path once the app has run
+
+    monkeypatch.setattr(sidebar, "PICKER_RUNS", 10)
+    at = load(monkeypatch, db, runs=ids[0][:8])   # the oldest run, picked by a link
+    offered = at.sidebar.multiselect(key="picked").options
+    assert len(offered) == 11
+    assert [o.split(" · ")[0] for o in offered] == ["run-0"] + [f"run-{i}" for i in
+                                                                range(59, 49, -1)]
