@@ -10,7 +10,8 @@ wall), ``smooth`` (0 to 0.99), ``charts`` and ``log`` (metric names), ``robust=0
 like ``runs``), ``group`` (what the compare charts group runs by: ``tags``,
 ``config`` or ``config.KEY``; app/groups.py) with ``members=1`` (draw the members too),
 ``colors=tags`` (ungrouped runs coloured by their tags), ``run`` (the Run detail page's
-run) and
+run), the Runs page's view (``q``, ``status``, ``tag``, ``sort``, ``cols``, ``page``,
+``per``: app/runs_view.py) and
 any anomaly threshold by name (``grad_explode=5``) that differs from its default.
 Values that cannot be read are ignored, never guessed.
 """
@@ -97,6 +98,15 @@ def short_ids(picked: list[str], all_ids: list[str]) -> list[str]:
 def write_url(page: str, picked: list[str], all_ids: list[str], thresholds: dict,
               threshold_defaults: dict) -> None:
     """Rewrite the query parameters to the view of ``page`` (compare, run, runs, sql)."""
+    params = url_params(page, picked, all_ids, thresholds, threshold_defaults)
+    if dict(st.query_params) != params:
+        st.query_params.from_dict(params)
+    st.session_state["link_page"] = page  # the page the URL was last written for
+
+
+def url_params(page: str, picked: list[str], all_ids: list[str], thresholds: dict,
+               threshold_defaults: dict) -> dict[str, str]:
+    """The query parameters of the view of ``page`` (what write_url puts in the URL)."""
     params: dict[str, str] = {}
     if picked:
         params["runs"] = ",".join(short_ids(picked, all_ids))
@@ -124,11 +134,12 @@ def write_url(page: str, picked: list[str], all_ids: list[str], thresholds: dict
             params["hide"] = ",".join(short_ids(hidden, all_ids))
     if page == "run" and get("run"):
         params["run"] = short_ids([get("run")], all_ids)[0]
+    if page == "runs":  # the Runs page's view (app/runs_view.py)
+        params.update(st.session_state.get("runs_link", {}))
     for name, value in thresholds.items():
         if value != threshold_defaults[name]:
             params[name] = f"{value:g}"
-    if dict(st.query_params) != params:
-        st.query_params.from_dict(params)
+    return params
 
 
 def compare_link(run_short: str, x_axis: str, x_range: tuple[float, float],

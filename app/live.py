@@ -30,8 +30,11 @@ IDLE_SECONDS = _idle_seconds()
 
 
 def _versions(url: str, thresholds: tuple, run_ids: list[str] | None) -> tuple:
+    if run_ids is None:  # every run: the list's generation changes with any version
+        reads.runs(url, thresholds)  # (asks the store what changed, at most every 2 s)
+        return (reads.run_list(url).generation,)
     return tuple((r["run_id"], r["version"]) for r in reads.runs(url, thresholds)
-                 if run_ids is None or r["run_id"] in run_ids)
+                 if r["run_id"] in run_ids)
 
 
 def watch(url: str, thresholds: tuple, run_ids: list[str] | None = None) -> None:

@@ -5,7 +5,8 @@ The engine of each database is a cached resource opened read-only
 trainer writing at the same time never sees ``database is locked``. The run list is
 cached for ``LIVE_TTL`` seconds; everything about one run is keyed by its ``version``
 (status, heartbeat, epoch count), which changes whenever the trainer writes, so a
-finished run is read once and a running one is re-read only when it has news.
+finished run is read once and a running one is re-read only when it has news. The run
+list itself is app/run_list.py's, read again only when the store changed.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Iterator
-from datetime import UTC, datetime
 
 import pandas as pd
 import streamlit as st
@@ -21,10 +21,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from hlbd.anomalies import STEP_RULES, Thresholds, detect
 from hlbd.errors import HlbdError, NoDatabaseError
-from hlbd.store import Store, buckets, connect, schema, utcnow
+from hlbd.store import Store, buckets, connect, schema
 from hlbd.store.query import QueryResult, run_query
+from run_list import LIVE_TTL, RunList, report_time  # noqa: F401 (report_time: the pages)
 
-LIVE_TTL = 2.0        # seconds a run list may be old
 RUN_TTL = 600.0       # per-run data is keyed by version; the TTL only bounds memory
 SQL_MAX_ROWS = 10_000
 
@@ -55,74 +55,17 @@ def database_problem(url: str) -> str | None:
     return None
 
 
-def version(run: dict) -> tuple:
-    """What changes whenever the trainer writes something about ``run``."""
-    return (run["display_status"], str(run.get("heartbeat_at")), run.get("epochs"))
+@st.cache_resource(show_spinner=False)
+def run_list(url: str) -> RunList:
+    """The run list of ``url`` (app/run_list.py), one per database, shared by sessions."""
+    return RunList(store(url))
 
 
-@st.cache_data(ttl=LIVE_TTL, show_spinner=False)
 def runs(url: str, thresholds: tuple = ()) -> list[dict]:
-    """All runs, newest first, with what the runs table shows about each.
-
-    Besides Store.list_runs' fields: ``version``, ``rank`` (creation order, which fixes
-    the run's colour), ``max_grad_norm``, ``nonfinite_steps``, ``anomalies`` (flags under
-    ``thresholds``), ``started`` (None for an imported run: not recorded), ``duration``
-    (seconds its segments ran, None if not recorded) and ``planned_epochs``.
-    """
-    rows = store(url).list_runs()
-    extremes = buckets.grad_norm_extremes(store(url).engine)
-    times = buckets.segment_times(store(url).engine)
-    by_age = sorted(rows, key=lambda r: (r["created_at"], r["run_id"]))
-    ranks = {r["run_id"]: i for i, r in enumerate(by_age)}
-    now = utcnow()
-    for run in rows:
-        run["version"] = version(run)
-        run["rank"] = ranks[run["run_id"]]
-        run.update(extremes.get(run["run_id"], {"max_grad_norm": None,
-                                                 "nonfinite_steps": None}))
-        run["anomalies"] = len(flags(url, run["run_id"], run["version"], thresholds,
-                                     with_steps=False))
-        imported = run["source"] == "imported"
-        run["started"] = None if imported else run["created_at"]
-        run["duration"] = _duration(run, times.get(run["run_id"], []), now)
-        run["planned_epochs"] = (run["config"] or {}).get("epochs")
-        run["report_time"] = report_time(run) if imported else None
-    # Newest first by when each run started; an imported run by when its report was
-    # written, else (not known) after every run whose time is known.
-    rows.sort(key=lambda r: (r["started"] or r["report_time"] or datetime.min), reverse=True)
-    return rows
-
-
-def report_time(run: dict) -> datetime | None:
-    """When an imported run's report says it was written (its ``timestamp``: seconds
-    since 1970 or an ISO time), as naive UTC; None if it has none or it cannot be read."""
-    stamp = ((run.get("extra") or {}).get("report") or {}).get("timestamp")
-    try:
-        if isinstance(stamp, int | float) and not isinstance(stamp, bool):
-            return datetime.fromtimestamp(stamp, UTC).replace(tzinfo=None)
-        if isinstance(stamp, str):
-            when = datetime.fromisoformat(stamp.strip())
-            return (when.astimezone(UTC).replace(tzinfo=None) if when.tzinfo else when)
-    except (ValueError, OverflowError, OSError):
-        return None
-    return None
-
-
-def _duration(run: dict, segments: list[tuple], now: datetime) -> float | None:
-    """Seconds the run's segments ran: each from its start to its end (a live one to
-    now, one that stopped without saying to its last heartbeat). None for an imported
-    run's first segment, whose times are those of the import."""
-    total = 0.0
-    for segment, started, ended in segments:
-        if run["source"] == "imported" and segment == 1:
-            continue
-        if ended is None:
-            ended = now if run["display_status"] == "running" else run.get("heartbeat_at")
-        if ended is not None:
-            total += max(0.0, (ended - started).total_seconds())
-    if run["source"] == "imported" and len(segments) <= 1:
-        return None
-    return total
+    """All runs, newest first, with what the runs table shows about each (see
+    run_list.summaries; ``anomalies``: flags under ``thresholds``). Shared by every
+    session: read the rows, never change them."""
+    return run_list(url).rows(thresholds)
 
 
 @st.cache_data(ttl=RUN_TTL, max_entries=500, show_spinner=False)

@@ -12,6 +12,8 @@ import reads
 from hlbd.anomalies import THRESHOLD_HELP
 from hlbd.store import connect
 
+PICKER_RUNS = 200   # the newest runs the sidebar offers (with those picked)
+
 
 def database_url() -> str:
     """The database the explorer reads: the sidebar field, else HLBD_DB, else ./hlbd.db."""
@@ -45,9 +47,16 @@ def pick_runs(runs: list[dict]) -> list[str]:
     # Runs of another database (the field changed) are no longer options.
     st.session_state["picked"] = list(dict.fromkeys(
         i for i in st.session_state["picked"] if i in labels))
-    return st.sidebar.multiselect("Runs to compare", list(labels), key="picked",
-                                  format_func=labels.get,
-                                  placeholder="pick runs (or tick rows in Runs)")
+    # The picked runs and the newest PICKER_RUNS: the options go to the browser on
+    # every run of the page, and the Runs table pages through any number of runs.
+    offered = list(dict.fromkeys([*st.session_state["picked"],
+                                  *(r["run_id"] for r in runs[:PICKER_RUNS])]))
+    return st.sidebar.multiselect(
+        "Runs to compare", offered, key="picked", format_func=labels.get,
+        placeholder="pick runs (or tick rows in Runs)",
+        help=None if len(runs) <= PICKER_RUNS else
+        f"The newest {PICKER_RUNS} runs and those picked; tick rows in Runs (filter, "
+        "sort, page) to pick any other.")
 
 
 def picked() -> list[str]:

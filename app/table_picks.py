@@ -47,6 +47,26 @@ def clicked_column() -> str | None:
     return columns[0] if columns else None
 
 
+def clicked_cell() -> tuple[int, str] | None:
+    """The cell the user just clicked (row position, column name), or None."""
+    try:
+        cells = list(st.session_state[KEY]["selection"]["cells"])
+    except (KeyError, TypeError):
+        return None
+    if not cells:
+        return None
+    row, column = cells[0]
+    return int(row), str(column)
+
+
+def forget_cell() -> None:
+    """Clear the clicked cell (it was acted on), keeping the ticks."""
+    state = st.session_state.get(KEY)
+    if state is not None:
+        st.session_state[KEY] = {"selection": {"rows": _rows(state), "columns": [],
+                                               "cells": []}}
+
+
 def sync_table(ids: list[str], picked: list[str]) -> None:
     """Tick exactly the picked runs among ``ids`` (the table's rows, in order), no
     column selected."""

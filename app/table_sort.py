@@ -1,5 +1,5 @@
 """The runs table's order: a click on a column header sorts by that column, here on the
-server; a second click reverses it, a third goes back to newest first.
+server over every run; a second click reverses it, a third goes back to newest first.
 
 The grid's own header sort compares a NaN cell as the text "NaN" against numbers, which
 is neither above nor below them, so a run whose loss is NaN could land first, as the best
@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import math
 
-import streamlit as st
-
-KEY = "runs_sort"   # session state: (column, descending) or None (newest first)
 ARROWS = {False: "↑", True: "↓"}
 
 
@@ -34,19 +31,14 @@ def order(values: list, descending: bool = False) -> list[int]:
         i for i, v in enumerate(values) if _missing(v) == 2]
 
 
-def clicked(column: str | None) -> tuple[str, bool] | None:
-    """Take a header click into the sort state and return the state: the column and
-    whether descending, or None for newest first."""
-    state = st.session_state.get(KEY)
-    if column is not None:
-        if state is None or state[0] != column:
-            state = (column, False)
-        elif not state[1]:
-            state = (column, True)
-        else:
-            state = None
-        st.session_state[KEY] = state
-    return state
+def clicked(state: tuple[str, bool] | None, column: str) -> tuple[str, bool] | None:
+    """The sort after a click on ``column``'s header, from ``state`` (column, whether
+    descending; None: newest first): ascending, then descending, then newest first."""
+    if state is None or state[0] != column:
+        return (column, False)
+    if not state[1]:
+        return (column, True)
+    return None
 
 
 def label(column: str, state: tuple[str, bool] | None) -> str:

@@ -242,7 +242,10 @@ def test_ticks_follow_run_ids_when_a_new_run_arrives_on_top(explored, monkeypatc
     # A trainer starts a run: it is created before its first epoch, on top of the table.
     growing = Store.open(str(copy))
     newest = growing.create_run("newest", tiny_config().to_dict(), {"bundled": 143})
-    st.cache_data.clear()  # as the run list's 2 s cache runs out
+    # As the run list's 2 s wait runs out and the store is asked again what changed
+    # (app/run_list.py), its rows are read anew.
+    st.cache_data.clear()
+    st.cache_resource.clear()
     at.run()  # what the page's refresh does
     now = at.dataframe[0].value["id"].tolist()
     assert now[0] == newest and now[1:] == shown

@@ -37,8 +37,9 @@ def test_explorer_reads_while_a_trainer_writes_and_the_run_finishes(tmp_path, ap
     seen, rounds = set(), 0
     try:
         while trainer.poll() is None:
-            # The uncached functions under the app's caches: every call reads the file.
-            for run in app_reads.runs.__wrapped__(url):
+            # The uncached functions under the app's caches: every call reads the file
+            # (a run list of its own, read whole: app/run_list.py).
+            for run in app_reads.RunList(app_reads.store.__wrapped__(url)).rows(()):
                 seen.add(run["display_status"])
                 app_reads.epochs.__wrapped__(url, run["run_id"], run["version"])
                 span = app_reads.step_span.__wrapped__(url, run["run_id"], run["version"])

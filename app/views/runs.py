@@ -1,151 +1,156 @@
-"""Runs overview: every run with status, progress, losses, config, flags; tick to compare."""
+"""Runs overview: every run, filtered, sorted and paged on the server; columns of choice;
+a click on a name opens its detail; tick rows to compare."""
 
 from __future__ import annotations
 
-import re
+import math
 
-import pandas as pd
 import streamlit as st
 
 import filters
 import formats
+import link
 import live
 import reads
+import runs_table
+import runs_view
 import sidebar
 import table_picks
 import table_sort
+from runs_table import STATUS_COLORS, STATUSES
 
-STATUSES = ["running", "stale", "crashed", "finished", "interrupted", "failed", "imported"]
-STATUS_COLORS = ["#1f77b4", "#b07aa1", "#d62728", "#2ca02c", "#ff7f0e", "#8c564b",
-                 "#7f7f7f"]
 ROW_PX, MAX_ROWS_SHOWN = 35, 20
+DETAIL = "detail"   # the link column's header
 
 st.title("Runs")
 url = sidebar.database_url()
 thresholds = sidebar.thresholds()
-all_runs = reads.runs(url, thresholds)
-if not all_runs:
+if not reads.runs(url, thresholds):
     st.info(f"No runs in `{url}` yet. {reads.FIRST_RUN_HELP}")
     st.stop()
+every = runs_table.every_run(url, thresholds, reads.run_list(url).generation)
+view, from_url = runs_view.start()
+choosable = [c for c in every.columns if c != "name"]
+shown_by_default = [c for c in runs_table.DEFAULT_COLUMNS if c in every.columns
+                    and (c != "world_size" or any(v is not None
+                                                  for v in every.values["world_size"]))]
+if from_url or "runs_columns" not in st.session_state:
+    st.session_state["runs_columns"] = [c for c in (view["cols"] or shown_by_default)
+                                        if c in every.columns and c != "name"]
 
-left, right = st.columns([2, 3])
-shown_statuses = left.multiselect("Status", STATUSES, default=STATUSES, key="status_filter")
-text = right.text_input(
+top = st.container(horizontal=True, wrap=True, gap="small")
+statuses = top.multiselect("Status", STATUSES, key="status_filter", width=340)
+tags = top.multiselect("Tags", sorted({*every.tags, *view["tag"]}), key="tag_filter",
+                       width=220, placeholder="any",
+                       help="Runs that have every tag picked (`hlbd tag RUN_ID TAG`).")
+text = top.text_input(
     "Filter", placeholder="e.g. basics  lr<0.01  batch_size = 16", key="text_filter",
-    help="Words match the name, id or a dataset; `key<value`, `key=value`, `key!=value` "
-         "(also <=, >, >=; spaces around them are fine) compare a column, its spaces "
-         "written as _ (last_loss, best_loss, max_grad_norm, batch_size, world_size, "
-         "epochs, ...), or a config key (lr, seed, ...). All terms must hold.")
+    width="stretch",
+    help="Words match the name, id, a dataset, a tag or the notes; `key<value`, "
+         "`key=value`, `key!=value` (also <=, >, >=; spaces around them are fine) compare "
+         "a column, its spaces written as _ (last_loss, best_val_loss, max_grad_norm, "
+         "batch_size, world_size, epochs, ...), or a config key (lr, seed, split.seed, "
+         "...). All terms must hold.")
+columns = st.multiselect(
+    "Columns", choosable, key="runs_columns", format_func=lambda c: every.columns[c].label,
+    help="Any summary or config key, in the order picked (the name stays first). "
+         "Remove one and add it again to move it to the end.")
 
+clicked = table_picks.clicked_column()
+sort = view["sort"] if view["sort"] and view["sort"][0] in every.columns else None
+by_label = {c.label: c.id for c in every.columns.values()}
+if clicked in by_label:   # (not the link column's header)
+    sort = table_sort.clicked(sort, by_label[clicked])
+runs_view.put(view, q=text, status=list(statuses), tag=list(tags), sort=sort,
+              cols=None if columns == shown_by_default else list(columns),
+              per=st.session_state.get("runs_per_page", view["per"]))
 
-def fields(run: dict) -> dict:
-    """What a filter term can name: the table's columns (last loss as last_loss,
-    duration (min) as duration_min) and the run's config."""
-    out = {k: v for k, v in (run["config"] or {}).items() if not isinstance(v, dict | list)}
-    out.update({re.sub(r"[^\w/]+", "_", k).strip("_"): v for k, v in row(run).items()})
-    return out
-
-
-def matches(run: dict, wanted: filters.Filter) -> bool:
-    if run["display_status"] in STATUSES and run["display_status"] not in shown_statuses:
-        return False
-    haystack = " ".join([run["name"], run["run_id"], *run["dataset_stats"]])
-    return filters.matches(wanted, haystack, fields(run))
-
-
-def progress(run: dict) -> str:
-    done, planned = run["epochs"], run["planned_epochs"]
-    if planned and run["display_status"] in ("running", "stale", "crashed", "interrupted",
-                                             "failed"):
-        return f"epoch {done} of {planned}"
-    return f"{done} of {planned}" if planned else str(done)
-
-
-def row(run: dict) -> dict:
-    config = run["config"] or {}
-    return {
-        "name": run["name"], "status": run["display_status"], "progress": progress(run),
-        "started (UTC)": run["started"], "duration (min)": (
-            run["duration"] / 60 if run["duration"] is not None else None),
-        "epochs": run["epochs"], "last loss": run["last_loss"],
-        "best loss": run["best_loss"], "max grad norm": run["max_grad_norm"],
-        "NaN/Inf steps": run["nonfinite_steps"], "anomalies": run["anomalies"],
-        "lr": config.get("lr"), "batch size": config.get("batch_size"),
-        "world size": config.get("world_size"),
-        "datasets": ", ".join(run["dataset_stats"]), "source": run["source"],
-        "id": run["run_id"],
-    }
-
-
-def table(runs: list[dict]) -> pd.DataFrame:
-    rows = [row(r) for r in runs]
-    frame = pd.DataFrame({
-        "name": [r["name"] for r in rows],
-        "status": [[r["status"]] for r in rows],
-        "progress": [r["progress"] for r in rows],
-        "started (UTC)": pd.Series([r["started (UTC)"] for r in rows],
-                                   dtype="datetime64[us]"),
-        **{c: formats.measured([r[c] for r in rows])
-           for c in ("duration (min)", "last loss", "best loss", "max grad norm", "lr")},
-        **{c: formats.counted([r[c] for r in rows])
-           for c in ("epochs", "NaN/Inf steps", "anomalies", "batch size")},
-        "world size": formats.counted([r["world size"] for r in rows]),
-        "datasets": [r["datasets"] for r in rows],
-        "source": [r["source"] for r in rows],
-        "id": [r["id"] for r in rows],
-    })
-    order = ["name", "status", "progress", "started (UTC)", "duration (min)", "epochs",
-             "last loss", "best loss", "max grad norm", "NaN/Inf steps", "anomalies", "lr",
-             "batch size", "world size", "datasets", "source", "id"]
-    if all(r["world size"] is None for r in rows):
-        order.remove("world size")
-    return frame[order]
-
-
-wanted = filters.parse(text, {k for r in all_runs for k in fields(r)})
+wanted = filters.parse(view["q"], every.filter_keys)
 if wanted.problems:
     st.warning("Left out of the filter (the table shows what the other terms keep): "
                + "; ".join(wanted.problems))
-runs = [r for r in all_runs if matches(r, wanted)]
-sort = table_sort.clicked(table_picks.clicked_column())
-if sort is not None:
-    runs = [runs[i] for i in table_sort.order([row(r).get(sort[0]) for r in runs], sort[1])]
-ids = [r["run_id"] for r in runs]
+positions = runs_table.ordered(every, runs_table.chosen(every, statuses, tags, wanted), sort)
+pages = max(1, math.ceil(len(positions) / view["per"]))
+if view["page"] > pages:
+    runs_view.put(view, page=pages)
+    runs_view.move_pager()
+table_slot = st.empty()
+bottom = st.container(horizontal=True, wrap=True, vertical_alignment="center")
+page = (bottom.pagination(pages, default=view["page"], key=runs_view.pager_key())
+        if pages > 1 else 1)
+bottom.selectbox("Rows per page", runs_view.PAGE_SIZES, key="runs_per_page",
+                 width=120, label_visibility="collapsed",
+                 format_func=lambda n: f"{n} rows per page")
+runs_view.put(view, page=page)
+first = (page - 1) * view["per"]
+shown = positions[first:first + view["per"]]
+ids = [every.run_ids[i] for i in shown]
+
+# A click on a run's name opens its detail page here (Back comes back to this view).
+cell = table_picks.clicked_cell()
+if cell is not None and cell[1] == "name" and cell[0] < len(st.session_state.get(
+        "runs_table_ids", [])):
+    link.put("run", st.session_state["runs_table_ids"][cell[0]])
+    table_picks.forget_cell()
+    runs_view.write(view)
+    # The detail page's own link goes with the switch: the browser gets one history
+    # entry for it, so one Back comes here (the page would rewrite the URL, a second).
+    st.session_state["link_page"] = "run"
+    st.switch_page("views/run.py", query_params=link.url_params(
+        "run", sidebar.picked(), every.run_ids, dict(thresholds),
+        reads.threshold_defaults()))
+
 table_picks.sync_table(ids, sidebar.picked())
-frame = table(runs)
-columns = {
+frame = runs_table.frame(every, shown, ["name", *columns])
+frame.insert(1, DETAIL, [f"run?run={i}" for i in ids])
+config = {
+    "name": st.column_config.TextColumn(pinned=True, help="click a name to open the run"),
+    DETAIL: st.column_config.LinkColumn(pinned=True, display_text="open ↗", width=70,
+                                        help="the run's detail page, in a new tab"),
     "status": st.column_config.MultiselectColumn(
         options=STATUSES, color=STATUS_COLORS, width="small",
         help="stale: no heartbeat for 2 minutes; crashed: its process is gone"),
     "progress": st.column_config.TextColumn(help="epochs recorded of the planned total"),
     "started (UTC)": st.column_config.DatetimeColumn(
         format="YYYY-MM-DD HH:mm:ss", help="not recorded: an imported run"),
+    "finished (UTC)": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss"),
+    "last heartbeat (UTC)": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss"),
     "duration (min)": formats.number_column(
         help="time its segments ran (a live one: until now)"),
-    **{c: formats.number_column() for c in ("last loss", "best loss", "max grad norm",
-                                            "lr")},
+    "best val loss": formats.number_column(help="lowest val_loss of its evaluations"),
+    "best exact": formats.number_column(help="highest val/exact (greedy exact match)"),
     "anomalies": st.column_config.NumberColumn(
         help="flags the anomaly rules raise on the epoch records (thresholds in "
              "the sidebar)"),
+    "tags": st.column_config.ListColumn(help="`hlbd tag RUN_ID TAG...`"),
+    "notes": st.column_config.TextColumn(width="medium", help="`hlbd note RUN_ID TEXT`"),
     "id": st.column_config.TextColumn(width="large", help="the full run id (copy a "
                                                            "cell with Ctrl+C)"),
 }
-columns = formats.with_widths(columns, formats.missing_widths(frame))
-if sort is not None and sort[0] in frame.columns:
-    columns[sort[0]] = {**columns.get(sort[0], st.column_config.Column()),
-                        "label": table_sort.label(sort[0], sort)}
-st.dataframe(
-    # Header clicks select a column (the grid then leaves sorting to us: table_sort).
+config.update({c: formats.number_column() for c in frame.columns
+               if c not in config and runs_table.MEASURED == next(
+                   (k.kind for k in every.columns.values() if k.label == c), None)})
+config = formats.with_widths(config, formats.missing_widths(frame))
+if sort is not None:
+    label = every.columns[sort[0]].label
+    if label in frame.columns:
+        config[label] = {**config.get(label, st.column_config.Column()),
+                         "label": table_sort.label(label, (label, sort[1]))}
+table_slot.dataframe(
+    # Header clicks select a column (the grid then leaves sorting to us: table_sort);
+    # a click on a name selects that cell (and opens the run).
     frame, key=table_picks.KEY, on_select="rerun",
-    selection_mode=["multi-row", "single-column"],
+    selection_mode=["multi-row", "single-column", "single-cell"],
     hide_index=True, width="stretch", placeholder=formats.NOT_RECORDED,
     # The header and the rows; with none, the grid still draws one ("empty").
-    height=ROW_PX * (min(max(len(runs), 1), MAX_ROWS_SHOWN) + 1) + 3,
-    column_config=columns)
-order = (f"sorted by {sort[0]}, {'descending' if sort[1] else 'ascending'}, NaN and not "
-         "recorded last (click its header again to reverse it, a third time for newest "
-         "first)" if sort is not None else
-         "newest first (click a column header to sort by it)")
-st.caption(f"{len(runs)} of {len(all_runs)} runs, {order}. Tick rows to compare them (or "
-           "pick runs in the sidebar), then open Compare.")
+    height=ROW_PX * (min(max(len(shown), 1), MAX_ROWS_SHOWN) + 1) + 3,
+    column_config=config)
+order = (f"sorted by {every.columns[sort[0]].label}, "
+         f"{'descending' if sort[1] else 'ascending'}, NaN and not recorded last (click "
+         "its header again to reverse it, a third time for newest first)"
+         if sort is not None else "newest first (click a column header to sort by it)")
+rows = f"rows {first + 1}-{first + len(shown)}, " if pages > 1 else ""
+bottom.caption(f"{len(positions)} of {len(every.run_ids)} runs, {rows}{order}. Tick rows "
+               "to compare them (or pick runs in the sidebar), then open Compare.")
+runs_view.write(view)
 live.watch(url, thresholds)

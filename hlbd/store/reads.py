@@ -3,6 +3,7 @@ as plain dicts (never ORM objects), the effective history unless asked otherwise
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Sequence
@@ -91,6 +92,55 @@ class Reads:
             if r["best_loss"] is None and r["epochs"]:
                 r["best_loss"] = math.nan
         return [_decode_run(r) for r in rows]
+
+    def change_marks(self) -> tuple:
+        """What changes whenever any run is written: the number of runs, segments and
+        epochs, the newest run, heartbeat, finish and epoch times, how many runs have
+        each status, how many held-out values (``val_loss``, ``val/exact``) are in effect,
+        and a digest of every run's tags and notes (which change without a time). Equal
+        marks: what list_runs returns is the same, except the live status of a running
+        run, which ages (live_status). A few aggregates: cheap to ask every few seconds."""
+        with self.engine.connect() as conn:
+            runs = conn.execute(select(func.count(), func.max(Run.created_at),
+                                       func.max(Run.heartbeat_at),
+                                       func.max(Run.finished_at))).one()
+            statuses = conn.execute(select(Run.status, func.count()).group_by(Run.status)
+                                    .order_by(Run.status)).all()
+            segments = conn.execute(select(func.count()).select_from(Segment)).scalar()
+            epochs = conn.execute(select(func.count(), func.max(Epoch.recorded_at))).one()
+            held_out = conn.execute(select(func.count()).select_from(Point).where(
+                Point.scope == "epoch", Point.superseded_by.is_(None),
+                Point.key.in_(("val_loss", "val/exact")))).scalar()
+            said = conn.execute(select(Run.run_id, Run.tags, Run.notes)
+                                .where((Run.tags.is_not(None)) | (Run.notes.is_not(None)))
+                                .order_by(Run.run_id)).all()
+        digest = hashlib.sha256(json.dumps([list(r) for r in said]).encode()).hexdigest()
+        return (*runs, tuple(map(tuple, statuses)), segments, *epochs, held_out, digest)
+
+    def effective_epochs(self, run_ids: Sequence[str]) -> dict[str, list[dict]]:
+        """The effective epochs of several runs (as ``epochs`` returns them), by run, in
+        a query per 500 runs rather than one per run."""
+        out: dict[str, list[dict]] = {run_id: [] for run_id in run_ids}
+        with self.engine.connect() as conn:
+            for part in _parts(list(out)):
+                query = (select(Epoch).where(Epoch.run_id.in_(part),
+                                             Epoch.superseded_by.is_(None))
+                         .order_by(Epoch.run_id, Epoch.epoch, Epoch.segment))
+                for r in conn.execute(query).mappings():
+                    out[r["run_id"]].append(join_nans(dict(r), "epochs"))
+        return out
+
+    def epoch_values_of(self, run_ids: Sequence[str], key: str) -> dict[str, dict[int, float]]:
+        """``epoch_values(run_id, key)`` of several runs, by run, read together."""
+        out: dict[str, dict[int, float]] = {run_id: {} for run_id in run_ids}
+        with self.engine.connect() as conn:
+            for part in _parts(list(out)):
+                query = select(Point.run_id, Point.epoch, Point.value, Point.value_is_nan).where(
+                    Point.run_id.in_(part), Point.key == key, Point.scope == "epoch",
+                    Point.superseded_by.is_(None))
+                for run_id, epoch, value, is_nan in conn.execute(query):
+                    out[run_id][epoch] = join_nan(value, bool(is_nan))
+        return out
 
     def epochs(self, run_id: str, *, include_superseded: bool = False) -> list[dict]:
         """Per-epoch rows of a run in epoch order (effective history unless asked)."""
@@ -253,6 +303,12 @@ class Reads:
             query = query.where(Anomaly.superseded_by.is_(None))
         with self.engine.connect() as conn:
             return [join_nans(dict(r), "anomalies") for r in conn.execute(query).mappings()]
+
+
+def _parts(items: list, size: int = 500) -> list[list]:
+    """``items`` in slices of ``size`` (a bound parameter each, below every driver's
+    limit)."""
+    return [items[i:i + size] for i in range(0, len(items), size)]
 
 
 def _latest_segment_columns():
