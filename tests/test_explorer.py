@@ -11,7 +11,16 @@ import pytest
 import streamlit as st
 from helpers.backends import rows, sqlite_only
 from helpers.colour import THEME_BACKGROUNDS, blend, contrast
-from helpers.explorer import APP, chart_spec, charts, column_formats, compare, open_app
+from helpers.explorer import (
+    APP,
+    chart_spec,
+    charts,
+    column_formats,
+    compare,
+    open_app,
+    slide,
+    slider_value,
+)
 from helpers.procs import kill_hard, spawn_hlbd, wait_until
 from helpers.tiny import tiny_config, tiny_flags
 from streamlit.testing.v1 import AppTest
@@ -541,7 +550,7 @@ def test_a_run_keeps_its_colour_whichever_runs_are_picked(explored, monkeypatch)
 def test_every_line_of_a_run_stands_3_to_1_on_light_and_dark_pages(explored, monkeypatch):
     db, ids, _ = explored
     at = compare(open_app(monkeypatch, db), [ids["baseline"], ids["faster"]])
-    at.slider(key="smoothing").set_value(0.6).run()  # a raw line under the smoothed one
+    slide(at, "smoothing", 0.6)  # a raw line under the smoothed one
     for chart in charts(at).values():
         for mark in chart.marks():
             if mark["type"] not in ("line", "rule"):
@@ -571,7 +580,7 @@ def test_smoothing_draws_over_the_faint_raw_line_and_never_touches_the_lr(explor
                                                                           monkeypatch):
     db, ids, store = explored
     at = compare(open_app(monkeypatch, db), [ids["baseline"]])
-    at.slider(key="smoothing").set_value(0.6).run()
+    slide(at, "smoothing", 0.6)
     drawn = charts(at)
     loss = drawn["Loss"]
     lines = [m for m in loss.marks() if m["type"] == "line"]
@@ -609,14 +618,14 @@ def test_a_link_reproduces_the_compare_view_and_follows_changes(explored, monkey
     assert not at.exception
     assert at.session_state["picked"] == [ids["faster"], ids["baseline"]]
     assert at.button_group(key="x_axis").value == "step"
-    assert at.slider(key="smoothing").value == 0.5
+    assert slider_value(at, "smoothing") == 0.5
     assert at.number_input(key="threshold_grad_explode").value == 5.0
     drawn = charts(at)
     assert list(drawn) == ["Loss", "Learning rate"]
     assert drawn["Loss"].y_scale()["type"] == "log"
     # Changing the view rewrites the link.
     at.button_group(key="x_axis").set_value("wall").run()
-    at.slider(key="smoothing").set_value(0.0).run()
+    slide(at, "smoothing", 0.0)
     params = dict(at.query_params)
     assert params["x"] == "wall" and "smooth" not in params
     assert params["runs"] == f"{ids['faster'][:8]},{ids['baseline'][:8]}"

@@ -8,6 +8,7 @@ import pandas as pd
 import streamlit as st
 
 import charts
+import debounced_slider
 import formats
 import link
 import live
@@ -38,37 +39,46 @@ if not chosen:
             if runs else f"No runs in `{url}` yet. {reads.FIRST_RUN_HELP}")
     st.stop()
 
-# The controls wrap onto more lines as the page narrows (an 800 px window, the sidebar
-# open), never cut: each takes its own width in a row that wraps; the pills fill theirs.
-top = st.container(horizontal=True, wrap=True, gap="medium")
-x_axis = top.segmented_control("x axis", list(series.X_AXES), format_func=series.X_AXES.get,
-                               default=link.get("x"), key="x_axis") or link.get("x")
-if x_axis != link.get("x"):
-    link.put("range", None)  # a zoom in epochs means nothing in steps
-link.put("x", x_axis)
-link.put("smooth", top.slider(
-    "Smoothing of loss and grad norm", 0.0, 0.99, link.get("smooth"), 0.01,
-    key="smoothing", width=SLIDER_PX,
-    help="TensorBoard's debiased EMA (0 = off), drawn over the raw line. The LR is never "
-         "smoothed."))
-link.put("robust", top.toggle(
-    "Robust y range", value=link.get("robust"), key="robust",
-    help="Fit the y range to the calm runs: a run whose typical values are more than 10 "
-         "times the calmest run's has exploded and no longer flattens the others; its "
-         "points beyond the range are marked on the chart's edge. Never applied to the "
-         "LR, token accuracy or tokens/s."))
-# The recorded metrics, then every name a picked run logged of its own (lr/1, eval/loss).
-own = sorted({POINT + key for r in chosen
-              for key in reads.point_keys(url, r["run_id"], r["version"])})
-available = [*charts.METRICS, *own]
-link.put("charts", st.pills(
-    "Charts", available, selection_mode="multi",
-    default=[m for m in link.get("charts") if m in available],
-    format_func=charts.title, key="metrics", width="stretch") or [])
-link.put("log", st.pills(
-    "Log scale", link.get("charts"), selection_mode="multi",
-    default=[m for m in link.get("log") if m in link.get("charts")],
-    format_func=charts.title, key="log_scale", width="stretch") or [])
+
+def controls(chosen: list[dict]) -> list[str]:
+    """The row of controls over the charts (into the link); returns the charts a user
+    can pick."""
+    # The controls wrap onto more lines as the page narrows (an 800 px window, the
+    # sidebar open), never cut: each takes its own width in a row that wraps; the pills
+    # fill theirs.
+    top = st.container(horizontal=True, wrap=True, gap="medium")
+    x_axis = top.segmented_control("x axis", list(series.X_AXES),
+                                   format_func=series.X_AXES.get, default=link.get("x"),
+                                   key="x_axis") or link.get("x")
+    if x_axis != link.get("x"):
+        link.put("range", None)  # a zoom in epochs means nothing in steps
+    link.put("x", x_axis)
+    with top:
+        link.put("smooth", round(debounced_slider.slider(
+            "Smoothing of loss and grad norm", 0.0, 0.99, link.get("smooth"), 0.01,
+            key="smoothing", width=SLIDER_PX,
+            help="TensorBoard's debiased EMA (0 = off), drawn over the raw line. The LR "
+                 "is never smoothed."), 2))
+    link.put("robust", top.toggle(
+        "Robust y range", value=link.get("robust"), key="robust",
+        help="Fit the y range to the calm runs: a run whose typical values are more than "
+             "10 times the calmest run's has exploded and no longer flattens the others; "
+             "its points beyond the range are marked on the chart's edge. Never applied "
+             "to the LR, token accuracy or tokens/s."))
+    # The recorded metrics, then every name a picked run logged of its own (lr/1,
+    # eval/loss).
+    own = sorted({POINT + key for r in chosen
+                  for key in reads.point_keys(url, r["run_id"], r["version"])})
+    available = [*charts.METRICS, *own]
+    link.put("charts", st.pills(
+        "Charts", available, selection_mode="multi",
+        default=[m for m in link.get("charts") if m in available],
+        format_func=charts.title, key="metrics", width="stretch") or [])
+    link.put("log", st.pills(
+        "Log scale", link.get("charts"), selection_mode="multi",
+        default=[m for m in link.get("log") if m in link.get("charts")],
+        format_func=charts.title, key="log_scale", width="stretch") or [])
+    return available
 
 
 def zoom_from_chart() -> None:
@@ -157,9 +167,22 @@ def _cell(value) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-with reads.errors_shown():
-    zoom_from_chart()
-    x_range = link.get("range")
+@st.fragment
+def chart_part() -> None:
+    """The controls and the charts: a change to either reruns this part alone, not the
+    page (the sidebar, the tables below), and brings the link up to date itself."""
+    with reads.errors_shown():
+        available = controls(chosen)
+        zoom_from_chart()
+        draw_charts(available)
+    # A fragment's rerun does not reach main.py's own write_url (a full run writes the
+    # same link twice; the second finds nothing to change).
+    link.write_url("compare", sidebar.picked(), list(runs), dict(thresholds),
+                   reads.threshold_defaults())
+
+
+def draw_charts(available: list[str]) -> None:
+    x_axis, x_range = link.get("x"), link.get("range")
     colors = charts.colors({r["run_id"]: r["rank"] for r in runs.values()},
                            [r["run_id"] for r in chosen])
     spec, series = chart(
@@ -169,30 +192,33 @@ with reads.errors_shown():
         link.get("smooth"), tuple(link.get("log")), link.get("robust"), thresholds)
     if spec is None:
         st.info("Pick at least one chart above.")
-    else:
-        charts.draw(spec, key="charts", hidden=hidden_in_legend())
-        notes = [("Drag across a chart to zoom all of them (double-click: back); hover for "
-                 "every run's value; click a legend entry to hide that run (again: show "
-                 "it)."),
-                 ("Triangles on the top edge: NaN/Inf (the line breaks there). Filled "
-                 "diamonds on the bottom edge: anomaly flags. Dashed lines: resumes.")]
-        if x_axis == "step" and any(s.buckets is not None and len(s.buckets)
-                                    and s.buckets["width"].iloc[0] > 1 for s in series):
-            width = next(s.buckets["width"].iloc[0] for s in series
-                         if s.buckets is not None and len(s.buckets))
-            notes.append(f"Steps are shown in buckets of {width:,} (about "
-                         f"{points_per_run(len(series)):,} points per run; zoom in for "
-                         "detail): each point is a bucket's mean, the band its min and max.")
-        if x_axis == "wall":
-            notes.append("Per-step rows carry no timestamp, so wall time is drawn from the "
-                         "epoch records (when each epoch was recorded).")
-        if x_range:
-            notes.append(f"Zoomed to {x_range[0]:.6g} – {x_range[1]:.6g}.")
-        st.caption(" ".join(notes))
+        return
+    charts.draw(spec, key="charts", hidden=hidden_in_legend())
+    notes = [("Drag across a chart to zoom all of them (double-click: back); hover for "
+             "every run's value; click a legend entry to hide that run (again: show "
+             "it)."),
+             ("Triangles on the top edge: NaN/Inf (the line breaks there). Filled "
+             "diamonds on the bottom edge: anomaly flags. Dashed lines: resumes.")]
+    if x_axis == "step" and any(s.buckets is not None and len(s.buckets)
+                                and s.buckets["width"].iloc[0] > 1 for s in series):
+        width = next(s.buckets["width"].iloc[0] for s in series
+                     if s.buckets is not None and len(s.buckets))
+        notes.append(f"Steps are shown in buckets of {width:,} (about "
+                     f"{points_per_run(len(series)):,} points per run; zoom in for "
+                     "detail): each point is a bucket's mean, the band its min and max.")
+    if x_axis == "wall":
+        notes.append("Per-step rows carry no timestamp, so wall time is drawn from the "
+                     "epoch records (when each epoch was recorded).")
+    if x_range:
+        notes.append(f"Zoomed to {x_range[0]:.6g} – {x_range[1]:.6g}.")
+    st.caption(" ".join(notes))
 
-    flags = [dict(run=s.label, **{k: f[k] for k in ("epoch", "step", "rule", "value",
-                                                     "threshold", "message")})
-             for s in series for f in s.flags]
+
+chart_part()
+with reads.errors_shown():
+    flags = [dict(run=sidebar.label(r), **{k: f[k] for k in ("epoch", "step", "rule", "value",
+                                                            "threshold", "message")})
+             for r in chosen for f in reads.flags(url, r["run_id"], r["version"], thresholds)]
     st.subheader(f"Anomalies ({len(flags)})")
     if flags:
         formats.show(formats.table(flags, ("value", "threshold")), hide_index=True,
