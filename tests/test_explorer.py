@@ -632,6 +632,22 @@ def test_a_link_reproduces_the_compare_view_and_follows_changes(explored, monkey
     assert params["grad_explode"] == "5"
 
 
+def test_the_reset_zoom_button_brings_back_the_whole_x_range(explored, monkeypatch):
+    db, ids, _ = explored
+    monkeypatch.setenv("HLBD_DB", str(db))
+    at = AppTest.from_file(str(APP), default_timeout=60)
+    at.query_params.update({"runs": ids["baseline"][:8], "x": "step", "range": "2,5"})
+    at.run()
+    at.switch_page("views/compare.py").run()
+    zoomed = charts(at)["Loss"].points
+    assert zoomed["x"].between(2, 5).all()
+    assert not at.button(key="reset_zoom").disabled
+    at.button(key="reset_zoom").click().run()
+    assert "range" not in dict(at.query_params)
+    assert charts(at)["Loss"].points["x"].max() > 5
+    assert at.button(key="reset_zoom").disabled  # nothing left to reset
+
+
 def test_a_link_names_runs_hidden_in_the_legend_and_keeps_naming_them(explored,
                                                                       monkeypatch):
     db, ids, store = explored

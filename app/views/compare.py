@@ -59,6 +59,10 @@ def controls(chosen: list[dict]) -> list[str]:
             key="smoothing", width=SLIDER_PX,
             help="TensorBoard's debiased EMA (0 = off), drawn over the raw line. The LR "
                  "is never smoothed."), 2))
+    # Next to the double-click on a chart, a button that says it.
+    top.button("Reset zoom", key="reset_zoom", disabled=link.get("range") is None,
+               on_click=link.put, args=("range", None),
+               help="Back to the whole x range (as a double-click on a chart).")
     link.put("robust", top.toggle(
         "Robust y range", value=link.get("robust"), key="robust",
         help="Fit the y range to the calm runs: a run whose typical values are more than "
@@ -172,8 +176,8 @@ def chart_part() -> None:
     """The controls and the charts: a change to either reruns this part alone, not the
     page (the sidebar, the tables below), and brings the link up to date itself."""
     with reads.errors_shown():
+        zoom_from_chart()  # first: the reset button shows whether a zoom is on
         available = controls(chosen)
-        zoom_from_chart()
         draw_charts(available)
     # A fragment's rerun does not reach main.py's own write_url (a full run writes the
     # same link twice; the second finds nothing to change).
