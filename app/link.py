@@ -6,7 +6,8 @@ match them, so copying it from the address bar reproduces the page.
 
 Parameters: ``runs`` (ids or unique prefixes, comma-separated), ``x`` (epoch, step,
 wall), ``smooth`` (0 to 0.99), ``charts`` and ``log`` (metric names), ``robust=0``
-(plain y range), ``range=LO,HI`` (x zoom), ``hide`` (runs hidden through the legend,
+(plain y range), ``y=loss:0:5;lr::0.01`` (y ranges set per chart, an end left empty
+where the values reach), ``range=LO,HI`` (x zoom), ``hide`` (runs hidden through the legend,
 like ``runs``), ``run`` (the Run detail page's run) and
 any anomaly threshold by name (``grad_explode=5``) that differs from its default.
 Values that cannot be read are ignored, never guessed.
@@ -52,6 +53,7 @@ def start(metrics: tuple[str, ...], threshold_defaults: dict) -> None:
             # The recorded metrics, and names of runs' own (p:lr/1), checked once read.
             view[key] = [m for m in q.get(key, "").split(",")
                          if m in metrics or (m.startswith(POINT) and len(m) > len(POINT))]
+    view["y"] = y_ranges(q.get("y", ""), metrics)
     span = _floats(q.get("range", ""), 2)
     if span and span[0] < span[1]:
         view["range"] = tuple(span)
@@ -65,6 +67,33 @@ def start(metrics: tuple[str, ...], threshold_defaults: dict) -> None:
         else:
             view["thresholds"][name] = value[0]
     st.session_state["view"] = view
+
+
+def y_ranges(text: str, metrics: tuple[str, ...]) -> dict[str, list]:
+    """``y`` as written in a link, ``metric:low:high`` per chart joined by ``;`` (an end
+    left empty: where the values reach), as {metric: [low, high]}; what cannot be read
+    is left out."""
+    out = {}
+    for part in text.split(";"):
+        metric, *ends = part.rsplit(":", 2)
+        if len(ends) != 2 or not (metric in metrics or (metric.startswith(POINT)
+                                                        and len(metric) > len(POINT))):
+            continue
+        values = [None if not e else (_floats(e, 1) or [math.nan])[0] for e in ends]
+        if any(v is not None and not math.isfinite(v) for v in values) or values == [None, None]:
+            continue
+        if None not in values and not values[0] < values[1]:
+            continue
+        out[metric] = values
+    return out
+
+
+def y_text(ranges: dict[str, list]) -> str:
+    """y_ranges() written back for a link."""
+    def end(value: float | None) -> str:
+        return "" if value is None else repr(float(value))  # exactly as typed, read back
+
+    return ";".join(f"{m}:{end(lo)}:{end(hi)}" for m, (lo, hi) in ranges.items())
 
 
 def get(key: str):
@@ -104,6 +133,8 @@ def write_url(page: str, picked: list[str], all_ids: list[str], thresholds: dict
             params["log"] = ",".join(view["log"])
         if not view["robust"]:
             params["robust"] = "0"
+        if view["y"]:
+            params["y"] = y_text(view["y"])
         if view["range"]:
             params["range"] = ",".join(f"{v:.10g}" for v in view["range"])
         hidden = [i for i in all_ids if any(i.startswith(w) for w in view["hide"])]

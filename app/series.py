@@ -11,7 +11,7 @@ exploded run's points out and marks them on its edge. Built with pandas, column 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 import numpy as np
@@ -409,3 +409,23 @@ def _resumes(series, x_axis, scale, x_range) -> pd.DataFrame:
                         "what": f"resumed (segment {seg['segment']}) from the epoch "
                                 f"{seg['start_epoch']} checkpoint"})
     return pd.DataFrame(out, columns=["run", "x", "what"])
+
+
+def fixed_y_range(d: MetricData, low: float | None, high: float | None) -> MetricData:
+    """``d`` drawn in the y range a user set (either end None: where the values reach),
+    in place of the robust one; points beyond it are marked on its edge."""
+    columns = [c for c in ("value", "lo", "hi", "smooth") if c in d.points]
+    values = (pd.concat([d.points[c] for c in columns]).astype(float) if columns
+              else pd.Series(dtype=float))
+    values = values[np.isfinite(values)]
+    low = float(values.min()) if low is None and len(values) else low
+    high = float(values.max()) if high is None and len(values) else high
+    if low is None or high is None or not low < high:
+        return d
+    domain = [low, high]
+    clipped = _clipped(d.points, domain)
+    notes = [n for n in d.notes if not n.startswith("Robust y range")]
+    notes.append(f"Y range set to {low:.4g} to {high:.4g}" + (
+        f": {len(clipped)} point(s) beyond it are marked on its edge" if len(clipped)
+        else ""))
+    return replace(d, domain=domain, clipped=clipped, notes=notes)

@@ -648,6 +648,40 @@ def test_the_reset_zoom_button_brings_back_the_whole_x_range(explored, monkeypat
     assert at.button(key="reset_zoom").disabled  # nothing left to reset
 
 
+def test_a_chart_takes_a_y_range_set_by_hand_and_the_link_keeps_it(explored, monkeypatch):
+    db, ids, _ = explored
+    at = compare(open_app(monkeypatch, db), [ids["baseline"]])
+    values = charts(at)["Loss"].points["value"]
+    low, high = float(values.min()), float(values.median())
+    at.number_input(key="y_low_loss").set_value(low)
+    at.number_input(key="y_high_loss").set_value(high).run()
+    drawn = charts(at)
+    assert drawn["Loss"].y_scale()["domain"] == [low, high]
+    # The values above it are marked on the top edge, with their values; the other
+    # charts keep their own range.
+    clipped = drawn["Loss"].clipped
+    assert len(clipped) == (values > high).sum() > 0 and (clipped["edge"] > 0.5).all()
+    assert "domain" not in drawn["Learning rate"].y_scale()
+    assert "Y range set to" in drawn["Loss"].subtitle
+    assert dict(at.query_params)["y"] == f"loss:{low!r}:{high!r}"
+    # One end left empty: where the values reach.
+    at.number_input(key="y_low_loss").set_value(None).run()
+    assert charts(at)["Loss"].y_scale()["domain"] == [low, high]
+    assert dict(at.query_params)["y"] == f"loss::{high!r}"
+    # A start above the end is refused and said, not drawn.
+    at.number_input(key="y_low_loss").set_value(high + 1).run()
+    assert "domain" not in charts(at)["Loss"].y_scale()
+    assert any("start must be below its end" in w.value for w in at.warning)
+    # The link opens the view with the range set.
+    monkeypatch.setenv("HLBD_DB", str(db))
+    other = AppTest.from_file(str(APP), default_timeout=60)
+    other.query_params.update({"runs": ids["baseline"][:8], "y": f"loss::{high!r}"})
+    other.run()
+    other.switch_page("views/compare.py").run()
+    assert charts(other)["Loss"].y_scale()["domain"] == [low, high]
+    assert other.number_input(key="y_high_loss").value == high
+
+
 def test_a_link_names_runs_hidden_in_the_legend_and_keeps_naming_them(explored,
                                                                       monkeypatch):
     db, ids, store = explored

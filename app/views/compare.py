@@ -18,7 +18,7 @@ import sidebar
 import vega_component
 from hlbd.config import config_diff
 from hlbd.store.buckets import bucket_width
-from series import POINT, RunSeries, metric_data
+from series import POINT, RunSeries, fixed_y_range, metric_data
 
 # Step buckets per chart, shared by the picked runs, each getting at least / at most
 # POINTS_PER_RUN. A full-width plot is 850-1000 px wide on a 1400-1600 px window: 500
@@ -82,7 +82,32 @@ def controls(chosen: list[dict]) -> list[str]:
         "Log scale", link.get("charts"), selection_mode="multi",
         default=[m for m in link.get("log") if m in link.get("charts")],
         format_func=charts.title, key="log_scale", width="stretch") or [])
+    y_range_inputs()
     return available
+
+
+def y_range_inputs() -> None:
+    """Each picked chart's y range as the user sets it (an end left empty: where the
+    values reach), into the link; one that cannot be drawn says why and is not used."""
+    ranges = {}
+    with st.popover("Y range per chart"):
+        for m in link.get("charts"):
+            low, high = link.get("y").get(m, (None, None))
+            left, right = st.columns(2)
+            low = left.number_input(f"{charts.title(m)}: from", value=low, format="%g",
+                                    key=f"y_low_{m}", placeholder="automatic")
+            high = right.number_input("to", value=high, format="%g", key=f"y_high_{m}",
+                                      placeholder="automatic")
+            if low is None and high is None:
+                continue
+            if low is not None and high is not None and not low < high:
+                st.warning(f"{charts.title(m)}: the range's start must be below its end.")
+            elif m in link.get("log") and ((low is not None and low <= 0)
+                                           or (high is not None and high <= 0)):
+                st.warning(f"{charts.title(m)}: a log scale starts above 0.")
+            else:
+                ranges[m] = [low, high]
+    link.put("y", ranges)
 
 
 def zoom_from_chart() -> None:
@@ -138,12 +163,14 @@ def load_series(url: str, picked: tuple, x_axis: str, x_range, thresholds: tuple
 
 @st.cache_data(ttl=reads.RUN_TTL, max_entries=32, show_spinner=False)
 def chart(url: str, picked: tuple, x_axis: str, x_range, metrics: tuple, smoothing: float,
-          log: tuple, robust: bool, thresholds: tuple) -> tuple[dict | None, list]:
+          log: tuple, robust: bool, thresholds: tuple,
+          y_ranges: tuple = ()) -> tuple[dict | None, list]:
     """The charts' spec (None without metrics) and the series they draw.
 
     Cached across sessions and keyed by everything the charts show, the picked runs'
     versions included (``picked`` as in load_series): a new session opening the same
     link gets the spec built once, and a run with news is read and drawn anew.
+    ``y_ranges``: (metric, low, high) of the charts whose y range the user set.
     """
     own = tuple(m.removeprefix(POINT) for m in metrics
                 if m.startswith(POINT))
@@ -153,6 +180,8 @@ def chart(url: str, picked: tuple, x_axis: str, x_range, metrics: tuple, smoothi
     data = [metric_data(series, m, x_axis, title=charts.title(m), smoothing=smoothing,
                         log_scale=m in log, robust=robust, x_range=x_range)
             for m in metrics]
+    fixed = {m: (low, high) for m, low, high in y_ranges}
+    data = [fixed_y_range(d, *fixed[d.metric]) if d.metric in fixed else d for d in data]
     return charts.spec(data, series, x_axis, smoothing=smoothing, log_metrics=log), series
 
 
@@ -193,7 +222,8 @@ def draw_charts(available: list[str]) -> None:
         url, tuple((r["run_id"], r["version"], sidebar.label(r), r["created_at"],
                     colors[r["run_id"]]) for r in chosen),
         x_axis, x_range, tuple(m for m in available if m in link.get("charts")),
-        link.get("smooth"), tuple(link.get("log")), link.get("robust"), thresholds)
+        link.get("smooth"), tuple(link.get("log")), link.get("robust"), thresholds,
+        tuple((m, low, high) for m, (low, high) in link.get("y").items()))
     if spec is None:
         st.info("Pick at least one chart above.")
         return
