@@ -5,8 +5,8 @@ from then on the widgets own the values, and after every run the URL is rewritte
 match them, so copying it from the address bar reproduces the page.
 
 Parameters: ``runs`` (ids or unique prefixes, comma-separated), ``x`` (epoch, step,
-wall), ``smooth`` (0 to 0.99), ``charts`` and ``log`` (metric names), ``robust=0``
-(plain y range), ``y=loss:0:5;lr::0.01`` (y ranges set per chart, an end left empty
+wall, or a name the runs logged: p:tokens), ``smooth`` (0 to 0.99), ``charts`` and
+``log`` (metric names), ``robust=0`` (plain y range), ``y=loss:0:5;lr::0.01`` (y ranges set per chart, an end left empty
 where the values reach), ``range=LO,HI`` (x zoom), ``hide`` (runs hidden through the legend,
 like ``runs``), ``run`` (the Run detail page's run) and
 any anomaly threshold by name (``grad_explode=5``) that differs from its default.
@@ -41,7 +41,7 @@ def start(metrics: tuple[str, ...], threshold_defaults: dict) -> None:
     q = st.query_params
     view = {"runs": [w for w in q.get("runs", "").split(",") if w.strip()],
             "hide": [w for w in q.get("hide", "").split(",") if w.strip()],
-            "x": q.get("x") if q.get("x") in X_AXES else "epoch",
+            "x": q.get("x") if q.get("x") in X_AXES or _logged(q.get("x", "")) else "epoch",
             "smooth": 0.0, "charts": list(DEFAULT_CHARTS), "log": ["grad_norm"],
             "robust": q.get("robust") != "0", "range": None, "run": q.get("run"),
             "thresholds": {}}
@@ -51,8 +51,7 @@ def start(metrics: tuple[str, ...], threshold_defaults: dict) -> None:
     for key in ("charts", "log"):
         if key in q:
             # The recorded metrics, and names of runs' own (p:lr/1), checked once read.
-            view[key] = [m for m in q.get(key, "").split(",")
-                         if m in metrics or (m.startswith(POINT) and len(m) > len(POINT))]
+            view[key] = [m for m in q.get(key, "").split(",") if m in metrics or _logged(m)]
     view["y"] = y_ranges(q.get("y", ""), metrics)
     span = _floats(q.get("range", ""), 2)
     if span and span[0] < span[1]:
@@ -69,6 +68,11 @@ def start(metrics: tuple[str, ...], threshold_defaults: dict) -> None:
     st.session_state["view"] = view
 
 
+def _logged(name: str) -> bool:
+    """Whether ``name`` may be a name of a run's own (p:lr/1), checked once read."""
+    return name.startswith(POINT) and len(name) > len(POINT)
+
+
 def y_ranges(text: str, metrics: tuple[str, ...]) -> dict[str, list]:
     """``y`` as written in a link, ``metric:low:high`` per chart joined by ``;`` (an end
     left empty: where the values reach), as {metric: [low, high]}; what cannot be read
@@ -76,8 +80,7 @@ def y_ranges(text: str, metrics: tuple[str, ...]) -> dict[str, list]:
     out = {}
     for part in text.split(";"):
         metric, *ends = part.rsplit(":", 2)
-        if len(ends) != 2 or not (metric in metrics or (metric.startswith(POINT)
-                                                        and len(metric) > len(POINT))):
+        if len(ends) != 2 or not (metric in metrics or _logged(metric)):
             continue
         values = [None if not e else (_floats(e, 1) or [math.nan])[0] for e in ends]
         if any(v is not None and not math.isfinite(v) for v in values) or values == [None, None]:

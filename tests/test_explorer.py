@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -680,6 +681,42 @@ def test_a_chart_takes_a_y_range_set_by_hand_and_the_link_keeps_it(explored, mon
     other.switch_page("views/compare.py").run()
     assert charts(other)["Loss"].y_scale()["domain"] == [low, high]
     assert other.number_input(key="y_high_loss").value == high
+
+
+@sqlite_only
+def test_any_name_a_run_logged_can_be_the_x_axis(backend, databases, tmp_path, monkeypatch):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "own_loop.py"
+    spec = importlib.util.spec_from_file_location("own_loop", path)
+    own_loop = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(own_loop)
+    db = databases.new(tmp_path)
+    run_id = own_loop.train(db, epochs=2, runs_dir=str(tmp_path / "runs"))
+    store = Store.open_read_only(db)
+    ppl = {p["step"]: p["value"] for p in store.points(run_id, "ppl")}
+    lr1 = {p["step"]: p["value"] for p in store.points(run_id, "lr/1")}
+    closes = {}  # epoch -> its last step
+    for p in store.points(run_id, "ppl"):
+        closes[p["epoch"]] = max(closes.get(p["epoch"], 0), p["step"])
+    store.close()
+
+    at = compare(open_app(monkeypatch, db), [run_id])
+    assert "ppl" in at.button_group(key="x_axis").options  # as the run named it
+    at.button_group(key="metrics").set_value(["loss", "p:lr/1"]).run()
+    at.button_group(key="x_axis").set_value("p:ppl").run()
+    assert not at.exception
+    assert dict(at.query_params)["x"] == "p:ppl"
+    drawn = charts(at)
+    assert drawn["Loss"].x_scale() is not None
+    # A step's value at the ppl logged at the same step ...
+    points = drawn["lr/1"].points
+    assert sorted(zip(points["x"], points["value"])) == sorted(
+        (ppl[step], value) for step, value in lr1.items())
+    # ... an epoch's at the ppl at its close.
+    assert sorted(drawn["Loss"].points["x"]) == sorted(ppl[s] for s in closes.values())
+    spec, _ = chart_spec(at)
+    assert "ppl" in json.dumps(spec)  # the axis says what it is
 
 
 def test_a_link_names_runs_hidden_in_the_legend_and_keeps_naming_them(explored,

@@ -47,9 +47,18 @@ def controls(chosen: list[dict]) -> list[str]:
     # sidebar open), never cut: each takes its own width in a row that wraps; the pills
     # fill theirs.
     top = st.container(horizontal=True, wrap=True, gap="medium")
-    x_axis = top.segmented_control("x axis", list(series.X_AXES),
-                                   format_func=series.X_AXES.get, default=link.get("x"),
-                                   key="x_axis") or link.get("x")
+    # The recorded metrics, then every name a picked run logged of its own (lr/1,
+    # eval/loss, tokens): each can be charted, and can be the x axis.
+    own = sorted({POINT + key for r in chosen
+                  for key in reads.point_keys(url, r["run_id"], r["version"])})
+    axes = [*series.X_AXES, *own]
+    if link.get("x") not in axes:  # a link's name no picked run logged
+        link.put("x", "epoch")
+    x_axis = top.segmented_control(
+        "x axis", axes, format_func=lambda x: series.X_AXES.get(x) or charts.title(x),
+        default=link.get("x"), key="x_axis",
+        help="Epoch, optimizer step, wall time, or any name the runs logged (each "
+             "record at that name's value logged at the same step).") or link.get("x")
     if x_axis != link.get("x"):
         link.put("range", None)  # a zoom in epochs means nothing in steps
     link.put("x", x_axis)
@@ -69,10 +78,6 @@ def controls(chosen: list[dict]) -> list[str]:
              "10 times the calmest run's has exploded and no longer flattens the others; "
              "its points beyond the range are marked on the chart's edge. Never applied "
              "to the LR, token accuracy or tokens/s."))
-    # The recorded metrics, then every name a picked run logged of its own (lr/1,
-    # eval/loss).
-    own = sorted({POINT + key for r in chosen
-                  for key in reads.point_keys(url, r["run_id"], r["version"])})
     available = [*charts.METRICS, *own]
     link.put("charts", st.pills(
         "Charts", available, selection_mode="multi",
@@ -143,6 +148,7 @@ def load_series(url: str, picked: tuple, x_axis: str, x_range, thresholds: tuple
 
     ``picked``: each run's (run_id, version, label, created_at, color)."""
     width, steps = None, None
+    logged = x_axis.startswith(POINT)  # its values place each step and epoch close
     if x_axis == "step":
         spans = [reads.step_span(url, run_id, version) for run_id, version, *_ in picked]
         last = max((s["last_step"] for s in spans if s), default=1)
@@ -155,7 +161,8 @@ def load_series(url: str, picked: tuple, x_axis: str, x_range, thresholds: tuple
         buckets=reads.step_buckets(url, run_id, version, width, steps) if width else None,
         segments=reads.segments(url, run_id, version),
         flags=reads.flags(url, run_id, version, thresholds),
-        epoch_steps=reads.epoch_steps(url, run_id, version) if x_axis == "step" else [],
+        epoch_steps=(reads.epoch_steps(url, run_id, version)
+                     if x_axis == "step" or logged else []),
         color=color,
         points={key: reads.points(url, run_id, version, key) for key in own},
     ) for run_id, version, label, created_at, color in picked]
@@ -172,8 +179,8 @@ def chart(url: str, picked: tuple, x_axis: str, x_range, metrics: tuple, smoothi
     link gets the spec built once, and a run with news is read and drawn anew.
     ``y_ranges``: (metric, low, high) of the charts whose y range the user set.
     """
-    own = tuple(m.removeprefix(POINT) for m in metrics
-                if m.startswith(POINT))
+    own = tuple(dict.fromkeys(m.removeprefix(POINT) for m in (*metrics, x_axis)
+                              if m.startswith(POINT)))
     series = load_series(url, picked, x_axis, x_range, thresholds, own)
     if not metrics:
         return None, series
@@ -240,6 +247,10 @@ def draw_charts(available: list[str]) -> None:
         notes.append(f"Steps are shown in buckets of {width:,} (about "
                      f"{points_per_run(len(series)):,} points per run; zoom in for "
                      "detail): each point is a bucket's mean, the band its min and max.")
+    if x_axis.startswith(POINT):
+        notes.append(f"On the x axis, {charts.title(x_axis)} as each run logged it: a "
+                     "step's values at its value logged at the same step, an epoch's at "
+                     "its value at the epoch's close; a record without one is not drawn.")
     if x_axis == "wall":
         notes.append("Per-step rows carry no timestamp, so wall time is drawn from the "
                      "epoch records (when each epoch was recorded).")
