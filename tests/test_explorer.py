@@ -633,6 +633,21 @@ def test_a_link_reproduces_the_compare_view_and_follows_changes(explored, monkey
     assert params["grad_explode"] == "5"
 
 
+def test_each_chart_is_log_or_linear_on_its_own(explored, monkeypatch):
+    db, ids, _ = explored
+    at = compare(open_app(monkeypatch, db), [ids["baseline"]])
+    at.button_group(key="log_scale").set_value(["loss"]).run()
+    drawn = charts(at)
+    assert drawn["Loss"].y_scale()["type"] == "log"
+    assert drawn["Gradient norm"].y_scale().get("type", "linear") == "linear"
+    assert drawn["Learning rate"].y_scale().get("type", "linear") == "linear"
+    assert dict(at.query_params)["log"] == "loss"
+    at.button_group(key="log_scale").set_value(["grad_norm"]).run()
+    drawn = charts(at)
+    assert drawn["Loss"].y_scale().get("type", "linear") == "linear"
+    assert drawn["Gradient norm"].y_scale()["type"] == "log"
+
+
 def test_the_reset_zoom_button_brings_back_the_whole_x_range(explored, monkeypatch):
     db, ids, _ = explored
     monkeypatch.setenv("HLBD_DB", str(db))
