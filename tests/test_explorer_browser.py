@@ -485,22 +485,36 @@ def test_a_control_change_reruns_the_charts_alone_not_the_page(served, page):
     assert page.errors == []
 
 
+DRAWINGS_JS = "() => Number(document.querySelector('.vega-embed').dataset.drawings)"
+
+
 def test_a_held_arrow_key_on_the_smoothing_costs_one_rerun_not_one_per_step(served, page):
     url, ids, _ = served
     runs = ScriptRuns(page)
-    page.goto(f"{url}/compare?runs={ids['first'][:8]}")
+    page.goto(f"{url}/compare?runs={ids['first'][:8]}&smooth=0.3")
     wait_for_chart(page)
     runs.wait_quiet(page)
     asked, started = runs.asked, len(runs.started)
+    view, drawings = current_view(page), page.evaluate(DRAWINGS_JS)
+    smoothed = page.evaluate("() => JSON.stringify(document.querySelector('.vega-embed')"
+                             ".hlbdView.data('points_loss').map(r => r.smooth))")
     page.locator(".hlbd-slider input").first.focus()
     for _ in range(20):  # a held key repeats about every 30 ms
         page.keyboard.press("ArrowRight")
         page.wait_for_timeout(30)
-    page.wait_for_function("() => location.search.includes('smooth=0.2')", timeout=WAIT_MS)
+    page.wait_for_function("() => location.search.includes('smooth=0.5')", timeout=WAIT_MS)
     runs.wait_quiet(page)
     assert runs.asked - asked == 1
     assert len(runs.started) - started == 1
-    assert page.locator(".hlbd-slider").first.inner_text().count("0.20") == 1
+    assert page.locator(".hlbd-slider").first.inner_text().count("0.50") == 1
+    # The same layout with new numbers: swapped into the drawn view, drawn once, not a
+    # new view built.
+    page.wait_for_function(f"() => ({DRAWINGS_JS})() > {drawings}", timeout=WAIT_MS)
+    assert page.evaluate(DRAWINGS_JS) == drawings + 1
+    assert page.evaluate("(old) => document.querySelector('.vega-embed').hlbdView === old",
+                         view)
+    assert page.evaluate("() => JSON.stringify(document.querySelector('.vega-embed')"
+                         ".hlbdView.data('points_loss').map(r => r.smooth))") != smoothed
     assert page.errors == []
 
 
