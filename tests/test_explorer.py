@@ -717,11 +717,12 @@ def test_any_name_a_run_logged_can_be_the_x_axis(backend, databases, tmp_path, m
     store.close()
 
     at = compare(open_app(monkeypatch, db), [run_id])
-    assert "ppl" in at.button_group(key="x_axis").options  # as the run named it
+    assert "ppl" in at.selectbox(key="x_logged").options  # as the run named it
     at.button_group(key="metrics").set_value(["loss", "p:lr/1"]).run()
-    at.button_group(key="x_axis").set_value("p:ppl").run()
+    at.selectbox(key="x_logged").set_value("p:ppl").run()
     assert not at.exception
     assert dict(at.query_params)["x"] == "p:ppl"
+    assert at.button_group(key="x_axis").value is None  # one x axis at a time
     drawn = charts(at)
     assert drawn["Loss"].x_scale() is not None
     # A step's value at the ppl logged at the same step ...
@@ -732,6 +733,9 @@ def test_any_name_a_run_logged_can_be_the_x_axis(backend, databases, tmp_path, m
     assert sorted(drawn["Loss"].points["x"]) == sorted(ppl[s] for s in closes.values())
     spec, _ = chart_spec(at)
     assert "ppl" in json.dumps(spec)  # the axis says what it is
+    at.button_group(key="x_axis").set_value("step").run()
+    assert dict(at.query_params)["x"] == "step"
+    assert at.selectbox(key="x_logged").value is None
 
 
 def test_a_link_names_runs_hidden_in_the_legend_and_keeps_naming_them(explored,

@@ -51,17 +51,22 @@ def controls(chosen: list[dict]) -> list[str]:
     # eval/loss, tokens): each can be charted, and can be the x axis.
     own = sorted({POINT + key for r in chosen
                   for key in reads.point_keys(url, r["run_id"], r["version"])})
-    axes = [*series.X_AXES, *own]
-    if link.get("x") not in axes:  # a link's name no picked run logged
+    if link.get("x") not in [*series.X_AXES, *own]:  # a name no picked run logged
         link.put("x", "epoch")
-    x_axis = top.segmented_control(
-        "x axis", axes, format_func=lambda x: series.X_AXES.get(x) or charts.title(x),
-        default=link.get("x"), key="x_axis",
-        help="Epoch, optimizer step, wall time, or any name the runs logged (each "
-             "record at that name's value logged at the same step).") or link.get("x")
-    if x_axis != link.get("x"):
-        link.put("range", None)  # a zoom in epochs means nothing in steps
-    link.put("x", x_axis)
+    # Epoch, step, wall time as buttons; a name the runs logged from a list beside them
+    # (runs log many: as buttons they would not fit). The one changed last is the axis.
+    top.segmented_control(
+        "x axis", list(series.X_AXES), format_func=series.X_AXES.get, key="x_axis",
+        default=link.get("x") if link.get("x") in series.X_AXES else None,
+        on_change=pick_x_axis, args=("x_axis",))
+    if own:
+        top.selectbox(
+            "or a name the runs logged", own, format_func=charts.title, key="x_logged",
+            index=own.index(link.get("x")) if link.get("x") in own else None,
+            placeholder="x axis from a logged name", on_change=pick_x_axis,
+            args=("x_logged",), width=220,
+            help="Each step's values at that name's value logged at the same step, each "
+                 "epoch's at its value at the epoch's close.")
     with top:
         link.put("smooth", round(debounced_slider.slider(
             "Smoothing of loss and grad norm", 0.0, 0.99, link.get("smooth"), 0.01,
@@ -89,6 +94,17 @@ def controls(chosen: list[dict]) -> list[str]:
         format_func=charts.title, key="log_scale", width="stretch") or [])
     y_range_inputs()
     return available
+
+
+def pick_x_axis(key: str) -> None:
+    """The x axis as the control under ``key`` was just set (the other one is cleared);
+    a zoom on the old axis means nothing on the new one."""
+    chosen = st.session_state.get(key)
+    if not chosen or chosen == link.get("x"):
+        return
+    link.put("x", chosen)
+    link.put("range", None)
+    st.session_state["x_logged" if key == "x_axis" else "x_axis"] = None
 
 
 def y_range_inputs() -> None:
