@@ -6,9 +6,12 @@
 // data (from vega_component.py): assets (the URL folder of the Vega scripts), and when
 // there is a chart: spec (without its datasets; usermeta.runs lists the runs),
 // datasets (their names; each is an Arrow table under its own name, its "run" column
-// the index into spec.usermeta.runs), axis_room (pixels the y axes take left of the plots), zoomable, and fingerprint (a
-// hash of all that: the chart is drawn again only when it changes). With assets alone
-// the scripts are only fetched, so they load while the server still builds the charts.
+// the index into spec.usermeta.runs), axis_room (pixels the y axes take left of the
+// plots), zoomable, and hashes: fingerprint (all of it: nothing is done while it stays
+// the same), layout (all but the datasets: while it stays the same, only the datasets
+// whose own hash in "hashes" changed are swapped in the drawn view, which is not built
+// again). With assets alone the scripts are only fetched, so they load while the server
+// still builds the charts.
 //
 // Events sent back (Streamlit triggers: a value for the one rerun they cause): "zoom",
 // the x interval dragged across a chart ({x: [lo, hi]}), {} after a double-click on it;
@@ -374,7 +377,7 @@ function mount(parentElement) {
   // hidden: the labels of the runs hidden through the legend, from the page's link
   // when the chart first shows, then as the legend says (the page is told, for its link).
   const chart = {data: null, hidden: null, trigger: null, setState: null, drawn: null,
-                 generation: 0};
+                 pending: false, generation: 0};
   chart.zoomed = (value) => chart.trigger("zoom", value);
   chart.said = (name, value) => chart.data?.zoomable && chart.setState?.(name, value);
   // A double-click on a chart goes back to the whole x range.
@@ -396,27 +399,57 @@ function mount(parentElement) {
     if (chart.drawn) discard(chart.drawn);
     chart.drawn = null;
   };
+  // How many times the chart was drawn, with new data or anew (for tests and benches:
+  // the element's data-drawings).
+  let drawings = 0;
+  const drawnAgain = () => {
+    el.dataset.drawings = String(++drawings);
+  };
   // A newer redraw (new data, a new width) wins over one still in flight.
   chart.redraw = (loading) => {
     const generation = ++chart.generation;
+    chart.pending = true;
     return loading.then(() => {
       if (generation !== chart.generation) return null;
       // The page keeps its height while the chart is drawn again (nothing below jumps).
       box.style.minHeight = `${box.offsetHeight}px`;
       drop();
       el.replaceChildren();
+      const data = chart.data;
       return draw(box, el, chart).then((drawn) => {
         if (generation !== chart.generation) {
           discard(drawn);
         } else {
-          chart.drawn = drawn;
+          chart.drawn = {...drawn, layout: data.layout, hashes: {...data.hashes}};
+          chart.pending = false;
           box.style.minHeight = "";
           exportButtons(bar, chart);
           hoverAgain(el, chart.pointer);
+          drawnAgain();
         }
       });
     }).catch((error) => {
       box.style.minHeight = "";
+      if (generation === chart.generation) {
+        chart.pending = false;
+        el.textContent = `The charts could not be drawn: ${error.message}`;
+      }
+    });
+  };
+  // The same chart with other numbers (a smoothing, a zoom that keeps the axes): the
+  // changed datasets go into the drawn view, which runs again; no new view is built.
+  chart.swap = (names) => {
+    const generation = ++chart.generation;
+    const view = chart.drawn.result.view;
+    const labels = chart.data.spec.usermeta?.runs ?? [];
+    for (const name of names) view.data(name, rows(chart.data[name], labels));
+    chart.drawn.hashes = {...chart.data.hashes};
+    return view.runAsync().then(() => {
+      if (generation === chart.generation) {
+        hoverAgain(el, chart.pointer);
+        drawnAgain();
+      }
+    }).catch((error) => {
       if (generation === chart.generation) {
         el.textContent = `The charts could not be drawn: ${error.message}`;
       }
@@ -452,7 +485,12 @@ export default function ({data, parentElement, setTriggerValue, setStateValue}) 
   chart.hidden ??= new Set(data.hidden ?? []);
   if (chart.data?.fingerprint !== data.fingerprint) {
     chart.data = data;
-    chart.redraw(loading);
+    const drawn = chart.drawn;
+    if (drawn && !chart.pending && drawn.layout === data.layout) {
+      chart.swap(data.datasets.filter((name) => drawn.hashes[name] !== data.hashes[name]));
+    } else {
+      chart.redraw(loading);
+    }
   }
   return chart.close;
 }

@@ -94,6 +94,8 @@ def colors(ranks: dict[str, int], picked: list[str]) -> dict[str, str]:
 
 
 def x_title(x_axis: str, series: list[RunSeries]) -> str:
+    if x_axis.startswith(POINT):  # a name the runs logged of their own
+        return x_axis.removeprefix(POINT)
     return {"epoch": "epoch", "step": "optimizer step",
             "wall": f"wall time since the run started ({wall_scale(series)[0]})"}[x_axis]
 
@@ -127,6 +129,10 @@ def spec(data: list[MetricData], series: list[RunSeries], x_axis: str, *,
                   "tickMinStep": 1 if counted else None, "labelFlush": True}}
     if not counted:
         x["axis"].pop("tickMinStep")
+    if x_axis.startswith(POINT):  # any values at all: one notation over their span
+        xs = pd.concat([d.points["x"] for d in data]).astype(float)
+        xs = xs[np.isfinite(xs)]
+        x["axis"]["format"] = axis_format(*((xs.min(), xs.max()) if len(xs) else (0, 1)))
     datasets, charts, views, hover_views = {}, [], [], []
     for i, d in enumerate(data):
         chart, names = _metric_chart(d, i, x, color, labels, datasets,

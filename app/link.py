@@ -5,13 +5,14 @@ from then on the widgets own the values, and after every run the URL is rewritte
 match them, so copying it from the address bar reproduces the page.
 
 Parameters: ``runs`` (ids or unique prefixes, comma-separated), ``x`` (epoch, step,
-wall), ``smooth`` (0 to 0.99), ``charts`` and ``log`` (metric names), ``robust=0``
-(plain y range), ``range=LO,HI`` (x zoom), ``hide`` (runs hidden through the legend,
-like ``runs``), ``group`` (what the compare charts group runs by: ``tags``,
-``config`` or ``config.KEY``; app/groups.py) with ``members=1`` (draw the members too),
-``colors=tags`` (ungrouped runs coloured by their tags), ``run`` (the Run detail page's
-run), the Runs page's view (``q``, ``status``, ``tag``, ``sort``, ``cols``, ``page``,
-``per``: app/runs_view.py) and
+wall, or a name the runs logged: p:tokens), ``smooth`` (0 to 0.99), ``charts`` and
+``log`` (metric names), ``robust=0`` (plain y range), ``y=loss:0:5;lr::0.01`` (y ranges
+set per chart, an end left empty where the values reach), ``range=LO,HI`` (x zoom),
+``hide`` (runs hidden through the legend, like ``runs``), ``group`` (what the compare
+charts group runs by: ``tags``, ``config`` or ``config.KEY``; app/groups.py) with
+``members=1`` (draw the members too), ``colors=tags`` (ungrouped runs coloured by their
+tags), ``run`` (the Run detail page's run), the Runs page's view (``q``, ``status``,
+``tag``, ``sort``, ``cols``, ``page``, ``per``: app/runs_view.py) and
 any anomaly threshold by name (``grad_explode=5``) that differs from its default.
 Values that cannot be read are ignored, never guessed.
 """
@@ -45,7 +46,7 @@ def start(metrics: tuple[str, ...], threshold_defaults: dict) -> None:
     q = st.query_params
     view = {"runs": [w for w in q.get("runs", "").split(",") if w.strip()],
             "hide": [w for w in q.get("hide", "").split(",") if w.strip()],
-            "x": q.get("x") if q.get("x") in X_AXES else "epoch",
+            "x": q.get("x") if q.get("x") in X_AXES or _logged(q.get("x", "")) else "epoch",
             "smooth": 0.0, "charts": list(DEFAULT_CHARTS), "log": ["grad_norm"],
             "robust": q.get("robust") != "0", "range": None, "run": q.get("run"),
             # Checked against the picked runs' config keys on the Compare page.
@@ -58,8 +59,8 @@ def start(metrics: tuple[str, ...], threshold_defaults: dict) -> None:
     for key in ("charts", "log"):
         if key in q:
             # The recorded metrics, and names of runs' own (p:lr/1), checked once read.
-            view[key] = [m for m in q.get(key, "").split(",")
-                         if m in metrics or (m.startswith(POINT) and len(m) > len(POINT))]
+            view[key] = [m for m in q.get(key, "").split(",") if m in metrics or _logged(m)]
+    view["y"] = y_ranges(q.get("y", ""), metrics)
     span = _floats(q.get("range", ""), 2)
     if span and span[0] < span[1]:
         view["range"] = tuple(span)
@@ -73,6 +74,37 @@ def start(metrics: tuple[str, ...], threshold_defaults: dict) -> None:
         else:
             view["thresholds"][name] = value[0]
     st.session_state["view"] = view
+
+
+def _logged(name: str) -> bool:
+    """Whether ``name`` may be a name of a run's own (p:lr/1), checked once read."""
+    return name.startswith(POINT) and len(name) > len(POINT)
+
+
+def y_ranges(text: str, metrics: tuple[str, ...]) -> dict[str, list]:
+    """``y`` as written in a link, ``metric:low:high`` per chart joined by ``;`` (an end
+    left empty: where the values reach), as {metric: [low, high]}; what cannot be read
+    is left out."""
+    out = {}
+    for part in text.split(";"):
+        metric, *ends = part.rsplit(":", 2)
+        if len(ends) != 2 or not (metric in metrics or _logged(metric)):
+            continue
+        values = [None if not e else (_floats(e, 1) or [math.nan])[0] for e in ends]
+        if any(v is not None and not math.isfinite(v) for v in values) or values == [None, None]:
+            continue
+        if None not in values and not values[0] < values[1]:
+            continue
+        out[metric] = values
+    return out
+
+
+def y_text(ranges: dict[str, list]) -> str:
+    """y_ranges() written back for a link."""
+    def end(value: float | None) -> str:
+        return "" if value is None else repr(float(value))  # exactly as typed, read back
+
+    return ";".join(f"{m}:{end(lo)}:{end(hi)}" for m, (lo, hi) in ranges.items())
 
 
 def get(key: str):
@@ -121,6 +153,8 @@ def url_params(page: str, picked: list[str], all_ids: list[str], thresholds: dic
             params["log"] = ",".join(view["log"])
         if not view["robust"]:
             params["robust"] = "0"
+        if view["y"]:
+            params["y"] = y_text(view["y"])
         if view["range"]:
             params["range"] = ",".join(f"{v:.10g}" for v in view["range"])
         if view["group"]:

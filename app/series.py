@@ -22,7 +22,8 @@ from hlbd.store.rows import STEP_SERIES
 
 STEP_METRICS = STEP_SERIES                     # recorded per optimizer step too
 POINT = "p:"   # a chart of a name a run logged of its own (hlbd.Run, the integrations)
-# The x axes a point can be placed on, with their titles.
+# The x axes a point can be placed on, with their titles; also any name a run logged
+# of its own, as POINT + name (logged_x).
 X_AXES = {"epoch": "epoch", "step": "step", "wall": "wall time"}
 SMOOTHED = ("loss", "grad_norm")                # smoothing never touches the LR
 # The robust y range: a run whose typical top (its values' 75th percentile) is more than
@@ -158,9 +159,13 @@ def _epoch_rows(s: RunSeries, metric: str, x_axis: str, scale: float) -> dict:
     else:
         lo = hi = np.full(len(rows), np.nan)
     last = {e["epoch"]: e["last_step"] for e in s.epoch_steps}  # an epoch ends at its last step
-    x = np.array([x_position(x_axis, epoch=e["epoch"], step=last.get(e["epoch"]),
-                             when=e.get("recorded_at"), start=s.created_at, scale=scale)
-                  for e in rows], dtype=float)
+    if x_axis.startswith(POINT):
+        at_close = logged_x(s, x_axis)[1]
+        x = np.array([at_close.get(e["epoch"], math.nan) for e in rows], dtype=float)
+    else:
+        x = np.array([x_position(x_axis, epoch=e["epoch"], step=last.get(e["epoch"]),
+                                 when=e.get("recorded_at"), start=s.created_at,
+                                 scale=scale) for e in rows], dtype=float)
     if x_axis == "step":
         at = [f"epoch {int(n)} (ends at step {int(v)})" if math.isfinite(v) else ""
               for n, v in zip(epochs, x)]
@@ -202,6 +207,8 @@ def _point_rows(s: RunSeries, key: str, x_axis: str, scale: float) -> dict:
         {"step": float, "epoch": float, "value": float})
     finite = np.isfinite(frame["value"].to_numpy())
     frame = frame.assign(bad=(~finite).astype(int), kept=frame["value"].where(finite))
+    if x_axis.startswith(POINT):
+        return _logged_point_rows(s, frame, x_axis)
     if x_axis == "step":
         width = (int(s.buckets["width"].iloc[0])
                  if s.buckets is not None and len(s.buckets) else 1)
@@ -504,6 +511,15 @@ def _flags(series, metric, x_axis, scale, x_range) -> pd.DataFrame:
         for f in s.flags:
             if rule_metric(f["rule"]) != metric:
                 continue
+            if x_axis.startswith(POINT):
+                at_step, at_close = logged_x(s, x_axis)
+                x = (at_step.get(f["step"], math.nan) if f.get("step")
+                     else at_close.get(f["epoch"], math.nan))
+                if not math.isfinite(x) or not _inside(x, x_range):
+                    continue
+                out.append({"run": s.label, "x": x, "rule": f["rule"],
+                            "message": f["message"]})
+                continue
             # On steps: the step the rule named, else the end of the flagged epoch.
             x = x_position(x_axis, epoch=f["epoch"], step=f.get("step") or last.get(f["epoch"]),
                            when=recorded.get(f["epoch"]), start=s.created_at, scale=scale)
@@ -525,11 +541,64 @@ def _resumes(series, x_axis, scale, x_range) -> pd.DataFrame:
                 continue
             # Between the epoch (step) it started from and the next one.
             step = first[seg["segment"]] - 0.5 if seg["segment"] in first else None
-            x = x_position(x_axis, epoch=seg["start_epoch"] + 0.5, step=step,
-                           when=seg["started_at"], start=s.created_at, scale=scale)
+            if x_axis.startswith(POINT):  # at the value logged at its first step
+                x = logged_x(s, x_axis)[0].get(first.get(seg["segment"]), math.nan)
+            else:
+                x = x_position(x_axis, epoch=seg["start_epoch"] + 0.5, step=step,
+                               when=seg["started_at"], start=s.created_at, scale=scale)
             if not math.isfinite(x) or not _inside(x, x_range):
                 continue
             out.append({"run": s.label, "x": x,
                         "what": f"resumed (segment {seg['segment']}) from the epoch "
                                 f"{seg['start_epoch']} checkpoint"})
     return pd.DataFrame(out, columns=["run", "x", "what"])
+
+
+def fixed_y_range(d: MetricData, low: float | None, high: float | None) -> MetricData:
+    """``d`` drawn in the y range a user set (either end None: where the values reach),
+    in place of the robust one; points beyond it are marked on its edge."""
+    columns = [c for c in ("value", "lo", "hi", "smooth") if c in d.points]
+    values = (pd.concat([d.points[c] for c in columns]).astype(float) if columns
+              else pd.Series(dtype=float))
+    values = values[np.isfinite(values)]
+    low = float(values.min()) if low is None and len(values) else low
+    high = float(values.max()) if high is None and len(values) else high
+    if low is None or high is None or not low < high:
+        return d
+    domain = [low, high]
+    clipped = _clipped(d.points, domain)
+    notes = [n for n in d.notes if not n.startswith("Robust y range")]
+    notes.append(f"Y range set to {low:.4g} to {high:.4g}" + (
+        f": {len(clipped)} point(s) beyond it are marked on its edge" if len(clipped)
+        else ""))
+    return replace(d, domain=domain, clipped=clipped, notes=notes)
+
+
+def logged_x(s: RunSeries, x_axis: str) -> tuple[dict[int, float], dict[int, float]]:
+    """Where ``s``'s records go on the x axis of a name it logged (``x_axis``, POINT +
+    name): a step's values at the value of that name logged at the same step, an
+    epoch's at its value at the epoch's close (its epoch value, else its value at the
+    epoch's last step). A record with no such value has no place on that axis: nothing
+    is carried over from another step. Returns (by step, by epoch)."""
+    rows = s.points.get(x_axis.removeprefix(POINT), [])
+    by_step = {r["step"]: float(r["value"]) for r in rows if r["scope"] == "step"}
+    by_epoch = {r["epoch"]: float(r["value"]) for r in rows if r["scope"] == "epoch"}
+    for e in s.epoch_steps:
+        if e["epoch"] not in by_epoch and e["last_step"] in by_step:
+            by_epoch[e["epoch"]] = by_step[e["last_step"]]
+    return by_step, by_epoch
+
+
+def _logged_point_rows(s: RunSeries, frame: pd.DataFrame, x_axis: str) -> dict:
+    """_point_rows on the x axis of a logged name: each value at its own place."""
+    at_step, at_close = logged_x(s, x_axis)
+    step_scope = (frame["scope"] == "step").to_numpy()
+    x = np.array([at_step.get(int(st), math.nan) if is_step else at_close.get(int(ep), math.nan)
+                  for st, ep, is_step in zip(frame["step"], frame["epoch"], step_scope)],
+                 dtype=float)
+    at = [f"step {int(st):,}" if is_step else f"epoch {int(ep)}"
+          for st, ep, is_step in zip(frame["step"], frame["epoch"], step_scope)]
+    nothing = np.full(len(frame), np.nan)
+    return {"x": x, "value": frame["value"].to_numpy(dtype=float), "lo": nothing,
+            "hi": nothing, "recorded": np.ones(len(frame), dtype=bool),
+            "bad": frame["bad"].to_numpy(), "at": at}

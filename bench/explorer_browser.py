@@ -1,4 +1,4 @@
-"""How long the explorer's Compare page takes in a browser: 4 and 20 runs x 100,000 steps.
+"""How long the explorer's Compare page takes in a browser, as ratios measured in one run.
 
 The database holds RUNS runs of STEPS optimizer steps each: the real per-step rows of a
 tiny training run, repeated to length, in epochs of 1,000 steps whose rows summarise
@@ -6,23 +6,35 @@ those steps (mean loss, grad-norm mean/min/max, step count; what a trainer recor
 epoch beyond that is left not recorded). They are written through the store, so the
 step rollups are maintained as a trainer's would be.
 
-For 4 and for 20 runs the bench starts `streamlit run app/main.py` afresh (no cache),
-opens /compare?runs=...&x=step in headless Chromium (a fresh profile) and waits until
-the charts are drawn: that is "cold". Then it opens the same link in a new page, a new
-session: "warm" (the server's caches hold the data, the browser's the app's scripts). As a baseline it then times the SQL page, which
-shows no data, on the same warm server, and prints each time's ratio to it. Then "in
-the page": in an open Compare page the x axis is switched to epoch and back, and the
-switch back is timed, click to charts drawn (an interaction, no new session). Last, the
-floor: a new session of a one-line Streamlit app (st.write) on the same machine, the
-least any Streamlit page costs here.
+Each repeat starts `streamlit run app/main.py` afresh and opens, in headless Chromium
+with a fresh profile, the link /compare?runs=...&x=step:
 
-Goals (issue 11): 20 runs warm <= 1.5 s, cold <= 4 s; 4 runs <= 1 s.
+- cold: that first page of the new server and profile (the app's imports, the
+  database's first reads, the scripts' first download), against the same first page of
+  a one-line Streamlit app (st.write) on a server and profile of its own: goal <= 1.5x.
+- warm: the same link again in a new page (a new session: the server's caches hold the
+  data, the browser's the scripts), against the same page with its charts left out
+  (&charts=: everything else the page shows; goal <= 1.3x) and against the SQL page in
+  the same profile (goal <= 1.6x).
+- in the page: in an open Compare page, a control is changed and the time taken from
+  the change until every chart is drawn again and the run has finished: the x axis
+  (epoch, then back to step: the switch back is timed), the smoothing (a click on its
+  slider), a chart added (a metric pill), a legend click (no redrawing: until the run
+  it causes has finished) and a zoom (a drag across a chart, timed from the button's
+  release; read again from the database by step). The same on a second server whose page has no fragments (the app
+  as it is, every st.fragment run as a plain function): each change reruns the whole
+  page, as before the charts became a fragment. Goal: <= 0.6x for each.
+- repeated input: the smoothing slider's arrow key pressed 30 times in a row, as a held
+  key repeats: the reruns the browser asked for and the runs the server started, until
+  the page is idle (goal: one), and the time from the last press until then.
+
+Runs and their kinds are read from the websocket itself (Streamlit's ForwardMsg
+new_session / script_finished, each naming the fragments it reran), so a fragment run
+and a page run are told apart by what the server says, not by guessing.
 
 With --split it also says where each load's time went: from navigation until the
-largest websocket message (the charts' spec and data) arrived (the app's scripts, the
-server's script run, the transfer), then until the charts were drawn (the browser:
-decoding the data, Vega-Lite and Vega). For that a page script notes when each
-websocket message arrives; without --split pages load untouched.
+largest websocket message (the charts' spec and data) arrived, then until the charts
+were drawn.
 
 Usage: python bench/explorer_browser.py [--runs 20] [--steps 100000] [--db PATH]
        [--repeat 3] [--split]    (--db keeps the database between bench runs)
@@ -49,10 +61,14 @@ from hlbd.runner import start_run
 from hlbd.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
+APP_DIR = ROOT / "app"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update",
                  "--disable-sync"]
+VIEWPORT = {"width": 1400, "height": 1100}
+WAIT_MS = 120_000
+CHARTS = ".vega-embed canvas"
 # --split: note the largest websocket message (its size, when it arrived).
 SPLIT_SCRIPT = """(() => {
   const Base = window.WebSocket, seen = window.__hlbdLargest = {bytes: 0, at: null};
@@ -66,8 +82,22 @@ SPLIT_SCRIPT = """(() => {
     }
   };
 })();"""
+# The app with every st.fragment a plain function: a control change reruns the page.
+WHOLE_PAGE_MAIN = '''import runpy
+
+import streamlit as st
+
+
+def plain(func=None, **_):
+    return func if func is not None else (lambda f: f)
+
+
+st.fragment = plain
+runpy.run_path({main!r}, run_name="__main__")
+'''
 EPOCH_STEPS = 1000
 BATCH = 10_000
+PRESSES = 30
 
 
 def real_steps(root: Path) -> list[dict]:
@@ -81,18 +111,6 @@ def real_steps(root: Path) -> list[dict]:
         return store.steps(run_id)
     finally:
         store.close()
-
-
-def first_lr_check_seconds() -> float:
-    """What a fresh process spends on its first LR-schedule check (importing torch and
-    building the configured scheduler), which a cold explorer pays once when its
-    database holds hlbd runs; the bench runs have no schedule in their config."""
-    code = ("import time; t = time.perf_counter(); from hlbd.anomalies import expected_lrs;"
-            "expected_lrs({'lr': 2e-3, 't_0': 10, 't_mult': 2, 'eta_min': 1e-5}, 70);"
-            "print(time.perf_counter() - t)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=300, check=True)
-    return float(out.stdout.strip())
 
 
 def epoch_row(epoch: int, steps: list[dict]) -> dict:
@@ -136,7 +154,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve(db: Path, app: Path = ROOT / "app" / "main.py") -> tuple[subprocess.Popen, str]:
+def serve(db: Path, app: Path = APP_DIR / "main.py") -> tuple[subprocess.Popen, str]:
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(app),
@@ -165,17 +183,95 @@ def stop(server: subprocess.Popen) -> None:
         server.wait(timeout=30)
 
 
+def whole_page_app(root: Path) -> Path:
+    """app/ as it is in a folder of links, its main script running every st.fragment as
+    a plain function (WHOLE_PAGE_MAIN)."""
+    folder = root / "whole_page"
+    folder.mkdir(exist_ok=True)
+    for item in APP_DIR.iterdir():
+        if item.name not in ("main.py", "__pycache__") and not (folder / item.name).exists():
+            (folder / item.name).symlink_to(item)
+    main = folder / "main.py"
+    main.write_text(WHOLE_PAGE_MAIN.format(main=str(APP_DIR / "main.py")))
+    return main
+
+
+class Runs:
+    """The script runs a page's server reports on its websocket: (time, "new_session" or
+    "script_finished", fragment ids), and the rerun requests the page sent."""
+
+    def __init__(self, page):
+        from streamlit.proto.BackMsg_pb2 import BackMsg
+        from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+
+        self.events: list[tuple[float, str, tuple]] = []
+        self.requests: list[float] = []
+
+        def received(payload) -> None:
+            if isinstance(payload, bytes):
+                msg = ForwardMsg()
+                msg.ParseFromString(payload)
+                kind = msg.WhichOneof("type")
+                if kind in ("new_session", "script_finished"):
+                    self.events.append((time.perf_counter(), kind,
+                                        tuple(msg.metadata.run.fragment_ids)))
+
+        def sent(payload) -> None:
+            if isinstance(payload, bytes):
+                msg = BackMsg()
+                msg.ParseFromString(payload)
+                if msg.WhichOneof("type") == "rerun_script":
+                    self.requests.append(time.perf_counter())
+
+        def watch(ws) -> None:
+            ws.on("framereceived", received)
+            ws.on("framesent", sent)
+
+        page.on("websocket", watch)
+
+    def started_since(self, when: float) -> list[tuple]:
+        return [e for e in self.events if e[0] >= when and e[1] == "new_session"]
+
+    def finished_since(self, when: float) -> list[tuple]:
+        return [e for e in self.events if e[0] >= when and e[1] == "script_finished"]
+
+
+def settle(page, runs: Runs, since: float, redraw: bool) -> float:
+    """Wait until a run started after ``since`` has finished with none after it pending
+    (and with ``redraw``, a new drawing of the charts is on the page); the time then."""
+    deadline = time.perf_counter() + WAIT_MS / 1000
+    while time.perf_counter() < deadline:
+        started, finished = runs.started_since(since), runs.finished_since(since)
+        if started and len(finished) >= len(started):
+            break
+        page.wait_for_timeout(10)
+    if redraw:  # drawn anew, or the new numbers swapped into the drawn view
+        page.wait_for_function(
+            "(old) => { const e = document.querySelector('.vega-embed'); "
+            "return e && e.dataset.drawings && e.dataset.drawings !== old; }",
+            arg=page.hlbd_drawings, timeout=WAIT_MS)
+    page.evaluate("() => new Promise(r => requestAnimationFrame(() => "
+                  "requestAnimationFrame(r)))")
+    return time.perf_counter()
+
+
+def idle(page) -> None:
+    page.wait_for_function(
+        "() => !document.querySelector('[data-testid=stStatusWidget]')", timeout=WAIT_MS)
+
+
 def timed_load(context, url: str, ready: str) -> tuple[float, tuple | None]:
     """Seconds from navigation until ``ready`` shows and the app has finished running,
     in a new page (a new Streamlit session) of ``context``; with SPLIT_SCRIPT in the
     context also (seconds until the largest websocket message, its bytes, seconds
     from it until drawn)."""
     page = context.new_page()
+    runs = Runs(page)
     started = time.perf_counter()
     page.goto(url)
-    page.locator(ready).first.wait_for(timeout=120_000)
-    page.wait_for_function(
-        "() => !document.querySelector('[data-testid=stStatusWidget]')", timeout=120_000)
+    page.locator(ready).first.wait_for(timeout=WAIT_MS)
+    settle(page, runs, started, redraw=False)
+    idle(page)
     drawn = page.evaluate("() => new Promise(r => requestAnimationFrame(() => "
                           "requestAnimationFrame(() => r(performance.now()))))")
     elapsed = time.perf_counter() - started
@@ -186,53 +282,145 @@ def timed_load(context, url: str, ready: str) -> tuple[float, tuple | None]:
     return elapsed, (largest["at"] / 1000, largest["bytes"], (drawn - largest["at"]) / 1000)
 
 
-def floor_seconds(browser, db: Path, root: Path, repeat: int) -> float:
-    """A new session of a one-line Streamlit app (``st.write``), warm, on a server of its
-    own with the same settings: what any Streamlit page costs on this machine."""
+def mark_drawn(page) -> None:
+    """Note how many times the charts were drawn so far (settle waits for one more)."""
+    page.hlbd_drawings = page.evaluate(
+        "() => document.querySelector('.vega-embed')?.dataset.drawings ?? null")
+
+
+# In a browser page: the page positions of the items of the first chart's marks whose
+# role or name is args (each item's centre).
+ITEMS_JS = """(wanted) => {
+  const view = document.querySelector('.vega-embed').hlbdView;
+  const box = view.container().querySelector('canvas').getBoundingClientRect();
+  const [ox, oy] = view.origin();
+  const found = [];
+  const walk = (group) => { for (const mark of group.items || []) {
+    if (mark.role === wanted || (mark.name || '').startsWith(wanted)) {
+      for (const item of mark.items) {
+        let x = box.x + ox, y = box.y + oy;
+        for (let g = mark.group; g; g = g.mark && g.mark.group) { x += g.x || 0; y += g.y || 0; }
+        found.push({x: x + (item.bounds.x1 + item.bounds.x2) / 2,
+                    y: y + (item.bounds.y1 + item.bounds.y2) / 2,
+                    left: x + item.bounds.x1, right: x + item.bounds.x2});
+      }
+    }
+    if (mark.marktype === 'group') for (const item of mark.items) walk(item);
+  } };
+  walk(view.scenegraph().root.items[0]);
+  return found;
+}"""
+
+
+def items(page, wanted: str) -> list[dict]:
+    return page.evaluate(ITEMS_JS, wanted)
+
+
+def in_page_times(context, url: str) -> dict[str, tuple[float, float]]:
+    """Seconds from each control change until the page shows its result, and until the
+    server's run for it had finished (the rest is the browser's)."""
+    page = context.new_page()
+    runs = Runs(page)
+    page.goto(url)
+    page.locator(CHARTS).first.wait_for(timeout=WAIT_MS)
+    page.wait_for_function("() => document.querySelector('.vega-embed')?.hlbdView",
+                           timeout=WAIT_MS)
+    idle(page)
+    times = {}
+
+    def timed(name: str, action, redraw: bool = True, prepare=None) -> None:
+        idle(page)
+        page.wait_for_timeout(300)
+        mark_drawn(page)
+        if prepare:
+            prepare()
+        started = time.perf_counter()
+        action()
+        done = settle(page, runs, started, redraw)
+        served = max((e[0] for e in runs.finished_since(started)), default=done)
+        # (until drawn, until the server's run had finished: its script and messages)
+        times[name] = (done - started, served - started)
+
+    def x_axis(to: str):
+        return lambda: page.locator('[aria-label="x axis"] button').filter(
+            has_text=re.compile(f"^{to}$")).click()
+
+    timed("x axis (to epoch)", x_axis("epoch"))
+    timed("x axis", x_axis("step"))
+
+    def smoothing() -> None:
+        box = page.locator(".hlbd-slider input").first.bounding_box()
+        page.mouse.click(box["x"] + box["width"] * 0.5, box["y"] + box["height"] / 2)
+
+    timed("smoothing", smoothing)
+    timed("metric pick", lambda: page.get_by_test_id("stButtonGroup").get_by_text(
+        "Token accuracy", exact=True).first.click())
+
+    def legend() -> None:
+        entry = items(page, "legend-label")[1]
+        page.mouse.click(entry["x"], entry["y"])
+
+    timed("legend", legend, redraw=False)
+
+    def drag() -> None:
+        bands = items(page, "hover_loss")  # across the loss chart's plot
+        left, right, y = bands[0]["left"], bands[-1]["right"], bands[0]["y"]
+        page.mouse.move(left + (right - left) * 0.3, y)
+        page.mouse.down()
+        page.mouse.move(left + (right - left) * 0.6, y, steps=5)
+
+    timed("zoom", page.mouse.up, prepare=drag)  # from the button's release
+    page.close()
+    times.pop("x axis (to epoch)")
+    return times
+
+
+def held_key(context, url: str) -> tuple[int, int, float]:
+    """The smoothing slider's arrow key pressed PRESSES times in a row: the reruns the
+    page asked for, the runs the server started, and the seconds from the last press
+    until the page was idle again."""
+    page = context.new_page()
+    runs = Runs(page)
+    page.goto(url)
+    page.locator(CHARTS).first.wait_for(timeout=WAIT_MS)
+    idle(page)
+    page.wait_for_timeout(500)
+    page.locator(".hlbd-slider input").first.focus()
+    began = time.perf_counter()
+    for _ in range(PRESSES):
+        page.keyboard.press("ArrowRight")
+    pressed = time.perf_counter()
+    # Quiet for two seconds with every run finished: nothing more is coming.
+    while True:
+        page.wait_for_timeout(200)
+        started, finished = runs.started_since(began), runs.finished_since(began)
+        last = max((e[0] for e in runs.events if e[0] >= began), default=pressed)
+        if len(finished) >= len(started) and time.perf_counter() - last > 2.0:
+            break
+    done = max((e[0] for e in runs.finished_since(began)), default=pressed)
+    requests = sum(1 for t in runs.requests if t >= began)
+    page.close()
+    return requests, len(runs.started_since(began)), max(0.0, done - pressed)
+
+
+def floor_cold(browser, db: Path, root: Path) -> tuple[float, float]:
+    """A one-line Streamlit app (``st.write``) on a new server: its first page in a new
+    profile (cold) and a new page after it (warm)."""
     app = root / "floor.py"
     app.write_text('import streamlit as st\n\nst.write("floor")\n')
-    times = []
-    for _ in range(repeat):
-        server, url = serve(db, app)
-        context = browser.new_context(viewport={"width": 1400, "height": 1100})
-        try:
-            timed_load(context, url, "text=floor")  # cold: the scripts come into the cache
-            times.append(timed_load(context, url, "text=floor")[0])
-        finally:
-            context.close()
-            stop(server)
-    return statistics.median(times)
+    server, url = serve(db, app)
+    context = browser.new_context(viewport=VIEWPORT)
+    try:
+        cold = timed_load(context, url, "text=floor")[0]
+        warm = timed_load(context, url, "text=floor")[0]
+        return cold, warm
+    finally:
+        context.close()
+        stop(server)
 
 
-def timed_switch(context, url: str, ready: str) -> float:
-    """Seconds an interaction takes in an open page: the page shows ``url`` (by step),
-    the x axis is switched to epoch, and back to step is timed, from the click until
-    the new charts are drawn (the same view as the warm load, in the same session)."""
-    page = context.new_page()
-    page.goto(url)
-    page.locator(ready).first.wait_for(timeout=120_000)
-
-    def switch(to: str) -> float:
-        page.wait_for_function(
-            "() => !document.querySelector('[data-testid=stStatusWidget]')",
-            timeout=120_000)
-        page.evaluate("() => document.querySelectorAll('.vega-embed canvas, .vega-embed "
-                      "svg.marks').forEach(e => e.dataset.hlbdOld = '1')")
-        started = time.perf_counter()
-        page.locator('[aria-label="x axis"] button').filter(
-            has_text=re.compile(f"^{to}$")).click()
-        page.wait_for_function(
-            "() => { const c = document.querySelector('.vega-embed canvas, .vega-embed "
-            "svg.marks'); return c && !c.dataset.hlbdOld && "
-            "!document.querySelector('[data-testid=stStatusWidget]'); }", timeout=120_000)
-        page.evaluate("() => new Promise(r => requestAnimationFrame(() => "
-                      "requestAnimationFrame(r)))")
-        return time.perf_counter() - started
-
-    switch("epoch")
-    elapsed = switch("step")
-    page.close()
-    return elapsed
+def median(values) -> float:
+    return statistics.median(values)
 
 
 def main() -> None:
@@ -247,69 +435,97 @@ def main() -> None:
     from playwright.sync_api import sync_playwright
 
     with tempfile.TemporaryDirectory() as tmp:
-        db = args.db or Path(tmp) / "bench.db"
+        root = Path(tmp)
+        db = args.db or root / "bench.db"
         started = time.perf_counter()
         ids = fill(db, args.runs, args.steps)
         print(f"database: {len(ids)} runs x {args.steps:,} steps ({db}), ready in "
               f"{time.perf_counter() - started:.1f} s")
-        ready = ".vega-embed canvas, .vega-embed svg.marks"
-        results, splits = [], []
+        whole = whole_page_app(root)
+        link = f"/compare?runs={','.join(i[:8] for i in ids)}&x=step"
+        got: dict[str, list] = {k: [] for k in (
+            "cold", "warm", "no charts", "sql", "floor cold", "floor warm", "held")}
+        inside: dict[str, dict[str, list]] = {"fragment": {}, "page": {}}
+        splits = []
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM,
                                                  args=CHROMIUM_ARGS)
             try:
-                for count in sorted({min(4, len(ids)), len(ids)}):
-                    link = f"/compare?runs={','.join(i[:8] for i in ids[:count])}&x=step"
-                    cold, warm, base, inside = [], [], [], []
-                    for _ in range(args.repeat):
-                        server, url = serve(db)
-                        # One browser profile per server: its first page loads the
-                        # app's scripts too; the next ones find them cached, as a
-                        # reload does.
-                        context = browser.new_context(viewport={"width": 1400,
-                                                                "height": 1100})
-                        if args.split:
-                            context.add_init_script(SPLIT_SCRIPT)
-                        try:
-                            for times, link_url, shows in ((cold, url + link, ready),
-                                                           (warm, url + link, ready),
-                                                           (base, f"{url}/sql", "textarea")):
-                                elapsed, split = timed_load(context, link_url, shows)
-                                times.append(elapsed)
-                                if split and times is not base:
-                                    splits.append((count, "cold" if times is cold else "warm",
-                                                   *split))
-                            inside.append(timed_switch(context, url + link, ready))
-                        finally:
-                            context.close()
-                            stop(server)
-                    results.append((count, statistics.median(cold),
-                                    statistics.median(warm), statistics.median(base),
-                                    statistics.median(inside)))
-                floor = floor_seconds(browser, db, Path(tmp), args.repeat)
+                for _ in range(args.repeat):
+                    server, url = serve(db)
+                    context = browser.new_context(viewport=VIEWPORT)
+                    if args.split:
+                        context.add_init_script(SPLIT_SCRIPT)
+                    try:
+                        for name, path, ready in (("cold", link, CHARTS),
+                                                  ("warm", link, CHARTS),
+                                                  ("no charts", link + "&charts=",
+                                                   "text=Pick at least one chart"),
+                                                  ("sql", "/sql", "textarea")):
+                            elapsed, split = timed_load(context, url + path, ready)
+                            got[name].append(elapsed)
+                            if split and name in ("cold", "warm"):
+                                splits.append((name, *split))
+                        for name, seconds in in_page_times(context, url + link).items():
+                            inside["fragment"].setdefault(name, []).append(seconds)
+                        got["held"].append(held_key(context, url + link))
+                    finally:
+                        context.close()
+                        stop(server)
+                    server, url = serve(db, whole)
+                    context = browser.new_context(viewport=VIEWPORT)
+                    try:
+                        timed_load(context, url + link, CHARTS)  # the scripts, cached
+                        for name, seconds in in_page_times(context, url + link).items():
+                            inside["page"].setdefault(name, []).append(seconds)
+                        got.setdefault("held page", []).append(held_key(context, url + link))
+                    finally:
+                        context.close()
+                        stop(server)
+                    cold, warm = floor_cold(browser, db, root)
+                    got["floor cold"].append(cold)
+                    got["floor warm"].append(warm)
             finally:
                 browser.close()
-    print(f"Compare page by step, {args.steps:,} steps per run (median of {args.repeat}; "
-          "baseline: the SQL page, which reads nothing)")
-    print("runs   cold s   warm s   baseline s   cold/base   warm/base   in the page s")
-    for count, cold, warm, base, inside in results:
-        print(f"{count:4d}   {cold:6.2f}   {warm:6.2f}   {base:10.2f}   {cold / base:9.1f}"
-              f"   {warm / base:9.1f}   {inside:13.2f}")
-    print("in the page: an open Compare page switched to epoch and back to step, the "
-          "switch back timed (click to charts drawn)")
-    print(f"a one-line Streamlit app (st.write), warm, on the same machine: {floor:.2f} s "
-          "(Streamlit's own floor for any page)")
-    print("goals: 20 runs warm <= 1.5 s, cold <= 4 s; 4 runs <= 1 s")
+    m = {k: median(v) for k, v in got.items() if k not in ("held", "held page") and v}
+    print(f"\nCompare page, {len(ids)} runs x {args.steps:,} steps by step, headless "
+          f"Chromium (medians of {args.repeat}; each ratio from times of the same runs)")
+    print(f"  warm load                 {m['warm']:6.2f} s")
+    print(f"  warm, charts left out     {m['no charts']:6.2f} s   ratio "
+          f"{m['warm'] / m['no charts']:.2f}  (goal <= 1.3)")
+    print(f"  warm SQL page             {m['sql']:6.2f} s   ratio "
+          f"{m['warm'] / m['sql']:.2f}  (goal <= 1.6)")
+    print(f"  cold load                 {m['cold']:6.2f} s")
+    print(f"  one-line app, cold        {m['floor cold']:6.2f} s   ratio "
+          f"{m['cold'] / m['floor cold']:.2f}  (goal <= 1.5)   (warm: "
+          f"{m['floor warm']:.2f} s)")
+    print("\nA control change in an open page, until the charts are drawn again and the run"
+          " has finished\n  (fragment: this app; page: every fragment run as a plain "
+          "function, the whole page reruns)")
+    print("  control          fragment s (server)   page s (server)   ratio (goal <= 0.6)")
+    for name in inside["fragment"]:
+        frag, page = (median(t[0] for t in inside[k][name]) for k in ("fragment", "page"))
+        frag_s, page_s = (median(t[1] for t in inside[k][name]) for k in ("fragment", "page"))
+        print(f"  {name:15s}  {frag:10.2f} ({frag_s:5.2f})   {page:6.2f} ({page_s:5.2f})   "
+              f"{frag / page:5.2f}")
+    print("  (server: until the run's script_finished arrived; the rest is the browser's "
+          "drawing)")
+    for kind, key in (("fragment", "held"), ("page", "held page")):
+        held = got.get(key) or []
+        if held:
+            print(f"\nSmoothing slider's arrow key pressed {PRESSES} times in a row ({kind}): "
+                  f"reruns asked {median(h[0] for h in held):.0f}, runs started "
+                  f"{median(h[1] for h in held):.0f}, idle "
+                  f"{median(h[2] for h in held):.2f} s after the last press (goal: one run)")
     if splits:
-        print("where it went (medians): seconds from navigation until the largest websocket "
-              "message arrived, its size, seconds from it until the charts were drawn")
-        for count, kind in sorted({(c, k) for c, k, *_ in splits}):
-            mine = [s[2:] for s in splits if s[:2] == (count, kind)]
-            print(f"{count:4d} {kind}: {statistics.median(m[0] for m in mine):5.2f} s until "
-                  f"the message ({statistics.median(m[1] for m in mine) / 1e6:.2f} MB), "
-                  f"then {statistics.median(m[2] for m in mine):5.2f} s drawing")
-    print(f"a cold start on a database of hlbd runs adds the first LR-schedule check: "
-          f"{first_lr_check_seconds():.2f} s here (importing torch)")
+        print("\nwhere it went (medians): seconds from navigation until the largest "
+              "websocket message arrived, its size, seconds from it until drawn")
+        for kind in ("cold", "warm"):
+            mine = [s[1:] for s in splits if s[0] == kind]
+            if mine:
+                print(f"  {kind}: {median(x[0] for x in mine):5.2f} s until the message "
+                      f"({median(x[1] for x in mine) / 1e6:.2f} MB), then "
+                      f"{median(x[2] for x in mine):5.2f} s drawing")
 
 
 if __name__ == "__main__":

@@ -5,13 +5,23 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import streamlit as st
 from helpers.backends import rows, sqlite_only
 from helpers.colour import THEME_BACKGROUNDS, blend, contrast
-from helpers.explorer import APP, chart_spec, charts, column_formats, compare, open_app
+from helpers.explorer import (
+    APP,
+    chart_spec,
+    charts,
+    column_formats,
+    compare,
+    open_app,
+    slide,
+    slider_value,
+)
 from helpers.procs import kill_hard, spawn_hlbd, wait_until
 from helpers.tiny import tiny_config, tiny_flags
 from streamlit.testing.v1 import AppTest
@@ -547,7 +557,7 @@ def test_a_run_keeps_its_colour_whichever_runs_are_picked(explored, monkeypatch)
 def test_every_line_of_a_run_stands_3_to_1_on_light_and_dark_pages(explored, monkeypatch):
     db, ids, _ = explored
     at = compare(open_app(monkeypatch, db), [ids["baseline"], ids["faster"]])
-    at.slider(key="smoothing").set_value(0.6).run()  # a raw line under the smoothed one
+    slide(at, "smoothing", 0.6)  # a raw line under the smoothed one
     for chart in charts(at).values():
         for mark in chart.marks():
             if mark["type"] not in ("line", "rule"):
@@ -577,7 +587,7 @@ def test_smoothing_draws_over_the_faint_raw_line_and_never_touches_the_lr(explor
                                                                           monkeypatch):
     db, ids, store = explored
     at = compare(open_app(monkeypatch, db), [ids["baseline"]])
-    at.slider(key="smoothing").set_value(0.6).run()
+    slide(at, "smoothing", 0.6)
     drawn = charts(at)
     loss = drawn["Loss"]
     lines = [m for m in loss.marks() if m["type"] == "line" and m["data"] == "points_loss"]
@@ -615,18 +625,123 @@ def test_a_link_reproduces_the_compare_view_and_follows_changes(explored, monkey
     assert not at.exception
     assert at.session_state["picked"] == [ids["faster"], ids["baseline"]]
     assert at.button_group(key="x_axis").value == "step"
-    assert at.slider(key="smoothing").value == 0.5
+    assert slider_value(at, "smoothing") == 0.5
     assert at.number_input(key="threshold_grad_explode").value == 5.0
     drawn = charts(at)
     assert list(drawn) == ["Loss", "Learning rate"]
     assert drawn["Loss"].y_scale()["type"] == "log"
     # Changing the view rewrites the link.
     at.button_group(key="x_axis").set_value("wall").run()
-    at.slider(key="smoothing").set_value(0.0).run()
+    slide(at, "smoothing", 0.0)
     params = dict(at.query_params)
     assert params["x"] == "wall" and "smooth" not in params
     assert params["runs"] == f"{ids['faster'][:8]},{ids['baseline'][:8]}"
     assert params["grad_explode"] == "5"
+
+
+def test_each_chart_is_log_or_linear_on_its_own(explored, monkeypatch):
+    db, ids, _ = explored
+    at = compare(open_app(monkeypatch, db), [ids["baseline"]])
+    at.button_group(key="log_scale").set_value(["loss"]).run()
+    drawn = charts(at)
+    assert drawn["Loss"].y_scale()["type"] == "log"
+    assert drawn["Gradient norm"].y_scale().get("type", "linear") == "linear"
+    assert drawn["Learning rate"].y_scale().get("type", "linear") == "linear"
+    assert dict(at.query_params)["log"] == "loss"
+    at.button_group(key="log_scale").set_value(["grad_norm"]).run()
+    drawn = charts(at)
+    assert drawn["Loss"].y_scale().get("type", "linear") == "linear"
+    assert drawn["Gradient norm"].y_scale()["type"] == "log"
+
+
+def test_the_reset_zoom_button_brings_back_the_whole_x_range(explored, monkeypatch):
+    db, ids, _ = explored
+    monkeypatch.setenv("HLBD_DB", str(db))
+    at = AppTest.from_file(str(APP), default_timeout=60)
+    at.query_params.update({"runs": ids["baseline"][:8], "x": "step", "range": "2,5"})
+    at.run()
+    at.switch_page("views/compare.py").run()
+    zoomed = charts(at)["Loss"].points
+    assert zoomed["x"].between(2, 5).all()
+    assert not at.button(key="reset_zoom").disabled
+    at.button(key="reset_zoom").click().run()
+    assert "range" not in dict(at.query_params)
+    assert charts(at)["Loss"].points["x"].max() > 5
+    assert at.button(key="reset_zoom").disabled  # nothing left to reset
+
+
+def test_a_chart_takes_a_y_range_set_by_hand_and_the_link_keeps_it(explored, monkeypatch):
+    db, ids, _ = explored
+    at = compare(open_app(monkeypatch, db), [ids["baseline"]])
+    values = charts(at)["Loss"].points["value"]
+    low, high = float(values.min()), float(values.median())
+    at.number_input(key="y_low_loss").set_value(low)
+    at.number_input(key="y_high_loss").set_value(high).run()
+    drawn = charts(at)
+    assert drawn["Loss"].y_scale()["domain"] == [low, high]
+    # The values above it are marked on the top edge, with their values; the other
+    # charts keep their own range.
+    clipped = drawn["Loss"].clipped
+    assert len(clipped) == (values > high).sum() > 0 and (clipped["edge"] > 0.5).all()
+    assert "domain" not in drawn["Learning rate"].y_scale()
+    assert "Y range set to" in drawn["Loss"].subtitle
+    assert dict(at.query_params)["y"] == f"loss:{low!r}:{high!r}"
+    # One end left empty: where the values reach.
+    at.number_input(key="y_low_loss").set_value(None).run()
+    assert charts(at)["Loss"].y_scale()["domain"] == [low, high]
+    assert dict(at.query_params)["y"] == f"loss::{high!r}"
+    # A start above the end is refused and said, not drawn.
+    at.number_input(key="y_low_loss").set_value(high + 1).run()
+    assert "domain" not in charts(at)["Loss"].y_scale()
+    assert any("start must be below its end" in w.value for w in at.warning)
+    # The link opens the view with the range set.
+    monkeypatch.setenv("HLBD_DB", str(db))
+    other = AppTest.from_file(str(APP), default_timeout=60)
+    other.query_params.update({"runs": ids["baseline"][:8], "y": f"loss::{high!r}"})
+    other.run()
+    other.switch_page("views/compare.py").run()
+    assert charts(other)["Loss"].y_scale()["domain"] == [low, high]
+    assert other.number_input(key="y_high_loss").value == high
+
+
+@sqlite_only
+def test_any_name_a_run_logged_can_be_the_x_axis(backend, databases, tmp_path, monkeypatch):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "own_loop.py"
+    spec = importlib.util.spec_from_file_location("own_loop", path)
+    own_loop = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(own_loop)
+    db = databases.new(tmp_path)
+    run_id = own_loop.train(db, epochs=2, runs_dir=str(tmp_path / "runs"))
+    store = Store.open_read_only(db)
+    ppl = {p["step"]: p["value"] for p in store.points(run_id, "ppl")}
+    lr1 = {p["step"]: p["value"] for p in store.points(run_id, "lr/1")}
+    closes = {}  # epoch -> its last step
+    for p in store.points(run_id, "ppl"):
+        closes[p["epoch"]] = max(closes.get(p["epoch"], 0), p["step"])
+    store.close()
+
+    at = compare(open_app(monkeypatch, db), [run_id])
+    assert "ppl" in at.selectbox(key="x_logged").options  # as the run named it
+    at.button_group(key="metrics").set_value(["loss", "p:lr/1"]).run()
+    at.selectbox(key="x_logged").set_value("p:ppl").run()
+    assert not at.exception
+    assert dict(at.query_params)["x"] == "p:ppl"
+    assert at.button_group(key="x_axis").value is None  # one x axis at a time
+    drawn = charts(at)
+    assert drawn["Loss"].x_scale() is not None
+    # A step's value at the ppl logged at the same step ...
+    points = drawn["lr/1"].points
+    assert sorted(zip(points["x"], points["value"])) == sorted(
+        (ppl[step], value) for step, value in lr1.items())
+    # ... an epoch's at the ppl at its close.
+    assert sorted(drawn["Loss"].points["x"]) == sorted(ppl[s] for s in closes.values())
+    spec, _ = chart_spec(at)
+    assert "ppl" in json.dumps(spec)  # the axis says what it is
+    at.button_group(key="x_axis").set_value("step").run()
+    assert dict(at.query_params)["x"] == "step"
+    assert at.selectbox(key="x_logged").value is None
 
 
 def test_a_link_names_runs_hidden_in_the_legend_and_keeps_naming_them(explored,

@@ -18,6 +18,7 @@ import pytest
 from helpers.explorer import (
     APP,
     AXIS_LABELS_JS,
+    ScriptRuns,
     click_header,
     click_legend,
     drawn_runs,
@@ -182,7 +183,7 @@ def test_a_compare_link_opens_that_view_and_charts_zoom_and_hover_together(serve
     page.get_by_text("Drag across a chart").wait_for(timeout=WAIT_MS)
     page.wait_for_timeout(1500)  # let Vega finish drawing
     wait_for_picks(page, ["first", "second"])
-    assert page.get_by_test_id("stSlider").first.inner_text().count("0.30") == 1
+    assert page.locator(".hlbd-slider").first.inner_text().count("0.30") == 1
     assert query(page) == {"runs": picked, "x": "step", "smooth": "0.3"}
     page.screenshot(path=tmp_path / "compare_step.png", full_page=True)
     # The charts, y axes included, fit the page's width: nothing runs past its right
@@ -453,6 +454,75 @@ def test_the_charts_are_drawn_before_the_pointer_comes_near(served, page):
     assert page.errors == []
 
 
+def test_a_control_change_reruns_the_charts_alone_not_the_page(served, page):
+    url, ids, _ = served
+    second = f"second · {ids['second'][:8]}"
+    runs = ScriptRuns(page)
+    page.goto(f"{url}/compare?runs={ids['first'][:8]},{ids['second'][:8]}")
+    wait_for_chart(page)
+    runs.wait_quiet(page)
+    opened = runs.page_runs()
+    assert opened >= 1
+    # The x axis, a chart's log scale, the smoothing, a legend click, a zoom: each
+    # reruns the charts' fragment, never the page around it.
+    before = current_view(page)
+    page.get_by_test_id("stButtonGroup").first.get_by_text("step", exact=True).click()
+    wait_for_chart(page, before)
+    page.get_by_test_id("stButtonGroup").nth(2).get_by_text("Loss", exact=True).click()
+    page.wait_for_function("() => location.search.includes('log=')", timeout=WAIT_MS)
+    page.locator(".hlbd-slider input").first.focus()
+    page.keyboard.press("ArrowRight")
+    page.wait_for_function("() => location.search.includes('smooth=0.01')", timeout=WAIT_MS)
+    runs.wait_quiet(page)
+    click_legend(page, second)
+    page.wait_for_function("() => location.search.includes('hide=')", timeout=WAIT_MS)
+    runs.wait_quiet(page)
+    box = page.locator(".vega-embed").first.bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.3, box["y"] + 160)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.6, box["y"] + 160, steps=8)
+    page.mouse.up()
+    page.wait_for_function("() => location.search.includes('range=')", timeout=WAIT_MS)
+    runs.wait_quiet(page)
+    fragment_runs = [ids for ids in runs.started if ids]
+    assert len(fragment_runs) >= 5
+    assert runs.page_runs() == opened
+    assert page.errors == []
+
+
+DRAWINGS_JS = "() => Number(document.querySelector('.vega-embed').dataset.drawings)"
+
+
+def test_a_held_arrow_key_on_the_smoothing_costs_one_rerun_not_one_per_step(served, page):
+    url, ids, _ = served
+    runs = ScriptRuns(page)
+    page.goto(f"{url}/compare?runs={ids['first'][:8]}&smooth=0.3")
+    wait_for_chart(page)
+    runs.wait_quiet(page)
+    asked, started = runs.asked, len(runs.started)
+    view, drawings = current_view(page), page.evaluate(DRAWINGS_JS)
+    smoothed = page.evaluate("() => JSON.stringify(document.querySelector('.vega-embed')"
+                             ".hlbdView.data('points_loss').map(r => r.smooth))")
+    page.locator(".hlbd-slider input").first.focus()
+    for _ in range(20):  # a held key repeats about every 30 ms
+        page.keyboard.press("ArrowRight")
+        page.wait_for_timeout(30)
+    page.wait_for_function("() => location.search.includes('smooth=0.5')", timeout=WAIT_MS)
+    runs.wait_quiet(page)
+    assert runs.asked - asked == 1
+    assert len(runs.started) - started == 1
+    assert page.locator(".hlbd-slider").first.inner_text().count("0.50") == 1
+    # The same layout with new numbers: swapped into the drawn view, drawn once, not a
+    # new view built.
+    page.wait_for_function(f"() => ({DRAWINGS_JS})() > {drawings}", timeout=WAIT_MS)
+    assert page.evaluate(DRAWINGS_JS) == drawings + 1
+    assert page.evaluate("(old) => document.querySelector('.vega-embed').hlbdView === old",
+                         view)
+    assert page.evaluate("() => JSON.stringify(document.querySelector('.vega-embed')"
+                         ".hlbdView.data('points_loss').map(r => r.smooth))") != smoothed
+    assert page.errors == []
+
+
 def test_a_legend_click_hides_that_run_and_fades_its_entry_only(served, page):
     url, ids, _ = served
     first, second = (f"{n} · {ids[n][:8]}" for n in ("first", "second"))
@@ -616,7 +686,7 @@ FIT_JS = """() => {
     - parseFloat(getComputedStyle(main).paddingRight);
   const cut = [];
   for (const e of main.querySelectorAll('[data-testid=stButtonGroup], [data-testid=stSlider],'
-      + ' [data-testid=stCheckbox], [data-testid=stWidgetLabel], .hlbd-export')) {
+      + ' [data-testid=stCheckbox], [data-testid=stWidgetLabel], .hlbd-export, .hlbd-slider')) {
     const box = e.getBoundingClientRect();
     let inner = box.right;
     for (const c of e.querySelectorAll('*')) inner = Math.max(inner, c.getBoundingClientRect().right);

@@ -8,6 +8,7 @@ import pandas as pd
 import streamlit as st
 
 import charts
+import debounced_slider
 import formats
 import groups
 import link
@@ -18,7 +19,7 @@ import sidebar
 import vega_component
 from hlbd.config import config_diff
 from hlbd.store.buckets import bucket_width
-from series import POINT, RunSeries, metric_data, read_keys
+from series import POINT, RunSeries, fixed_y_range, metric_data, read_keys
 
 # Step buckets per chart, shared by the picked runs, each getting at least / at most
 # POINTS_PER_RUN. A full-width plot is 850-1000 px wide on a 1400-1600 px window: 500
@@ -39,56 +40,117 @@ if not chosen:
             if runs else f"No runs in `{url}` yet. {reads.FIRST_RUN_HELP}")
     st.stop()
 
-# The controls wrap onto more lines as the page narrows (an 800 px window, the sidebar
-# open), never cut: each takes its own width in a row that wraps; the pills fill theirs.
-top = st.container(horizontal=True, wrap=True, gap="medium")
-x_axis = top.segmented_control("x axis", list(series.X_AXES), format_func=series.X_AXES.get,
-                               default=link.get("x"), key="x_axis") or link.get("x")
-if x_axis != link.get("x"):
-    link.put("range", None)  # a zoom in epochs means nothing in steps
-link.put("x", x_axis)
-link.put("smooth", top.slider(
-    "Smoothing of loss and grad norm", 0.0, 0.99, link.get("smooth"), 0.01,
-    key="smoothing", width=SLIDER_PX,
-    help="TensorBoard's debiased EMA (0 = off), drawn over the raw line. The LR is never "
-         "smoothed."))
-link.put("robust", top.toggle(
-    "Robust y range", value=link.get("robust"), key="robust",
-    help="Fit the y range to the calm runs: a run whose typical values are more than 10 "
-         "times the calmest run's has exploded and no longer flattens the others; its "
-         "points beyond the range are marked on the chart's edge. Never applied to the "
-         "LR, token accuracy or tokens/s."))
-# The recorded metrics, then every name a picked run logged of its own (lr/1, eval/loss).
-own = sorted({POINT + key for r in chosen
-              for key in reads.point_keys(url, r["run_id"], r["version"])})
-available = [*charts.METRICS, *own]
-link.put("charts", st.pills(
-    "Charts", available, selection_mode="multi",
-    default=[m for m in link.get("charts") if m in available],
-    format_func=charts.title, key="metrics", width="stretch") or [])
-link.put("log", st.pills(
-    "Log scale", link.get("charts"), selection_mode="multi",
-    default=[m for m in link.get("log") if m in link.get("charts")],
-    format_func=charts.title, key="log_scale", width="stretch") or [])
 
-# Grouping (app/groups.py): runs of one group drawn as one line, its mean with a min-max
-# band; seeds of one config become one line.
-grouped = st.container(horizontal=True, gap="medium", vertical_alignment="bottom")
-group_choices = groups.choices(chosen)
-link.put("group", grouped.selectbox(
-    "Group runs by", group_choices, format_func=groups.title, key="group_by", width=260,
-    index=group_choices.index(link.get("group")) if link.get("group") in group_choices else 0,
-    help="A line per group: at each x the mean of its members' values there, the band "
-         "their lowest to highest; a member without a value there is not counted (the "
-         "hover says of how many runs)."))
-link.put("members", grouped.toggle(
-    "Show members", value=link.get("members"), key="group_members",
-    disabled=not link.get("group"), help="Each run of a group as a thin line under it."))
-link.put("tag_colors", grouped.toggle(
-    "Colour by tags", value=link.get("tag_colors"), key="tag_colors",
-    disabled=bool(link.get("group")), help="A line per run, runs with the same tags in one "
-                                           "colour."))
+def controls(chosen: list[dict]) -> list[str]:
+    """The row of controls over the charts (into the link); returns the charts a user
+    can pick."""
+    # The controls wrap onto more lines as the page narrows (an 800 px window, the
+    # sidebar open), never cut: each takes its own width in a row that wraps; the pills
+    # fill theirs.
+    top = st.container(horizontal=True, wrap=True, gap="medium")
+    # The recorded metrics, then every name a picked run logged of its own (lr/1,
+    # eval/loss, tokens): each can be charted, and can be the x axis.
+    own = sorted({POINT + key for r in chosen
+                  for key in reads.point_keys(url, r["run_id"], r["version"])})
+    if link.get("x") not in [*series.X_AXES, *own]:  # a name no picked run logged
+        link.put("x", "epoch")
+    # Epoch, step, wall time as buttons; a name the runs logged from a list beside them
+    # (runs log many: as buttons they would not fit). The one changed last is the axis.
+    top.segmented_control(
+        "x axis", list(series.X_AXES), format_func=series.X_AXES.get, key="x_axis",
+        default=link.get("x") if link.get("x") in series.X_AXES else None,
+        on_change=pick_x_axis, args=("x_axis",))
+    if own:
+        top.selectbox(
+            "or a name the runs logged", own, format_func=charts.title, key="x_logged",
+            index=own.index(link.get("x")) if link.get("x") in own else None,
+            placeholder="x axis from a logged name", on_change=pick_x_axis,
+            args=("x_logged",), width=220,
+            help="Each step's values at that name's value logged at the same step, each "
+                 "epoch's at its value at the epoch's close.")
+    with top:
+        link.put("smooth", round(debounced_slider.slider(
+            "Smoothing of loss and grad norm", 0.0, 0.99, link.get("smooth"), 0.01,
+            key="smoothing", width=SLIDER_PX,
+            help="TensorBoard's debiased EMA (0 = off), drawn over the raw line. The LR "
+                 "is never smoothed."), 2))
+    # Next to the double-click on a chart, a button that says it.
+    top.button("Reset zoom", key="reset_zoom", disabled=link.get("range") is None,
+               on_click=link.put, args=("range", None),
+               help="Back to the whole x range (as a double-click on a chart).")
+    link.put("robust", top.toggle(
+        "Robust y range", value=link.get("robust"), key="robust",
+        help="Fit the y range to the calm runs: a run whose typical values are more than "
+             "10 times the calmest run's has exploded and no longer flattens the others; "
+             "its points beyond the range are marked on the chart's edge. Never applied "
+             "to the LR, token accuracy or tokens/s."))
+    available = [*charts.METRICS, *own]
+    link.put("charts", st.pills(
+        "Charts", available, selection_mode="multi",
+        default=[m for m in link.get("charts") if m in available],
+        format_func=charts.title, key="metrics", width="stretch") or [])
+    link.put("log", st.pills(
+        "Log scale", link.get("charts"), selection_mode="multi",
+        default=[m for m in link.get("log") if m in link.get("charts")],
+        format_func=charts.title, key="log_scale", width="stretch") or [])
+    y_range_inputs()
+    group_controls()
+    return available
 
+
+def group_controls() -> None:
+    """Grouping (app/groups.py): runs of one group drawn as one line, its mean with a
+    min-max band; seeds of one config become one line."""
+    grouped = st.container(horizontal=True, gap="medium", vertical_alignment="bottom")
+    group_choices = groups.choices(chosen)
+    link.put("group", grouped.selectbox(
+        "Group runs by", group_choices, format_func=groups.title, key="group_by", width=260,
+        index=group_choices.index(link.get("group")) if link.get("group") in group_choices else 0,
+        help="A line per group: at each x the mean of its members' values there, the band "
+             "their lowest to highest; a member without a value there is not counted (the "
+             "hover says of how many runs)."))
+    link.put("members", grouped.toggle(
+        "Show members", value=link.get("members"), key="group_members",
+        disabled=not link.get("group"), help="Each run of a group as a thin line under it."))
+    link.put("tag_colors", grouped.toggle(
+        "Colour by tags", value=link.get("tag_colors"), key="tag_colors",
+        disabled=bool(link.get("group")), help="A line per run, runs with the same tags in one "
+                                               "colour."))
+
+
+def pick_x_axis(key: str) -> None:
+    """The x axis as the control under ``key`` was just set (the other one is cleared);
+    a zoom on the old axis means nothing on the new one."""
+    chosen = st.session_state.get(key)
+    if not chosen or chosen == link.get("x"):
+        return
+    link.put("x", chosen)
+    link.put("range", None)
+    st.session_state["x_logged" if key == "x_axis" else "x_axis"] = None
+
+
+def y_range_inputs() -> None:
+    """Each picked chart's y range as the user sets it (an end left empty: where the
+    values reach), into the link; one that cannot be drawn says why and is not used."""
+    ranges = {}
+    with st.popover("Y range per chart"):
+        for m in link.get("charts"):
+            low, high = link.get("y").get(m, (None, None))
+            left, right = st.columns(2)
+            low = left.number_input(f"{charts.title(m)}: from", value=low, format="%g",
+                                    key=f"y_low_{m}", placeholder="automatic")
+            high = right.number_input("to", value=high, format="%g", key=f"y_high_{m}",
+                                      placeholder="automatic")
+            if low is None and high is None:
+                continue
+            if low is not None and high is not None and not low < high:
+                st.warning(f"{charts.title(m)}: the range's start must be below its end.")
+            elif m in link.get("log") and ((low is not None and low <= 0)
+                                           or (high is not None and high <= 0)):
+                st.warning(f"{charts.title(m)}: a log scale starts above 0.")
+            else:
+                ranges[m] = [low, high]
+    link.put("y", ranges)
 
 def zoom_from_chart() -> None:
     """A drag on a chart zooms every chart to its x range; a double-click goes back."""
@@ -123,6 +185,7 @@ def load_series(url: str, picked: tuple, x_axis: str, x_range, thresholds: tuple
 
     ``picked``: each run's (run_id, version, label, created_at, color)."""
     width, steps = None, None
+    logged = x_axis.startswith(POINT)  # its values place each step and epoch close
     if x_axis == "step":
         spans = [reads.step_span(url, run_id, version) for run_id, version, *_ in picked]
         last = max((s["last_step"] for s in spans if s), default=1)
@@ -135,7 +198,8 @@ def load_series(url: str, picked: tuple, x_axis: str, x_range, thresholds: tuple
         buckets=reads.step_buckets(url, run_id, version, width, steps) if width else None,
         segments=reads.segments(url, run_id, version),
         flags=reads.flags(url, run_id, version, thresholds),
-        epoch_steps=reads.epoch_steps(url, run_id, version) if x_axis == "step" else [],
+        epoch_steps=(reads.epoch_steps(url, run_id, version)
+                     if x_axis == "step" or logged else []),
         color=color,
         points={key: reads.points(url, run_id, version, key) for key in own},
     ) for run_id, version, label, created_at, color in picked]
@@ -144,14 +208,18 @@ def load_series(url: str, picked: tuple, x_axis: str, x_range, thresholds: tuple
 @st.cache_data(ttl=reads.RUN_TTL, max_entries=32, show_spinner=False)
 def chart(url: str, picked: tuple, x_axis: str, x_range, metrics: tuple, smoothing: float,
           log: tuple, robust: bool, thresholds: tuple,
-          grouping: groups.Grouping | None = None) -> tuple[dict | None, list]:
+          y_ranges: tuple = (), grouping: groups.Grouping | None = None,
+          ) -> tuple[dict | None, list]:
     """The charts' spec (None without metrics) and the series they draw.
 
     Cached across sessions and keyed by everything the charts show, the picked runs'
     versions included (``picked`` as in load_series): a new session opening the same
     link gets the spec built once, and a run with news is read and drawn anew.
+    ``y_ranges``: (metric, low, high) of the charts whose y range the user set.
     """
-    own = read_keys(metrics)   # a POINT chart's name, and val_loss beside loss
+    # a POINT chart's name, val_loss beside loss, and a logged name on the x axis
+    own = tuple(dict.fromkeys([*read_keys(metrics), *(
+        [x_axis.removeprefix(POINT)] if x_axis.startswith(POINT) else [])]))
     series = load_series(url, picked, x_axis, x_range, thresholds, own)
     if not metrics:
         return None, series
@@ -159,6 +227,8 @@ def chart(url: str, picked: tuple, x_axis: str, x_range, metrics: tuple, smoothi
                         log_scale=m in log, robust=robust, x_range=x_range,
                         grouping=grouping)
             for m in metrics]
+    fixed = {m: (low, high) for m, low, high in y_ranges}
+    data = [fixed_y_range(d, *fixed[d.metric]) if d.metric in fixed else d for d in data]
     return charts.spec(data, series, x_axis, smoothing=smoothing, log_metrics=log,
                        grouping=grouping), series
 
@@ -178,9 +248,22 @@ def _cell(value) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-with reads.errors_shown():
-    zoom_from_chart()
-    x_range = link.get("range")
+@st.fragment
+def chart_part() -> None:
+    """The controls and the charts: a change to either reruns this part alone, not the
+    page (the sidebar, the tables below), and brings the link up to date itself."""
+    with reads.errors_shown():
+        zoom_from_chart()  # first: the reset button shows whether a zoom is on
+        available = controls(chosen)
+        draw_charts(available)
+    # A fragment's rerun does not reach main.py's own write_url (a full run writes the
+    # same link twice; the second finds nothing to change).
+    link.write_url("compare", sidebar.picked(), list(runs), dict(thresholds),
+                   reads.threshold_defaults())
+
+
+def draw_charts(available: list[str]) -> None:
+    x_axis, x_range = link.get("x"), link.get("range")
     colors = charts.colors({r["run_id"]: r["rank"] for r in runs.values()},
                            [r["run_id"] for r in chosen])
     if link.get("tag_colors") and not link.get("group"):
@@ -190,34 +273,43 @@ with reads.errors_shown():
                     colors[r["run_id"]]) for r in chosen),
         x_axis, x_range, tuple(m for m in available if m in link.get("charts")),
         link.get("smooth"), tuple(link.get("log")), link.get("robust"), thresholds,
+        tuple((m, low, high) for m, (low, high) in link.get("y").items()),
         grouping=groups.grouping(chosen, link.get("group"), sidebar.label, colors,
                                  link.get("members")))
     if spec is None:
         st.info("Pick at least one chart above.")
-    else:
-        charts.draw(spec, key="charts", hidden=hidden_in_legend())
-        notes = [("Drag across a chart to zoom all of them (double-click: back); hover for "
-                 "every run's value; click a legend entry to hide that run (again: show "
-                 "it)."),
-                 ("Triangles on the top edge: NaN/Inf (the line breaks there). Filled "
-                 "diamonds on the bottom edge: anomaly flags. Dashed lines: resumes.")]
-        if x_axis == "step" and any(s.buckets is not None and len(s.buckets)
-                                    and s.buckets["width"].iloc[0] > 1 for s in series):
-            width = next(s.buckets["width"].iloc[0] for s in series
-                         if s.buckets is not None and len(s.buckets))
-            notes.append(f"Steps are shown in buckets of {width:,} (about "
-                         f"{points_per_run(len(series)):,} points per run; zoom in for "
-                         "detail): each point is a bucket's mean, the band its min and max.")
-        if x_axis == "wall":
-            notes.append("Per-step rows carry no timestamp, so wall time is drawn from the "
-                         "epoch records (when each epoch was recorded).")
-        if x_range:
-            notes.append(f"Zoomed to {x_range[0]:.6g} – {x_range[1]:.6g}.")
-        st.caption(" ".join(notes))
+        return
+    charts.draw(spec, key="charts", hidden=hidden_in_legend())
+    notes = [("Drag across a chart to zoom all of them (double-click: back); hover for "
+             "every run's value; click a legend entry to hide that run (again: show "
+             "it)."),
+             ("Triangles on the top edge: NaN/Inf (the line breaks there). Filled "
+             "diamonds on the bottom edge: anomaly flags. Dashed vertical lines: resumes; "
+             "dashed curves with dots: validation (held out).")]
+    if x_axis == "step" and any(s.buckets is not None and len(s.buckets)
+                                and s.buckets["width"].iloc[0] > 1 for s in series):
+        width = next(s.buckets["width"].iloc[0] for s in series
+                     if s.buckets is not None and len(s.buckets))
+        notes.append(f"Steps are shown in buckets of {width:,} (about "
+                     f"{points_per_run(len(series)):,} points per run; zoom in for "
+                     "detail): each point is a bucket's mean, the band its min and max.")
+    if x_axis.startswith(POINT):
+        notes.append(f"On the x axis, {charts.title(x_axis)} as each run logged it: a "
+                     "step's values at its value logged at the same step, an epoch's at "
+                     "its value at the epoch's close; a record without one is not drawn.")
+    if x_axis == "wall":
+        notes.append("Per-step rows carry no timestamp, so wall time is drawn from the "
+                     "epoch records (when each epoch was recorded).")
+    if x_range:
+        notes.append(f"Zoomed to {x_range[0]:.6g} – {x_range[1]:.6g}.")
+    st.caption(" ".join(notes))
 
-    flags = [dict(run=s.label, **{k: f[k] for k in ("epoch", "step", "rule", "value",
-                                                     "threshold", "message")})
-             for s in series for f in s.flags]
+
+chart_part()
+with reads.errors_shown():
+    flags = [dict(run=sidebar.label(r), **{k: f[k] for k in ("epoch", "step", "rule", "value",
+                                                            "threshold", "message")})
+             for r in chosen for f in reads.flags(url, r["run_id"], r["version"], thresholds)]
     st.subheader(f"Anomalies ({len(flags)})")
     if flags:
         formats.show(formats.table(flags, ("value", "threshold")), hide_index=True,

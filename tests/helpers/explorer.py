@@ -33,6 +33,29 @@ def compare(at: AppTest, run_ids: list[str], x_axis: str = "epoch") -> AppTest:
     return at
 
 
+def component_data(at: AppTest, name: str) -> dict:
+    """The data the page's first component ``name`` (hlbd_chart, hlbd_slider) was drawn
+    with, its Arrow tables left as references."""
+    element = next(e for e in at.get("bidi_component")
+                   if e.proto.component_name == name and e.proto.HasField("mixed"))
+    return json.loads(element.proto.mixed.json)
+
+
+def slide(at: AppTest, key: str, value: float) -> AppTest:
+    """Move the debounced slider ``key`` (app/debounced_slider.py) to ``value``, as its
+    browser side says it once the hand stops, and run the page."""
+    at.session_state[key] = {"value": value}
+    return at.run()
+
+
+def slider_value(at: AppTest, key: str) -> float:
+    """The value the debounced slider ``key`` shows."""
+    element = next(e for e in at.get("bidi_component")
+                   if e.proto.component_name == "hlbd_slider"
+                   and e.proto.id.endswith(f"-{key}"))
+    return json.loads(element.proto.json)["value"]
+
+
 class Chart:
     """One metric's chart of the compare spec: its layers and its datasets as frames."""
 
@@ -304,3 +327,57 @@ def wait_until_serving(port: int, server: subprocess.Popen, timeout: float = 120
 def streamlit_flags(port: int) -> list[str]:
     return ["--server.headless", "true", "--server.port", str(port),
             "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"]
+
+
+class ScriptRuns:
+    """The script runs a browser page's server reports on its websocket, and the reruns
+    the page asked for: read from Streamlit's own messages (ForwardMsg new_session names
+    the fragments a run reruns, none for a run of the whole page; BackMsg rerun_script),
+    so a fragment's run and the page's are told apart by what the server says.
+    Attach before the page opens its websocket (before goto)."""
+
+    def __init__(self, page):
+        from streamlit.proto.BackMsg_pb2 import BackMsg
+        from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+
+        self.started: list[tuple[str, ...]] = []   # each run's fragment ids
+        self.finished = 0
+        self.asked = 0
+
+        def received(payload) -> None:
+            if isinstance(payload, bytes):
+                msg = ForwardMsg()
+                msg.ParseFromString(payload)
+                kind = msg.WhichOneof("type")
+                if kind == "new_session":
+                    self.started.append(tuple(msg.metadata.run.fragment_ids))
+                elif kind == "script_finished":
+                    self.finished += 1
+
+        def sent(payload) -> None:
+            if isinstance(payload, bytes):
+                msg = BackMsg()
+                msg.ParseFromString(payload)
+                self.asked += msg.WhichOneof("type") == "rerun_script"
+
+        def watch(ws) -> None:
+            ws.on("framereceived", received)
+            ws.on("framesent", sent)
+
+        page.on("websocket", watch)
+
+    def page_runs(self) -> int:
+        """Runs of the whole page so far (no fragment named)."""
+        return sum(1 for ids in self.started if not ids)
+
+    def wait_quiet(self, page, quiet_ms: int = 1500, timeout_ms: int = 60_000) -> None:
+        """Until every run started has finished and none started for ``quiet_ms``."""
+        seen, still = (len(self.started), self.finished), 0
+        for _ in range(timeout_ms // 100):
+            page.wait_for_timeout(100)
+            now = (len(self.started), self.finished)
+            still = still + 100 if now == seen else 0
+            seen = now
+            if still >= quiet_ms and self.finished >= len(self.started):
+                return
+        raise TimeoutError("the page kept running")
