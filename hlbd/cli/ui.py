@@ -16,10 +16,11 @@ from hlbd.store import connect
 APP_PACKAGE = "hlbd.app"
 # What .streamlit/config.toml sets, for when hlbd ui runs from another folder (flags
 # given after `hlbd ui` win): no usage statistics, no external-IP lookup, local only,
-# no reloading of installed code.
+# no reloading of installed code, no full garbage collection after each rerun.
 LOCAL = ("--browser.gatherUsageStats", "false", "--server.address", "localhost",
          "--server.headless", "true", "--server.fileWatcherType", "none",
-         "--server.runOnSave", "false", "--client.toolbarMode", "viewer")
+         "--server.runOnSave", "false", "--client.toolbarMode", "viewer",
+         "--runner.postScriptGC", "false")
 
 
 def app_script() -> Path:
