@@ -46,7 +46,8 @@ HIDDEN = "hidden_runs"   # the spec's parameter: labels of the runs hidden in th
 VALIDATION_DASH = [6, 4]   # a held-out (validation) line: dashed, in its run's colour
 # The line styles' legend: which line is the training value, which the held-out one.
 KINDS = {"training": [1, 0], "validation (held out)": VALIDATION_DASH}
-MEMBER_WIDTH, MEMBER_OPACITY = 0.8, 0.5   # a group's members, drawn under its line
+MEMBER_WIDTH, MEMBER_OPACITY = 1.1, 0.9   # a group's members, under its line: at 0.8 px and
+# half opacity they vanished into the band of their own colour (0.18)
 HIT_PX = 24   # a marker's hover target, across (WCAG 2.5.8's minimum target size)
 SHOWN = {"filter": f"indexof({HIDDEN}, datum.run) < 0"}   # a layer's runs not hidden
 Y_AXIS_EXTENT = 64          # pixels for a y axis' ticks and labels (up to ~9 characters) ...
