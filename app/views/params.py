@@ -118,7 +118,11 @@ def parallel_spec(axes: list[str], ranges: list[str]) -> dict:
          "scale": {"domain": [-0.25, len(axes) - 0.75], "nice": False, "zero": False},
          "axis": {"values": list(range(len(axes))), "orient": "top", "grid": True,
                   "labelExpr": f"{json.dumps(names)}[datum.value]", "labelLimit": 220,
-                  "labelFontWeight": "bold", "labelFlush": False}}
+                  "labelFontWeight": "bold", "labelFlush": False,
+                  # Every axis named: side by side, Vega hid the labels that overlapped
+                  # (4 of 9 at 1440 px); tilted, each has its own room.
+                  "labelOverlap": False, "labelAngle": -30, "labelAlign": "left",
+                  "labelBaseline": "middle"}}
     y = {"field": "norm", "type": "quantitative", "axis": None,
          "scale": {"domain": [0, 1], "padding": EDGE_PX}}
     tooltip = [run, {"field": "axis", "title": "axis"},
