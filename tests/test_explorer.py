@@ -899,6 +899,30 @@ def test_a_link_with_garbage_is_ignored_not_a_traceback(explored, monkeypatch):
     assert at.number_input(key="threshold_spike_window").value == 5
 
 
+def test_a_threshold_out_of_its_range_is_ignored_from_a_link_and_cannot_be_typed(
+        explored, monkeypatch):
+    """A negative grad_explode flagged every epoch (and a count of 0 evaluations is no
+    count): such a value in the link leaves the threshold at its default, and the
+    sidebar's field does not go below the threshold's least sensible value."""
+    db, _, _ = explored
+    monkeypatch.setenv("HLBD_DB", str(db))
+    at = AppTest.from_file(str(APP), default_timeout=60)
+    at.query_params.update({"grad_explode": "-5", "spike_z": "-0.5", "overfit_evals": "0",
+                            "grad_vanish": "0.02"})
+    at.run()
+    assert not at.exception
+    assert at.number_input(key="threshold_grad_explode").value == 10.0
+    assert at.number_input(key="threshold_spike_z").value == 6.0
+    assert at.number_input(key="threshold_overfit_evals").value == 3
+    assert at.number_input(key="threshold_grad_vanish").value == 0.02   # in range: kept
+    assert dict(at.query_params) == {"grad_vanish": "0.02"}
+    for name in ("grad_explode", "grad_vanish", "spike_z", "spike_min_rise",
+                 "loss_min_rise", "lr_rtol", "restart_grace"):
+        assert at.number_input(key=f"threshold_{name}").min == 0, name
+    for name in ("spike_window", "rising_epochs", "overfit_evals"):
+        assert at.number_input(key=f"threshold_{name}").min == 1, name
+
+
 @sqlite_only  # SQLite's blob literal
 def test_sql_page_shows_blobs_and_mixed_types(explored, monkeypatch):
     db, _, _ = explored
