@@ -34,7 +34,7 @@ INT_MINIMUM = {"spike_window": 1, "rising_epochs": 1, "restart_grace": 0,
                "overfit_evals": 1}
 
 
-def threshold_minimum(name: str, default: int | float) -> int | float:
+def threshold_minimum(name: str, default: float) -> float:
     """The smallest sensible value of threshold ``name``: every threshold is a norm, a
     score, a fraction, a rise or a count, none below 0 (a negative grad_explode would
     flag every epoch); the counts INT_MINIMUM says."""
