@@ -35,8 +35,9 @@ shown_by_default = [c for c in runs_table.DEFAULT_COLUMNS if c in every.columns
                     and (c != "world_size" or any(v is not None
                                                   for v in every.values["world_size"]))]
 if from_url or "runs_columns" not in st.session_state:
-    st.session_state["runs_columns"] = [c for c in (view["cols"] or shown_by_default)
-                                        if c in every.columns and c != "name"]
+    # A link's columns that are none of these (cols=nope,name) are ignored.
+    st.session_state["runs_columns"] = ([c for c in view["cols"] or [] if c in choosable]
+                                        or list(shown_by_default))
 
 top = st.container(horizontal=True, wrap=True, gap="small")
 statuses = top.multiselect("Status", STATUSES, key="status_filter", width=340)
