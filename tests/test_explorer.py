@@ -19,6 +19,7 @@ from helpers.explorer import (
     column_formats,
     compare,
     open_app,
+    runs_table_key,
     slide,
     slider_value,
 )
@@ -187,9 +188,10 @@ def test_a_header_click_sorts_the_runs_nan_and_not_recorded_last_either_way(expl
 
     def click(column: str) -> pd.DataFrame:
         """What the grid sends when its header is clicked: that column selected."""
-        rows = at.session_state["runs_table"]["selection"]["rows"]
-        at.session_state["runs_table"] = {"selection": {"rows": rows, "columns": [column],
-                                                        "cells": []}}
+        key = runs_table_key(at)
+        rows = at.session_state[key]["selection"]["rows"]
+        at.session_state[key] = {"selection": {"rows": rows, "columns": [column],
+                                               "cells": []}}
         return at.run().dataframe[0].value
 
     for column, nan_run, missing_run in (("best loss", "diverged", None),
@@ -204,7 +206,7 @@ def test_a_header_click_sorts_the_runs_nan_and_not_recorded_last_either_way(expl
                 assert table["id"].iloc[-1] == ids[nan_run]
             if missing_run:
                 assert table["id"].iloc[-1] == ids[missing_run]
-            assert at.session_state["runs_table"]["selection"]["columns"] == []
+            assert at.session_state[runs_table_key(at)]["selection"]["columns"] == []
         assert "sorted by" in at.caption[0].value
         # A third click: newest first again.
         assert click(column)["id"].tolist() == open_app(monkeypatch, db).dataframe[

@@ -140,7 +140,7 @@ if sort is not None:
 table_slot.dataframe(
     # Header clicks select a column (the grid then leaves sorting to us: table_sort);
     # a click on a name selects that cell (and opens the run).
-    frame, key=table_picks.KEY, on_select="rerun",
+    frame, key=table_picks.key(), on_select="rerun",
     selection_mode=["multi-row", "single-column", "single-cell"],
     hide_index=True, width="stretch", placeholder=formats.NOT_RECORDED,
     # The header and the rows; with none, the grid still draws one ("empty").

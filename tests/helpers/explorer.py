@@ -33,6 +33,13 @@ def compare(at: AppTest, run_ids: list[str], x_axis: str = "epoch") -> AppTest:
     return at
 
 
+def runs_table_key(at: AppTest) -> str:
+    """The key the Runs page's table is drawn under now (app/table_picks.py: a click the
+    page acted on renews it)."""
+    round_ = at.session_state.get("runs_table_round", 0)
+    return f"runs_table_{round_}" if round_ else "runs_table"
+
+
 def component_data(at: AppTest, name: str) -> dict:
     """The data the page's first component ``name`` (hlbd_chart, hlbd_slider) was drawn
     with, its Arrow tables left as references."""
