@@ -137,9 +137,25 @@ def short_ids(picked: list[str], all_ids: list[str]) -> list[str]:
     return out
 
 
+SWITCHING = "link_switching"   # session state: the page switched to another (switch_to)
+
+
+def switch_to(page: str, script: str, params: dict[str, str]) -> None:
+    """Open ``page`` (its ``script``) on its own link ``params``: the browser gets one
+    history entry for it, so one Back comes back (the page would rewrite the URL, a
+    second). The page left does not write its link after (write_url): that replaced the
+    new page's link with its own (/run?tag=b, no run=, another run in a new tab)."""
+    st.session_state["link_page"] = page
+    st.session_state[SWITCHING] = True
+    st.switch_page(script, query_params=params)
+
+
 def write_url(page: str, picked: list[str], all_ids: list[str], thresholds: dict,
               threshold_defaults: dict) -> None:
-    """Rewrite the query parameters to the view of ``page`` (compare, run, runs, sql)."""
+    """Rewrite the query parameters to the view of ``page`` (compare, run, runs, sql);
+    not on the run that switched to another page (switch_to)."""
+    if st.session_state.pop(SWITCHING, False):
+        return
     params = url_params(page, picked, all_ids, thresholds, threshold_defaults)
     if dict(st.query_params) != params:
         st.query_params.from_dict(params)

@@ -94,10 +94,7 @@ if cell is not None and cell[1] == "name" and cell[0] < len(st.session_state.get
     link.put("run", st.session_state["runs_table_ids"][cell[0]])
     table_picks.forget_cell()
     runs_view.write(view)
-    # The detail page's own link goes with the switch: the browser gets one history
-    # entry for it, so one Back comes here (the page would rewrite the URL, a second).
-    st.session_state["link_page"] = "run"
-    st.switch_page("views/run.py", query_params=link.url_params(
+    link.switch_to("run", "views/run.py", link.url_params(
         "run", sidebar.picked(), every.run_ids, dict(thresholds),
         reads.threshold_defaults()))
 
