@@ -13,7 +13,8 @@ charts group runs by: ``tags``, ``config`` or ``config.KEY``; app/groups.py) wit
 ``members=1`` (draw the members too), ``colors=tags`` (ungrouped runs coloured by their
 tags), ``run`` (the Run detail page's run), the Runs page's view (``q``, ``status``,
 ``tag``, ``sort``, ``cols``, ``page``, ``per``: app/runs_view.py) and
-any anomaly threshold by name (``grad_explode=5``) that differs from its default.
+any anomaly threshold by name (``grad_explode=5``) that differs from its default (one
+below its least sensible value, link.threshold_minimum, is ignored).
 Values that cannot be read are ignored, never guessed.
 """
 
@@ -27,8 +28,17 @@ import streamlit as st
 from series import POINT, X_AXES
 
 DEFAULT_CHARTS = ("loss", "grad_norm", "lr")
-# The smallest value a whole-number threshold can take (a window of 0 epochs is none).
-INT_MINIMUM = {"spike_window": 1, "rising_epochs": 1, "restart_grace": 0}
+# The smallest value a whole-number threshold can take: a count of epochs or
+# evaluations is at least 1 (a window of 0 epochs is none); the rest, 0.
+INT_MINIMUM = {"spike_window": 1, "rising_epochs": 1, "restart_grace": 0,
+               "overfit_evals": 1}
+
+
+def threshold_minimum(name: str, default: float) -> float:
+    """The smallest sensible value of threshold ``name``: every threshold is a norm, a
+    score, a fraction, a rise or a count, none below 0 (a negative grad_explode would
+    flag every epoch); the counts INT_MINIMUM says."""
+    return INT_MINIMUM.get(name, 0) if isinstance(default, int) else 0.0
 
 
 def _floats(text: str, count: int) -> list[float] | None:
@@ -66,10 +76,10 @@ def start(metrics: tuple[str, ...], threshold_defaults: dict) -> None:
         view["range"] = tuple(span)
     for name, default in threshold_defaults.items():
         value = _floats(q.get(name, ""), 1)
-        if value is None:
+        if value is None or value[0] < threshold_minimum(name, default):
             continue
         if isinstance(default, int):
-            if value[0] == int(value[0]) and value[0] >= INT_MINIMUM.get(name, 0):
+            if value[0] == int(value[0]):
                 view["thresholds"][name] = int(value[0])
         else:
             view["thresholds"][name] = value[0]
@@ -127,9 +137,25 @@ def short_ids(picked: list[str], all_ids: list[str]) -> list[str]:
     return out
 
 
+SWITCHING = "link_switching"   # session state: the page switched to another (switch_to)
+
+
+def switch_to(page: str, script: str, params: dict[str, str]) -> None:
+    """Open ``page`` (its ``script``) on its own link ``params``: the browser gets one
+    history entry for it, so one Back comes back (the page would rewrite the URL, a
+    second). The page left does not write its link after (write_url): that replaced the
+    new page's link with its own (/run?tag=b, no run=, another run in a new tab)."""
+    st.session_state["link_page"] = page
+    st.session_state[SWITCHING] = True
+    st.switch_page(script, query_params=params)
+
+
 def write_url(page: str, picked: list[str], all_ids: list[str], thresholds: dict,
               threshold_defaults: dict) -> None:
-    """Rewrite the query parameters to the view of ``page`` (compare, run, runs, sql)."""
+    """Rewrite the query parameters to the view of ``page`` (compare, run, runs, sql);
+    not on the run that switched to another page (switch_to)."""
+    if st.session_state.pop(SWITCHING, False):
+        return
     params = url_params(page, picked, all_ids, thresholds, threshold_defaults)
     if dict(st.query_params) != params:
         st.query_params.from_dict(params)

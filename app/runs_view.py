@@ -5,7 +5,9 @@ again when the browser's Back or Forward brings an earlier one.
 Parameters (each left out at its default): ``q`` (the filter text), ``status`` (the
 statuses shown, comma-separated), ``tag`` (tags a run must all have), ``sort`` (a
 column id, ``-id`` for descending), ``cols`` (the column ids shown, in order), ``page``
-(from 1) and ``per`` (rows per page). Values that cannot be read are ignored.
+(from 1) and ``per`` (rows per page). Values that cannot be read are ignored: a
+word that is no status or column is left out, and a ``status`` or ``cols`` with none
+that is, ignored (the page knows the columns).
 
 Streamlit pushes a browser history entry each time the page rewrites its URL, so Back
 steps through the views. Which URL wins at the start of a run:
@@ -44,8 +46,10 @@ def from_params(params: dict[str, str]) -> dict:
     """The view a URL's parameters name (the rest at its defaults)."""
     view = {**DEFAULT, "status": list(DEFAULT["status"])}
     view["q"] = params.get("q", "")
-    if "status" in params:
-        view["status"] = [s for s in STATUSES if s in _words(params["status"])]
+    words = _words(params.get("status", ""))
+    if "status" in params and (not words or any(s in words for s in STATUSES)):
+        # (status= is no status ticked; status=zzz names none and is ignored)
+        view["status"] = [s for s in STATUSES if s in words]
     view["tag"] = _words(params.get("tag", ""))
     sort = params.get("sort", "")
     if sort.strip("-"):

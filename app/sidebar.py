@@ -72,7 +72,7 @@ def choose_thresholds() -> None:
             st.number_input(name.replace("_", " "), value=wanted.get(name, default),
                             key=f"threshold_{name}", help=THRESHOLD_HELP.get(name),
                             step=1 if isinstance(default, int) else None,
-                            min_value=link.INT_MINIMUM.get(name),
+                            min_value=link.threshold_minimum(name, default),
                             format=None if isinstance(default, int) else "%g")
 
 

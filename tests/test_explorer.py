@@ -19,6 +19,7 @@ from helpers.explorer import (
     column_formats,
     compare,
     open_app,
+    runs_table_key,
     slide,
     slider_value,
 )
@@ -187,9 +188,10 @@ def test_a_header_click_sorts_the_runs_nan_and_not_recorded_last_either_way(expl
 
     def click(column: str) -> pd.DataFrame:
         """What the grid sends when its header is clicked: that column selected."""
-        rows = at.session_state["runs_table"]["selection"]["rows"]
-        at.session_state["runs_table"] = {"selection": {"rows": rows, "columns": [column],
-                                                        "cells": []}}
+        key = runs_table_key(at)
+        rows = at.session_state[key]["selection"]["rows"]
+        at.session_state[key] = {"selection": {"rows": rows, "columns": [column],
+                                               "cells": []}}
         return at.run().dataframe[0].value
 
     for column, nan_run, missing_run in (("best loss", "diverged", None),
@@ -204,7 +206,7 @@ def test_a_header_click_sorts_the_runs_nan_and_not_recorded_last_either_way(expl
                 assert table["id"].iloc[-1] == ids[nan_run]
             if missing_run:
                 assert table["id"].iloc[-1] == ids[missing_run]
-            assert at.session_state["runs_table"]["selection"]["columns"] == []
+            assert at.session_state[runs_table_key(at)]["selection"]["columns"] == []
         assert "sorted by" in at.caption[0].value
         # A third click: newest first again.
         assert click(column)["id"].tolist() == open_app(monkeypatch, db).dataframe[
@@ -897,6 +899,30 @@ def test_a_link_with_garbage_is_ignored_not_a_traceback(explored, monkeypatch):
     assert at.button_group(key="x_axis").value == "epoch"
     assert list(charts(at)) == ["Loss"]
     assert at.number_input(key="threshold_spike_window").value == 5
+
+
+def test_a_threshold_out_of_its_range_is_ignored_from_a_link_and_cannot_be_typed(
+        explored, monkeypatch):
+    """A negative grad_explode flagged every epoch (and a count of 0 evaluations is no
+    count): such a value in the link leaves the threshold at its default, and the
+    sidebar's field does not go below the threshold's least sensible value."""
+    db, _, _ = explored
+    monkeypatch.setenv("HLBD_DB", str(db))
+    at = AppTest.from_file(str(APP), default_timeout=60)
+    at.query_params.update({"grad_explode": "-5", "spike_z": "-0.5", "overfit_evals": "0",
+                            "grad_vanish": "0.02"})
+    at.run()
+    assert not at.exception
+    assert at.number_input(key="threshold_grad_explode").value == 10.0
+    assert at.number_input(key="threshold_spike_z").value == 6.0
+    assert at.number_input(key="threshold_overfit_evals").value == 3
+    assert at.number_input(key="threshold_grad_vanish").value == 0.02   # in range: kept
+    assert dict(at.query_params) == {"grad_vanish": "0.02"}
+    for name in ("grad_explode", "grad_vanish", "spike_z", "spike_min_rise",
+                 "loss_min_rise", "lr_rtol", "restart_grace"):
+        assert at.number_input(key=f"threshold_{name}").min == 0, name
+    for name in ("spike_window", "rising_epochs", "overfit_evals"):
+        assert at.number_input(key=f"threshold_{name}").min == 1, name
 
 
 @sqlite_only  # SQLite's blob literal

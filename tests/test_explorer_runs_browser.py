@@ -129,3 +129,49 @@ def test_a_link_back_and_a_name_click_keep_the_runs_view(served, page):
     wait_for_query(page, sort="-name", tag="sweep")
     assert names(page) == linked
     assert page.errors == []
+
+
+def test_a_tag_picked_after_a_header_sort_keeps_the_sort_and_a_name_opens_its_own_link(
+        served, page):
+    """Sorted by a header (twice: descending), then a tag picked: the link used to drop
+    the sort while the table stayed sorted, a name click then opened the detail page on
+    a URL with the Runs view's parameters and no run= (a new tab on it showed another
+    run), and Back brought the view sorted ascending."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    url, ids = served
+    page.goto(f"{url}/")
+    page.get_by_text(re.compile(r"^30 of 30 runs")).wait_for(timeout=WAIT_MS)
+    click_header(page, "last loss")
+    wait_for_query(page, sort="last_loss")
+    click_header(page, "last loss")
+    wait_for_query(page, sort="-last_loss")
+    page.get_by_test_id("stMultiSelect").filter(has_text=re.compile(r"^Tags")).click()
+    page.get_by_role("option", name="baseline").click()
+    page.keyboard.press("Escape")
+    page.get_by_text(re.compile(r"^10 of 30 runs")).wait_for(timeout=WAIT_MS)
+    wait_for_query(page, tag="baseline", sort="-last_loss")
+    shown = names(page)
+
+    layout = grid_layout(page)
+    column = next(c for c in layout["columns"] if c["title"].startswith("name"))
+    heading = page.get_by_role("heading", name="Run detail")
+    for _ in range(3):   # (the first click after the tag picker may only focus the grid)
+        page.mouse.click(column["x"] + column["width"] / 2,
+                         layout["box"]["y"] + layout["header"] + 17)
+        try:
+            heading.wait_for(timeout=5000)
+            break
+        except PlaywrightTimeout:
+            continue
+    heading.wait_for(timeout=WAIT_MS)
+    top = ids[int(shown[0].removeprefix("run-"))]
+    page.get_by_text(top).first.wait_for(timeout=WAIT_MS)
+    assert urllib.parse.urlparse(page.url).path == "/run"
+    assert query(page) == {"run": top[:8]}
+    page.go_back()
+    page.get_by_text(re.compile(r"^10 of 30 runs")).wait_for(timeout=WAIT_MS)
+    wait_for_query(page, tag="baseline", sort="-last_loss")
+    assert query(page) == {"tag": "baseline", "sort": "-last_loss"}
+    assert names(page) == shown
+    assert page.errors == []

@@ -153,6 +153,27 @@ def test_a_link_reproduces_filter_tags_sort_columns_and_page(listed, monkeypatch
     assert {k: at.query_params[k] for k in params} == params
 
 
+def test_a_link_with_unreadable_statuses_or_columns_shows_the_defaults(listed,
+                                                                      monkeypatch):
+    """``status=zzz`` used to empty the Status filter (no run shown) and ``cols=nope,name``
+    the Columns picker: a value none of whose words is a status or a column is ignored,
+    like a garbage ``per``; the readable words of one are kept."""
+    db, ids = listed[6]
+    default = load(monkeypatch, db)
+    at = load(monkeypatch, db, status="zzz", cols="nope,name")
+    assert not at.exception
+    assert at.multiselect(key="status_filter").value == \
+        default.multiselect(key="status_filter").value
+    assert at.multiselect(key="runs_columns").value == \
+        default.multiselect(key="runs_columns").value
+    assert sorted(table(at)["id"]) == sorted(ids)
+    assert "status" not in at.query_params and "cols" not in at.query_params
+    at = load(monkeypatch, db, status="zzz,finished", cols="nope,seed")
+    assert at.multiselect(key="status_filter").value == ["finished"]
+    assert at.multiselect(key="runs_columns").value == ["seed"]
+    assert dict(at.query_params) == {"status": "finished", "cols": "seed"}
+
+
 def test_the_tag_filter_keeps_the_runs_with_every_tag_picked(listed, monkeypatch):
     db, ids = listed[60]
     at = load(monkeypatch, db, per="100")

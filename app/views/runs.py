@@ -35,8 +35,9 @@ shown_by_default = [c for c in runs_table.DEFAULT_COLUMNS if c in every.columns
                     and (c != "world_size" or any(v is not None
                                                   for v in every.values["world_size"]))]
 if from_url or "runs_columns" not in st.session_state:
-    st.session_state["runs_columns"] = [c for c in (view["cols"] or shown_by_default)
-                                        if c in every.columns and c != "name"]
+    # A link's columns that are none of these (cols=nope,name) are ignored.
+    st.session_state["runs_columns"] = ([c for c in view["cols"] or [] if c in choosable]
+                                        or list(shown_by_default))
 
 top = st.container(horizontal=True, wrap=True, gap="small")
 statuses = top.multiselect("Status", STATUSES, key="status_filter", width=340)
@@ -93,10 +94,7 @@ if cell is not None and cell[1] == "name" and cell[0] < len(st.session_state.get
     link.put("run", st.session_state["runs_table_ids"][cell[0]])
     table_picks.forget_cell()
     runs_view.write(view)
-    # The detail page's own link goes with the switch: the browser gets one history
-    # entry for it, so one Back comes here (the page would rewrite the URL, a second).
-    st.session_state["link_page"] = "run"
-    st.switch_page("views/run.py", query_params=link.url_params(
+    link.switch_to("run", "views/run.py", link.url_params(
         "run", sidebar.picked(), every.run_ids, dict(thresholds),
         reads.threshold_defaults()))
 
@@ -139,7 +137,7 @@ if sort is not None:
 table_slot.dataframe(
     # Header clicks select a column (the grid then leaves sorting to us: table_sort);
     # a click on a name selects that cell (and opens the run).
-    frame, key=table_picks.KEY, on_select="rerun",
+    frame, key=table_picks.key(), on_select="rerun",
     selection_mode=["multi-row", "single-column", "single-cell"],
     hide_index=True, width="stretch", placeholder=formats.NOT_RECORDED,
     # The header and the rows; with none, the grid still draws one ("empty").

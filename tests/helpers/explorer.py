@@ -33,6 +33,13 @@ def compare(at: AppTest, run_ids: list[str], x_axis: str = "epoch") -> AppTest:
     return at
 
 
+def runs_table_key(at: AppTest) -> str:
+    """The key the Runs page's table is drawn under now (app/table_picks.py: a click the
+    page acted on renews it)."""
+    round_ = at.session_state.get("runs_table_round", 0)
+    return f"runs_table_{round_}" if round_ else "runs_table"
+
+
 def component_data(at: AppTest, name: str) -> dict:
     """The data the page's first component ``name`` (hlbd_chart, hlbd_slider) was drawn
     with, its Arrow tables left as references."""
@@ -166,7 +173,8 @@ def column_formats(element) -> dict[str, str]:
 # column is).
 GRID_LAYOUT_JS = """(index) => {
   const canvas = document.querySelectorAll('[data-testid=stDataFrame]')[index]
-    .querySelector('canvas');
+    ?.querySelector('canvas');
+  if (!canvas) return null;
   const key = Object.keys(canvas).find((k) => k.startsWith('__reactFiber$'));
   for (let f = canvas[key]; f; f = f.return) {
     const p = f.memoizedProps;
@@ -185,8 +193,12 @@ GRID_LAYOUT_JS = """(index) => {
 def grid_layout(page, index: int = 0) -> dict:
     """The layout of the page's ``index``-th grid (GRID_LAYOUT_JS), each column with the
     x of its left edge on the page."""
-    _wait_for_grid(page, index)
-    layout = page.evaluate(GRID_LAYOUT_JS, index)
+    for _ in range(300):   # (while the grid is drawn anew, as in grid_rows)
+        _wait_for_grid(page, index)
+        layout = page.evaluate(GRID_LAYOUT_JS, index)
+        if layout is not None:
+            break
+        page.wait_for_timeout(200)
     x = layout["box"]["x"]
     for column in layout["columns"]:
         column["x"] = x
@@ -210,15 +222,25 @@ def click_header(page, title: str, index: int = 0) -> None:
 
 def grid_rows(page, index: int = 0) -> list[dict]:
     """The grid's rows as its accessibility table gives them (the rows drawn), each a
-    dict of column title to cell text."""
-    _wait_for_grid(page, index)
-    return page.evaluate("""(index) => {
+    dict of column title to cell text (waiting while the grid is drawn anew: the Runs
+    table is a new widget after a header click, app/table_picks.py)."""
+    for _ in range(300):
+        _wait_for_grid(page, index)
+        rows = page.evaluate(GRID_ROWS_JS, index)
+        if rows is not None:
+            return rows
+        page.wait_for_timeout(200)
+    raise AssertionError("the grid was not drawn again")
+
+
+GRID_ROWS_JS = """(index) => {
       const table = document.querySelectorAll('[data-testid=stDataFrame]')[index]
-        .querySelector('table[role=grid]');
+        ?.querySelector('table[role=grid]');
+      if (!table) return null;
       const titles = [...table.querySelectorAll('th')].map((th) => th.innerText);
       return [...table.querySelectorAll('tbody tr')].map((tr) => Object.fromEntries(
         [...tr.querySelectorAll('td')].map((td, i) => [titles[i], td.innerText])));
-    }""", index)
+    }"""
 
 
 # In a browser page: every axis the compare charts drew, as the tick values and the label
