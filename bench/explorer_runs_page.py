@@ -29,17 +29,15 @@ Usage: python bench/explorer_runs_page.py [--runs 5000] [--baseline 50] [--repea
 from __future__ import annotations
 
 import argparse
-import os
 import re
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+from explorer_browser import serve, stop  # bench/ is the script's folder: on sys.path
 
 from hlbd.config import TrainConfig
 from hlbd.runner import start_run
@@ -90,38 +88,6 @@ def fill(path: Path, runs: int, source: tuple[dict, list[dict], list[dict]]) -> 
     finally:
         store.close()
     return time.perf_counter() - started
-
-
-def serve(db: Path) -> tuple[subprocess.Popen, str]:
-    """`streamlit run app/main.py` on ``db``, once it answers; (process, its URL)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "main.py"),
-         "--server.headless", "true", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env={**os.environ, "HLBD_DB": str(db)}, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health") as r:
-                if r.read() == b"ok":
-                    return server, f"http://127.0.0.1:{port}"
-        except OSError:
-            time.sleep(0.2)
-    stop(server)
-    raise SystemExit("the explorer did not start in 120 s")
-
-
-def stop(server: subprocess.Popen) -> None:
-    os.killpg(server.pid, signal.SIGTERM)
-    try:
-        server.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait(timeout=30)
 
 
 def first_paint(page, url: str | None, runs: int) -> float:

@@ -209,7 +209,7 @@ def test_a_header_click_sorts_the_runs_nan_and_not_recorded_last_either_way(expl
             assert at.session_state[runs_table_key(at)]["selection"]["columns"] == []
         assert "sorted by" in at.caption[0].value
         # Each click acted on renews the grid's key; the old grids' states are dropped.
-        assert [k for k in at.session_state.keys()
+        assert [k for k in at.session_state.to_dict()
                 if k.startswith("runs_table") and k[len("runs_table"):].lstrip("_").isdigit()
                 or k == "runs_table"] == [runs_table_key(at)]
         # A third click: newest first again.

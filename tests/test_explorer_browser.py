@@ -7,18 +7,14 @@ session). Screenshots go to the test's tmp folder.
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
 import urllib.parse
 
 import pytest
 from helpers.explorer import (
-    APP,
     AXIS_LABELS_JS,
     ScriptRuns,
+    chromium,
     click_header,
     click_legend,
     drawn_runs,
@@ -26,11 +22,11 @@ from helpers.explorer import (
     grid_rows,
     legend_opacity,
     scene_items,
-    streamlit_flags,
+    serving,
+    sidebar_picks,
     tooltip_rows,
-    wait_until_serving,
 )
-from helpers.procs import free_port, wait_until
+from helpers.procs import wait_until
 from helpers.tiny import tiny_config, tiny_flags
 
 from hlbd import importer
@@ -39,10 +35,6 @@ from hlbd.store import Store
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync"]
 WAIT_MS = 60_000
 # Streamlit asks for a page's own URL path before it knows the page (streamlit#7074).
 KNOWN_NOISE = ("the server responded with a status of 404",)
@@ -78,32 +70,14 @@ def served(tmp_path_factory):
     [old] = importer.import_reports(store, root / "old", name="imported")
     ids["imported"] = old.run_id
     store.close()
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(APP), *streamlit_flags(port)],
-        env={**os.environ, "HLBD_DB": str(db), "HLBD_UI_REFRESH_SECONDS": "1"},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True)
-    try:
-        wait_until_serving(port, server)
-        yield f"http://127.0.0.1:{port}", ids, db
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=30)
+    with serving(db, HLBD_UI_REFRESH_SECONDS="1") as url:
+        yield url, ids, db
 
 
 @pytest.fixture(scope="module")
 def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture
@@ -123,12 +97,6 @@ def page(browser):
 
 def query(page) -> dict:
     return dict(urllib.parse.parse_qsl(urllib.parse.urlparse(page.url).query))
-
-
-def sidebar_picks(page) -> list[str]:
-    """The runs shown picked in the sidebar's multiselect (the names of their labels)."""
-    text = page.get_by_test_id("stSidebar").get_by_test_id("stMultiSelect").inner_text()
-    return sorted(line.split(" · ")[0].strip() for line in text.splitlines() if " · " in line)
 
 
 def wait_for_picks(page, names: list[str], timeout_ms: int = WAIT_MS) -> None:

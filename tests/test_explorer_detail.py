@@ -7,10 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
 from urllib.parse import parse_qs, urlsplit
 
 import pandas as pd
@@ -19,15 +15,14 @@ from click.testing import CliRunner
 from helpers.explorer import (
     APP,
     charts,
+    chromium,
     open_app,
-    streamlit_flags,
-    wait_until_serving,
+    serving,
+    sidebar_picks,
 )
-from helpers.procs import free_port
 from helpers.tiny import tiny_config
 from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 from streamlit.testing.v1 import AppTest
-from test_explorer_browser import CHROMIUM, CHROMIUM_ARGS, sidebar_picks
 
 from hlbd import importer
 from hlbd.cli import main
@@ -390,31 +385,14 @@ def test_extra_series_are_the_lists_of_numbers_at_any_depth(app_modules):
 def served_detail(detailed):
     """The explorer served with `streamlit run` on the detailed database."""
     db, ids, store = detailed
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(APP), *streamlit_flags(port)],
-        env={**os.environ, "HLBD_DB": str(db)}, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        wait_until_serving(port, server)
-        yield f"http://127.0.0.1:{port}", ids, store
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=30)
+    with serving(db) as url:
+        yield url, ids, store
 
 
 @pytest.fixture(scope="module")
 def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
+    with chromium() as launched:
+        yield launched
 
 
 def drag(page, box: dict, start: tuple[float, float], end: tuple[float, float]) -> None:

@@ -5,25 +5,20 @@ over the members that have a value at each x)."""
 from __future__ import annotations
 
 import math
-import os
-import signal
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
 from helpers.explorer import (
     APP,
     charts,
+    chromium,
     compare,
     legend_opacity,
     open_app,
     scene_items,
-    streamlit_flags,
+    serving,
     tooltip_rows,
-    wait_until_serving,
 )
-from helpers.procs import free_port
 from helpers.tiny import tiny_config
 from streamlit.testing.v1 import AppTest
 
@@ -378,41 +373,26 @@ def test_colour_by_tags_gives_runs_with_the_same_tags_one_colour(seeds, monkeypa
 
 @pytest.mark.browser
 def test_a_grouped_link_draws_groups_and_the_hover_says_of_how_many_runs(seeds, tmp_path):
-    from playwright.sync_api import sync_playwright
-
     db, ids, store = seeds
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(APP), *streamlit_flags(port)],
-        env={**os.environ, "HLBD_DB": str(db)}, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        wait_until_serving(port, server)
+    with serving(db) as url, chromium() as browser:
         picked = ",".join(ids[n][:8] for n in ("seed0", "seed1", "short", "faster"))
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path="/usr/bin/chromium",
-                                                 args=["--headless", "--no-sandbox"])
-            page = browser.new_page(viewport={"width": 1400, "height": 1100})
-            errors = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(f"http://127.0.0.1:{port}/compare?runs={picked}&group=config.lr"
-                      "&members=1")
-            page.wait_for_function("() => document.querySelector('.vega-embed')?.hlbdView",
-                                   timeout=60_000)
-            legend = legend_opacity(page)
-            assert {"lr = 0.002", "lr = 0.005", "validation (held out)"} <= set(legend)
-            assert not any(label(store, i) in legend for i in ids.values())
-            # Epoch 3: the run that stopped at epoch 2 is not in the mean.
-            bands = scene_items(page, "hover_loss")
-            last = max(bands, key=lambda b: b["datum"]["x"])
-            page.mouse.move(last["x"], last["y"])
-            _, rows = tooltip_rows(page)
-            names = [name for name, _ in rows]
-            assert "lr = 0.002 (mean of 2)" in names and "lr = 0.005 (mean of 1)" in names
-            assert "lr = 0.002 · validation" in names
-            page.screenshot(path=tmp_path / "grouped.png", full_page=True)
-            browser.close()
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(f"{url}/compare?runs={picked}&group=config.lr"
+                  "&members=1")
+        page.wait_for_function("() => document.querySelector('.vega-embed')?.hlbdView",
+                               timeout=60_000)
+        legend = legend_opacity(page)
+        assert {"lr = 0.002", "lr = 0.005", "validation (held out)"} <= set(legend)
+        assert not any(label(store, i) in legend for i in ids.values())
+        # Epoch 3: the run that stopped at epoch 2 is not in the mean.
+        bands = scene_items(page, "hover_loss")
+        last = max(bands, key=lambda b: b["datum"]["x"])
+        page.mouse.move(last["x"], last["y"])
+        _, rows = tooltip_rows(page)
+        names = [name for name, _ in rows]
+        assert "lr = 0.002 (mean of 2)" in names and "lr = 0.005 (mean of 1)" in names
+        assert "lr = 0.002 · validation" in names
+        page.screenshot(path=tmp_path / "grouped.png", full_page=True)
         assert errors == []
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)

@@ -3,33 +3,23 @@ run's name opening its detail page."""
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
-import sys
 import urllib.parse
 
 import pytest
 from helpers.explorer import (
-    APP,
+    chromium,
     click_header,
     grid_layout,
     grid_rows,
-    streamlit_flags,
-    wait_until_serving,
+    serving,
 )
-from helpers.procs import free_port
 from helpers.replay import replay, source_run
 
 from hlbd.store import Store
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync"]
 WAIT_MS = 60_000
 TAGS = (["baseline", "sweep"], ["sweep"], [])   # run i has TAGS[i % 3]
 
@@ -49,30 +39,18 @@ def served(tmp_path_factory):
         ids = replay(store, source, 30, lambda i: TAGS[i % 3])
     finally:
         store.close()
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(APP), *streamlit_flags(port)],
-        env={**os.environ, "HLBD_DB": str(root / "runs.db")},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        wait_until_serving(port, server)
-        yield f"http://127.0.0.1:{port}", ids
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+    with serving(root / "runs.db") as url:
+        yield url, ids
 
 
 @pytest.fixture
 def page():
-    from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with chromium() as browser:
         page = browser.new_page(viewport={"width": 1400, "height": 1100})
         page.errors = []
         page.on("pageerror", lambda e: page.errors.append(str(e)))
         yield page
-        browser.close()
 
 
 def query(page) -> dict:

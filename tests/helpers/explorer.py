@@ -4,8 +4,13 @@ serving it with `streamlit run`."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
+import sys
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -13,7 +18,7 @@ from streamlit.components.v2.bidi_component.constants import ARROW_REF_KEY
 from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 from streamlit.testing.v1 import AppTest
 
-from helpers.procs import wait_until
+from helpers.procs import free_port, wait_until
 
 APP = Path(__file__).resolve().parents[2] / "app" / "main.py"
 
@@ -349,6 +354,53 @@ def wait_until_serving(port: int, server: subprocess.Popen, timeout: float = 120
 def streamlit_flags(port: int) -> list[str]:
     return ["--server.headless", "true", "--server.port", str(port),
             "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"]
+
+
+@contextmanager
+def serving(db, **env: str) -> Iterator[str]:
+    """`streamlit run app/main.py` on ``db`` (``env``: more of its environment) for the
+    block; yields its URL once it answers, and stops its process group after (SIGTERM,
+    then SIGKILL if it lingers)."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(APP), *streamlit_flags(port)],
+        env={**os.environ, "HLBD_DB": str(db), **env}, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        wait_until_serving(port, server)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=30)
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]
+
+
+@contextmanager
+def chromium():
+    """Headless Chromium (Debian's) for the block."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def sidebar_picks(page) -> list[str]:
+    """The runs shown picked in the sidebar's multiselect (the names of their labels)."""
+    text = page.get_by_test_id("stSidebar").get_by_test_id("stMultiSelect").inner_text()
+    return sorted(line.split(" · ")[0].strip() for line in text.splitlines() if " · " in line)
 
 
 class ScriptRuns:
