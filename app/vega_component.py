@@ -92,8 +92,16 @@ def draw(data: dict, key: str | None = None, hidden: list[str] = ()) -> None:
     and ``hidden_runs(key)``."""
     kwargs = ({"on_zoom_change": lambda: None, "on_hidden_change": lambda: None}
               if data.get("zoomable") else {})
-    # "hidden" is not in the fingerprint: the legend changed it in the browser already.
-    _CHART(data={**data, "assets": assets_url(), "hidden": list(hidden)}, key=key, **kwargs)
+    # The browser takes "hidden" when the chart first shows and keeps its legend's from
+    # then on, so once it has said what it hides, what it was first given is sent
+    # again: the element stays the same bytes through a legend click's rerun, and
+    # Streamlit sends a reference to the copy the browser holds (its ForwardMsg
+    # cache), not the data again.
+    first = f"_hlbd_first_hidden_{key}"
+    if key is None or hidden_runs(key) is None:
+        st.session_state[first] = list(hidden)
+    _CHART(data={**data, "assets": assets_url(),
+                 "hidden": st.session_state.get(first, list(hidden))}, key=key, **kwargs)
 
 
 def zoom_event(key: str) -> dict | None:

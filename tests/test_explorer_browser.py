@@ -515,6 +515,28 @@ def test_a_legend_click_hides_that_run_and_fades_its_entry_only(served, page):
     assert page.errors == []
 
 
+def test_a_legend_click_does_not_send_the_charts_again(served, page):
+    url, ids, _ = served
+    second = f"second · {ids['second'][:8]}"
+    runs = ScriptRuns(page)
+    page.goto(f"{url}/compare?runs={ids['first'][:8]},{ids['second'][:8]}")
+    wait_for_chart(page)
+    runs.wait_quiet(page)
+    charts = max(size for kind, size in runs.received if kind == "delta")
+    for clicks in (1, 2):  # hidden, shown again
+        since = len(runs.received)
+        click_legend(page, second)
+        page.wait_for_function("(n) => (location.search.match(/hide=/g) || []).length == n",
+                               arg=2 - clicks, timeout=WAIT_MS)
+        runs.wait_quiet(page)
+        after = runs.received[since:]
+        # The click's rerun drew the same charts: sent as a reference to the browser's
+        # copy, nothing near the charts' size sent again.
+        assert any(kind == "ref_hash" for kind, _ in after)
+        assert max(size for _, size in after) < charts / 10
+    assert page.errors == []
+
+
 def test_runs_hidden_in_the_legend_stay_hidden_through_redraws_and_in_the_link(served,
                                                                                page):
     url, ids, _ = served

@@ -417,12 +417,16 @@ class ScriptRuns:
         self.started: list[tuple[str, ...]] = []   # each run's fragment ids
         self.finished = 0
         self.asked = 0
+        # Every message received: (its type, its bytes); "ref_hash" for one that only
+        # names a message the browser holds already (Streamlit's ForwardMsg cache).
+        self.received: list[tuple[str, int]] = []
 
         def received(payload) -> None:
             if isinstance(payload, bytes):
                 msg = ForwardMsg()
                 msg.ParseFromString(payload)
                 kind = msg.WhichOneof("type")
+                self.received.append((kind, len(payload)))
                 if kind == "new_session":
                     self.started.append(tuple(msg.metadata.run.fragment_ids))
                 elif kind == "script_finished":
