@@ -184,7 +184,18 @@ def draw(chart: dict, key: str | None = None, hidden: list[str] = ()) -> None:
     the width less Y_AXIS_ROOM), the runs labelled ``hidden`` hidden; a zoomable one's
     drags come back as vega_component.zoom_event(key), its legend clicks as
     vega_component.hidden_runs(key)."""
-    vega_component.draw(vega_component.payload(chart, Y_AXIS_ROOM), key=key, hidden=hidden)
+    draw_payload(payload(chart), key=key, hidden=hidden)
+
+
+def payload(chart: dict) -> dict:
+    """What the component draws of a spec() chart (vega_component.payload): built once
+    where it is cached, not on every rerun that draws it."""
+    return vega_component.payload(chart, Y_AXIS_ROOM)
+
+
+def draw_payload(data: dict, key: str | None = None, hidden: list[str] = ()) -> None:
+    """draw() of a payload() made earlier."""
+    vega_component.draw(data, key=key, hidden=hidden)
 
 
 def _metric_chart(d: MetricData, i: int, x: dict, color: dict, labels: list[str],

@@ -660,6 +660,46 @@ def test_each_chart_is_log_or_linear_on_its_own(explored, monkeypatch):
     assert drawn["Gradient norm"].y_scale()["type"] == "log"
 
 
+def test_a_control_change_builds_only_the_charts_whose_data_it_changes(explored,
+                                                                     monkeypatch):
+    db, ids, _ = explored
+    monkeypatch.syspath_prepend(str(APP.parent))
+    import series as app_series  # the app's own module, as Streamlit imports it
+
+    built = []
+    real = app_series.metric_data
+
+    def counted(series, metric, *args, **kwargs):
+        built.append(metric)
+        return real(series, metric, *args, **kwargs)
+
+    monkeypatch.setattr(app_series, "metric_data", counted)
+    st.cache_data.clear()
+    at = compare(open_app(monkeypatch, db), [ids["baseline"], ids["faster"]])
+    assert built == ["loss", "grad_norm", "lr"]
+    first = charts(at)
+    for change, rebuilt in (
+            (lambda: slide(at, "smoothing", 0.6), ["loss", "grad_norm"]),  # never the LR
+            (lambda: at.button_group(key="log_scale").set_value(  # grad norm's by default
+                [*at.button_group(key="log_scale").value, "lr"]).run(), ["lr"]),
+            (lambda: at.button_group(key="metrics").set_value(
+                ["loss", "grad_norm", "lr", "tokens_per_second"]).run(),
+             ["tokens_per_second"]),
+            (lambda: slide(at, "smoothing", 0.0), [])):  # each chart's data as before
+        built.clear()
+        change()
+        assert not at.exception
+        assert built == rebuilt
+    # What came from the cache is what a build from nothing draws.
+    again = charts(at)
+    st.cache_data.clear()
+    at.run()
+    assert built[-4:] == ["loss", "grad_norm", "lr", "tokens_per_second"]
+    for title, drawn in charts(at).items():
+        pd.testing.assert_frame_equal(drawn.points, again[title].points)
+    pd.testing.assert_frame_equal(again["Loss"].points, first["Loss"].points)
+
+
 def test_the_reset_zoom_button_brings_back_the_whole_x_range(explored, monkeypatch):
     db, ids, _ = explored
     monkeypatch.setenv("HLBD_DB", str(db))

@@ -19,7 +19,16 @@ import sidebar
 import vega_component
 from hlbd.config import config_diff
 from hlbd.store.buckets import bucket_width
-from series import POINT, RunSeries, fixed_y_range, metric_data, read_keys
+from series import (
+    POINT,
+    SMOOTHED,
+    MetricData,
+    RunSeries,
+    fixed_y_range,
+    metric_data,
+    read_keys,
+    robust_applies,
+)
 
 # Step buckets per chart, shared by the picked runs, each getting at least / at most
 # POINTS_PER_RUN. A full-width plot is 850-1000 px wide on a 1400-1600 px window: 500
@@ -209,28 +218,49 @@ def load_series(url: str, picked: tuple, x_axis: str, x_range, thresholds: tuple
 def chart(url: str, picked: tuple, x_axis: str, x_range, metrics: tuple, smoothing: float,
           log: tuple, robust: bool, thresholds: tuple,
           y_ranges: tuple = (), grouping: groups.Grouping | None = None,
-          ) -> tuple[dict | None, list]:
-    """The charts' spec (None without metrics) and the series they draw.
+          ) -> tuple[dict | None, int | None]:
+    """What the component draws (charts.payload; None without metrics), and the width
+    of the step buckets drawn (None when none are).
 
     Cached across sessions and keyed by everything the charts show, the picked runs'
     versions included (``picked`` as in load_series): a new session opening the same
-    link gets the spec built once, and a run with news is read and drawn anew.
+    link gets the charts built once, and a run with news is read and drawn anew. A
+    change that leaves a chart's own data as it was (a smoothing: the LR's; a chart
+    added: the others') takes that chart's from metric_chart_data's cache.
     ``y_ranges``: (metric, low, high) of the charts whose y range the user set.
     """
     # a POINT chart's name, val_loss beside loss, and a logged name on the x axis
     own = tuple(dict.fromkeys([*read_keys(metrics), *(
         [x_axis.removeprefix(POINT)] if x_axis.startswith(POINT) else [])]))
     series = load_series(url, picked, x_axis, x_range, thresholds, own)
+    widths = [s.buckets["width"].iloc[0] for s in series
+              if s.buckets is not None and len(s.buckets)]
+    width = int(widths[0]) if widths else None
     if not metrics:
-        return None, series
-    data = [metric_data(series, m, x_axis, title=charts.title(m), smoothing=smoothing,
-                        log_scale=m in log, robust=robust, x_range=x_range,
-                        grouping=grouping)
-            for m in metrics]
+        return None, width
     fixed = {m: (low, high) for m, low, high in y_ranges}
-    data = [fixed_y_range(d, *fixed[d.metric]) if d.metric in fixed else d for d in data]
-    return charts.spec(data, series, x_axis, smoothing=smoothing, log_metrics=log,
-                       grouping=grouping), series
+    data = []
+    for m in metrics:
+        d = metric_chart_data(url, picked, x_axis, x_range, thresholds, m,
+                              smoothing if m in SMOOTHED else 0.0, m in log,
+                              robust and robust_applies(m), grouping, _series=series)
+        data.append(fixed_y_range(d, *fixed[m]) if m in fixed else d)
+    return charts.payload(charts.spec(data, series, x_axis, smoothing=smoothing,
+                                      log_metrics=log, grouping=grouping)), width
+
+
+@st.cache_data(ttl=reads.RUN_TTL, max_entries=64, show_spinner=False)
+def metric_chart_data(url: str, picked: tuple, x_axis: str, x_range, thresholds: tuple,
+                      metric: str, smoothing: float, log_scale: bool, robust: bool,
+                      grouping: groups.Grouping | None, *, _series: list[RunSeries]
+                      ) -> MetricData:
+    """One chart's frames (series.metric_data of ``_series``, the runs load_series read
+    for these arguments: not part of the key, which names them already), keyed by what
+    that chart shows alone: a smoothing only where it applies, the robust range only
+    where it applies."""
+    return metric_data(_series, metric, x_axis, title=charts.title(metric),
+                       smoothing=smoothing, log_scale=log_scale, robust=robust,
+                       x_range=x_range, grouping=grouping)
 
 
 def config_table(run_ids: list[str]) -> pd.DataFrame:
@@ -268,7 +298,7 @@ def draw_charts(available: list[str]) -> None:
                            [r["run_id"] for r in chosen])
     if link.get("tag_colors") and not link.get("group"):
         colors = groups.colors_by_tags(chosen, colors)
-    spec, series = chart(
+    payload, width = chart(
         url, tuple((r["run_id"], r["version"], sidebar.label(r), r["created_at"],
                     colors[r["run_id"]]) for r in chosen),
         x_axis, x_range, tuple(m for m in available if m in link.get("charts")),
@@ -276,22 +306,19 @@ def draw_charts(available: list[str]) -> None:
         tuple((m, low, high) for m, (low, high) in link.get("y").items()),
         grouping=groups.grouping(chosen, link.get("group"), sidebar.label, colors,
                                  link.get("members")))
-    if spec is None:
+    if payload is None:
         st.info("Pick at least one chart above.")
         return
-    charts.draw(spec, key="charts", hidden=hidden_in_legend())
+    charts.draw_payload(payload, key="charts", hidden=hidden_in_legend())
     notes = [("Drag across a chart to zoom all of them (double-click: back); hover for "
              "every run's value; click a legend entry to hide that run (again: show "
              "it)."),
              ("Triangles on the top edge: NaN/Inf (the line breaks there). Filled "
              "diamonds on the bottom edge: anomaly flags. Dashed vertical lines: resumes; "
              "dashed curves with dots: validation (held out).")]
-    if x_axis == "step" and any(s.buckets is not None and len(s.buckets)
-                                and s.buckets["width"].iloc[0] > 1 for s in series):
-        width = next(s.buckets["width"].iloc[0] for s in series
-                     if s.buckets is not None and len(s.buckets))
+    if x_axis == "step" and width is not None and width > 1:
         notes.append(f"Steps are shown in buckets of {width:,} (about "
-                     f"{points_per_run(len(series)):,} points per run; zoom in for "
+                     f"{points_per_run(len(chosen)):,} points per run; zoom in for "
                      "detail): each point is a bucket's mean, the band its min and max.")
     if x_axis.startswith(POINT):
         notes.append(f"On the x axis, {charts.title(x_axis)} as each run logged it: a "
