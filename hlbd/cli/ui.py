@@ -41,7 +41,9 @@ def ui(db: str | None, streamlit_args: tuple[str, ...]) -> None:
     """
     app = app_script()
     env = {**os.environ, "HLBD_DB": connect.resolve_db_url(db)}
-    argv = [sys.executable, "-m", "streamlit", "run", str(app), *LOCAL, *streamlit_args]
+    # streamlit run, the explorer's libraries imported before it serves (ui_server.py).
+    argv = [sys.executable, "-m", "hlbd.cli.ui_server", "run", str(app), *LOCAL,
+            *streamlit_args]
     os.execve(sys.executable, argv, env)
 
 
