@@ -12,7 +12,8 @@ set per chart, an end left empty where the values reach), ``range=LO,HI`` (x zoo
 charts group runs by: ``tags``, ``config`` or ``config.KEY``; app/groups.py) with
 ``members=1`` (draw the members too), ``colors=tags`` (ungrouped runs coloured by their
 tags), ``run`` (the Run detail page's run), the Runs page's view (``q``, ``status``,
-``tag``, ``sort``, ``cols``, ``page``, ``per``: app/runs_view.py) and
+``tag``, ``sort``, ``cols``, ``page``, ``per``: app/runs_view.py), the Hyperparameters
+page's controls (``at``, ``axes``, ``sx``, ``sy``, ``slog``: views/params.py) and
 any anomaly threshold by name (``grad_explode=5``) that differs from its default (one
 below its least sensible value, link.threshold_minimum, is ignored).
 Values that cannot be read are ignored, never guessed.
@@ -196,6 +197,8 @@ def url_params(page: str, picked: list[str], all_ids: list[str], thresholds: dic
         params["run"] = short_ids([get("run")], all_ids)[0]
     if page == "runs":  # the Runs page's view (app/runs_view.py)
         params.update(st.session_state.get("runs_link", {}))
+    if page == "params":  # the Hyperparameters page's controls (views/params.py)
+        params.update(st.session_state.get("params_link", {}))
     for name, value in thresholds.items():
         if value != threshold_defaults[name]:
             params[name] = f"{value:g}"

@@ -436,6 +436,41 @@ def test_a_brush_in_the_browser_picks_the_runs_it_covers(served_detail, browser,
         page.close()
 
 
+def test_a_hyperparameters_link_reproduces_its_controls_and_follows_changes(detailed,
+                                                                          monkeypatch):
+    db, ids, _ = detailed
+    view = {"runs": ids["faster"][:8], "at": "last", "axes": "lr,best val loss",
+            "sx": "lr", "sy": "last loss", "slog": "1"}
+    monkeypatch.setenv("HLBD_DB", str(db))
+    at = AppTest.from_file(str(APP), default_timeout=60)
+    at.query_params.update(view)
+    at.switch_page("views/params.py").run()  # the link opens that page
+    assert not at.exception
+    assert at.button_group(key="exact_at").value == "last"
+    assert at.multiselect(key="parallel_axes").value == ["lr", "best val loss"]
+    assert at.selectbox(key="scatter_x").value == "lr"
+    assert at.selectbox(key="scatter_y").value == "last loss"
+    assert at.toggle(key="scatter_log").value is True
+    assert dict(at.query_params) == view  # the page writes back what it shows
+    # Changed on the page: the link follows; back at a default, it leaves the link.
+    at.toggle(key="scatter_log").set_value(False).run()
+    at.button_group(key="exact_at").set_value("best").run()
+    at.selectbox(key="scatter_y").set_value("best loss").run()
+    assert dict(at.query_params) == {"runs": ids["faster"][:8], "axes": "lr,best val loss",
+                                     "sx": "lr", "sy": "best loss"}
+    # What the page cannot show is ignored, not guessed.
+    odd = AppTest.from_file(str(APP), default_timeout=60)
+    odd.query_params.update({"runs": ids["faster"][:8], "at": "worst", "axes": "nope",
+                             "sx": "nope", "sy": "nope"})
+    odd.switch_page("views/params.py").run()
+    assert not odd.exception
+    assert odd.button_group(key="exact_at").value == "best"
+    assert "nope" not in odd.multiselect(key="parallel_axes").value
+    assert odd.multiselect(key="parallel_axes").value[-2:] == ["best val loss", "last loss"]
+    assert odd.selectbox(key="scatter_y").value == next(iter(
+        at.selectbox(key="scatter_y").options))
+
+
 def test_the_scatter_has_a_log_y_for_an_exploded_run(detailed, monkeypatch):
     db, _, store = detailed
     at = params_page(monkeypatch, db, [])

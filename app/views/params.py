@@ -16,7 +16,25 @@ import reads
 import sidebar
 from hyperparams import EXACT, SUMMARIES
 
+# The page's controls in its link (link.url_params adds what LINKED holds): at=best|last
+# (exact match), axes=KEY,... (parallel coordinates), sx=KEY and sy=SUMMARY (scatter),
+# slog=1 (its log y). A value the page cannot show is ignored.
+LINKED = "params_link"
+
+
+def from_link() -> dict[str, str]:
+    """What the followed link says of the controls: read when the page opens (from a
+    link, or from another page), then kept while it stays open, so each control's
+    default stays the same while the user changes it."""
+    if st.session_state.get("link_page") != "params":
+        st.session_state["params_from_link"] = {
+            k: v for k, v in st.query_params.items() if k in ("at", "axes", "sx", "sy", "slog")}
+    return st.session_state.get("params_from_link", {})
+
+
 st.title("Hyperparameters")
+linked = from_link()
+written: dict[str, str] = {}
 url = sidebar.database_url()
 thresholds = sidebar.thresholds()
 runs = {r["run_id"]: r for r in reads.runs(url, thresholds)}
@@ -64,9 +82,11 @@ with reads.errors_shown():
                    "match side by side.")
     else:
         at = st.segmented_control(
-            "At", ["best", "last"], default="best", key="exact_at",
-            format_func={"best": "best epoch (lowest val loss)",
-                         "last": "last evaluated epoch"}.get) or "best"
+            "At", ["best", "last"], default="last" if linked.get("at") == "last" else "best",
+            key="exact_at", format_func={"best": "best epoch (lowest val loss)",
+                                         "last": "last evaluated epoch"}.get) or "best"
+        if at != "best":
+            written["at"] = at
         table = exact_table(chosen, at)
         if len(table) == 1:
             st.caption("None of the picked runs recorded held-out exact match "
@@ -191,12 +211,17 @@ with reads.errors_shown():
                                    for v in values.values()])
 
     st.subheader("Parallel coordinates")
+    default_axes = [*varying[:8], "best val loss", "last loss"]
+    named = [a for a in linked.get("axes", "").split(",") if a in [*config_keys, *SUMMARIES]]
     axes = st.multiselect(
-        "Axes", [*config_keys, *SUMMARIES], default=[*varying[:8], "best val loss",
-                                                     "last loss"],
+        "Axes", [*config_keys, *SUMMARIES],
+        # (axes= is none; axes=nope names none the page has and is ignored)
+        default=named if named or linked.get("axes") == "" else default_axes,
         key="parallel_axes",
         help="Config keys (nested ones joined by /) and run summaries; by default the "
              "config keys that differ between runs.")
+    if axes != default_axes:
+        written["axes"] = ",".join(axes)
     if axes:
         rows = hyperparams.parallel_rows(values, axes)
         for row in rows:
@@ -217,10 +242,18 @@ with reads.errors_shown():
 
     st.subheader("Scatter")
     left, right, scale = st.columns([2, 2, 1], vertical_alignment="bottom")
+    x_first = config_keys.index(varying[0]) if varying else 0
     x_key = left.selectbox("x: config key", config_keys or [None], key="scatter_x",
-                           index=config_keys.index(varying[0]) if varying else 0)
-    y_key = right.selectbox("y: summary", list(SUMMARIES), key="scatter_y")
-    log_y = scale.toggle("Log y", key="scatter_log",
+                           index=config_keys.index(linked["sx"])
+                           if linked.get("sx") in config_keys else x_first)
+    y_key = right.selectbox("y: summary", list(SUMMARIES), key="scatter_y",
+                            index=list(SUMMARIES).index(linked["sy"])
+                            if linked.get("sy") in SUMMARIES else 0)
+    if config_keys and x_key != config_keys[x_first]:
+        written["sx"] = x_key
+    if y_key != next(iter(SUMMARIES)):
+        written["sy"] = y_key
+    log_y = scale.toggle("Log y", key="scatter_log", value=linked.get("slog") == "1",
                          help="One exploded run (a loss in the thousands) flattens the "
                               "others on a linear axis; values at or below 0 cannot be "
                               "drawn on a log one and are left out, said below.")
@@ -242,3 +275,6 @@ with reads.errors_shown():
                    + (f" {not_positive} run(s) whose {y_key} is at or below 0 are not "
                       "drawn on the log scale." if not_positive else ""))
         pick_action(hyperparams.brushed(selection("scatter"), placed), "scatter")
+    if log_y:
+        written["slog"] = "1"
+st.session_state[LINKED] = written
