@@ -30,6 +30,19 @@ def choose_database() -> str:
     return database_url()
 
 
+def page_runs(*, stop_when_none: bool = True) -> tuple[str, tuple, dict[str, dict]]:
+    """What a page starts from: the database URL, the anomaly thresholds, and the runs
+    by id (newest first); with no runs, says how to make one and stops the page
+    (unless ``stop_when_none`` is False: the page says it its own way)."""
+    url = database_url()
+    chosen = thresholds()
+    runs = {r["run_id"]: r for r in reads.runs(url, chosen)}
+    if not runs and stop_when_none:
+        st.info(f"No runs in `{url}` yet. {reads.FIRST_RUN_HELP}")
+        st.stop()
+    return url, chosen, runs
+
+
 def label(run: dict) -> str:
     """How a run is named in pickers and chart legends: name and short id."""
     return f"{run['name']} · {run['run_id'][:8]}"

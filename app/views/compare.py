@@ -40,9 +40,7 @@ SLIDER_PX = 280   # the smoothing slider's width: a value per 3 px
 
 st.title("Compare runs")
 vega_component.preload()
-url = sidebar.database_url()
-thresholds = sidebar.thresholds()
-runs = {r["run_id"]: r for r in reads.runs(url, thresholds)}
+url, thresholds, runs = sidebar.page_runs(stop_when_none=False)
 chosen = [runs[i] for i in sidebar.picked() if i in runs]
 if not chosen:
     st.info("Pick runs to compare in the sidebar (or tick rows on the Runs page)."

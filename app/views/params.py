@@ -35,12 +35,7 @@ def from_link() -> dict[str, str]:
 st.title("Hyperparameters")
 linked = from_link()
 written: dict[str, str] = {}
-url = sidebar.database_url()
-thresholds = sidebar.thresholds()
-runs = {r["run_id"]: r for r in reads.runs(url, thresholds)}
-if not runs:
-    st.info(f"No runs in `{url}` yet. {reads.FIRST_RUN_HELP}")
-    st.stop()
+url, thresholds, runs = sidebar.page_runs()
 
 
 def exact_values(run: dict) -> tuple[dict[str, dict[int, float]], dict[int, float]]:

@@ -23,12 +23,7 @@ EPOCH_MEASURES = ("loss", "grad_norm", "grad_norm_max", "grad_norm_min", "lr",
                   "token_accuracy", "wall_seconds", "tokens_per_second")
 
 st.title("Run detail")
-url = sidebar.database_url()
-thresholds = sidebar.thresholds()
-runs = {r["run_id"]: r for r in reads.runs(url, thresholds)}
-if not runs:
-    st.info(f"No runs in `{url}` yet. {reads.FIRST_RUN_HELP}")
-    st.stop()
+url, thresholds, runs = sidebar.page_runs()
 options = list(runs)
 wanted = link.get("run") or ""
 first = next((i for i in options if wanted and i.startswith(wanted)),

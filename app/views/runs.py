@@ -23,11 +23,7 @@ ROW_PX, MAX_ROWS_SHOWN = 35, 20
 DETAIL = "detail"   # the link column's header
 
 st.title("Runs")
-url = sidebar.database_url()
-thresholds = sidebar.thresholds()
-if not reads.runs(url, thresholds):
-    st.info(f"No runs in `{url}` yet. {reads.FIRST_RUN_HELP}")
-    st.stop()
+url, thresholds, _ = sidebar.page_runs()
 every = runs_table.every_run(url, thresholds, reads.run_list(url).generation)
 view, from_url = runs_view.start()
 choosable = [c for c in every.columns if c != "name"]
