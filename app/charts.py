@@ -251,7 +251,9 @@ def _metric_chart(d: MetricData, i: int, x: dict, color: dict, labels: list[str]
                      "mark": {"type": "circle", "size": 22, "clip": True, "opacity": 0.8},
                      "encoding": {"x": x, "y": y, "color": color}})
     if len(d.validation):
-        main += _validation_layers(data("validation", d.validation), x, y, color)
+        main += _validation_layers(data("validation", d.validation), x, y, color,
+                                   band="lo" in d.validation
+                                   and bool(d.validation["lo"].notna().any()))
     # Hover: the runs' values at the x under the pointer, on every chart at once. Taken
     # from the one-row-per-x hover table (not from every point), so a pointer move
     # filters a few hundred rows, then unfolds the one row into a dot per run.
@@ -326,14 +328,20 @@ def _metric_chart(d: MetricData, i: int, x: dict, color: dict, labels: list[str]
     return chart, names
 
 
-def _validation_layers(data: dict, x: dict, y: dict, color: dict) -> list[dict]:
+def _validation_layers(data: dict, x: dict, y: dict, color: dict, *,
+                       band: bool = False) -> list[dict]:
     """The runs' held-out values: a dashed line in each run's colour (the style legend
     says which line is which) and a hollow dot at each value, so that a single
-    evaluation shows too."""
+    evaluation shows too; ``band``: a group's, over its members' lowest to highest
+    held-out value (lo, hi), as its training line has."""
     dash = {"datum": list(KINDS)[1], "type": "nominal", "title": None,
             "scale": {"domain": list(KINDS), "range": list(KINDS.values())},
             "legend": {"symbolStrokeColor": RULE_COLOR, "symbolStrokeWidth": 2}}
-    return [{"data": data, "transform": [SHOWN],
+    under = [{"data": data, "transform": [{"filter": "datum.lo != null"}, SHOWN],
+              "mark": {"type": "area", "clip": True, "opacity": 0.1},
+              "encoding": {"x": x, "y": {**y, "field": "lo"}, "y2": {"field": "hi"},
+                           "color": color, "detail": {"field": "piece"}}}] if band else []
+    return [*under, {"data": data, "transform": [SHOWN],
              "mark": {"type": "line", "clip": True, "strokeWidth": 1.5},
              "encoding": {"x": x, "y": y, "color": color, "detail": {"field": "piece"},
                           "strokeDash": dash}},

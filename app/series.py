@@ -379,6 +379,8 @@ def _grouped(frame: pd.DataFrame, gaps: pd.DataFrame, validation: pd.DataFrame,
         lines["smooth"] = np.concatenate([smooth(g["value"].to_numpy(dtype=float), smoothing)
                                           for _, g in lines.groupby("run", sort=False)])
     held = aggregate(validation, held_gaps, grouping)
+    if log_scale:
+        held.loc[~(held["lo"] > 0), ["lo", "hi"]] = np.nan
     out = {"_at": hover_cols.get("_at", pd.Series(dtype=object))}
     for k, group in enumerate(grouping.labels):
         mine, mine_held = lines[lines["run"] == group], held[held["run"] == group]

@@ -279,6 +279,13 @@ def test_config_but_the_seed_makes_seeds_of_one_config_one_line(seeds, monkeypat
     mine = held[held["run"] == "lr = 0.002"].sort_values("x")
     assert list(mine["value"]) == pytest.approx(
         [(values["seed0"][n] + values["seed1"][n]) / 2 for n in (1, 2, 3)])
+    # ... with a band from its members' lowest to highest held-out loss, as its line has.
+    band = loss.frame("validation", ["run", "x", "lo", "hi"])
+    band = band[band["run"] == "lr = 0.002"].sort_values("x")
+    assert list(band["lo"]) == [min(values["seed0"][n], values["seed1"][n]) for n in (1, 2, 3)]
+    assert list(band["hi"]) == [max(values["seed0"][n], values["seed1"][n]) for n in (1, 2, 3)]
+    [area] = [m for m in layers_of(loss, "validation_loss") if m["type"] == "area"]
+    assert (area["encoding"]["y"]["field"], area["encoding"]["y2"]["field"]) == ("lo", "hi")
 
 
 def test_the_group_choice_is_in_the_link_and_a_link_reproduces_it(seeds, monkeypatch):
