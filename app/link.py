@@ -10,7 +10,8 @@ wall, or a name the runs logged: p:tokens), ``smooth`` (0 to 0.99), ``charts`` a
 set per chart, an end left empty where the values reach), ``range=LO,HI`` (x zoom),
 ``hide`` (runs hidden through the legend, like ``runs``), ``group`` (what the compare
 charts group runs by: ``tags``, ``config`` or ``config.KEY``; app/groups.py) with
-``members=1`` (draw the members too), ``colors=tags`` (ungrouped runs coloured by their
+``members=1`` (draw the members too) and ``hideg`` (groups hidden through the legend,
+their labels joined by ``|``), ``colors=tags`` (ungrouped runs coloured by their
 tags), ``run`` (the Run detail page's run), the Runs page's view (``q``, ``status``,
 ``tag``, ``sort``, ``cols``, ``page``, ``per``: app/runs_view.py), the Hyperparameters
 page's controls (``at``, ``axes``, ``sx``, ``sy``, ``slog``: views/params.py) and
@@ -57,6 +58,8 @@ def start(metrics: tuple[str, ...], threshold_defaults: dict) -> None:
     q = st.query_params
     view = {"runs": [w for w in q.get("runs", "").split(",") if w.strip()],
             "hide": [w for w in q.get("hide", "").split(",") if w.strip()],
+            # Group labels hold commas ("lr = 0.002, seed = 1"): joined by "|".
+            "hide_groups": [g for g in q.get("hideg", "").split("|") if g.strip()],
             "x": q.get("x") if q.get("x") in X_AXES or _logged(q.get("x", "")) else "epoch",
             "smooth": 0.0, "charts": list(DEFAULT_CHARTS), "log": ["grad_norm"],
             "robust": q.get("robust") != "0", "range": None, "run": q.get("run"),
@@ -188,6 +191,8 @@ def url_params(page: str, picked: list[str], all_ids: list[str], thresholds: dic
             params["group"] = view["group"]
             if view["members"]:
                 params["members"] = "1"
+            if view["hide_groups"]:
+                params["hideg"] = "|".join(view["hide_groups"])
         elif view["tag_colors"]:
             params["colors"] = "tags"
         hidden = [i for i in all_ids if any(i.startswith(w) for w in view["hide"])]

@@ -4,6 +4,7 @@ over the members that have a value at each x)."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pandas as pd
@@ -304,6 +305,41 @@ def test_the_group_choice_is_in_the_link_and_a_link_reproduces_it(seeds, monkeyp
     assert again.selectbox(key="group_by").value == "config.lr"
     assert set(charts(again)["Loss"].points["run"]) == {"lr = 0.002", "lr = 0.005"}
     assert "members_loss" in charts(again)["Loss"].datasets
+
+
+def chart_hidden(at) -> list[str]:
+    """The legend entries the chart element tells the browser to hide when it shows."""
+    element = next(e for e in at.get("bidi_component")
+                   if e.proto.component_name == "hlbd_chart" and e.proto.HasField("mixed"))
+    return json.loads(element.proto.mixed.json)["hidden"]
+
+
+def test_a_group_hidden_in_the_legend_is_in_the_link_and_a_link_hides_it(seeds,
+                                                                        monkeypatch):
+    db, ids, store = seeds
+    at = group_by(compare(open_app(monkeypatch, db), [ids["seed0"], ids["faster"]]),
+                  "config.lr")
+    # The legend hid a group (the component's state, as the browser says it).
+    at.session_state["charts"] = {"hidden": ["lr = 0.005"]}
+    at.run()
+    assert at.query_params["hideg"] == "lr = 0.005"
+    again = AppTest.from_file(str(APP), default_timeout=60)
+    for key, value in at.query_params.items():
+        again.query_params[key] = value[0] if isinstance(value, list) else value
+    again.query_params["hideg"] += "|no such group"   # ignored, not guessed
+    again.switch_page("views/compare.py").run()
+    assert not again.exception
+    assert chart_hidden(again) == ["lr = 0.005"]
+    assert again.query_params["hideg"] == "lr = 0.005"
+    # A run hidden before the grouping stays in the link beside it; ungrouped, the
+    # link holds the runs again and no groups.
+    again.session_state["charts"] = {"hidden": [label(store, ids["seed0"]), "lr = 0.005"]}
+    again.run()
+    assert (again.query_params["hide"], again.query_params["hideg"]) == (
+        ids["seed0"][:8], "lr = 0.005")
+    group_by(again, "")
+    assert again.query_params["hide"] == ids["seed0"][:8]
+    assert "hideg" not in again.query_params
 
 
 # -- groups.py on its own (small runs written out by hand) ----------------------------

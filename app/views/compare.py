@@ -167,17 +167,25 @@ def zoom_from_chart() -> None:
         link.put("range", (float(min(span)), float(max(span))) if span else None)
 
 
-def hidden_in_legend() -> list[str]:
-    """The labels of the picked runs hidden through the legend: as the chart last said,
-    else as the link says (``hide``); the link follows."""
+def hidden_in_legend(grouping: groups.Grouping | None) -> list[str]:
+    """The legend entries hidden: picked runs (the link's ``hide``, run ids) and, with
+    the runs grouped, groups (``hideg``, group labels); as the chart last said, else as
+    the link says; the link follows. The browser keeps a run hidden while its runs are
+    grouped (and its group when they are not): each comes back with its kind of line."""
     by_label = {sidebar.label(r): r["run_id"] for r in chosen}
     said = vega_component.hidden_runs("charts")
     if said is not None:
         link.put("hide", [by_label[label] for label in said if label in by_label])
+        if grouping is not None:
+            link.put("hide_groups", [label for label in said if label in grouping.labels])
     wanted = link.get("hide")
     hidden = [r for r in chosen if any(r["run_id"].startswith(w) for w in wanted)]
     link.put("hide", [r["run_id"] for r in hidden])
-    return [sidebar.label(r) for r in hidden]
+    hidden_groups = []
+    if grouping is not None:
+        hidden_groups = [g for g in link.get("hide_groups") if g in grouping.labels]
+        link.put("hide_groups", hidden_groups)
+    return [sidebar.label(r) for r in hidden] + hidden_groups
 
 
 def points_per_run(count: int) -> int:
@@ -296,18 +304,19 @@ def draw_charts(available: list[str]) -> None:
                            [r["run_id"] for r in chosen])
     if link.get("tag_colors") and not link.get("group"):
         colors = groups.colors_by_tags(chosen, colors)
+    grouping = groups.grouping(chosen, link.get("group"), sidebar.label, colors,
+                               link.get("members"))
     payload, width = chart(
         url, tuple((r["run_id"], r["version"], sidebar.label(r), r["created_at"],
                     colors[r["run_id"]]) for r in chosen),
         x_axis, x_range, tuple(m for m in available if m in link.get("charts")),
         link.get("smooth"), tuple(link.get("log")), link.get("robust"), thresholds,
         tuple((m, low, high) for m, (low, high) in link.get("y").items()),
-        grouping=groups.grouping(chosen, link.get("group"), sidebar.label, colors,
-                                 link.get("members")))
+        grouping=grouping)
     if payload is None:
         st.info("Pick at least one chart above.")
         return
-    charts.draw_payload(payload, key="charts", hidden=hidden_in_legend())
+    charts.draw_payload(payload, key="charts", hidden=hidden_in_legend(grouping))
     notes = [("Drag across a chart to zoom all of them (double-click: back); hover for "
              "every run's value; click a legend entry to hide that run (again: show "
              "it)."),
