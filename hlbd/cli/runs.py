@@ -9,7 +9,7 @@ import click
 
 from hlbd.cli.options import db_option, printable, table
 from hlbd.errors import NoDatabaseError
-from hlbd.store import Store
+from hlbd.store import Store, buckets
 
 # Cells cut with an ellipsis past these widths (terminal columns); `hlbd show` and
 # `hlbd sql` give the whole value.
@@ -73,7 +73,8 @@ def show(run_id: str, all_segments: bool, db: str | None) -> None:
         click.echo(f"error {printable(run['error'])}")
     epochs = store.epochs(run["run_id"], include_superseded=all_segments)
     if not epochs:
-        steps = len(store.steps(run["run_id"]))
+        span = buckets.step_spans(store.engine, [run["run_id"]]).get(run["run_id"])
+        steps = span["steps"] if span else 0  # counted in the rollups, no step read
         click.echo("no epochs recorded" + (f", but {steps} steps (end_epoch() closes an "
                                            "epoch)" if steps else ""))
     else:
