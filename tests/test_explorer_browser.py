@@ -422,13 +422,19 @@ def test_the_charts_are_drawn_before_the_pointer_comes_near(served, page):
     assert page.errors == []
 
 
-def test_a_control_change_reruns_the_charts_alone_not_the_page(served, page):
+def two_runs_settled(served, page):
+    """Compare of the first and second run, drawn, with no rerun under way: the second
+    run's legend label and the page's script-run recorder."""
     url, ids, _ = served
-    second = f"second · {ids['second'][:8]}"
     runs = ScriptRuns(page)
     page.goto(f"{url}/compare?runs={ids['first'][:8]},{ids['second'][:8]}")
     wait_for_chart(page)
     runs.wait_quiet(page)
+    return f"second · {ids['second'][:8]}", runs
+
+
+def test_a_control_change_reruns_the_charts_alone_not_the_page(served, page):
+    second, runs = two_runs_settled(served, page)
     opened = runs.page_runs()
     assert opened >= 1
     # The x axis, a chart's log scale, the smoothing, a legend click, a zoom: each
@@ -516,12 +522,7 @@ def test_a_legend_click_hides_that_run_and_fades_its_entry_only(served, page):
 
 
 def test_a_legend_click_does_not_send_the_charts_again(served, page):
-    url, ids, _ = served
-    second = f"second · {ids['second'][:8]}"
-    runs = ScriptRuns(page)
-    page.goto(f"{url}/compare?runs={ids['first'][:8]},{ids['second'][:8]}")
-    wait_for_chart(page)
-    runs.wait_quiet(page)
+    second, runs = two_runs_settled(served, page)
     charts = max(size for kind, size in runs.received if kind == "delta")
     for clicks in (1, 2):  # hidden, shown again
         since = len(runs.received)
